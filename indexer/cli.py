@@ -1,0 +1,298 @@
+"""The `indexer` command.
+
+Every setting is an option of every subcommand and also an ``INDEXER_*`` environment
+variable (``--help`` names it); the option wins.  Errors the user can act on print
+one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import MISSING
+from pathlib import Path
+from typing import Any, TextIO
+
+from indexer import embedded, logs, migrate
+from indexer.api import MAX_K, Indexer, load_embedder
+from indexer.db import resolve_dsn
+from indexer.exceptions import IndexerError, InvalidInput
+from indexer.manager import Manager
+from indexer.settings import FIELDS, Settings, env_name
+from indexer.signals import stop_on_signals
+from indexer.worker import BatchResult, Worker
+
+logger = logging.getLogger("indexer")
+
+EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
+
+
+def _settings_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings (each also an environment variable)")
+    for f in FIELDS:
+        if f.name == "test_fail_marker":
+            kind: Callable[[str], Any] = str
+        elif str(f.type).startswith("int"):
+            kind = int
+        elif str(f.type).startswith("float"):
+            kind = float
+        elif str(f.type).startswith("Path"):
+            kind = Path
+        else:
+            kind = str
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (env {env_name(f.name)}; default: {default})",
+        )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _settings_parser()
+    parser = argparse.ArgumentParser(
+        prog="indexer",
+        description="Embed text rows in PostgreSQL and search them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    add("migrate", "create or upgrade the schema (chunks, events, indexes, views)")
+    run = add("run", "run the embedding daemon")
+    run.add_argument("--once", action="store_true", help="drain the backlog, then exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar with --once")
+    add("dsn", "print the connection string (starting the embedded PostgreSQL if needed)")
+    add("embed", 'embed JSON lines from stdin ({"text": ...}) to stdout, adding "embedding"')
+    search = add("search", "print the rows nearest to a text")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
+    search.add_argument("--json", action="store_true", help="one JSON object per line")
+    status = add("status", "backlog, in flight, embedded, failed, rate and ETA")
+    status.add_argument("--json", action="store_true")
+    retry = add("retry", "re-queue rows parked as failed")
+    retry.add_argument("--failed", action="store_true", required=True, help="all failed rows")
+    retry.add_argument("--id", type=int, action="append", dest="ids", help="only these ids")
+    events = add("events", "maintain the events table")
+    events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
+    server = add("server", "start or stop the embedded PostgreSQL")
+    server.add_argument("action", choices=["start", "stop"])
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(**{f.name: getattr(args, f.name, None) for f in FIELDS})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logs.configure(settings.log_level, settings.log_format)
+        handler = COMMANDS[args.command]
+        return handler(args, settings)
+    except IndexerError as exc:
+        print(f"indexer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("indexer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    dsn = resolve_dsn(settings)
+    migrate.upgrade(dsn, settings.schema)
+    print(f"schema {settings.schema!r} is at revision {migrate.head_revision()}")
+    return 0
+
+
+def cmd_dsn(args: argparse.Namespace, settings: Settings) -> int:
+    print(resolve_dsn(settings))
+    return 0
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.embedded:
+        raise InvalidInput("DATABASE_URL is set: there is no embedded server to manage")
+    if args.action == "start":
+        print(embedded.start(settings.data_dir))
+    elif embedded.stop(settings.data_dir):
+        print(f"stopped the embedded PostgreSQL in {settings.data_dir}")
+    else:
+        print(f"the embedded PostgreSQL in {settings.data_dir} was not running")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    lock = embedded.run_lock(settings.data_dir) if settings.embedded else contextlib.nullcontext()
+    with lock:
+        dsn = resolve_dsn(settings)
+        embedder = load_embedder(settings)
+        with Manager(dsn, settings.schema) as manager:
+            manager.connection()  # schema and pgvector checks before the first claim
+            progress = None
+            if args.once and not args.no_progress and sys.stderr.isatty():
+                progress = Progress(int(manager.status()["backlog"]), sys.stderr)
+            worker = Worker(
+                settings, manager, embedder, on_batch=progress.update if progress else None
+            )
+            with stop_on_signals(worker.stop_event):
+                worker.run(once=args.once)
+            if progress is not None:
+                progress.finish()
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+    embedder = load_embedder(settings)
+    for records in _json_lines(sys.stdin, EMBED_CHUNK):
+        vectors = embedder.embed([r["text"][: settings.max_chars] for r in records])
+        for record, vector in zip(records, vectors, strict=True):
+            record["embedding"] = [round(float(x), 7) for x in vector]
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _json_lines(stream: TextIO, size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"line {number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InvalidInput(f'line {number}: expected an object with a string "text" field')
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.k <= MAX_K:
+        raise InvalidInput(f"-k must be between 1 and {MAX_K}")
+    with Indexer(settings) as ix:
+        hits = ix.search(args.text, args.k)
+    for hit in hits:
+        if args.json:
+            print(json.dumps({"id": hit.id, "score": round(hit.score, 6),
+                              "content": hit.content, "metadata": hit.metadata},
+                             ensure_ascii=False))
+        else:
+            snippet = " ".join(hit.content.split())
+            snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
+            print(f"{hit.id:>8}  {hit.score:.4f}  {snippet}")
+    if not hits and not args.json:
+        print("no embedded rows yet", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    with Indexer(settings) as ix:
+        status = ix.status()
+        failed = ix.manager.failed_rows(10) if status["failed"] else []
+    if args.json:
+        out = {k: _jsonable(v) for k, v in status.items()}
+        out["failed_rows"] = [{k: _jsonable(v) for k, v in r.items()} for r in failed]
+        print(json.dumps(out))
+        return 0
+    for key in ("backlog", "pending", "in_flight", "embedded", "failed", "rows_per_second",
+                "eta", "oldest_pending_age", "active_workers"):
+        value = status[key]
+        print(f"{key.replace('_', ' '):<20}{'-' if value is None else value}")
+    for row in failed:
+        print(f"failed row {row['id']} after {row['attempts']} attempts: {row['last_error']}")
+    if len(failed) == 10:
+        print("(first 10 failed rows; `indexer retry --failed` re-queues them)")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "total_seconds"):
+        return value.total_seconds()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    return float(value)
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    with Indexer(settings) as ix:
+        ids = ix.manager.retry_failed(args.ids)
+    print(f"re-queued {len(ids)} failed rows")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    with Indexer(settings) as ix:
+        pruned = ix.manager.prune_events(settings.events_retention_days * 86400)
+    print(f"pruned {pruned} events older than {settings.events_retention_days:g} days")
+    return 0
+
+
+class Progress:
+    """A one-line progress bar for `indexer run --once` on a terminal."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream
+        self.start = time.monotonic()
+
+    def update(self, result: BatchResult) -> None:
+        self.done += len(result.written) + len(result.failed)
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = self.done / elapsed
+        left = max(self.total - self.done, 0)
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        width = 30
+        filled = min(width, int(width * self.done / self.total))
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} rows"
+            f"  {rate:.1f} rows/s  ETA {eta}   "
+        )
+        self.stream.flush()
+
+    def finish(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "migrate": cmd_migrate,
+    "run": cmd_run,
+    "dsn": cmd_dsn,
+    "embed": cmd_embed,
+    "search": cmd_search,
+    "status": cmd_status,
+    "retry": cmd_retry,
+    "events": cmd_events,
+    "server": cmd_server,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The database boundary: where to connect, how, and what a driver error means.
+
+Every connection the indexer opens comes from :func:`connect`: the configured schema
+first on its search_path, pgvector's types registered, rows as dicts.  Driver errors
+that mean "the database is not there" become :class:`DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.rows import DictRow, dict_row
+
+from indexer import embedded
+from indexer.exceptions import DatabaseUnavailable, ExtensionMissing, IndexerError
+from indexer.settings import Settings
+
+Connection = psycopg.Connection[DictRow]
+
+MIN_PGVECTOR = (0, 7)
+
+# Errors after which the same statement may work once the server is back.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.AdminShutdown,
+    psycopg.errors.CannotConnectNow,
+    psycopg.errors.CrashShutdown,
+)
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """DATABASE_URL, or the embedded server's DSN (starting it if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded.start(settings.data_dir)
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def connect(
+    dsn: str, schema: str, *, autocommit: bool = False, vector: bool = True, timeout: int = 10
+) -> Connection:
+    """Open a connection; raise DatabaseUnavailable or ExtensionMissing with a clear line."""
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=timeout,
+            application_name="indexer",
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact(dsn)}: {_first_line(exc)}"
+        ) from exc
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseUnavailable(f"invalid database URL {redact(dsn)}: {exc}") from exc
+    try:
+        set_search_path(conn, schema)
+        if vector:
+            _register_vector(conn)
+        conn.autocommit = autocommit
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
+    path = sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(conn)
+    conn.execute("SELECT set_config('search_path', %s, false)", (path,))
+
+
+def _register_vector(conn: Connection) -> None:
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    if row is None:
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+        ).fetchone()
+        if available is None:
+            raise ExtensionMissing(
+                "the pgvector extension is not installed on this PostgreSQL server "
+                "(install pgvector 0.7 or newer, e.g. the pgvector/pgvector image)"
+            )
+        raise ExtensionMissing(
+            "the pgvector extension is not enabled in this database: run `indexer migrate`"
+        )
+    check_pgvector_version(str(row["extversion"]))
+    register_vector(conn)
+
+
+def check_pgvector_version(version: str) -> None:
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    if parts < MIN_PGVECTOR:
+        raise ExtensionMissing(
+            f"pgvector {version} is too old: 0.7 or newer is required "
+            "(ALTER EXTENSION vector UPDATE after upgrading pgvector)"
+        )
+
+
+@contextlib.contextmanager
+def wrap_errors(what: str) -> Iterator[None]:
+    """Turn connection-level driver errors into DatabaseUnavailable."""
+    try:
+        yield
+    except IndexerError:
+        raise
+    except TRANSIENT_ERRORS as exc:
+        raise DatabaseUnavailable(f"lost the database while {what}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

