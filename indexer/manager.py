@@ -211,11 +211,18 @@ class Manager:
         )
 
     def wait_for_work(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a NOTIFY about new or changed rows."""
+        """Block up to ``timeout`` seconds for a NOTIFY about new or changed rows.
+
+        True when one arrived, and also right after LISTEN starts (or restarts after an
+        outage): a row committed before that sent its NOTIFY to nobody, so the caller
+        must look once more.
+        """
         if self._listener is None or self._listener.closed:
-            listener = db.connect(self.dsn, self.schema, autocommit=True, vector=False)
-            listener.execute("LISTEN " + NOTIFY_CHANNEL)
+            with db.wrap_errors("listening for notifications"):
+                listener = db.connect(self.dsn, self.schema, autocommit=True, vector=False)
+                listener.execute("LISTEN " + NOTIFY_CHANNEL)
             self._listener = listener
+            return True
         try:
             with db.wrap_errors("waiting for notifications"):
                 for _ in self._listener.notifies(timeout=timeout, stop_after=1):

@@ -9,8 +9,6 @@ and cheap.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,27 +108,4 @@ def settings(database: str, model_cache: Path) -> Settings:
         poll_interval=0.5,
         lease_seconds=30,
         retry_base_seconds=0.2,
-    )
-
-
-def cli_env(database: str | None, model_cache: Path, **extra: str) -> dict[str, str]:
-    """Environment for running the real `indexer` command in a subprocess."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXER_")}
-    env.pop("DATABASE_URL", None)
-    if database:
-        env["DATABASE_URL"] = database
-    env["INDEXER_MODEL_CACHE"] = str(model_cache)
-    env.update(extra)
-    return env
-
-
-INDEXER = [sys.executable, "-m", "indexer.cli"]
-
-
-def run_cli(
-    args: list[str], env: dict[str, str], input: str | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*INDEXER, *args], env=env, input=input, capture_output=True, text=True,
-        timeout=timeout, check=False,
     )

@@ -1,0 +1,57 @@
+"""Helpers shared by tests: running the real `indexer` command, waiting for rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+INDEXER = [sys.executable, "-m", "indexer.cli"]
+
+
+def cli_env(database: str | None, model_cache: Path, **extra: str) -> dict[str, str]:
+    """Environment for running the real `indexer` command in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXER_")}
+    env.pop("DATABASE_URL", None)
+    if database:
+        env["DATABASE_URL"] = database
+    env["INDEXER_MODEL_CACHE"] = str(model_cache)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*INDEXER, *args], env=env, input=input, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def start_daemon(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[str]:
+    """`indexer run` in the background, its output appended to ``log``.
+
+    A file, not a pipe: nobody reads a pipe while the test runs, and a full pipe
+    would block the daemon.
+    """
+    with open(log, "a") as out:
+        return subprocess.Popen(
+            [*INDEXER, "run", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )

@@ -1,0 +1,216 @@
+"""The daemon end to end: real model, real PostgreSQL, the real worker loop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.db import Connection
+from indexer.embedder import Embedder
+from indexer.manager import Manager
+from indexer.settings import Settings
+from indexer.worker import Worker
+
+from .helpers import cli_env, run_cli, start_daemon, wait_until
+
+CORPUS = {
+    "db": "PostgreSQL is an open source relational database with strong SQL support.",
+    "cat": "Cats are small furry animals that like to sleep in the sun.",
+    "stocks": "The stock market fell sharply today as investors worried about inflation.",
+    "rain": "Heavy rain is expected across the region tomorrow afternoon.",
+    "python": "Python is a programming language that is popular for data science.",
+}
+
+
+def insert(conn: Connection, *texts: str) -> list[int]:
+    return [
+        conn.execute("INSERT INTO chunks (content) VALUES (%s) RETURNING id", (t,)).fetchone()["id"]  # type: ignore[index]
+        for t in texts
+    ]
+
+
+def vector_of(conn: Connection, chunk_id: int) -> np.ndarray | None:
+    row = conn.execute("SELECT embedding FROM chunks WHERE id = %s", (chunk_id,)).fetchone()
+    assert row is not None
+    value = row["embedding"]
+    return None if value is None else np.asarray(value.to_numpy())
+
+
+def drain(settings: Settings, embedder: Embedder) -> Worker:
+    assert settings.database_url is not None
+    with Manager(settings.database_url, settings.schema) as manager:
+        worker = Worker(settings, manager, embedder)
+        worker.run(once=True)
+    return worker
+
+
+def test_drain_writes_the_models_vectors(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    ids = insert(conn, *CORPUS.values())
+    worker = drain(settings, embedder)
+    expected = embedder.embed(list(CORPUS.values()))
+    for cid, want in zip(ids, expected, strict=True):
+        got = vector_of(conn, cid)
+        assert got is not None
+        assert float(np.dot(got, want)) > 0.99999
+    assert worker.rows_written == len(CORPUS)
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds == ["worker_started", "batch_completed", "worker_stopped"]
+    event = conn.execute("SELECT * FROM events WHERE kind = 'batch_completed'").fetchone()
+    assert event is not None
+    assert event["row_count"] == len(CORPUS)
+    assert event["token_count"] == sum(embedder.count_tokens(list(CORPUS.values())))
+    assert event["embed_ms"] > 0
+
+
+def test_one_event_per_batch(settings: Settings, embedder: Embedder, conn: Connection) -> None:
+    insert(conn, *(f"row number {i}" for i in range(25)))
+    small = Settings(**{**settings.__dict__, "batch_size": 10})
+    drain(small, embedder)
+    counts = [r["row_count"] for r in conn.execute(
+        "SELECT row_count FROM events WHERE kind = 'batch_completed' ORDER BY id")]
+    assert counts == [10, 10, 5]
+
+
+def test_search_puts_the_related_row_first(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    ids = dict(zip(CORPUS, insert(conn, *CORPUS.values()), strict=True))
+    drain(settings, embedder)
+    with Manager(settings.database_url or "", "public") as manager:
+        hits = manager.search(embedder.embed(["which database supports SQL?"])[0], 3)
+        assert hits[0].id == ids["db"]
+        assert hits[0].score > hits[1].score
+        pets = manager.search(embedder.embed(["my kitten sleeps all day"])[0], 1)
+        assert pets[0].id == ids["cat"]
+    # The same from SQL, by vector and by chunk id.
+    row = conn.execute(
+        "SELECT id FROM similar_chunks(%s, 1)", (ids["cat"],)).fetchone()
+    assert row is not None and row["id"] != ids["cat"]
+    query = embedder.embed(["stock prices dropped"])[0]
+    top = conn.execute("SELECT id FROM search_chunks(%s, 1)", (query,)).fetchone()
+    assert top is not None and top["id"] == ids["stocks"]
+
+
+def test_search_sql_uses_the_hnsw_index(conn: Connection) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with conn.cursor().copy("COPY chunks (content, embedding) FROM STDIN") as copy:
+        for i, v in enumerate(vectors):
+            copy.write_row((f"row {i}", "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
+    conn.execute("ANALYZE chunks")
+    for statement in (
+        "EXPLAIN SELECT * FROM search_chunks(%s, 10)",
+        "EXPLAIN SELECT * FROM similar_chunks(1, 10)",
+    ):
+        params = (vectors[0],) if "%s" in statement else None
+        plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(statement, params))
+        assert "chunks_embedding_idx" in plan, plan
+
+
+def test_update_is_re_embedded_with_the_new_text(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    (cid,) = insert(conn, CORPUS["cat"])
+    drain(settings, embedder)
+    conn.execute("UPDATE chunks SET content = %s WHERE id = %s", (CORPUS["stocks"], cid))
+    assert vector_of(conn, cid) is None
+    drain(settings, embedder)
+    got = vector_of(conn, cid)
+    assert got is not None
+    assert float(np.dot(got, embedder.embed([CORPUS["stocks"]])[0])) > 0.99999
+
+
+def test_a_poison_row_does_not_block_the_others(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    poisoned = Settings(**{**settings.__dict__, "test_fail_marker": "POISON",
+                           "max_attempts": 2, "retry_base_seconds": 0.01})
+    texts = [f"good row {i}" for i in range(9)]
+    texts.insert(4, "this row is POISON")
+    ids = insert(conn, *texts)
+    drain(poisoned, embedder)
+    states = dict(conn.execute("SELECT id, state FROM chunks").fetchall() and [
+        (r["id"], r["state"]) for r in conn.execute("SELECT id, state FROM chunks")])
+    assert states[ids[4]] in ("pending", "failed")
+    assert all(states[i] == "embedded" for i in ids if i != ids[4])
+    time.sleep(0.05)
+    drain(poisoned, embedder)
+    row = conn.execute("SELECT state, attempts, last_error FROM chunks WHERE id = %s",
+                       (ids[4],)).fetchone()
+    assert row is not None
+    assert (row["state"], row["attempts"]) == ("failed", 2)
+    assert "POISON" in row["last_error"]
+
+
+def test_stop_event_ends_an_idle_daemon(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    with Manager(settings.database_url or "", "public") as manager:
+        worker = Worker(settings, manager, embedder)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        insert(conn, "picked up while running")
+        assert wait_until(
+            lambda: conn.execute("SELECT count(*) AS n FROM chunks WHERE state = 'embedded'")
+            .fetchone() == {"n": 1}, 30)
+        worker.stop()
+        thread.join(5)
+        assert not thread.is_alive()
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds[0] == "worker_started" and kinds[-1] == "worker_stopped"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_embeds_on_notify_and_stops_cleanly_on_signal(
+    database: str, model_cache: Path, conn: Connection, tmp_path: Path, sig: signal.Signals
+) -> None:
+    # A long poll interval: only NOTIFY can make this fast.
+    env = cli_env(database, model_cache, INDEXER_POLL_INTERVAL="60")
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(env, log)
+    try:
+        assert wait_until(lambda: conn.execute(
+            "SELECT 1 FROM events WHERE kind = 'worker_started'").fetchone() is not None, 60), \
+            log.read_text()
+        latencies = []
+        for i in range(5):
+            start = time.monotonic()
+            (cid,) = insert(conn, f"notify me {i}")
+            assert wait_until(lambda cid=cid: vector_of(conn, cid) is not None, 20), \
+                log.read_text()
+            latencies.append(time.monotonic() - start)
+        print(f"insert -> embedded: median {sorted(latencies)[2] * 1000:.0f} ms")
+        daemon.send_signal(sig)
+        assert daemon.wait(30) == 0, log.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds[-1] == "worker_stopped"
+    assert "Traceback" not in log.read_text()
+
+
+def test_second_daemon_on_one_embedded_data_dir_is_refused(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    from indexer import embedded
+    from indexer.exceptions import AlreadyRunning
+
+    data_dir = tmp_path / "pgdata"
+    with embedded.run_lock(data_dir):
+        with pytest.raises(AlreadyRunning):
+            with embedded.run_lock(data_dir):
+                pass
+        env = cli_env(None, model_cache, INDEXER_DATA_DIR=str(data_dir))
+        result = run_cli(["run", "--once"], env, timeout=60)
+    assert result.returncode == 1
+    assert "already uses the embedded database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,257 @@
+"""The queue in SQL: triggers, claims, guarded writes, failures.  Real PostgreSQL.
+
+Vectors here are random unit vectors: these tests are about bookkeeping, not the model.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import psycopg
+import pytest
+
+from indexer.db import Connection, check_pgvector_version
+from indexer.exceptions import ExtensionMissing
+from indexer.manager import ClaimedRow, Manager
+
+RNG = np.random.default_rng(7)
+
+
+def unit_vectors(n: int) -> np.ndarray:
+    v = RNG.standard_normal((n, 384)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def manager(database: str) -> Iterator[Manager]:
+    with Manager(database, "public") as m:
+        yield m
+
+
+def insert(conn: Connection, *texts: str) -> list[int]:
+    ids = []
+    for text in texts:
+        row = conn.execute("INSERT INTO chunks (content) VALUES (%s) RETURNING id", (text,))
+        ids.append(row.fetchone()["id"])  # type: ignore[index]
+    return ids
+
+
+def chunk(conn: Connection, chunk_id: int) -> dict[str, object]:
+    row = conn.execute("SELECT * FROM chunks WHERE id = %s", (chunk_id,)).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def complete(manager: Manager, worker: uuid.UUID, rows: list[ClaimedRow]) -> list[int]:
+    return manager.complete_batch(
+        worker, uuid.uuid4(), rows, unit_vectors(len(rows)),
+        model="test", token_count=1, claim_ms=0.0, embed_ms=0.0,
+    )
+
+
+def test_insert_is_pending_and_claim_takes_it_once(conn: Connection, manager: Manager) -> None:
+    (cid,) = insert(conn, "hello")
+    assert chunk(conn, cid)["state"] == "pending"
+    a, b = uuid.uuid4(), uuid.uuid4()
+    rows = manager.claim(a, 10, 30, 1000)
+    assert [r.id for r in rows] == [cid]
+    assert manager.claim(b, 10, 30, 1000) == []
+    row = chunk(conn, cid)
+    assert row["state"] == "claimed"
+    assert row["claimed_by"] == a
+
+
+def test_complete_writes_vector_and_one_event(conn: Connection, manager: Manager) -> None:
+    ids = insert(conn, "one", "two", "three")
+    worker = uuid.uuid4()
+    rows = manager.claim(worker, 10, 30, 1000)
+    assert complete(manager, worker, rows) == ids
+    for cid in ids:
+        row = chunk(conn, cid)
+        assert row["state"] == "embedded"
+        assert row["embedding"] is not None
+        assert row["embedding_model"] == "test"
+        assert row["claimed_by"] is None
+    events = conn.execute("SELECT * FROM events WHERE kind = 'batch_completed'").fetchall()
+    assert len(events) == 1
+    assert events[0]["row_count"] == 3
+    assert events[0]["chunk_ids"] == ids
+    assert events[0]["worker_id"] == worker
+    assert events[0]["write_ms"] is not None
+
+
+def test_text_changed_in_flight_discards_the_stale_vector(
+    conn: Connection, manager: Manager
+) -> None:
+    stays, changes = insert(conn, "stays", "old text")
+    worker = uuid.uuid4()
+    rows = manager.claim(worker, 10, 30, 1000)
+    conn.execute("UPDATE chunks SET content = 'new text' WHERE id = %s", (changes,))
+    assert complete(manager, worker, rows) == [stays]
+    row = chunk(conn, changes)
+    assert row["state"] == "pending"
+    assert row["embedding"] is None
+    assert row["content_version"] == 2
+    event = conn.execute("SELECT detail FROM events WHERE kind = 'batch_completed'").fetchone()
+    assert event is not None and event["detail"]["stale"] == 1
+    # The new text is claimed again, at its new version.
+    (again,) = manager.claim(worker, 10, 30, 1000)
+    assert (again.id, again.content_version, again.content) == (changes, 2, "new text")
+
+
+def test_row_deleted_in_flight_is_simply_gone(conn: Connection, manager: Manager) -> None:
+    keep, gone = insert(conn, "keep", "gone")
+    worker = uuid.uuid4()
+    rows = manager.claim(worker, 10, 30, 1000)
+    conn.execute("DELETE FROM chunks WHERE id = %s", (gone,))
+    assert complete(manager, worker, rows) == [keep]
+    assert conn.execute("SELECT count(*) AS n FROM chunks").fetchone() == {"n": 1}
+
+
+def test_expired_lease_is_reclaimed_and_the_late_write_is_discarded(
+    conn: Connection, manager: Manager
+) -> None:
+    (cid,) = insert(conn, "text")
+    slow, fast = uuid.uuid4(), uuid.uuid4()
+    slow_rows = manager.claim(slow, 10, 0.2, 1000)
+    assert manager.claim(fast, 10, 30, 1000) == []
+    time.sleep(0.3)
+    fast_rows = manager.claim(fast, 10, 30, 1000)
+    assert [r.id for r in fast_rows] == [cid]
+    assert complete(manager, slow, slow_rows) == []
+    assert complete(manager, fast, fast_rows) == [cid]
+    written = conn.execute(
+        "SELECT count(*) AS n FROM events, unnest(chunk_ids) AS written(chunk_id)"
+        " WHERE kind = 'batch_completed' AND chunk_id = %s",
+        (cid,),
+    ).fetchone()
+    assert written == {"n": 1}
+
+
+def test_same_content_is_not_embedded_again(conn: Connection, manager: Manager) -> None:
+    (cid,) = insert(conn, "unchanged")
+    worker = uuid.uuid4()
+    complete(manager, worker, manager.claim(worker, 10, 30, 1000))
+    conn.execute("UPDATE chunks SET content = content, metadata = '{\"a\": 1}' WHERE id = %s",
+                 (cid,))
+    row = chunk(conn, cid)
+    assert row["state"] == "embedded"
+    assert row["content_version"] == 1
+    assert manager.claim(worker, 10, 30, 1000) == []
+
+
+def test_changed_content_drops_the_old_vector(conn: Connection, manager: Manager) -> None:
+    (cid,) = insert(conn, "before")
+    worker = uuid.uuid4()
+    complete(manager, worker, manager.claim(worker, 10, 30, 1000))
+    conn.execute("UPDATE chunks SET content = 'after' WHERE id = %s", (cid,))
+    row = chunk(conn, cid)
+    assert (row["state"], row["embedding"], row["embedded_at"]) == ("pending", None, None)
+
+
+def test_failures_back_off_then_park_then_retry(conn: Connection, manager: Manager) -> None:
+    (cid,) = insert(conn, "poison")
+    worker = uuid.uuid4()
+    for attempt in range(1, 4):
+        rows = manager.claim(worker, 10, 30, 1000)
+        assert [r.id for r in rows] == [cid], f"attempt {attempt}"
+        manager.fail_rows(worker, uuid.uuid4(), [(rows[0], f"boom {attempt}\nsecond line")],
+                          max_attempts=3, retry_base_seconds=0.05, embed_ms=1.0)
+        row = chunk(conn, cid)
+        assert row["attempts"] == attempt
+        assert row["last_error"] == f"boom {attempt}"
+        if attempt < 3:
+            assert row["state"] == "pending"
+            assert manager.claim(worker, 10, 30, 1000) == []  # backing off
+            time.sleep(0.05 * 2 ** (attempt - 1) + 0.05)
+    assert chunk(conn, cid)["state"] == "failed"
+    assert manager.claim(worker, 10, 30, 1000) == []
+    assert manager.status()["failed"] == 1
+    assert [r["id"] for r in manager.failed_rows()] == [cid]
+    events = conn.execute(
+        "SELECT chunk_ids, error, detail FROM events WHERE kind = 'batch_failed' ORDER BY id"
+    ).fetchall()
+    assert len(events) == 3
+    assert events[-1]["detail"]["parked"] == [cid]
+
+    assert manager.retry_failed() == [cid]
+    row = chunk(conn, cid)
+    assert (row["state"], row["attempts"], row["last_error"]) == ("pending", 0, None)
+
+
+def test_claim_reads_a_bounded_prefix_of_huge_rows(conn: Connection, manager: Manager) -> None:
+    conn.execute("INSERT INTO chunks (content) VALUES (repeat('é', 5000000))")
+    (row,) = manager.claim(uuid.uuid4(), 10, 30, 1234)
+    assert row.content == "é" * 1234
+
+
+def test_claim_uses_the_partial_queue_index(conn: Connection) -> None:
+    conn.execute(
+        "INSERT INTO chunks (content, embedding)"
+        " SELECT 'x' || i, array_fill(0.1, ARRAY[384])::vector FROM generate_series(1, 20000) i"
+    )
+    insert(conn, "pending one")
+    conn.execute("ANALYZE chunks")
+    plan = conn.execute(
+        "EXPLAIN SELECT id FROM chunks WHERE state IN ('pending', 'claimed')"
+        " AND ((state = 'pending' AND (retry_at IS NULL OR retry_at <= now()))"
+        " OR (state = 'claimed' AND lease_expires_at < now()))"
+        " ORDER BY id LIMIT 64 FOR UPDATE SKIP LOCKED"
+    ).fetchall()
+    text = "\n".join(r["QUERY PLAN"] for r in plan)
+    assert "chunks_queue_idx" in text, text
+
+
+def test_notify_on_new_and_changed_rows(database: str, conn: Connection) -> None:
+    with Manager(database, "public") as listener:
+        assert listener.wait_for_work(0.05)  # starts listening: "look once more"
+        assert not listener.wait_for_work(0.05)
+        insert(conn, "wake up")
+        assert listener.wait_for_work(2.0)
+        conn.execute("UPDATE chunks SET metadata = '{\"k\": 1}'")
+        assert not listener.wait_for_work(0.1)  # metadata alone needs no embedding
+        conn.execute("UPDATE chunks SET content = 'changed'")
+        assert listener.wait_for_work(2.0)
+
+
+def test_hostile_text_is_stored_verbatim(conn: Connection, manager: Manager) -> None:
+    hostile = "x'); DROP TABLE chunks; -- \" \\ $$ %s %(id)s"
+    keep, target = insert(conn, "other row", hostile)
+    worker = uuid.uuid4()
+    rows = manager.claim(worker, 10, 30, 1000)
+    assert {r.content for r in rows} == {"other row", hostile}
+    complete(manager, worker, rows)
+    assert chunk(conn, target)["content"] == hostile
+    assert chunk(conn, keep)["content"] == "other row"
+
+
+def test_content_is_required(conn: Connection) -> None:
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        conn.execute("INSERT INTO chunks (content) VALUES (NULL)")
+
+
+def test_status_view(conn: Connection, manager: Manager) -> None:
+    insert(conn, "a", "b", "c")
+    worker = uuid.uuid4()
+    rows = manager.claim(worker, 2, 30, 1000)
+    complete(manager, worker, rows[:1])
+    status = manager.status()
+    assert (status["pending"], status["in_flight"], status["embedded"], status["failed"]) == (
+        1, 1, 1, 0)
+    assert status["backlog"] == 2
+    assert status["rows_per_second"] > 0
+    assert status["eta"] is not None
+
+
+@pytest.mark.parametrize("version", ["0.5.1", "0.6.2"])
+def test_old_pgvector_is_refused(version: str) -> None:
+    with pytest.raises(ExtensionMissing):
+        check_pgvector_version(version)
+
+
+@pytest.mark.parametrize("version", ["0.7.0", "0.8.5", "1.0"])
+def test_recent_pgvector_is_accepted(version: str) -> None:
+    check_pgvector_version(version)
