@@ -32,5 +32,14 @@ test: lint
 test-slow: install
 	$(BIN)/pytest -m slow
 
+# A quick benchmark (what CI runs inside the test suite), and the full one for README.
+bench: install
+	$(BIN)/indexer bench --quick
+
+bench-full: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/indexer bench --json .tmp/bench.json
+
 clean:
 	rm -rf $(VENV) .tmp .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,8 +22,9 @@ from typing import Any, TextIO
 from indexer import embedded, logs, migrate
 from indexer.api import MAX_K, Indexer, load_embedder
 from indexer.db import resolve_dsn
-from indexer.exceptions import IndexerError, InvalidInput
+from indexer.exceptions import DatabaseUnavailable, IndexerError, InvalidInput
 from indexer.manager import Manager
+from indexer.metrics import Metrics
 from indexer.settings import FIELDS, Settings, env_name
 from indexer.signals import stop_on_signals
 from indexer.worker import BatchResult, Worker
@@ -78,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", "run the embedding daemon")
     run.add_argument("--once", action="store_true", help="drain the backlog, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar with --once")
+    run.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=os.environ.get("INDEXER_HTTP") or None,
+        help="serve the HTTP API (health, metrics, embed, search) on this address, "
+        "e.g. 127.0.0.1:8080 (env INDEXER_HTTP; default: off)",
+    )
     add("dsn", "print the connection string (starting the embedded PostgreSQL if needed)")
     add("embed", 'embed JSON lines from stdin ({"text": ...}) to stdout, adding "embedding"')
     search = add("search", "print the rows nearest to a text")
@@ -91,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--id", type=int, action="append", dest="ids", help="only these ids")
     events = add("events", "maintain the events table")
     events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
+    bench = add("bench", "measure model, backfill, latency, search, memory and claim cost")
+    try:  # TEMPORARY until indexer/bench.py lands
+        from indexer import bench as bench_module
+
+        bench_module.add_arguments(bench)
+    except ImportError:
+        pass
     server = add("server", "start or stop the embedded PostgreSQL")
     server.add_argument("action", choices=["start", "stop"])
     return parser
@@ -146,19 +162,43 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     with lock:
         dsn = resolve_dsn(settings)
         embedder = load_embedder(settings)
-        with Manager(dsn, settings.schema) as manager:
-            manager.connection()  # schema and pgvector checks before the first claim
+        with Manager(dsn, settings.schema) as manager, contextlib.ExitStack() as stack:
+            # Fail fast on a missing schema or pgvector; an outage is the worker's to
+            # ride out (it retries up to INDEXER_DB_DOWN_TIMEOUT).
+            with contextlib.suppress(DatabaseUnavailable):
+                manager.connection()
+            metrics = Metrics()
+            callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
             progress = None
             if args.once and not args.no_progress and sys.stderr.isatty():
                 progress = Progress(int(manager.status()["backlog"]), sys.stderr)
-            worker = Worker(
-                settings, manager, embedder, on_batch=progress.update if progress else None
-            )
+                callbacks.append(progress.update)
+
+            def on_batch(result: BatchResult) -> None:
+                for callback in callbacks:
+                    callback(result)
+
+            worker = Worker(settings, manager, embedder, on_batch=on_batch)
+            if args.http:
+                from indexer.http import HttpServer, create_app, parse_address
+
+                host, port = parse_address(args.http)
+                app = create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics)
+                server = HttpServer(app, host, port)
+                server.start()
+                stack.callback(server.stop)
+                logger.info("HTTP API on http://%s:%d", host, port)
             with stop_on_signals(worker.stop_event):
                 worker.run(once=args.once)
             if progress is not None:
                 progress.finish()
     return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer import bench as bench_module
+
+    return bench_module.main(args, settings)
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
@@ -292,6 +332,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "retry": cmd_retry,
     "events": cmd_events,
     "server": cmd_server,
+    "bench": cmd_bench,
 }
 
 if __name__ == "__main__":

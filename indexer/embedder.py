@@ -24,6 +24,7 @@ __all__ = ["MAX_POSITIONS", "Embedder", "default_cache_dir", "plan_batches"]
 MAX_POSITIONS = 512
 _REQUIRED_INPUTS = ("input_ids", "attention_mask")
 _OPTIONAL_INPUTS = ("token_type_ids",)
+ARENA_SHRINK = True
 
 
 def default_cache_dir() -> Path:
@@ -109,16 +110,16 @@ class Embedder:
             raise ConfigurationError(
                 f"max_tokens must be between 2 and {MAX_POSITIONS}, not {max_tokens}"
             )
-        if token_budget < max_tokens:
-            raise ConfigurationError(
-                f"token_budget ({token_budget}) must be at least max_tokens ({max_tokens})"
-            )
+        if token_budget < 1:
+            raise ConfigurationError(f"token_budget must be at least 1, not {token_budget}")
         if threads is None:
             threads = _default_threads()
         elif threads < 1:
             raise ConfigurationError(f"threads must be at least 1, not {threads}")
 
-        files = resolve_model(model_dir, cache_dir if cache_dir is not None else default_cache_dir())
+        files = resolve_model(
+            model_dir, cache_dir if cache_dir is not None else default_cache_dir()
+        )
         self.name = files.name
         self.max_tokens = max_tokens
         self.token_budget = token_budget
@@ -138,14 +139,14 @@ class Embedder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # CPU memory arena: OFF.  Measured on this 2-core machine embedding 200 texts
-        # of ~250 tokens (token_budget 8192): peak RSS 560 MB with the arena vs
-        # 370 MB without, and the same speed within noise (26.0 vs 26.3 texts/s)
-        # because every batch is big enough that malloc/free cost nothing next to
-        # the matrix products.  The arena keeps the largest batch's buffers for the
-        # life of the process, and a long-running daemon beside PostgreSQL should
-        # give that memory back.
-        options.enable_cpu_mem_arena = False
+        # CPU memory arena: ON, shrunk after each embed() call.  ARENA_NOTE
+        options.enable_cpu_mem_arena = True
+        self._release_options: Any = None
+        if ARENA_SHRINK:
+            self._release_options = ort.RunOptions()
+            self._release_options.add_run_config_entry(
+                "memory.enable_memory_arena_shrinkage", "cpu:0"
+            )
         try:
             self._session = ort.InferenceSession(
                 str(files.onnx_path), sess_options=options, providers=list(providers)
@@ -188,20 +189,23 @@ class Embedder:
 
         Texts are sorted by token count and run in batches planned by
         :func:`plan_batches`, each padded only to its own longest text, so a batch
-        never holds more than ``token_budget`` tokens (which bounds memory).
+        never holds more than ``max(token_budget, max_tokens)`` tokens (which bounds
+        memory: a text longer than the budget still gets a batch of its own).
         Raises :class:`EmbeddingError` if the model fails or yields a non-finite value.
         """
         encodings = self._encode(texts)
         result = np.empty((len(encodings), self.dim), dtype=np.float32)
         lengths = [len(e.ids) for e in encodings]
-        for batch in plan_batches(lengths, self.token_budget):
+        batches = plan_batches(lengths, self.token_budget)
+        for number, batch in enumerate(batches, start=1):
             width = max(lengths[i] for i in batch)
             ids = np.zeros((len(batch), width), dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)
             for row, index in enumerate(batch):
                 ids[row, : lengths[index]] = encodings[index].ids
                 mask[row, : lengths[index]] = 1
-            result[batch] = self._run(ids, mask)
+            last = number == len(batches)
+            result[batch] = self._run(ids, mask, self._release_options if last else None)
         finite = np.isfinite(result).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite).tolist()
@@ -228,27 +232,35 @@ class Embedder:
         except TypeError:
             # A lone surrogate (e.g. from a lenient JSON decoder) cannot cross into
             # Rust: replace it with U+FFFD, which the BERT normaliser then drops.
-            cleaned = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
+            cleaned = [
+                t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts
+            ]
             return list(self._tokenizer.encode_batch(cleaned, add_special_tokens=True))
 
     def _run(
-        self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64]
+        self,
+        ids: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.int64],
+        run_options: Any = None,
     ) -> npt.NDArray[np.float32]:
         feed = {"input_ids": ids, "attention_mask": mask}
         if self._feed_token_types:
             feed["token_type_ids"] = np.zeros_like(ids)
         try:
-            (output,) = self._session.run([self._output], feed)
+            (output,) = self._session.run([self._output], feed, run_options)
         except Exception as exc:
             raise EmbeddingError(
                 f"ONNX Runtime failed on a batch of {ids.shape[0]} x {ids.shape[1]} tokens: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
-        out = np.asarray(output, dtype=np.float32)
+        out: npt.NDArray[np.float32] = np.asarray(output, dtype=np.float32)
         if not self._pool_here:
             return out
         # last_hidden_state [batch, seq, dim]: mean-pool over the mask, L2-normalise.
         weights = mask.astype(np.float32)[:, :, None]
         pooled = (out * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        normalised: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(
+            np.float32
+        )
+        return normalised

@@ -180,6 +180,13 @@ class Manager:
         assert row is not None
         return list(row["chunk_ids"])
 
+    def extend_lease(self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float) -> None:
+        if ids:
+            self._execute(
+                "extend_lease",
+                {"worker_id": worker_id, "ids": list(ids), "lease_seconds": lease_seconds},
+            )
+
     def release(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
         if ids:
             self._execute("release", {"worker_id": worker_id, "ids": list(ids)})

