@@ -213,22 +213,33 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _json_lines(stream: TextIO, size: int) -> Iterator[list[dict[str, Any]]]:
+    """Records in chunks of ``size``; a bad line ends the stream after the good lines
+    before it have been yielded, so their output is not lost."""
     chunk: list[dict[str, Any]] = []
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise InvalidInput(f"line {number}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InvalidInput(f'line {number}: expected an object with a string "text" field')
-        chunk.append(record)
+            chunk.append(_parse_line(line, number))
+        except InvalidInput:
+            if chunk:
+                yield chunk
+            raise
         if len(chunk) >= size:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
+
+
+def _parse_line(line: str, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise InvalidInput(f"line {number}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise InvalidInput(f'line {number}: expected an object with a string "text" field')
+    return record
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:

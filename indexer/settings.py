@@ -137,12 +137,11 @@ class Settings:
     ) -> Settings:
         """Settings from the environment; ``overrides`` (not None) win over it."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values = {k: v for k, v in overrides.items() if v is not None}
         for f in FIELDS:
             raw = environ.get(env_name(f.name))
-            if raw is not None and raw != "":
+            if f.name not in values and raw is not None and raw != "":
                 values[f.name] = _parse(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 

