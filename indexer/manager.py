@@ -241,7 +241,9 @@ class Manager:
         return False
 
     def insert_chunks(self, contents: Sequence[str], metadata: Sequence[str]) -> list[int]:
-        rows = self._execute("insert_chunks", {"contents": list(contents), "metadata": list(metadata)})
+        rows = self._execute(
+            "insert_chunks", {"contents": list(contents), "metadata": list(metadata)}
+        )
         return [r["id"] for r in rows.fetchall()]
 
     # -- reading -------------------------------------------------------------------
@@ -285,9 +287,7 @@ class Manager:
                 "max_chars": max_chars,
             },
         ).fetchall()
-        return [
-            SearchHit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows
-        ]
+        return [SearchHit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
 
     def pgvector_version(self) -> tuple[int, ...]:
         if self._pgvector is None:
@@ -301,4 +301,3 @@ def _clean_error(message: str) -> str:
     """One line, bounded, and free of NUL bytes (which text columns reject)."""
     line = message.replace("\x00", "").strip().splitlines()
     return (line[0] if line else "embedding failed")[:500]
-

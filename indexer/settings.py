@@ -132,9 +132,7 @@ class Settings:
         return not self.database_url
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from the environment; ``overrides`` (not None) win over it."""
         environ = os.environ if environ is None else environ
         values = {k: v for k, v in overrides.items() if v is not None}

@@ -327,9 +327,11 @@ class Worker:
             vectors = self.embedder.embed([r.content for r in rows])
         except Exception as exc:  # any model failure is a property of some row(s)
             if len(rows) == 1:
-                message = f"{type(exc).__name__}: {exc}" if not isinstance(
-                    exc, EmbeddingError
-                ) else str(exc)
+                message = (
+                    f"{type(exc).__name__}: {exc}"
+                    if not isinstance(exc, EmbeddingError)
+                    else str(exc)
+                )
                 logger.warning("row %d failed to embed: %s", rows[0].id, message)
                 return [], [(rows[0], message)]
             middle = len(rows) // 2
@@ -345,7 +347,9 @@ class Worker:
         self._last_prune = now
         pruned = self.manager.prune_events(self.settings.events_retention_days * 86400)
         if pruned:
-            logger.info("pruned %d events older than %g days", pruned, self.settings.events_retention_days)
+            logger.info(
+                "pruned %d events older than %g days", pruned, self.settings.events_retention_days
+            )
 
     def _database_down(self, exc: DatabaseUnavailable) -> None:
         now = time.monotonic()

@@ -27,8 +27,13 @@ def run_cli(
     args: list[str], env: dict[str, str], input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*INDEXER, *args], env=env, input=input, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [*INDEXER, *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,11 @@ def test_migrate_reports_the_revision(database: str, model_cache: Path) -> None:
 
 
 def test_embed_adds_vectors_and_keeps_fields(model_cache: Path, embedder: Embedder) -> None:
-    lines = [{"text": "hello world", "id": 7, "tags": ["a"]}, {"text": "", "x": None},
-             {"text": "naïve café ☕"}]
+    lines: list[dict[str, Any]] = [
+        {"text": "hello world", "id": 7, "tags": ["a"]},
+        {"text": "", "x": None},
+        {"text": "naïve café ☕"},
+    ]
     stdin = "\n".join(json.dumps(line) for line in lines) + "\n\n"
     result = run_cli(["embed"], cli_env(None, model_cache), input=stdin)
     assert result.returncode == 0, result.stderr
@@ -43,7 +47,7 @@ def test_embed_adds_vectors_and_keeps_fields(model_cache: Path, embedder: Embedd
     for record, original in zip(out, lines, strict=True):
         vector = np.array(record.pop("embedding"), dtype=np.float32)
         assert record == original
-        expected = embedder.embed([original["text"]])[0]  # type: ignore[list-item]
+        expected = embedder.embed([original["text"]])[0]
         assert float(np.dot(vector, expected)) > 0.9999
 
 
@@ -53,7 +57,8 @@ def test_embed_rejects_a_bad_line_with_its_number(model_cache: Path) -> None:
     assert result.returncode == 1
     assert json.loads(result.stdout.splitlines()[0])["text"] == "fine"  # nothing lost before
     assert result.stderr.strip() == (
-        'indexer: error: line 2: expected an object with a string "text" field')
+        'indexer: error: line 2: expected an object with a string "text" field'
+    )
     bad_json = run_cli(["embed"], cli_env(None, model_cache), input="{oops\n")
     assert bad_json.returncode == 1
     assert "line 1: not valid JSON" in bad_json.stderr
@@ -105,8 +110,14 @@ def test_search_rejects_bad_k_and_empty_query(database: str, model_cache: Path) 
 def test_help_names_every_environment_variable(model_cache: Path) -> None:
     result = run_cli(["run", "--help"], cli_env(None, model_cache))
     assert result.returncode == 0
-    for variable in ("DATABASE_URL", "INDEXER_DATA_DIR", "INDEXER_BATCH_SIZE",
-                     "INDEXER_TOKEN_BUDGET", "INDEXER_LEASE_SECONDS", "INDEXER_HTTP"):
+    for variable in (
+        "DATABASE_URL",
+        "INDEXER_DATA_DIR",
+        "INDEXER_BATCH_SIZE",
+        "INDEXER_TOKEN_BUDGET",
+        "INDEXER_LEASE_SECONDS",
+        "INDEXER_HTTP",
+    ):
         assert variable in result.stdout
 
 

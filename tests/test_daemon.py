@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,10 @@ def vector_of(conn: Connection, chunk_id: int) -> np.ndarray | None:
     return None if value is None else np.asarray(value.to_numpy())
 
 
+def has_vector(conn: Connection, chunk_id: int) -> bool:
+    return vector_of(conn, chunk_id) is not None
+
+
 def drain(settings: Settings, embedder: Embedder) -> Worker:
     assert settings.database_url is not None
     with Manager(settings.database_url, settings.schema) as manager:
@@ -73,8 +78,12 @@ def test_one_event_per_batch(settings: Settings, embedder: Embedder, conn: Conne
     insert(conn, *(f"row number {i}" for i in range(25)))
     small = Settings(**{**settings.__dict__, "batch_size": 10})
     drain(small, embedder)
-    counts = [r["row_count"] for r in conn.execute(
-        "SELECT row_count FROM events WHERE kind = 'batch_completed' ORDER BY id")]
+    counts = [
+        r["row_count"]
+        for r in conn.execute(
+            "SELECT row_count FROM events WHERE kind = 'batch_completed' ORDER BY id"
+        )
+    ]
     assert counts == [10, 10, 5]
 
 
@@ -90,8 +99,7 @@ def test_search_puts_the_related_row_first(
         pets = manager.search(embedder.embed(["my kitten sleeps all day"])[0], 1)
         assert pets[0].id == ids["cat"]
     # The same from SQL, by vector and by chunk id.
-    row = conn.execute(
-        "SELECT id FROM similar_chunks(%s, 1)", (ids["cat"],)).fetchone()
+    row = conn.execute("SELECT id FROM similar_chunks(%s, 1)", (ids["cat"],)).fetchone()
     assert row is not None and row["id"] != ids["cat"]
     query = embedder.embed(["stock prices dropped"])[0]
     top = conn.execute("SELECT id FROM search_chunks(%s, 1)", (query,)).fetchone()
@@ -131,20 +139,26 @@ def test_update_is_re_embedded_with_the_new_text(
 def test_a_poison_row_does_not_block_the_others(
     settings: Settings, embedder: Embedder, conn: Connection
 ) -> None:
-    poisoned = Settings(**{**settings.__dict__, "test_fail_marker": "POISON",
-                           "max_attempts": 2, "retry_base_seconds": 0.01})
+    poisoned = Settings(
+        **{
+            **settings.__dict__,
+            "test_fail_marker": "POISON",
+            "max_attempts": 2,
+            "retry_base_seconds": 0.01,
+        }
+    )
     texts = [f"good row {i}" for i in range(9)]
     texts.insert(4, "this row is POISON")
     ids = insert(conn, *texts)
     drain(poisoned, embedder)
-    states = dict(conn.execute("SELECT id, state FROM chunks").fetchall() and [
-        (r["id"], r["state"]) for r in conn.execute("SELECT id, state FROM chunks")])
+    states = {r["id"]: r["state"] for r in conn.execute("SELECT id, state FROM chunks")}
     assert states[ids[4]] in ("pending", "failed")
     assert all(states[i] == "embedded" for i in ids if i != ids[4])
     time.sleep(0.05)
     drain(poisoned, embedder)
-    row = conn.execute("SELECT state, attempts, last_error FROM chunks WHERE id = %s",
-                       (ids[4],)).fetchone()
+    row = conn.execute(
+        "SELECT state, attempts, last_error FROM chunks WHERE id = %s", (ids[4],)
+    ).fetchone()
     assert row is not None
     assert (row["state"], row["attempts"]) == ("failed", 2)
     assert "POISON" in row["last_error"]
@@ -159,8 +173,12 @@ def test_stop_event_ends_an_idle_daemon(
         thread.start()
         insert(conn, "picked up while running")
         assert wait_until(
-            lambda: conn.execute("SELECT count(*) AS n FROM chunks WHERE state = 'embedded'")
-            .fetchone() == {"n": 1}, 30)
+            lambda: (
+                conn.execute("SELECT count(*) AS n FROM chunks WHERE state = 'embedded'").fetchone()
+                == {"n": 1}
+            ),
+            30,
+        )
         worker.stop()
         thread.join(5)
         assert not thread.is_alive()
@@ -177,15 +195,18 @@ def test_daemon_embeds_on_notify_and_stops_cleanly_on_signal(
     log = tmp_path / "daemon.log"
     daemon = start_daemon(env, log)
     try:
-        assert wait_until(lambda: conn.execute(
-            "SELECT 1 FROM events WHERE kind = 'worker_started'").fetchone() is not None, 60), \
-            log.read_text()
+        assert wait_until(
+            lambda: (
+                conn.execute("SELECT 1 FROM events WHERE kind = 'worker_started'").fetchone()
+                is not None
+            ),
+            60,
+        ), log.read_text()
         latencies = []
         for i in range(5):
             start = time.monotonic()
             (cid,) = insert(conn, f"notify me {i}")
-            assert wait_until(lambda cid=cid: vector_of(conn, cid) is not None, 20), \
-                log.read_text()
+            assert wait_until(partial(has_vector, conn, cid), 20), log.read_text()
             latencies.append(time.monotonic() - start)
         print(f"insert -> embedded: median {sorted(latencies)[2] * 1000:.0f} ms")
         daemon.send_signal(sig)
@@ -206,9 +227,8 @@ def test_second_daemon_on_one_embedded_data_dir_is_refused(
 
     data_dir = tmp_path / "pgdata"
     with embedded.run_lock(data_dir):
-        with pytest.raises(AlreadyRunning):
-            with embedded.run_lock(data_dir):
-                pass
+        with pytest.raises(AlreadyRunning), embedded.run_lock(data_dir):
+            pass
         env = cli_env(None, model_cache, INDEXER_DATA_DIR=str(data_dir))
         result = run_cli(["run", "--once"], env, timeout=60)
     assert result.returncode == 1

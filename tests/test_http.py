@@ -142,8 +142,20 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["8080", "127.0.0.1", "127.0.0.1:", ":8080", "::1:8080", "host:0", "host:65536",
-             "host:80a", "[::1]8080", "a b:80", ""]
+    "text",
+    [
+        "8080",
+        "127.0.0.1",
+        "127.0.0.1:",
+        ":8080",
+        "::1:8080",
+        "host:0",
+        "host:65536",
+        "host:80a",
+        "[::1]8080",
+        "a b:80",
+        "",
+    ],
 )
 def test_parse_address_rejects_bad_text(text: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -159,7 +171,9 @@ def test_port_in_use_is_one_clear_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = HttpServer(create_app(settings, dsn=database, embedder=embedder), "127.0.0.1", port)
+        server = HttpServer(
+            create_app(settings, dsn=database, embedder=embedder), "127.0.0.1", port
+        )
         with pytest.raises(ConfigurationError) as info:
             server.start()
     message = str(info.value)
@@ -271,7 +285,10 @@ def test_embed_texts(api: Api, embedder: Embedder) -> None:
 
 
 def test_embed_chunks_echoes_the_ids(api: Api, embedder: Embedder) -> None:
-    chunks = [{"chunk_id": 7, "content": CORPUS["cat"]}, {"chunk_id": "b-2", "content": CORPUS["db"]}]
+    chunks = [
+        {"chunk_id": 7, "content": CORPUS["cat"]},
+        {"chunk_id": "b-2", "content": CORPUS["db"]},
+    ]
     response = api.client.post("/embed", json={"batch_id": "batch-1", "chunks": chunks})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -286,7 +303,9 @@ def test_embed_limits_are_413(api: Api) -> None:
     assert api.client.post("/embed", json={"texts": ["a"] * MAX_TEXTS}).status_code == 200
     too_many = api.client.post("/embed", json={"texts": ["a"] * (MAX_TEXTS + 1)})
     assert too_many.status_code == 413
-    assert too_many.json() == {"error": f"{MAX_TEXTS + 1} texts in one request; at most {MAX_TEXTS}"}
+    assert too_many.json() == {
+        "error": f"{MAX_TEXTS + 1} texts in one request; at most {MAX_TEXTS}"
+    }
     too_long = api.client.post("/embed", json={"texts": ["ok", "x" * (MAX_TEXT_CHARS + 1)]})
     assert too_long.status_code == 413
     assert "text 1 has" in too_long.json()["error"]
@@ -367,8 +386,11 @@ def test_search_puts_the_related_row_first(
     assert results[0]["metadata"] == {"src": "t"}
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
-    expected = float(np.dot(embedder.embed(["which database supports SQL?"])[0],
-                            embedder.embed([CORPUS["db"]])[0]))
+    expected = float(
+        np.dot(
+            embedder.embed(["which database supports SQL?"])[0], embedder.embed([CORPUS["db"]])[0]
+        )
+    )
     assert abs(scores[0] - expected) < 1e-4
     default_k = api.client.post("/search", json={"query": "kitten"}).json()["results"]
     assert len(default_k) == len(CORPUS) and default_k[0]["id"] == ids["cat"]
@@ -381,19 +403,29 @@ def test_search_filter_returns_k_rows_when_most_rows_do_not_match(
     # filter then is exact): turn sequential scans off for the API's new connections so
     # that /search takes the HNSW path, as it does on large tables.
     dbname = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
-    conn.execute(sql.SQL("ALTER DATABASE {} SET enable_seqscan = off").format(
-        sql.Identifier(str(dbname))))
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET enable_seqscan = off").format(sql.Identifier(str(dbname)))
+    )
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((3000, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with conn.cursor().copy("COPY chunks (content, metadata, embedding) FROM STDIN") as copy:
         for i, v in enumerate(vectors):
-            copy.write_row((f"row {i}", json.dumps({"group": i % 60}),
-                            "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
+            copy.write_row(
+                (
+                    f"row {i}",
+                    json.dumps({"group": i % 60}),
+                    "[" + ",".join(f"{x:.6f}" for x in v) + "]",
+                )
+            )
     conn.execute("ANALYZE chunks")
     query = "stock prices dropped"
-    params = {"query": embedder.embed([query])[0], "k": 10, "filter": '{"group": 7}',
-              "max_chars": 10}
+    params = {
+        "query": embedder.embed([query])[0],
+        "k": 10,
+        "filter": '{"group": 7}',
+        "max_chars": 10,
+    }
 
     # Without pgvector's iterative scan, one HNSW scan of ef_search = 100 candidates
     # holds only about two rows of group 7: this is what /search must do better than.
@@ -471,9 +503,13 @@ def test_cli_serves_http_and_stops_on_sigterm(
     try:
         assert wait_until(healthy, 90, interval=0.2), log.read_text()
         (cid,) = insert(conn, CORPUS["cat"])
-        assert wait_until(lambda: conn.execute(
-            "SELECT state FROM chunks WHERE id = %s", (cid,)).fetchone() == {"state": "embedded"},
-            30), log.read_text()
+        assert wait_until(
+            lambda: (
+                conn.execute("SELECT state FROM chunks WHERE id = %s", (cid,)).fetchone()
+                == {"state": "embedded"}
+            ),
+            30,
+        ), log.read_text()
         found = httpx.post(url + "/search", json={"query": "a sleepy kitten"}, timeout=30)
         assert found.json()["results"][0]["id"] == cid
         daemon.send_signal(signal.SIGTERM)

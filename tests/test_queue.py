@@ -22,7 +22,8 @@ RNG = np.random.default_rng(7)
 
 def unit_vectors(n: int) -> np.ndarray:
     v = RNG.standard_normal((n, 384)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
 
 
 @pytest.fixture
@@ -47,8 +48,14 @@ def chunk(conn: Connection, chunk_id: int) -> dict[str, object]:
 
 def complete(manager: Manager, worker: uuid.UUID, rows: list[ClaimedRow]) -> list[int]:
     return manager.complete_batch(
-        worker, uuid.uuid4(), rows, unit_vectors(len(rows)),
-        model="test", token_count=1, claim_ms=0.0, embed_ms=0.0,
+        worker,
+        uuid.uuid4(),
+        rows,
+        unit_vectors(len(rows)),
+        model="test",
+        token_count=1,
+        claim_ms=0.0,
+        embed_ms=0.0,
     )
 
 
@@ -135,8 +142,9 @@ def test_same_content_is_not_embedded_again(conn: Connection, manager: Manager) 
     (cid,) = insert(conn, "unchanged")
     worker = uuid.uuid4()
     complete(manager, worker, manager.claim(worker, 10, 30, 1000))
-    conn.execute("UPDATE chunks SET content = content, metadata = '{\"a\": 1}' WHERE id = %s",
-                 (cid,))
+    conn.execute(
+        "UPDATE chunks SET content = content, metadata = '{\"a\": 1}' WHERE id = %s", (cid,)
+    )
     row = chunk(conn, cid)
     assert row["state"] == "embedded"
     assert row["content_version"] == 1
@@ -158,8 +166,14 @@ def test_failures_back_off_then_park_then_retry(conn: Connection, manager: Manag
     for attempt in range(1, 4):
         rows = manager.claim(worker, 10, 30, 1000)
         assert [r.id for r in rows] == [cid], f"attempt {attempt}"
-        manager.fail_rows(worker, uuid.uuid4(), [(rows[0], f"boom {attempt}\nsecond line")],
-                          max_attempts=3, retry_base_seconds=0.05, embed_ms=1.0)
+        manager.fail_rows(
+            worker,
+            uuid.uuid4(),
+            [(rows[0], f"boom {attempt}\nsecond line")],
+            max_attempts=3,
+            retry_base_seconds=0.05,
+            embed_ms=1.0,
+        )
         row = chunk(conn, cid)
         assert row["attempts"] == attempt
         assert row["last_error"] == f"boom {attempt}"
@@ -240,7 +254,11 @@ def test_status_view(conn: Connection, manager: Manager) -> None:
     complete(manager, worker, rows[:1])
     status = manager.status()
     assert (status["pending"], status["in_flight"], status["embedded"], status["failed"]) == (
-        1, 1, 1, 0)
+        1,
+        1,
+        1,
+        0,
+    )
     assert status["backlog"] == 2
     assert status["rows_per_second"] > 0
     assert status["eta"] is not None

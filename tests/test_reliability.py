@@ -33,10 +33,33 @@ LEASE = 3.0  # seconds; short so that killed daemons' rows come back quickly
 def corpus(n: int, seed: int = 1) -> list[str]:
     """Distinct texts of mixed lengths (a few to a few hundred words)."""
     rng = random.Random(seed)
-    words = ("postgres vector index daemon batch lease claim token model search query row "
-             "table commit crash restart kill signal memory budget latency").split()
-    return [f"text {i}: " + " ".join(rng.choices(words, k=rng.choice((3, 20, 80, 300))))
-            for i in range(n)]
+    words = [
+        "postgres",
+        "vector",
+        "index",
+        "daemon",
+        "batch",
+        "lease",
+        "claim",
+        "token",
+        "model",
+        "search",
+        "query",
+        "row",
+        "table",
+        "commit",
+        "crash",
+        "restart",
+        "kill",
+        "signal",
+        "memory",
+        "budget",
+        "latency",
+    ]
+    return [
+        f"text {i}: " + " ".join(rng.choices(words, k=rng.choice((3, 20, 80, 300))))
+        for i in range(n)
+    ]
 
 
 def insert_many(conn: Connection, texts: list[str]) -> None:
@@ -66,7 +89,7 @@ def stop_all(daemons: list[subprocess.Popen[str]], timeout: float = 30) -> list[
     for d in daemons:
         if d.poll() is None:
             d.send_signal(signal.SIGTERM)
-    codes = []
+    codes: list[int | None] = []
     for d in daemons:
         try:
             codes.append(d.wait(timeout))
@@ -78,8 +101,7 @@ def stop_all(daemons: list[subprocess.Popen[str]], timeout: float = 30) -> list[
 
 def check_every_row_once(conn: Connection, embedder: Embedder, expected_rows: int) -> None:
     """Every row embedded, with its current text's vector, in exactly one committed batch."""
-    rows = conn.execute(
-        "SELECT id, content, embedding, state FROM chunks ORDER BY id").fetchall()
+    rows = conn.execute("SELECT id, content, embedding, state FROM chunks ORDER BY id").fetchall()
     assert len(rows) == expected_rows
     assert {r["state"] for r in rows} == {"embedded"}
     fresh = embedder.embed([r["content"] for r in rows])
@@ -101,8 +123,13 @@ def check_every_row_once(conn: Connection, embedder: Embedder, expected_rows: in
 
 
 def kill_scenario(
-    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
-    rows: int, kills: int,
+    database: str,
+    model_cache: Path,
+    conn: Connection,
+    embedder: Embedder,
+    tmp_path: Path,
+    rows: int,
+    kills: int,
 ) -> None:
     insert_many(conn, corpus(rows))
     env = daemon_env(database, model_cache)
@@ -114,10 +141,19 @@ def kill_scenario(
         for _ in range(kills):
             victim = rng.randrange(len(daemons))
             pid = daemons[victim].pid
+
+            def working(pid: int = pid) -> bool:
+                return (
+                    conn.execute(
+                        "SELECT 1 FROM events WHERE kind = 'worker_started'"
+                        " AND (detail->>'pid')::int = %s",
+                        (pid,),
+                    ).fetchone()
+                    is not None
+                )
+
             # Let it get to work, then kill it at a random moment of its batches.
-            wait_until(lambda pid=pid: conn.execute(
-                "SELECT 1 FROM events WHERE kind = 'worker_started'"
-                " AND (detail->>'pid')::int = %s", (pid,)).fetchone() is not None, 60, 0.1)
+            wait_until(working, 60, 0.1)
             time.sleep(rng.uniform(0.0, 2.0))
             daemons[victim].send_signal(signal.SIGKILL)
             daemons[victim].wait(10)
@@ -127,13 +163,18 @@ def kill_scenario(
         # last kill none of its rows is still held (a live daemon may take them).
         time.sleep(LEASE + 1.0)
         dead_workers = [
-            r["worker_id"] for r in conn.execute(
+            r["worker_id"]
+            for r in conn.execute(
                 "SELECT worker_id FROM events WHERE kind = 'worker_started'"
-                " AND (detail->>'pid')::int = ANY(%s)", ([pid for pid, _ in killed],))
+                " AND (detail->>'pid')::int = ANY(%s)",
+                ([pid for pid, _ in killed],),
+            )
         ]
         held = conn.execute(
             "SELECT count(*) AS n FROM chunks WHERE state = 'claimed' AND claimed_by = ANY(%s)"
-            " AND lease_expires_at > now()", (dead_workers,)).fetchone()
+            " AND lease_expires_at > now()",
+            (dead_workers,),
+        ).fetchone()
         assert held == {"n": 0}
         assert wait_until(lambda: embedded_count(conn) == rows, 600, 0.5), log.read_text()[-3000:]
     finally:
@@ -142,9 +183,12 @@ def kill_scenario(
     check_every_row_once(conn, embedder, rows)
     assert len(dead_workers) == kills
     batches = conn.execute(
-        "SELECT count(*) AS n FROM events WHERE kind = 'batch_completed'").fetchone()
-    print(f"\nSIGKILL: {kills} kills of working daemons, {rows} rows, "
-          f"{batches['n'] if batches else 0} committed batches, 0 duplicates, 0 lost")
+        "SELECT count(*) AS n FROM events WHERE kind = 'batch_completed'"
+    ).fetchone()
+    print(
+        f"\nSIGKILL: {kills} kills of working daemons, {rows} rows, "
+        f"{batches['n'] if batches else 0} committed batches, 0 duplicates, 0 lost"
+    )
 
 
 def test_sigkill_at_random_moments(
@@ -164,8 +208,13 @@ def test_sigkill_at_random_moments_long(
 
 
 def concurrency_scenario(
-    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
-    daemons: int, rows: int,
+    database: str,
+    model_cache: Path,
+    conn: Connection,
+    embedder: Embedder,
+    tmp_path: Path,
+    daemons: int,
+    rows: int,
 ) -> None:
     insert_many(conn, corpus(rows, seed=daemons))
     env = daemon_env(database, model_cache)
@@ -178,7 +227,11 @@ def concurrency_scenario(
 
 @pytest.mark.parametrize("daemons", [1, 2, 4])
 def test_exactly_once_with_concurrent_daemons(
-    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
+    database: str,
+    model_cache: Path,
+    conn: Connection,
+    embedder: Embedder,
+    tmp_path: Path,
     daemons: int,
 ) -> None:
     concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=200)
@@ -187,7 +240,11 @@ def test_exactly_once_with_concurrent_daemons(
 @pytest.mark.slow
 @pytest.mark.parametrize("daemons", [1, 2, 4])
 def test_exactly_once_with_concurrent_daemons_long(
-    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path,
+    database: str,
+    model_cache: Path,
+    conn: Connection,
+    embedder: Embedder,
+    tmp_path: Path,
     daemons: int,
 ) -> None:
     concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=3000)
@@ -208,8 +265,12 @@ def own_server() -> Iterator[tuple[Path, str]]:
 
 
 def restart_scenario(
-    own_server: tuple[Path, str], model_cache: Path, embedder: Embedder, tmp_path: Path,
-    rows: int, restarts: int,
+    own_server: tuple[Path, str],
+    model_cache: Path,
+    embedder: Embedder,
+    tmp_path: Path,
+    rows: int,
+    restarts: int,
 ) -> None:
     data_dir, dsn = own_server
     with connect(dsn, "public", autocommit=True) as conn:
@@ -225,8 +286,9 @@ def restart_scenario(
             dsn_again = embedded.start(data_dir)
             assert dsn_again == dsn
         with connect(dsn, "public", autocommit=True) as conn:
-            assert wait_until(lambda: embedded_count(conn) == rows, 300, 0.5), \
-                log.read_text()[-3000:]
+            assert wait_until(lambda: embedded_count(conn) == rows, 300, 0.5), log.read_text()[
+                -3000:
+            ]
         assert all(d.poll() is None for d in daemons), "a daemon exited during the outage"
     finally:
         codes = stop_all(daemons)
@@ -255,8 +317,11 @@ def test_postgres_restarts_while_daemons_run_long(
 def test_database_that_stays_down_ends_the_daemon_with_one_line(
     model_cache: Path, tmp_path: Path
 ) -> None:
-    env = daemon_env(f"postgresql://postgres@/indexer?host={tmp_path / 'nowhere'}", model_cache,
-                     INDEXER_DB_DOWN_TIMEOUT="1.5")
+    env = daemon_env(
+        f"postgresql://postgres@/indexer?host={tmp_path / 'nowhere'}",
+        model_cache,
+        INDEXER_DB_DOWN_TIMEOUT="1.5",
+    )
     start = time.monotonic()
     result = run_cli(["run"], env, timeout=60)
     assert result.returncode == 1
@@ -287,8 +352,10 @@ def test_concurrent_updates_and_deletes_leave_only_current_vectors(
                 if rng.random() < 0.1:
                     c.execute("DELETE FROM chunks WHERE id = %s", (target,))
                 else:
-                    c.execute("UPDATE chunks SET content = %s WHERE id = %s",
-                              (f"rewritten {uuid.uuid4()} " + texts[target - 1][:200], target))
+                    c.execute(
+                        "UPDATE chunks SET content = %s WHERE id = %s",
+                        (f"rewritten {uuid.uuid4()} " + texts[target - 1][:200], target),
+                    )
                 time.sleep(0.01)
 
     churner = threading.Thread(target=churn)
@@ -299,9 +366,16 @@ def test_concurrent_updates_and_deletes_leave_only_current_vectors(
         stop.set()
         churner.join()
     try:
-        assert wait_until(lambda: conn.execute(
-            "SELECT count(*) AS n FROM chunks WHERE state <> 'embedded'").fetchone() == {"n": 0},
-            300, 0.5), log.read_text()[-3000:]
+        assert wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) AS n FROM chunks WHERE state <> 'embedded'"
+                ).fetchone()
+                == {"n": 0}
+            ),
+            300,
+            0.5,
+        ), log.read_text()[-3000:]
     finally:
         assert stop_all(daemons) == [0, 0]
     rows = conn.execute("SELECT content, embedding FROM chunks").fetchall()
@@ -310,7 +384,8 @@ def test_concurrent_updates_and_deletes_leave_only_current_vectors(
     assert float(np.sum(fresh * stored, axis=1).min()) > 0.9999
     stale = conn.execute(
         "SELECT coalesce(sum((detail->>'stale')::int), 0) AS n FROM events"
-        " WHERE kind = 'batch_completed'").fetchone()
+        " WHERE kind = 'batch_completed'"
+    ).fetchone()
     print(f"\nchurn: {len(rows)} rows left, {stale['n'] if stale else 0} stale vectors discarded")
 
 
@@ -321,8 +396,13 @@ def test_poison_row_is_parked_visible_and_retryable(
     database: str, model_cache: Path, conn: Connection
 ) -> None:
     insert_many(conn, [f"fine {i}" for i in range(30)] + ["bad POISON row"])
-    env = daemon_env(database, model_cache, INDEXER_TEST_FAIL_MARKER="POISON",
-                     INDEXER_MAX_ATTEMPTS="3", INDEXER_RETRY_BASE_SECONDS="0.05")
+    env = daemon_env(
+        database,
+        model_cache,
+        INDEXER_TEST_FAIL_MARKER="POISON",
+        INDEXER_MAX_ATTEMPTS="3",
+        INDEXER_RETRY_BASE_SECONDS="0.05",
+    )
     for _ in range(3):
         assert run_cli(["run", "--once"], env).returncode == 0
         time.sleep(0.3)
@@ -363,7 +443,8 @@ def test_odd_huge_and_bulk_input(
     insert_many(conn, ODD_TEXTS)
     conn.execute("INSERT INTO chunks (content) VALUES (repeat('lorem ipsum dolor ', 2900000))")
     conn.execute(
-        "INSERT INTO chunks (content) SELECT 'bulk row ' || i FROM generate_series(1, 10000) i")
+        "INSERT INTO chunks (content) SELECT 'bulk row ' || i FROM generate_series(1, 10000) i"
+    )
     total = len(ODD_TEXTS) + 1 + 10000
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cli_env(database, model_cache), log, "--once")
@@ -457,8 +538,13 @@ def test_signal_during_a_batch_finishes_it_and_exits_zero(
     log = tmp_path / "daemon.log"
     daemon = start_daemon(daemon_env(database, model_cache), log)
     try:
-        assert wait_until(lambda: conn.execute(
-            "SELECT 1 FROM events WHERE kind = 'batch_completed'").fetchone() is not None, 60)
+        assert wait_until(
+            lambda: (
+                conn.execute("SELECT 1 FROM events WHERE kind = 'batch_completed'").fetchone()
+                is not None
+            ),
+            60,
+        )
         daemon.send_signal(sig)
         start = time.monotonic()
         assert daemon.wait(20) == 0, log.read_text()
@@ -466,8 +552,9 @@ def test_signal_during_a_batch_finishes_it_and_exits_zero(
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    assert conn.execute(
-        "SELECT count(*) AS n FROM chunks WHERE state = 'claimed'").fetchone() == {"n": 0}
+    assert conn.execute("SELECT count(*) AS n FROM chunks WHERE state = 'claimed'").fetchone() == {
+        "n": 0
+    }
     last = conn.execute("SELECT kind FROM events ORDER BY id DESC LIMIT 1").fetchone()
     assert last == {"kind": "worker_stopped"}
     assert "Traceback" not in log.read_text()
