@@ -155,6 +155,32 @@ class SearchRequest(_Body):
             raise ValueError("the query is empty")
         return value
 
+    @field_validator("filter")
+    @classmethod
+    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What jsonb cannot hold would otherwise fail in the database as a 500."""
+        for text in _strings(value):
+            if "\x00" in text:
+                raise ValueError("the filter holds a NUL character, which jsonb cannot store")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the filter holds invalid Unicode (a lone surrogate)") from None
+        return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every key and string inside a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
 
 class SearchResult(BaseModel):
     id: int
@@ -492,7 +518,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" and not kind.endswith("+json"):
+            message = "send a JSON body with the header Content-Type: application/json"
+        else:
+            message = _validation_message(exc)
+        return JSONResponse({"error": message}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -567,7 +598,7 @@ def create_app(
             _check_texts(body.texts, "text")
             out = {"embeddings": _rounded(res.embed(body.texts))}
         out.update(model=embedder.name, dim=embedder.dim)
-        return Response(json.dumps(out, ensure_ascii=False), media_type="application/json")
+        return Response(json.dumps(out), media_type="application/json")
 
     @app.post("/search", response_model=SearchResponse, responses=errors)
     def search(body: SearchRequest) -> SearchResponse:

@@ -360,6 +360,15 @@ def test_malformed_embed_bodies_are_422(api: Api, content: bytes, message: str) 
     assert list(body) == ["error"] and message in body["error"], body
 
 
+def test_a_body_that_is_not_declared_json_is_422(api: Api) -> None:
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):
+        response = api.client.post("/embed", content=b'{"texts": ["a"]}', headers=headers)
+        assert response.status_code == 422
+        assert response.json() == {
+            "error": "send a JSON body with the header Content-Type: application/json"
+        }
+
+
 def test_errors_are_json_without_tracebacks(api: Api) -> None:
     missing = api.client.get("/nowhere")
     assert (missing.status_code, missing.json()) == (404, {"error": "Not Found"})
@@ -455,11 +464,16 @@ def test_search_filter_returns_k_rows_when_most_rows_do_not_match(
         ({"query": "  \n "}, 422, "the query is empty"),
         ({"k": 3}, 422, "query: Field required"),
         ({"query": "x", "filter": ["a"]}, 422, "filter: Input should be a valid dictionary"),
+        ({"query": "x", "filter": {"a": ["\x00"]}}, 422, "filter: Value error, the filter holds"),
+        ({"query": "x", "filter": {"\ud800": 1}}, 422, "invalid Unicode"),
         ({"query": "q" * (MAX_TEXT_CHARS + 1)}, 413, "query 0 has"),
     ],
 )
 def test_bad_search_requests(api: Api, body: dict[str, object], status: int, message: str) -> None:
-    response = api.client.post("/search", json=body)
+    # json.dumps escapes a lone surrogate (httpx's json= would refuse to send it).
+    response = api.client.post(
+        "/search", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert response.status_code == status
     assert message in response.json()["error"]
 

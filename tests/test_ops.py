@@ -35,8 +35,8 @@ def test_events_prune_deletes_only_old_events(
     worker = uuid.uuid4()
     for age in ("30 days", "8 days", "6 days", "1 minute"):
         conn.execute(
-            "INSERT INTO events (kind, worker_id, at, detail)"
-            " VALUES ('worker_started', %s, now() - %s::interval, jsonb_build_object('age', %s::text))",
+            "INSERT INTO events (kind, worker_id, at, detail) VALUES"
+            " ('worker_started', %s, now() - %s::interval, jsonb_build_object('age', %s::text))",
             (worker, age, age),
         )
     result = run_cli(["events", "prune"], cli_env(database, model_cache))
