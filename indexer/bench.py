@@ -59,6 +59,7 @@ DIM = 384
 #: a perturbed vector keeps a cosine of about 0.89 with the one it came from.
 NOISE_SIGMA = 0.025
 TOP_K = 10
+HIDDEN, INTERMEDIATE, LAYERS = 384, 1536, 6  # all-MiniLM-L6-v2, for the FLOP count
 ONE_MB = 1_000_000
 SCHEMA_MARKER = "scratch schema of `indexer bench`: dropped when it ends"
 
@@ -113,6 +114,7 @@ class Plan:
     latency_samples: int
     search_rows: int
     memory_rows: int
+    memory_runs: int
     claim_small: int
     claim_large: int
     claims: int
@@ -124,12 +126,13 @@ class Plan:
         plan = cls(
             quick=quick,
             repeats=repeats,
-            short=200 if quick else 2000,
-            mixed=48 if quick else 320,
+            short=128 if quick else 2000,
+            mixed=32 if quick else 256,
             queries=30 if quick else 200,
             latency_samples=12 if quick else 60,
             search_rows=args.search_rows or (3_000 if quick else 100_000),
             memory_rows=5 if quick else 20,
+            memory_runs=1 if quick else repeats,
             claim_small=1_000,
             claim_large=args.claim_rows or (20_000 if quick else 1_000_000),
             claims=60 if quick else 300,
@@ -188,13 +191,21 @@ def _one(conn: db.Connection, query: sql.Composable | str, params: Any = None) -
 # ---------------------------------------------------------------------------- machine
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's entries of /proc/cpuinfo (empty elsewhere)."""
+    info: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            if not line.strip():
                 break
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    return info
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
     ram_gib: float | None = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -204,19 +215,68 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
-    flags = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        flags = "avx512" if "avx512f" in text else ("avx2" if "avx2" in text else "")
     return {
-        "cpu": cpu,
+        "cpu": cpu.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}",
         "cores": os.cpu_count(),
         "usable_cores": usable,
-        "simd": flags,
+        "simd": " ".join(
+            sorted(
+                f
+                for f in flags
+                if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+            )
+        ),
         "ram_gib": ram_gib,
         "os": platform.platform(),
         "python": platform.python_version(),
+        "loadavg_start": _loadavg(),
     }
+
+
+def _loadavg() -> float | None:
+    """Other work on the machine skews every figure: the report says how busy it was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def gemm_peak_gflops(threads: int) -> float:
+    """fp32 GEMM rate of ONNX Runtime here (one MatMul of the model's FFN shape), best of 7.
+
+    The yardstick for the model figures: a FLOP-bound model cannot beat it.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = 4096, HIDDEN, INTERMEDIATE
+    rng = np.random.default_rng(SEED)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feed = {"x": rng.standard_normal((m, k), dtype=np.float32)}
+    session.run(None, feed)
+    best = min(_timed(lambda: session.run(None, feed)) for _ in range(7))
+    return 2 * m * k * n / best / 1e9
+
+
+def model_gflop(lengths: Sequence[int]) -> float:
+    """Useful work of all-MiniLM-L6-v2 on texts of these token counts (no padding)."""
+    per_token = 2 * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * INTERMEDIATE)  # Q, K, V, O, FFN
+    total = sum(LAYERS * (per_token * n + 4 * n * n * HIDDEN) for n in lengths)
+    return total / 1e9
 
 
 def versions(conn: db.Connection) -> dict[str, Any]:
@@ -530,7 +590,8 @@ def load_reference() -> tuple[Any, str | None]:
 def bench_model(ctx: Context, results: dict[str, Any]) -> None:
     embedder = ctx.embedder
     sets = {"short": ctx.corpus.short, "mixed": ctx.corpus.mixed}
-    tokens = {name: sum(embedder.count_tokens(texts)) for name, texts in sets.items()}
+    lengths = {name: embedder.count_tokens(texts) for name, texts in sets.items()}
+    gflop = {name: model_gflop(n) for name, n in lengths.items()}
     reference: Any = None
     why_not: str | None = "--no-reference"
     if not ctx.args.no_reference:
@@ -564,16 +625,25 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
                 times.setdefault(f"{label}_{name}", []).append(time.perf_counter() - start)
         _say(f"model: run {repeat + 1}/{ctx.plan.repeats} done")
 
-    model: dict[str, Any] = {"model": embedder.name, "runs": ctx.plan.repeats}
+    threads = ctx.settings.threads or machine_info()["usable_cores"]
+    peak = gemm_peak_gflops(threads)
+    model: dict[str, Any] = {
+        "model": embedder.name,
+        "runs": ctx.plan.repeats,
+        "threads": threads,
+        "gemm_peak_gflops": round(peak, 1),
+    }
     for name, texts in sets.items():
         seconds = _median(times[f"onnx_{name}"])
         model[name] = {
             "texts": len(texts),
-            "tokens": tokens[name],
-            "mean_tokens": round(tokens[name] / len(texts), 1),
+            "tokens": sum(lengths[name]),
+            "mean_tokens": round(sum(lengths[name]) / len(texts), 1),
             "seconds": round(seconds, 3),
             "texts_per_s": round(len(texts) / seconds, 1),
-            "tokens_per_s": round(tokens[name] / seconds, 0),
+            "tokens_per_s": round(sum(lengths[name]) / seconds, 0),
+            "useful_gflops": round(gflop[name] / seconds, 1),
+            "of_gemm_peak": round(gflop[name] / seconds / peak, 3),
         }
     results["model"] = model
     ctx.vectors = np.concatenate([outputs["onnx_short"], outputs["onnx_mixed"]])
@@ -584,10 +654,22 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
     import sentence_transformers
     import torch
 
+    a = torch.randn(4096, HIDDEN)
+    b = torch.randn(HIDDEN, INTERMEDIATE)
+    torch_peak = (
+        2
+        * 4096
+        * HIDDEN
+        * INTERMEDIATE
+        / min(_timed(lambda: torch.matmul(a, b)) for _ in range(7))
+        / 1e9
+    )
     ref: dict[str, Any] = {
         "library": f"sentence-transformers {sentence_transformers.__version__}, "
         f"torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)",
         "max_seq_length": 256,
+        "batch_size": 32,
+        "gemm_peak_gflops": round(torch_peak, 1),
     }
     worst = 1.0
     for name, texts in sets.items():
@@ -596,13 +678,16 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
             _normalise(outputs[f"onnx_{name}"]) * _normalise(outputs[f"reference_{name}"]), axis=1
         )
         worst = min(worst, float(cosines.min()))
+        # Each run of the reference is paired with the ONNX run beside it.
+        ratios = [
+            r / o for r, o in zip(times[f"reference_{name}"], times[f"onnx_{name}"], strict=True)
+        ]
         ref[name] = {
             "seconds": round(seconds, 3),
             "texts_per_s": round(len(texts) / seconds, 1),
-            "tokens_per_s": round(tokens[name] / seconds, 0),
-            "speedup": round(
-                _median(times[f"reference_{name}"]) / _median(times[f"onnx_{name}"]), 2
-            ),
+            "tokens_per_s": round(sum(lengths[name]) / seconds, 0),
+            "useful_gflops": round(gflop[name] / seconds, 1),
+            "speedup": round(_median(ratios), 2),
             "min_cosine": float(cosines.min()),
         }
     ref["min_cosine"] = worst
@@ -673,7 +758,8 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
         "seconds": round(wall_s, 3),
         "rows_per_s": round(len(texts) / wall_s, 1),
         "raw_texts_per_s": round(len(texts) / raw_s, 1),
-        "ratio_to_raw": round(raw_s / wall_s, 3),
+        # Paired: each backfill against the raw run beside it.
+        "ratio_to_raw": round(_median([r / w for r, w in zip(raw, wall, strict=True)]), 3),
         "raw_same_batches_texts_per_s": round(len(texts) / _median(raw_batched), 1),
         "tokenize_ms": round(_median(tokenize) * 1000, 1),
         "median_run": {
@@ -690,10 +776,12 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
 
 
 def bench_latency(ctx: Context, results: dict[str, Any]) -> None:
-    texts = ctx.corpus.mixed
+    """One row per INSERT on an idle daemon; short lines and ~1 KB chunks alternate."""
+    kinds = {"chunk": ctx.corpus.mixed, "short": ctx.corpus.short}
     samples = ctx.plan.latency_samples
     rng = random.Random(SEED)
     log = ctx.workdir / "latency-daemon.log"
+    latencies: dict[str, list[float]] = {"chunk": [], "short": []}
     with scratch_schema(ctx, "latency") as (schema, conn):
         env = daemon_env(ctx, schema, INDEXER_POLL_INTERVAL="3600")
         launched = time.perf_counter()
@@ -721,35 +809,43 @@ def bench_latency(ctx: Context, results: dict[str, Any]) -> None:
                 embedded, 60, f"waiting for row {chunk_id}", child=child, log=log, interval=0.001
             )
 
-        for text in texts[:3]:  # warm-up: model arenas, LISTEN, prepared statements
+        for text in ctx.corpus.mixed[-3:]:  # warm-up: arenas, LISTEN, prepared statements
             one_row(text)
             time.sleep(0.2)
         conn.execute("TRUNCATE events")
-        latencies: list[float] = []
         for i in range(samples):
-            time.sleep(rng.uniform(0.15, 0.35))  # the daemon is idle again, in its wait
-            latencies.append(one_row(texts[(i + 3) % len(texts)]) * 1000)
-        stage = conn.execute(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY claim_ms) AS claim,"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY embed_ms) AS embed,"
-            " percentile_cont(0.5) WITHIN GROUP (ORDER BY write_ms) AS write,"
-            " avg(row_count) AS rows_per_batch"
-            " FROM events WHERE kind = 'batch_completed'"
-        ).fetchone()
-        assert stage is not None
-    tokens = ctx.embedder.count_tokens([texts[(i + 3) % len(texts)] for i in range(samples)])
-    results["latency"] = {
+            for kind, texts in kinds.items():
+                time.sleep(rng.uniform(0.1, 0.3))  # the daemon is idle again, in its wait
+                latencies[kind].append(one_row(texts[i % len(texts)]) * 1000)
+        stages = {
+            r["kind"]: {k: round(float(r[k]), 2) for k in ("claim", "embed", "write")}
+            for r in conn.execute(
+                "SELECT CASE WHEN token_count > 64 THEN 'chunk' ELSE 'short' END AS kind,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY claim_ms) AS claim,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY embed_ms) AS embed,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY write_ms) AS write"
+                " FROM events WHERE kind = 'batch_completed' GROUP BY 1"
+            )
+        }
+    report: dict[str, Any] = {
         "samples": samples,
-        "text": f"one ~1 KB chunk per INSERT (median {int(np.median(tokens))} tokens)",
         "poll_interval_s": 3600,
         "daemon_startup_s": round(startup, 2),
-        "p50_ms": round(_percentile(latencies, 50), 1),
-        "p95_ms": round(_percentile(latencies, 95), 1),
-        "max_ms": round(max(latencies), 1),
-        "median_stages_ms": {
-            k: None if v is None else round(float(v), 2) for k, v in stage.items()
-        },
     }
+    for kind, texts in kinds.items():
+        tokens = ctx.embedder.count_tokens([texts[i % len(texts)] for i in range(samples)])
+        values = latencies[kind]
+        report[kind] = {
+            "median_tokens": int(np.median(tokens)),
+            "p50_ms": round(_percentile(values, 50), 1),
+            "p95_ms": round(_percentile(values, 95), 1),
+            "max_ms": round(max(values), 1),
+            "median_stages_ms": stages.get(kind),
+        }
+    # The target is judged on the ~1 KB chunks, the slower kind.
+    report["p50_ms"] = report["chunk"]["p50_ms"]
+    report["p95_ms"] = report["chunk"]["p95_ms"]
+    results["latency"] = report
 
 
 # ---------------------------------------------------------------------------- 5: search
@@ -883,7 +979,7 @@ def bench_memory(ctx: Context, results: dict[str, Any]) -> None:
     texts = big_texts(count)
     with scratch_schema(ctx, "memory") as (schema, conn):
         env = daemon_env(ctx, schema)
-        for repeat in range(ctx.plan.repeats):
+        for repeat in range(ctx.plan.memory_runs):
             conn.execute("TRUNCATE chunks, events RESTART IDENTITY")
             for text in texts:
                 conn.execute("INSERT INTO chunks (content) VALUES (%s)", (text,))
@@ -901,7 +997,7 @@ def bench_memory(ctx: Context, results: dict[str, Any]) -> None:
             if _count(conn, "embedded") != count:
                 raise IndexerError("`indexer run --once` left rows unembedded")
             peaks.append(peak / 2**20)
-            _say(f"memory: run {repeat + 1}/{ctx.plan.repeats}: peak {peak / 2**20:.0f} MiB")
+            _say(f"memory: run {repeat + 1}/{ctx.plan.memory_runs}: peak {peak / 2**20:.0f} MiB")
     results["memory"] = {
         "rows": count,
         "row_chars": ONE_MB,
@@ -1046,6 +1142,8 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
                 "p50 <= 100 ms, p95 <= 300 ms",
                 f"p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms",
                 lat["p50_ms"] <= 100 and lat["p95_ms"] <= 300,
+                "~1 KB chunks; short lines: "
+                f"p50 {lat['short']['p50_ms']:.0f} ms, p95 {lat['short']['p95_ms']:.0f} ms",
             )
         )
     search = results.get("search", {})
@@ -1112,13 +1210,20 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             label = "onnxruntime fp32" if section == "model" else "sentence-transformers"
             for name in ("short", "mixed"):
                 m = r[name]
-                extra = f"  ({m['speedup']:.2f}x slower)" if section == "reference" else ""
+                extra = (
+                    f", ONNX {m['speedup']:.2f}x faster"
+                    if section == "reference"
+                    else f", {m['of_gemm_peak']:.0%} of GEMM peak"
+                )
                 tokens = results["model"][name]["mean_tokens"] if "model" in results else "?"
                 add(
                     section,
                     f"{label}, {name} (~{tokens} tok)",
-                    f"{m['texts_per_s']:,.1f} texts/s  {m['tokens_per_s']:,.0f} tok/s{extra}",
+                    f"{m['texts_per_s']:,.1f} texts/s  {m['tokens_per_s']:,.0f} tok/s  "
+                    f"({m['useful_gflops']:.0f} GFLOP/s{extra})",
                 )
+            engine = "onnxruntime" if section == "model" else "torch"
+            add(section, f"fp32 GEMM peak, {engine}", f"{r['gemm_peak_gflops']:.0f} GFLOP/s")
             if section == "reference":
                 add(section, "min cosine onnx vs reference", f"{r['min_cosine']:.7f}")
         elif section == "backfill":
@@ -1141,20 +1246,22 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{s['write_ms']:.0f} ms ({s['batches']} batches)",
             )
         elif section == "latency":
-            st = r["median_stages_ms"]
-            add(
-                section,
-                "INSERT commit -> vector committed",
-                f"p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms  ({r['samples']} rows)",
-            )
-            add(
-                section,
-                "median claim/embed/write",
-                " / ".join(
-                    "-" if st[k] is None else f"{st[k]:.1f}" for k in ("claim", "embed", "write")
+            for kind, label in (("chunk", "~1 KB chunk"), ("short", "short line")):
+                k = r[kind]
+                st = k["median_stages_ms"] or {}
+                add(
+                    section,
+                    f"INSERT -> vector committed, {label} ({k['median_tokens']} tok)",
+                    f"p50 {k['p50_ms']:.1f} ms  p95 {k['p95_ms']:.1f} ms  ({r['samples']} rows)",
                 )
-                + " ms",
-            )
+                add(
+                    section,
+                    "  daemon claim / embed / write (median)",
+                    " / ".join(
+                        f"{st.get(x, float('nan')):.1f}" for x in ("claim", "embed", "write")
+                    )
+                    + " ms",
+                )
         elif section == "search":
             add(
                 section,
@@ -1202,8 +1309,10 @@ def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     v = report["versions"]
     lines = [
-        f"machine: {m['cpu']}, {m['usable_cores']} of {m['cores']} cores usable"
-        f"{', ' + m['simd'] if m['simd'] else ''}, {m['ram_gib']} GiB RAM; {m['os']}",
+        f"machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['usable_cores']} of "
+        f"{m['cores']} cores usable, {m['simd']}, {m['ram_gib']} GiB RAM; {m['os']}",
+        f"load average (1 min) at start {m['loadavg_start']}, at end {m.get('loadavg_end')}: "
+        "other work on the machine slows every figure",
         f"versions: Python {m['python']}, onnxruntime {v['onnxruntime']}, PostgreSQL "
         f"{v['postgresql']}, pgvector {v['pgvector']} (shared_buffers {v['shared_buffers']})",
         f"mode: {'quick' if report['plan']['quick'] else 'full'}, each figure the median of "
@@ -1290,6 +1399,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             admin.close()
     report["targets"] = [dataclasses.asdict(t) for t in evaluate(results)]
     report["seconds"] = round(time.perf_counter() - began, 1)
+    report["machine"]["loadavg_end"] = _loadavg()
     print(render(report))
     print(f"(bench took {report['seconds']:.0f} s)")
     if args.json:

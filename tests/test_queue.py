@@ -260,6 +260,11 @@ def test_status_view(conn: Connection, manager: Manager) -> None:
         0,
     )
     assert status["backlog"] == 2
+    queue = manager.queue_status()
+    assert {k: queue[k] for k in ("pending", "in_flight", "backlog", "failed")} == {
+        k: status[k] for k in ("pending", "in_flight", "backlog", "failed")
+    }
+    assert queue["oldest_pending_age"] is not None
     assert status["rows_per_second"] > 0
     assert status["eta"] is not None
 

@@ -129,6 +129,17 @@ RETURNING id;
 -- status --
 SELECT * FROM indexer_status;
 
+-- queue_status --
+-- What /health and /metrics read on every scrape: only unfinished and failed rows, via
+-- the partial indexes, so the cost follows the backlog, not the table size.
+SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+       count(*) FILTER (WHERE state = 'claimed') AS in_flight,
+       count(*) AS backlog,
+       now() - min(updated_at) AS oldest_pending_age,
+       (SELECT count(*) FROM chunks WHERE state = 'failed') AS failed
+FROM chunks
+WHERE state IN ('pending', 'claimed');
+
 -- failed_rows --
 SELECT id, attempts, last_error, updated_at
 FROM chunks

@@ -55,6 +55,8 @@ COMMENT ON COLUMN chunks.content_version IS
 
 -- The daemon's claim scans only rows that still need work, however large the table.
 CREATE INDEX chunks_queue_idx ON chunks (id) WHERE state IN ('pending', 'claimed');
+-- Parked rows, for status and health checks that must not scan the whole table.
+CREATE INDEX chunks_failed_idx ON chunks (id) WHERE state = 'failed';
 
 -- Cosine distance (<=>) on normalized vectors; pgvector's default m / ef_construction.
 CREATE INDEX chunks_embedding_idx ON chunks
