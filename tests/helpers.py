@@ -11,6 +11,15 @@ from pathlib import Path
 
 INDEXER = [sys.executable, "-m", "indexer.cli"]
 
+# Five unrelated sentences: a query about one of them must find it first.
+CORPUS = {
+    "db": "PostgreSQL is an open source relational database with strong SQL support.",
+    "cat": "Cats are small furry animals that like to sleep in the sun.",
+    "stocks": "The stock market fell sharply today as investors worried about inflation.",
+    "rain": "Heavy rain is expected across the region tomorrow afternoon.",
+    "python": "Python is a programming language that is popular for data science.",
+}
+
 
 def cli_env(database: str | None, model_cache: Path, **extra: str) -> dict[str, str]:
     """Environment for running the real `indexer` command in a subprocess."""

@@ -17,15 +17,7 @@ from indexer.manager import Manager
 from indexer.settings import Settings
 from indexer.worker import Worker
 
-from .helpers import cli_env, run_cli, start_daemon, wait_until
-
-CORPUS = {
-    "db": "PostgreSQL is an open source relational database with strong SQL support.",
-    "cat": "Cats are small furry animals that like to sleep in the sun.",
-    "stocks": "The stock market fell sharply today as investors worried about inflation.",
-    "rain": "Heavy rain is expected across the region tomorrow afternoon.",
-    "python": "Python is a programming language that is popular for data science.",
-}
+from .helpers import CORPUS, cli_env, run_cli, start_daemon, wait_until
 
 
 def insert(conn: Connection, *texts: str) -> list[int]:

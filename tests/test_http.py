@@ -34,15 +34,8 @@ from indexer.settings import Settings
 from indexer.sql import QUERIES
 from indexer.worker import Worker
 
-from .helpers import cli_env, run_cli, start_daemon, wait_until
+from .helpers import CORPUS, cli_env, run_cli, start_daemon, wait_until
 
-CORPUS = {
-    "db": "PostgreSQL is an open source relational database with strong SQL support.",
-    "cat": "Cats are small furry animals that like to sleep in the sun.",
-    "stocks": "The stock market fell sharply today as investors worried about inflation.",
-    "rain": "Heavy rain is expected across the region tomorrow afternoon.",
-    "python": "Python is a programming language that is popular for data science.",
-}
 # A unix socket directory that does not exist: connecting fails at once.
 UNREACHABLE = "postgresql:///indexer?host=/nonexistent/indexer-socket-dir"
 

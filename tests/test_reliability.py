@@ -191,17 +191,19 @@ def kill_scenario(
     )
 
 
+@pytest.mark.parametrize(
+    ("rows", "kills"), [(300, 5), pytest.param(3000, 25, marks=pytest.mark.slow, id="long")]
+)
 def test_sigkill_at_random_moments(
-    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
+    database: str,
+    model_cache: Path,
+    conn: Connection,
+    embedder: Embedder,
+    tmp_path: Path,
+    rows: int,
+    kills: int,
 ) -> None:
-    kill_scenario(database, model_cache, conn, embedder, tmp_path, rows=300, kills=5)
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_moments_long(
-    database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
-) -> None:
-    kill_scenario(database, model_cache, conn, embedder, tmp_path, rows=3000, kills=25)
+    kill_scenario(database, model_cache, conn, embedder, tmp_path, rows=rows, kills=kills)
 
 
 # -- 2. Exactly once under concurrency ----------------------------------------------------
@@ -225,7 +227,15 @@ def concurrency_scenario(
     check_every_row_once(conn, embedder, rows)
 
 
-@pytest.mark.parametrize("daemons", [1, 2, 4])
+@pytest.mark.parametrize(
+    ("daemons", "rows"),
+    [
+        (1, 200),
+        (2, 200),
+        (4, 200),
+        *(pytest.param(n, 3000, marks=pytest.mark.slow, id=f"{n}-long") for n in (1, 2, 4)),
+    ],
+)
 def test_exactly_once_with_concurrent_daemons(
     database: str,
     model_cache: Path,
@@ -233,21 +243,9 @@ def test_exactly_once_with_concurrent_daemons(
     embedder: Embedder,
     tmp_path: Path,
     daemons: int,
+    rows: int,
 ) -> None:
-    concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=200)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("daemons", [1, 2, 4])
-def test_exactly_once_with_concurrent_daemons_long(
-    database: str,
-    model_cache: Path,
-    conn: Connection,
-    embedder: Embedder,
-    tmp_path: Path,
-    daemons: int,
-) -> None:
-    concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=3000)
+    concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=rows)
 
 
 # -- 3. PostgreSQL restarts ------------------------------------------------------------------
@@ -301,17 +299,18 @@ def restart_scenario(
         check_every_row_once(conn, embedder, rows)
 
 
+@pytest.mark.parametrize(
+    ("rows", "restarts"), [(300, 1), pytest.param(2000, 5, marks=pytest.mark.slow, id="long")]
+)
 def test_postgres_restart_while_daemons_run(
-    own_server: tuple[Path, str], model_cache: Path, embedder: Embedder, tmp_path: Path
+    own_server: tuple[Path, str],
+    model_cache: Path,
+    embedder: Embedder,
+    tmp_path: Path,
+    rows: int,
+    restarts: int,
 ) -> None:
-    restart_scenario(own_server, model_cache, embedder, tmp_path, rows=300, restarts=1)
-
-
-@pytest.mark.slow
-def test_postgres_restarts_while_daemons_run_long(
-    own_server: tuple[Path, str], model_cache: Path, embedder: Embedder, tmp_path: Path
-) -> None:
-    restart_scenario(own_server, model_cache, embedder, tmp_path, rows=2000, restarts=5)
+    restart_scenario(own_server, model_cache, embedder, tmp_path, rows=rows, restarts=restarts)
 
 
 def test_database_that_stays_down_ends_the_daemon_with_one_line(
