@@ -92,7 +92,7 @@ class Embedder:
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         max_tokens: int = 256,
-        token_budget: int = 8192,
+        token_budget: int = 2048,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer

@@ -48,6 +48,7 @@ __all__ = [
     "ModelFiles",
     "build_onnx",
     "cached_onnx_path",
+    "read_safetensors_bytes",
     "resolve_model",
 ]
 

@@ -73,7 +73,9 @@ class Settings:
     )
     batch_size: int = field(default=64, metadata={"help": "rows claimed per batch"})
     token_budget: int = field(
-        default=8192,
+        # 2048 measured faster than 8192 on 250-token texts (26-28 vs 24 texts/s on two
+        # cores) with about half the peak memory (290 vs 530 MB).
+        default=2048,
         metadata={"help": "padded tokens per model call; bounds inference memory"},
     )
     max_chars: int = field(
