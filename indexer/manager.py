@@ -96,16 +96,6 @@ class Manager:
             self._conn = None
         self._search_settings = {}
 
-    def ping(self) -> None:
-        """Raise DatabaseUnavailable unless the database answers."""
-        conn = self.connection()
-        try:
-            with db.wrap_errors("checking the database"):
-                conn.execute("SELECT 1")
-        except DatabaseUnavailable:
-            self._drop()
-            raise
-
     # -- the daemon's queue --------------------------------------------------------
 
     def claim(
