@@ -1,0 +1,101 @@
+"""`indexer bench --quick` through the real CLI: every section reports plausible figures.
+
+No timing is asserted (the machine is shared); only that each figure exists and makes
+sense, that the scratch schemas are gone afterwards, and that the sentence-transformers
+comparison either ran or says why it did not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .helpers import cli_env, run_cli
+
+SECTIONS = ("model", "reference", "backfill", "latency", "search", "memory", "claim")
+
+
+def positive(section: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = section[key]
+        assert isinstance(value, (int, float)), (key, value)
+        assert value > 0, (key, value)
+
+
+def test_quick_bench_reports_every_section(
+    database: str, model_cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    env = cli_env(database, model_cache)
+    result = run_cli(["bench", "--quick", "--json", str(out)], env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "targets:" in result.stdout
+    report = json.loads(out.read_text())
+
+    machine, versions = report["machine"], report["versions"]
+    assert machine["usable_cores"] >= 1
+    assert machine["cpu"]
+    assert versions["onnxruntime"]
+    assert versions["postgresql"]
+    assert versions["pgvector"]
+
+    results = report["results"]
+    assert set(SECTIONS) <= set(results), sorted(results)
+    for name in SECTIONS:
+        assert "error" not in results[name], (name, results[name])
+
+    model = results["model"]
+    positive(model, "gemm_peak_gflops")
+    for kind in ("short", "mixed"):
+        positive(model[kind], "texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")
+    assert 10 <= model["short"]["mean_tokens"] <= 25
+    assert model["mixed"]["mean_tokens"] > 50
+
+    reference = results["reference"]
+    if importlib.util.find_spec("sentence_transformers") is None:
+        assert "not installed" in reference["skipped"]
+    else:
+        for kind in ("short", "mixed"):
+            positive(reference[kind], "texts_per_s", "speedup")
+        assert reference["min_cosine"] >= 0.9999
+
+    backfill = results["backfill"]
+    positive(backfill, "rows", "rows_per_s", "raw_texts_per_s", "ratio_to_raw")
+    assert backfill["median_run"]["batches"] >= 1
+
+    latency = results["latency"]
+    for kind in ("chunk", "short"):
+        positive(latency[kind], "p50_ms", "p95_ms")
+        assert latency[kind]["p95_ms"] >= latency[kind]["p50_ms"]
+
+    search = results["search"]
+    positive(search, "rows", "p50_ms", "p95_ms", "embed_p50_ms", "sql_p50_ms")
+    assert 0.0 <= search["recall_at_10"] <= 1.0
+    assert search["ef_search"] >= search["k"] == 10
+    assert search["index"] == {
+        "type": "hnsw",
+        "ops": "vector_cosine_ops",
+        "m": 16,
+        "ef_construction": 64,
+    }
+
+    memory = results["memory"]
+    assert memory["peak_rss_mib"] > 50  # a Python process with the model loaded
+
+    claim = results["claim"]
+    positive(claim, "small_ms", "large_ms", "ratio")
+    assert claim["large_rows"] > claim["small_rows"]
+
+    names = {t["name"] for t in report["targets"]}
+    assert len(names) == 7
+    assert all(t["met"] in (True, False, None) for t in report["targets"])
+
+    with psycopg.connect(database) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'indexer_bench%'"
+        ).fetchall()
+    assert left == []
