@@ -101,12 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     events = add("events", "maintain the events table")
     events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
     bench = add("bench", "measure model, backfill, latency, search, memory and claim cost")
-    try:  # TEMPORARY until indexer/bench.py lands
-        from indexer import bench as bench_module
+    from indexer import bench as bench_module  # light at import; heavy parts load in main
 
-        bench_module.add_arguments(bench)
-    except ImportError:
-        pass
+    bench_module.add_arguments(bench)
     server = add("server", "start or stop the embedded PostgreSQL")
     server.add_argument("action", choices=["start", "stop"])
     return parser
