@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from indexer.bench import build_corpus, gemm_peak_gflops, model_gflop
 from indexer.embedder import plan_batches
 from indexer.model import resolve_model
-from indexer.settings import default_model_cache
+from indexer.settings import Settings, default_model_cache
 
 Feed = dict[str, npt.NDArray[np.int64]]
 
@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=256)
     parser.add_argument("--mixed", type=int, default=64)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--token-budget", type=int, default=8192)
+    parser.add_argument(
+        "--token-budget", type=int, default=Settings().token_budget, help="default: the daemon's"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

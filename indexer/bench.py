@@ -1212,7 +1212,7 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
             Target(
                 "backfill vs raw model",
                 ">= 90%",
-                f"{fill['ratio_to_raw']:.0%}",
+                f"{fill['ratio_to_raw']:.1%}",
                 fill["ratio_to_raw"] >= 0.9,
             )
         )
@@ -1314,7 +1314,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             add(
                 section,
                 "raw model, same texts",
-                f"{r['raw_texts_per_s']:,.1f} texts/s  (ratio {r['ratio_to_raw']:.0%})",
+                f"{r['raw_texts_per_s']:,.1f} texts/s  (ratio {r['ratio_to_raw']:.1%})",
             )
             add(
                 section,
