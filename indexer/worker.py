@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -149,7 +149,7 @@ class _PendingWrite:
     tokens: int
     claim_ms: float
     embed_ms: float
-    rows: list[ClaimedRow] = field(default_factory=list)
+    rows: list[ClaimedRow]
 
 
 class Worker:

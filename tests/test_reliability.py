@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -122,7 +123,10 @@ def check_every_row_once(conn: Connection, embedder: Embedder, expected_rows: in
 # -- 1. SIGKILL at any instant ---------------------------------------------------------
 
 
-def kill_scenario(
+@pytest.mark.parametrize(
+    ("rows", "kills"), [(300, 5), pytest.param(3000, 25, marks=pytest.mark.slow, id="long")]
+)
+def test_sigkill_at_random_moments(
     database: str,
     model_cache: Path,
     conn: Connection,
@@ -191,40 +195,7 @@ def kill_scenario(
     )
 
 
-@pytest.mark.parametrize(
-    ("rows", "kills"), [(300, 5), pytest.param(3000, 25, marks=pytest.mark.slow, id="long")]
-)
-def test_sigkill_at_random_moments(
-    database: str,
-    model_cache: Path,
-    conn: Connection,
-    embedder: Embedder,
-    tmp_path: Path,
-    rows: int,
-    kills: int,
-) -> None:
-    kill_scenario(database, model_cache, conn, embedder, tmp_path, rows=rows, kills=kills)
-
-
 # -- 2. Exactly once under concurrency ----------------------------------------------------
-
-
-def concurrency_scenario(
-    database: str,
-    model_cache: Path,
-    conn: Connection,
-    embedder: Embedder,
-    tmp_path: Path,
-    daemons: int,
-    rows: int,
-) -> None:
-    insert_many(conn, corpus(rows, seed=daemons))
-    env = daemon_env(database, model_cache)
-    log = tmp_path / "daemons.log"
-    procs = [start_daemon(env, log, "--once") for _ in range(daemons)]
-    codes = [p.wait(600) for p in procs]
-    assert codes == [0] * daemons, log.read_text()[-3000:]
-    check_every_row_once(conn, embedder, rows)
 
 
 @pytest.mark.parametrize(
@@ -245,7 +216,13 @@ def test_exactly_once_with_concurrent_daemons(
     daemons: int,
     rows: int,
 ) -> None:
-    concurrency_scenario(database, model_cache, conn, embedder, tmp_path, daemons, rows=rows)
+    insert_many(conn, corpus(rows, seed=daemons))
+    env = daemon_env(database, model_cache)
+    log = tmp_path / "daemons.log"
+    procs = [start_daemon(env, log, "--once") for _ in range(daemons)]
+    codes = [p.wait(600) for p in procs]
+    assert codes == [0] * daemons, log.read_text()[-3000:]
+    check_every_row_once(conn, embedder, rows)
 
 
 # -- 3. PostgreSQL restarts ------------------------------------------------------------------
@@ -259,10 +236,13 @@ def own_server() -> Iterator[tuple[Path, str]]:
     migrate.upgrade(dsn, "public")
     yield data_dir, dsn
     embedded.stop(data_dir)
-    subprocess.run(["rm", "-rf", str(data_dir)], check=False)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def restart_scenario(
+@pytest.mark.parametrize(
+    ("rows", "restarts"), [(300, 1), pytest.param(2000, 5, marks=pytest.mark.slow, id="long")]
+)
+def test_postgres_restart_while_daemons_run(
     own_server: tuple[Path, str],
     model_cache: Path,
     embedder: Embedder,
@@ -297,20 +277,6 @@ def restart_scenario(
     assert "Traceback" not in text
     with connect(dsn, "public", autocommit=True) as conn:
         check_every_row_once(conn, embedder, rows)
-
-
-@pytest.mark.parametrize(
-    ("rows", "restarts"), [(300, 1), pytest.param(2000, 5, marks=pytest.mark.slow, id="long")]
-)
-def test_postgres_restart_while_daemons_run(
-    own_server: tuple[Path, str],
-    model_cache: Path,
-    embedder: Embedder,
-    tmp_path: Path,
-    rows: int,
-    restarts: int,
-) -> None:
-    restart_scenario(own_server, model_cache, embedder, tmp_path, rows=rows, restarts=restarts)
 
 
 def test_database_that_stays_down_ends_the_daemon_with_one_line(
