@@ -123,9 +123,9 @@ def test_expired_lease_is_reclaimed_and_the_late_write_is_discarded(
 ) -> None:
     (cid,) = insert(conn, "text")
     slow, fast = uuid.uuid4(), uuid.uuid4()
-    slow_rows = manager.claim(slow, 10, 0.2, 1000)
+    slow_rows = manager.claim(slow, 10, 1.0, 1000)
     assert manager.claim(fast, 10, 30, 1000) == []
-    time.sleep(0.3)
+    time.sleep(1.1)
     fast_rows = manager.claim(fast, 10, 30, 1000)
     assert [r.id for r in fast_rows] == [cid]
     assert complete(manager, slow, slow_rows) == []
@@ -171,7 +171,7 @@ def test_failures_back_off_then_park_then_retry(conn: Connection, manager: Manag
             uuid.uuid4(),
             [(rows[0], f"boom {attempt}\nsecond line")],
             max_attempts=3,
-            retry_base_seconds=0.05,
+            retry_base_seconds=0.5,
             embed_ms=1.0,
         )
         row = chunk(conn, cid)
@@ -180,7 +180,7 @@ def test_failures_back_off_then_park_then_retry(conn: Connection, manager: Manag
         if attempt < 3:
             assert row["state"] == "pending"
             assert manager.claim(worker, 10, 30, 1000) == []  # backing off
-            time.sleep(0.05 * 2 ** (attempt - 1) + 0.05)
+            time.sleep(0.5 * 2 ** (attempt - 1) + 0.1)
     assert chunk(conn, cid)["state"] == "failed"
     assert manager.claim(worker, 10, 30, 1000) == []
     assert manager.status()["failed"] == 1
