@@ -204,9 +204,11 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    embedder = load_embedder(settings)
+    # The model loads before stdin is read, so a missing model fails at once; the
+    # database is never touched.
+    indexer = Indexer(settings, embedder=load_embedder(settings))
     for records in _json_lines(sys.stdin, EMBED_CHUNK):
-        vectors = embedder.embed([r["text"][: settings.max_chars] for r in records])
+        vectors = indexer.embed([r["text"] for r in records])
         for record, vector in zip(records, vectors, strict=True):
             record["embedding"] = [round(float(x), 7) for x in vector]
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -98,9 +98,13 @@ def _register_vector(conn: Connection) -> None:
     register_vector(conn)
 
 
+def parse_version(version: str) -> tuple[int, ...]:
+    """'0.8.5' -> (0, 8, 5); tolerant of suffixes such as '0.7.0-dev'."""
+    return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
 def check_pgvector_version(version: str) -> None:
-    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
-    if parts < MIN_PGVECTOR:
+    if parse_version(version)[:2] < MIN_PGVECTOR:
         raise ExtensionMissing(
             f"pgvector {version} is too old: 0.7 or newer is required "
             "(ALTER EXTENSION vector UPDATE after upgrading pgvector)"

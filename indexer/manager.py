@@ -9,7 +9,6 @@ next call reconnects.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -300,7 +299,7 @@ class Manager:
         if self._pgvector is None:
             row = self._execute("pgvector_version").fetchone()
             version = "0" if row is None else str(row["extversion"])
-            self._pgvector = tuple(int(p) for p in re.findall(r"\d+", version))
+            self._pgvector = db.parse_version(version)
         return self._pgvector
 
 

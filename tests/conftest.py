@@ -43,16 +43,29 @@ def data_dir() -> Path:
     return path
 
 
+def _create_database(server: str, name: str, template: str | None = None) -> str:
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(statement)
+    return _with_database(server, name)
+
+
+def _drop_database(server: str, name: str) -> None:
+    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 @pytest.fixture(scope="session")
 def server_dsn(data_dir: Path) -> Iterator[str]:
     dsn = embedded.start(data_dir)
-    admin = _with_database(dsn, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-    migrate.upgrade(_with_database(dsn, TEMPLATE), "public")
+    migrate.upgrade(_create_database(dsn, TEMPLATE), "public")
     yield dsn
     embedded.stop(data_dir)
 
@@ -61,32 +74,16 @@ def server_dsn(data_dir: Path) -> Iterator[str]:
 def database(server_dsn: str) -> Iterator[str]:
     """DSN of a fresh, migrated database for this test alone."""
     name = "t_" + uuid.uuid4().hex[:16]
-    admin = _with_database(server_dsn, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(TEMPLATE)
-            )
-        )
-    yield _with_database(server_dsn, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    yield _create_database(server_dsn, name, template=TEMPLATE)
+    _drop_database(server_dsn, name)
 
 
 @pytest.fixture
 def empty_database(server_dsn: str) -> Iterator[str]:
     """DSN of a fresh database with nothing in it (not even pgvector)."""
     name = "e_" + uuid.uuid4().hex[:16]
-    admin = _with_database(server_dsn, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _with_database(server_dsn, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    yield _create_database(server_dsn, name)
+    _drop_database(server_dsn, name)
 
 
 @pytest.fixture
