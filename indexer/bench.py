@@ -117,6 +117,7 @@ class Plan:
     repeats: int
     short: int
     mixed: int
+    backfill: int
     queries: int
     latency_samples: int
     search_rows: int
@@ -136,6 +137,8 @@ class Plan:
             repeats=repeats,
             short=128 if quick else 2000,
             mixed=32 if quick else 256,
+            # Three default claims: the worker must sort and pad claim by claim.
+            backfill=48 if quick else 768,
             queries=30 if quick else 200,
             latency_samples=12 if quick else 60,
             search_rows=args.search_rows or (3_000 if quick else 100_000),
@@ -325,6 +328,8 @@ class Corpus:
     short: list[str]
     mixed: list[str]
     queries: list[str]
+    #: Chunks for the backfill, ``mixed`` first (the model section's corpus).
+    backfill: list[str]
 
 
 def stdlib_files() -> list[Path]:
@@ -347,7 +352,11 @@ def _read(path: Path) -> str:
 
 
 def build_corpus(
-    count_tokens: Callable[[Sequence[str]], list[int]], short: int, mixed: int, queries: int
+    count_tokens: Callable[[Sequence[str]], list[int]],
+    short: int,
+    mixed: int,
+    queries: int,
+    backfill: int = 0,
 ) -> Corpus:
     """Short lines (10-20 tokens) and chunks of 200-1800 characters (about 1 KB).
 
@@ -362,8 +371,9 @@ def build_corpus(
     seen: set[str] = set()
     chunks: list[str] = []
     want_lines = short + queries
+    want_chunks = max(mixed, backfill)
     for path in files:
-        if len(lines) >= want_lines and len(chunks) >= mixed:
+        if len(lines) >= want_lines and len(chunks) >= want_chunks:
             break
         text = _read(path)
         if len(text) < 2000:
@@ -376,19 +386,24 @@ def build_corpus(
                 if 12 <= tokens <= 22 and len(lines) < want_lines:  # [CLS] and [SEP] included
                     lines.append(pick)
                     seen.add(pick)
-        if len(chunks) < mixed:
+        if len(chunks) < want_chunks:
             size = rng.randint(200, 1800)
             start = rng.randrange(0, len(text) - size)
             start = text.rfind("\n", 0, start) + 1
             chunk = text[start : start + size]
             if chunk.strip():
                 chunks.append(chunk)
-    if len(lines) < want_lines or len(chunks) < mixed:
+    if len(lines) < want_lines or len(chunks) < want_chunks:
         raise IndexerError(
             f"the standard library gave only {len(lines)} short lines and {len(chunks)} "
-            f"chunks (wanted {want_lines} and {mixed})"
+            f"chunks (wanted {want_lines} and {want_chunks})"
         )
-    return Corpus(short=lines[:short], mixed=chunks, queries=lines[short:])
+    return Corpus(
+        short=lines[:short],
+        mixed=chunks[:mixed],
+        queries=lines[short:],
+        backfill=chunks[:backfill],
+    )
 
 
 def big_texts(count: int, size: int = ONE_MB) -> list[str]:
@@ -739,15 +754,18 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- 3: backfill
 
 
-def padded_tokens(lengths: Sequence[int], claim: int, token_budget: int) -> int:
-    """Tokens the model processes, padding included, when texts come ``claim`` at a time."""
+def padded_tokens(lengths: Sequence[int], claim: int, batch: int, token_budget: int) -> int:
+    """Tokens the model processes, padding included, when texts are claimed ``claim``
+    at a time, sorted by length, and embedded ``batch`` at a time (as the worker does)."""
     from indexer.embedder import plan_batches
 
     total = 0
     for first in range(0, len(lengths), claim):
-        block = lengths[first : first + claim]
-        for batch in plan_batches(block, token_budget):
-            total += len(batch) * max(block[i] for i in batch)
+        block = sorted(lengths[first : first + claim])
+        for start in range(0, len(block), batch):
+            part = block[start : start + batch]
+            for calls in plan_batches(part, token_budget):
+                total += len(calls) * max(part[i] for i in calls)
     return total
 
 
@@ -755,9 +773,10 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
     from indexer.manager import Manager
     from indexer.worker import Worker
 
-    texts = ctx.corpus.mixed
+    texts = ctx.corpus.backfill
     embedder = ctx.embedder
     batch = ctx.settings.batch_size
+    claim = max(ctx.settings.claim_size, batch)
     lengths = embedder.count_tokens(texts)
     tokens = sum(lengths)
     with scratch_schema(ctx, "backfill") as (schema, conn), _quiet("indexer.worker"):
@@ -799,6 +818,7 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
         "rows": len(texts),
         "tokens": tokens,
         "batch_size": batch,
+        "claim_size": claim,
         "token_budget": ctx.settings.token_budget,
         "seconds": round(wall_s, 3),
         "rows_per_s": round(len(texts) / wall_s, 1),
@@ -806,10 +826,12 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
         # Paired: each backfill against the raw run beside it.
         "ratio_to_raw": round(_median([r / w for r, w in zip(raw, wall, strict=True)]), 3),
         "tokenize_ms": round(_timed(lambda: embedder.count_tokens(texts)) * 1000, 1),
-        # The worker sorts by length within each claim of batch_size rows only, the raw
-        # run across all texts: the padding each pays, in tokens through the model.
-        "padded_tokens_raw": padded_tokens(lengths, len(lengths), embedder.token_budget),
-        "padded_tokens_worker": padded_tokens(lengths, batch, embedder.token_budget),
+        # The worker sorts by length within each claim only, the raw run across all
+        # texts: the padding each pays, in tokens through the model.
+        "padded_tokens_raw": padded_tokens(
+            lengths, len(lengths), len(lengths), embedder.token_budget
+        ),
+        "padded_tokens_worker": padded_tokens(lengths, claim, batch, embedder.token_budget),
         "outside_model_share": round(1 - stage["embed"] / (wall[best] * 1000), 4),
         "median_run": {
             "batches": int(stage["batches"]),
@@ -1318,7 +1340,8 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
             add(
                 section,
-                f"  padded tokens: per {r['batch_size']}-row claim / all sorted at once",
+                f"  padded tokens: {r['claim_size']}-row claims, {r['batch_size']}-row "
+                "batches / all sorted at once",
                 f"{r['padded_tokens_worker']:,} / {r['padded_tokens_raw']:,} "
                 f"(+{r['padded_tokens_worker'] / r['padded_tokens_raw'] - 1:.1%})",
             )
@@ -1442,7 +1465,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     dsn = resolve_dsn(settings)
     admin = _connect_admin(dsn)
     embedder = load_embedder(settings)
-    corpus = build_corpus(embedder.count_tokens, plan.short, plan.mixed, plan.queries)
+    corpus = build_corpus(
+        embedder.count_tokens, plan.short, plan.mixed, plan.queries, plan.backfill
+    )
     report: dict[str, Any] = {
         "machine": machine_info(),
         "versions": versions(admin),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy.typing as npt
 from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound
 from indexer.model import resolve_model
 
-__all__ = ["MAX_POSITIONS", "Embedder", "default_cache_dir", "plan_batches"]
+__all__ = ["MAX_POSITIONS", "Embedder", "Tokenized", "default_cache_dir", "plan_batches"]
 
 #: BERT's position table has 512 rows: no text can be longer, [CLS]/[SEP] included.
 MAX_POSITIONS = 512
@@ -53,6 +54,29 @@ def plan_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Texts after tokenization (truncated, [CLS]/[SEP] included), ready for the model.
+
+    The daemon tokenizes a whole claim once, sorts it by :attr:`lengths` and embeds it
+    in slices (:meth:`select`), so no text is tokenized twice.
+    """
+
+    texts: tuple[str, ...]
+    ids: tuple[tuple[int, ...], ...]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(i) for i in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, indices: Sequence[int]) -> Tokenized:
+        """The texts at ``indices``, in that order."""
+        return Tokenized(tuple(self.texts[i] for i in indices), tuple(self.ids[i] for i in indices))
 
 
 def _default_threads() -> int:
@@ -193,10 +217,22 @@ class Embedder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is embedded with: after truncation, [CLS]/[SEP] included."""
-        return [len(e.ids) for e in self._encode(texts)]
+        return self.tokenize(texts).lengths
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Tokenize ``texts`` (in parallel, in Rust) for :meth:`embed_tokenized`."""
+        texts = self._check_texts(texts)
+        return Tokenized(tuple(texts), tuple(tuple(e.ids) for e in self._encode(texts)))
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed ``texts``: float32 array of shape (len(texts), dim), rows in input order.
+
+        The same as ``embed_tokenized(tokenize(texts))``.
+        """
+        return self.embed_tokenized(self.tokenize(texts))
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        """Embed tokenized texts: float32 array (len(tokenized), dim), in input order.
 
         Texts are sorted by token count and run in batches planned by
         :func:`plan_batches`, each padded only to its own longest text, so a batch
@@ -204,16 +240,15 @@ class Embedder:
         memory: a text longer than the budget still gets a batch of its own).
         Raises :class:`EmbeddingError` if the model fails or yields a non-finite value.
         """
-        encodings = self._encode(texts)
-        result = np.empty((len(encodings), self.dim), dtype=np.float32)
-        lengths = [len(e.ids) for e in encodings]
+        result = np.empty((len(tokenized), self.dim), dtype=np.float32)
+        lengths = tokenized.lengths
         batches = plan_batches(lengths, self.token_budget)
         for number, batch in enumerate(batches, start=1):
             width = max(lengths[i] for i in batch)
             ids = np.zeros((len(batch), width), dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)
             for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = encodings[index].ids
+                ids[row, : lengths[index]] = tokenized.ids[index]
                 mask[row, : lengths[index]] = 1
             last = number == len(batches)
             result[batch] = self._run(ids, mask, self._release_options if last else None)
@@ -222,20 +257,24 @@ class Embedder:
             bad = np.flatnonzero(~finite).tolist()
             shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
             raise EmbeddingError(
-                f"the model produced non-finite values for {len(bad)} of {len(encodings)} "
+                f"the model produced non-finite values for {len(bad)} of {len(tokenized)} "
                 f"texts (input positions {shown})"
             )
         return result
 
     # ------------------------------------------------------------------ internals
 
-    def _encode(self, texts: Sequence[str]) -> list[Any]:
+    @staticmethod
+    def _check_texts(texts: Sequence[str]) -> list[str]:
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not a single string")
         texts = list(texts)
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
+        return texts
+
+    def _encode(self, texts: list[str]) -> list[Any]:
         if not texts:
             return []
         try:

@@ -71,7 +71,17 @@ class Settings:
         default="CPUExecutionProvider",
         metadata={"help": "ONNX Runtime execution provider, e.g. CUDAExecutionProvider"},
     )
-    batch_size: int = field(default=64, metadata={"help": "rows claimed per batch"})
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "rows embedded and written together (one write, one event)"},
+    )
+    claim_size: int = field(
+        # One claim is tokenized, sorted by length and cut into batches: the more rows
+        # it holds, the less padding the model computes.  Measured on 256 mixed chunks
+        # (two cores): 4.2% more padded tokens with 64-row claims than with 256.
+        default=256,
+        metadata={"help": "rows claimed at once, sorted by length, embedded a batch at a time"},
+    )
     token_budget: int = field(
         # 2048 measured faster than 8192 on 250-token texts (26-28 vs 24 texts/s on two
         # cores) with about half the peak memory (290 vs 530 MB).
@@ -115,7 +125,7 @@ class Settings:
                 f"INDEXER_SCHEMA={self.schema!r} is not a plain SQL identifier "
                 "(letters, digits, underscore; at most 63 characters)"
             )
-        positive = ("batch_size", "token_budget", "max_chars", "max_attempts")
+        positive = ("batch_size", "claim_size", "token_budget", "max_chars", "max_attempts")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{env_name(name)} must be at least 1")

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from indexer.embedder import Tokenized
 from indexer.exceptions import DatabaseUnavailable, EmbeddingError
 from indexer.manager import ClaimedRow, Manager
 from indexer.settings import Settings
@@ -44,9 +45,9 @@ MAX_BACKOFF_SECONDS = 10.0
 class TextEmbedder(Protocol):
     name: str
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+    def tokenize(self, texts: Sequence[str]) -> Tokenized: ...
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_tokenized(self, tokenized: Tokenized) -> np.ndarray: ...
 
 
 class FaultInjector:
@@ -61,13 +62,13 @@ class FaultInjector:
         self.marker = marker
         self.name = inner.name
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return self.inner.tokenize(texts)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if any(self.marker in t for t in texts):
+    def embed_tokenized(self, tokenized: Tokenized) -> np.ndarray:
+        if any(self.marker in t for t in tokenized.texts):
             raise EmbeddingError(f"injected failure: text contains {self.marker!r}")
-        return self.inner.embed(texts)
+        return self.inner.embed_tokenized(tokenized)
 
 
 class LeaseKeeper:
@@ -152,6 +153,33 @@ class _PendingWrite:
     rows: list[ClaimedRow]
 
 
+@dataclass
+class _Claim:
+    """Rows claimed together and not embedded yet: tokenized once, shortest first.
+
+    Sorting a whole claim by length before cutting it into batches is what keeps the
+    model's padding low: a batch then holds rows of nearly equal length.
+    """
+
+    rows: list[ClaimedRow]
+    tokenized: Tokenized
+    claim_ms: float
+
+    @classmethod
+    def sorted(cls, rows: list[ClaimedRow], tokenized: Tokenized, claim_ms: float) -> _Claim:
+        lengths = tokenized.lengths
+        order = sorted(range(len(rows)), key=lengths.__getitem__)
+        return cls([rows[i] for i in order], tokenized.select(order), claim_ms)
+
+    def take(self, count: int) -> tuple[list[ClaimedRow], Tokenized, float]:
+        """The next ``count`` rows, their tokens, and the claim's time (first take only)."""
+        rows, self.rows = self.rows[:count], self.rows[count:]
+        taken = self.tokenized.select(range(len(rows)))
+        self.tokenized = self.tokenized.select(range(len(rows), len(self.tokenized)))
+        claim_ms, self.claim_ms = self.claim_ms, 0.0
+        return rows, taken, claim_ms
+
+
 class Worker:
     def __init__(
         self,
@@ -173,6 +201,8 @@ class Worker:
         self.on_batch = on_batch
         self.worker_id = uuid.uuid4()
         self._pending: _PendingWrite | None = None
+        self._claim: _Claim | None = None
+        self._to_release: list[int] = []
         self._keeper = LeaseKeeper(manager, self.worker_id, settings.lease_seconds)
         self._down_since: float | None = None
         self._backoff = 0.5
@@ -180,14 +210,19 @@ class Worker:
         self.batches = 0
         self.rows_written = 0
 
+    @property
+    def claim_size(self) -> int:
+        return max(self.settings.claim_size, self.settings.batch_size)
+
     def stop(self) -> None:
         self.stop_event.set()
 
     def run(self, *, once: bool = False) -> None:
         """Work until stopped (or, with ``once``, until nothing is left to claim).
 
-        Raises DatabaseUnavailable when the database stays away longer than
-        INDEXER_DB_DOWN_TIMEOUT.
+        Stopping takes effect between batches: the batch in flight is written, the
+        rest of its claim is released at once.  Raises DatabaseUnavailable when the
+        database stays away longer than INDEXER_DB_DOWN_TIMEOUT.
         """
         logger.info("worker %s starting", self.worker_id)
         started = False
@@ -209,26 +244,34 @@ class Worker:
             self._shutdown(started)
 
     def _step(self, once: bool) -> bool:
-        """One turn of the loop; False when ``once`` and the queue is empty."""
+        """One batch; False when ``once`` and the queue is empty."""
         self._keeper.check()
         if self._pending is not None:
             self._write(self._pending)
             self._pending = None
-        self._maybe_prune()
-        claim_start = time.perf_counter()
-        rows = self.manager.claim(
-            self.worker_id,
-            self.settings.batch_size,
-            self.settings.lease_seconds,
-            self.settings.max_chars,
-        )
-        claim_ms = (time.perf_counter() - claim_start) * 1000
-        if rows:
-            self.process(rows, claim_ms)
-            return True
-        if once:
-            return False
-        self._idle()
+        if self._to_release:
+            self.manager.release(self.worker_id, self._to_release)
+            self._to_release = []
+        if self._claim is None:
+            self._maybe_prune()
+            claim_start = time.perf_counter()
+            settings = self.settings
+            rows = self.manager.claim(
+                self.worker_id, self.claim_size, settings.lease_seconds, settings.max_chars
+            )
+            claim_ms = (time.perf_counter() - claim_start) * 1000
+            if not rows:
+                if once:
+                    return False
+                self._idle()
+                return True
+            tokenized = self.embedder.tokenize([r.content for r in rows])
+            self._claim = _Claim.sorted(rows, tokenized, claim_ms)
+        rows, tokenized, claim_ms = self._claim.take(self.settings.batch_size)
+        rest = [r.id for r in self._claim.rows]
+        if not rest:
+            self._claim = None
+        self.process(rows, tokenized, claim_ms, rest)
         return True
 
     def _idle(self) -> None:
@@ -241,16 +284,23 @@ class Worker:
             if self.manager.wait_for_work(min(remaining, 0.25)):
                 return
 
-    def process(self, rows: list[ClaimedRow], claim_ms: float = 0.0) -> BatchResult:
+    def process(
+        self,
+        rows: list[ClaimedRow],
+        tokenized: Tokenized,
+        claim_ms: float = 0.0,
+        waiting: Sequence[int] = (),
+    ) -> BatchResult:
+        """Embed and write one batch of claimed rows (``waiting``: the claim's other
+        rows, whose lease is kept alive meanwhile)."""
         batch_id = uuid.uuid4()
-        texts = [r.content for r in rows]
-        tokens = sum(self.embedder.count_tokens(texts))
+        tokens = sum(tokenized.lengths)
         start = time.perf_counter()
-        self._keeper.hold([r.id for r in rows])
+        self._keeper.hold([*(r.id for r in rows), *waiting])
         try:
-            good, bad = self._embed_isolating(rows)
+            good, bad = self._embed_isolating(rows, tokenized)
         finally:
-            self._keeper.drop()
+            self._keeper.hold(waiting)
         embed_ms = (time.perf_counter() - start) * 1000
         pending = _PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows)
         self._pending = pending
@@ -316,7 +366,7 @@ class Worker:
         return result
 
     def _embed_isolating(
-        self, rows: Sequence[ClaimedRow]
+        self, rows: Sequence[ClaimedRow], tokenized: Tokenized
     ) -> tuple[list[tuple[ClaimedRow, np.ndarray]], list[tuple[ClaimedRow, str]]]:
         """Embed rows; when the model fails, split the batch to find the bad rows.
 
@@ -324,7 +374,7 @@ class Worker:
         rows are still embedded in this pass.
         """
         try:
-            vectors = self.embedder.embed([r.content for r in rows])
+            vectors = self.embedder.embed_tokenized(tokenized)
         except Exception as exc:  # any model failure is a property of some row(s)
             if len(rows) == 1:
                 message = (
@@ -335,8 +385,10 @@ class Worker:
                 logger.warning("row %d failed to embed: %s", rows[0].id, message)
                 return [], [(rows[0], message)]
             middle = len(rows) // 2
-            good_a, bad_a = self._embed_isolating(rows[:middle])
-            good_b, bad_b = self._embed_isolating(rows[middle:])
+            good_a, bad_a = self._embed_isolating(rows[:middle], tokenized.select(range(middle)))
+            good_b, bad_b = self._embed_isolating(
+                rows[middle:], tokenized.select(range(middle, len(rows)))
+            )
             return good_a + good_b, bad_a + bad_b
         return list(zip(rows, vectors, strict=True)), []
 
@@ -356,6 +408,13 @@ class Worker:
         if self._down_since is None:
             self._down_since = now
             logger.warning("database unavailable, retrying: %s", exc)
+            if self._claim is not None:
+                # Leases cannot be renewed while the database is away: give the rest
+                # of the claim back once it returns, rather than embed rows that
+                # another daemon may have claimed by then.
+                self._to_release.extend(r.id for r in self._claim.rows)
+                self._claim = None
+                self._keeper.drop()
         elif now - self._down_since > self.settings.db_down_timeout:
             raise DatabaseUnavailable(
                 f"database unavailable for {now - self._down_since:.0f} s "
@@ -375,10 +434,16 @@ class Worker:
     def _shutdown(self, started: bool) -> None:
         self._keeper.stop()
         try:
+            # Rows claimed and not written (the rest of a claim when asked to stop, a
+            # write cut off by an outage) go back now, or, if the database is still
+            # away, when their lease expires.
+            unwritten = list(self._to_release)
+            if self._claim is not None:
+                unwritten.extend(r.id for r in self._claim.rows)
             if self._pending is not None:
-                # An outage interrupted a write; rows it could not write go back now
-                # (or, if the database is still away, when their lease expires).
-                self.manager.release(self.worker_id, [r.id for r in self._pending.rows])
+                unwritten.extend(r.id for r in self._pending.rows)
+            if unwritten:
+                self.manager.release(self.worker_id, unwritten)
             if started:
                 self.manager.record_event(
                     "worker_stopped",
@@ -402,6 +467,7 @@ class Worker:
             "host": socket.gethostname(),
             "model": self.embedder.name,
             "batch_size": s.batch_size,
+            "claim_size": self.claim_size,
             "token_budget": s.token_budget,
             "lease_seconds": s.lease_seconds,
         }

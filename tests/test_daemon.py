@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -77,6 +78,86 @@ def test_one_event_per_batch(settings: Settings, embedder: Embedder, conn: Conne
         )
     ]
     assert counts == [10, 10, 5]
+
+
+def test_a_claim_is_embedded_shortest_first_one_batch_at_a_time(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    # Lengths that do not follow the ids: 1, 8, 15, 22, 4, 11, ... words.
+    texts = [" ".join(["word"] * ((i * 7) % 25 + 1)) for i in range(25)]
+    ids = insert(conn, *texts)
+    length = dict(zip(ids, embedder.count_tokens(texts), strict=True))
+    small = Settings(**{**settings.__dict__, "batch_size": 5, "claim_size": 12})
+    drain(small, embedder)
+    events = conn.execute(
+        "SELECT row_count, chunk_ids, claim_ms FROM events"
+        " WHERE kind = 'batch_completed' ORDER BY id"
+    ).fetchall()
+    # Claims of 12, 12 and 1 rows (oldest first), each cut into batches of 5.
+    assert [e["row_count"] for e in events] == [5, 5, 2, 5, 5, 2, 1]
+    # The claim's time is counted once, on its first batch.
+    assert [e["claim_ms"] > 0 for e in events] == [True, False, False] * 2 + [True]
+    for claim, batches in ((ids[:12], events[:3]), (ids[12:24], events[3:6])):
+        assert sorted(i for e in batches for i in e["chunk_ids"]) == claim
+        for shorter, longer in itertools.pairwise(batches):
+            assert max(length[i] for i in shorter["chunk_ids"]) <= min(
+                length[i] for i in longer["chunk_ids"]
+            )
+    # Each row got its own text's vector, whatever batch it landed in.
+    expected = embedder.embed(texts)
+    for cid, want in zip(ids, expected, strict=True):
+        got = vector_of(conn, cid)
+        assert got is not None and float(np.dot(got, want)) > 0.99999
+
+
+def test_stopping_between_batches_gives_the_rest_of_the_claim_back(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    insert(conn, *(f"row number {i}" for i in range(20)))
+    small = Settings(**{**settings.__dict__, "batch_size": 5, "claim_size": 20})
+    with Manager(settings.database_url or "", "public") as manager:
+        worker = Worker(small, manager, embedder)
+        worker.on_batch = lambda result: worker.stop()
+        worker.run()
+    states = {
+        (r["state"], r["claimed_by"]): r["n"]
+        for r in conn.execute(
+            "SELECT state, claimed_by, count(*) AS n FROM chunks GROUP BY state, claimed_by"
+        )
+    }
+    assert states == {("embedded", None): 5, ("pending", None): 15}
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds == ["worker_started", "batch_completed", "worker_stopped"]
+
+
+def test_an_outage_mid_claim_loses_and_repeats_nothing(
+    settings: Settings, embedder: Embedder, conn: Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = insert(conn, *(f"row number {i}" for i in range(20)))
+    small = Settings(**{**settings.__dict__, "batch_size": 5, "claim_size": 20})
+    with Manager(settings.database_url or "", "public") as manager:
+        worker = Worker(small, manager, embedder)
+
+        def cut_connection_once(result: object) -> None:
+            # After the first batch: kill the daemon's session, so the next write
+            # fails mid-claim; the daemon must write it on reconnect and give the
+            # rest of the claim back rather than hold rows it can no longer renew.
+            if worker.batches == 1:
+                pid = manager.connection().info.backend_pid
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        worker.on_batch = cut_connection_once
+        worker.run(once=True)
+    assert "database unavailable" in caplog.text
+    rows = conn.execute("SELECT id, state, claimed_by FROM chunks ORDER BY id").fetchall()
+    assert [(r["id"], r["state"], r["claimed_by"]) for r in rows] == [
+        (i, "embedded", None) for i in ids
+    ]
+    written = conn.execute(
+        "SELECT array_agg(x ORDER BY x) AS ids"
+        " FROM events, unnest(chunk_ids) AS x WHERE kind = 'batch_completed'"
+    ).fetchone()
+    assert written is not None and written["ids"] == ids  # each row written exactly once
 
 
 def test_search_puts_the_related_row_first(
