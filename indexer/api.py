@@ -35,6 +35,7 @@ def load_embedder(settings: Settings) -> Embedder:
         threads=settings.threads or None,
         providers=(settings.provider,),
         token_budget=settings.token_budget,
+        variant=settings.model_variant,
     )
 
 

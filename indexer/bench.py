@@ -648,6 +648,18 @@ def load_reference() -> tuple[Any, str | None]:
     return model, None
 
 
+def load_int8(settings: Settings) -> tuple[Any, str | None]:
+    """The int8 variant of the configured model, or None and why not."""
+    from indexer.api import load_embedder
+
+    if settings.model_variant != "fp32":
+        return None, f"the configured variant is {settings.model_variant}"
+    try:
+        return load_embedder(dataclasses.replace(settings, model_variant="int8")), None
+    except IndexerError as exc:
+        return None, str(exc)
+
+
 def bench_model(ctx: Context, results: dict[str, Any]) -> None:
     embedder = ctx.embedder
     sets = {"short": ctx.corpus.short, "mixed": ctx.corpus.mixed}
@@ -662,12 +674,22 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
         out: Floats = embedder.embed(texts)
         return out
 
+    # The opt-in int8 variant, beside the default fp32 one.
+    int8, int8_skipped = load_int8(ctx.settings)
+
+    def run_int8(texts: list[str]) -> Floats:
+        assert int8 is not None
+        out: Floats = int8.embed(texts)
+        return out
+
     def run_reference(texts: list[str]) -> Floats:
         out = reference.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
 
     # Warm-up: first calls allocate arenas and pick kernels.
     run_onnx(ctx.corpus.mixed[:8])
+    if int8 is not None:
+        run_int8(ctx.corpus.mixed[:8])
     if reference is not None:
         run_reference(ctx.corpus.mixed[:8])
 
@@ -683,6 +705,8 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
             peaks["reference"].append(torch_gemm_peak_gflops())
         for name, texts in sets.items():
             runners: list[tuple[str, Callable[[list[str]], Floats]]] = [("onnx", run_onnx)]
+            if int8 is not None:
+                runners.append(("int8", run_int8))
             if reference is not None:
                 runners.append(("reference", run_reference))
             if repeat % 2:
@@ -712,6 +736,33 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
             "useful_gflops": round(gflop[name] / seconds, 1),
             "of_gemm_peak": round(gflop[name] / seconds / peak, 3),
         }
+    if int8 is None:
+        model["int8"] = {"skipped": int8_skipped}
+    else:
+        variant: dict[str, Any] = {"model": int8.name}
+        for name, texts in sets.items():
+            seconds = _median(times[f"int8_{name}"])
+            cosines = np.sum(outputs[f"int8_{name}"] * outputs[f"onnx_{name}"], axis=1)
+            variant[name] = {
+                "seconds": round(seconds, 3),
+                "texts_per_s": round(len(texts) / seconds, 1),
+                "tokens_per_s": round(sum(lengths[name]) / seconds, 0),
+                # Paired, like the reference: each int8 run against the fp32 run beside it.
+                "x_fp32": round(
+                    _median(
+                        [
+                            f / i
+                            for f, i in zip(
+                                times[f"onnx_{name}"], times[f"int8_{name}"], strict=True
+                            )
+                        ]
+                    ),
+                    2,
+                ),
+                "min_cosine_fp32": round(float(cosines.min()), 5),
+                "median_cosine_fp32": round(float(np.median(cosines)), 5),
+            }
+        model["int8"] = variant
     results["model"] = model
     ctx.vectors = np.concatenate([outputs["onnx_short"], outputs["onnx_mixed"]])
 
@@ -747,6 +798,28 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
             "speedup": round(_median(ratios), 2),
             "min_cosine": float(cosines.min()),
         }
+        if int8 is not None:
+            ref[name]["int8_speedup"] = round(
+                _median(
+                    [
+                        r / i
+                        for r, i in zip(
+                            times[f"reference_{name}"], times[f"int8_{name}"], strict=True
+                        )
+                    ]
+                ),
+                2,
+            )
+            ref[name]["int8_min_cosine"] = round(
+                float(
+                    np.sum(
+                        _normalise(outputs[f"int8_{name}"])
+                        * _normalise(outputs[f"reference_{name}"]),
+                        axis=1,
+                    ).min()
+                ),
+                5,
+            )
     ref["min_cosine"] = worst
     results["reference"] = ref
 
@@ -1217,6 +1290,11 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         if "gemm_peak_gflops" in model:
             best = model["gemm_peak_gflops"] / ref["mixed"]["useful_gflops"]
             ceiling = f"fp32 ceiling on this machine {best:.2f}x (the model at 100% of GEMM peak)"
+        if "int8_speedup" in ref["mixed"]:
+            ceiling += (
+                f"; opt-in int8: {ref['mixed']['int8_speedup']:.2f}x, "
+                f"cos {ref['mixed']['int8_min_cosine']:.4f}"
+            )
         targets.append(
             Target(
                 "model vs sentence-transformers (mixed)",
@@ -1338,6 +1416,27 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             add(section, f"fp32 GEMM peak, {engine}", f"{r['gemm_peak_gflops']:.0f} GFLOP/s")
             if section == "reference":
                 add(section, "min cosine onnx vs reference", f"{r['min_cosine']:.7f}")
+                for name in ("short", "mixed"):
+                    if "int8_speedup" in r[name]:
+                        m = r[name]
+                        add(
+                            section,
+                            f"int8 (opt-in) vs reference, {name}",
+                            f"{m['int8_speedup']:.2f}x faster, "
+                            f"min cosine {m['int8_min_cosine']:.4f}",
+                        )
+            elif "skipped" in r.get("int8", {}):
+                add(section, "onnxruntime int8 (opt-in)", f"skipped: {r['int8']['skipped']}")
+            elif "int8" in r:
+                for name in ("short", "mixed"):
+                    m = r["int8"][name]
+                    add(
+                        section,
+                        f"onnxruntime int8 (opt-in), {name}",
+                        f"{m['texts_per_s']:,.1f} texts/s  {m['x_fp32']:.2f}x fp32  "
+                        f"(cosine to fp32: min {m['min_cosine_fp32']:.4f}, "
+                        f"median {m['median_cosine_fp32']:.4f})",
+                    )
         elif section == "backfill":
             s = r["median_run"]
             add(section, f"worker, {r['rows']} mixed rows", f"{r['rows_per_s']:,.1f} rows/s")

@@ -117,6 +117,7 @@ class Embedder:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         max_tokens: int = 256,
         token_budget: int = 2048,
+        variant: str = "fp32",
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -146,7 +147,7 @@ class Embedder:
             raise ConfigurationError(f"threads must be at least 1, not {threads}")
 
         files = resolve_model(
-            model_dir, cache_dir if cache_dir is not None else default_cache_dir()
+            model_dir, cache_dir if cache_dir is not None else default_cache_dir(), variant
         )
         self.name = files.name
         self.max_tokens = max_tokens

