@@ -97,6 +97,28 @@ def test_run_once_then_search_and_status(
     assert status["rows_per_second"] > 0
 
 
+def test_the_int8_variant_end_to_end(database: str, model_cache: Path, conn: Connection) -> None:
+    conn.execute(
+        "INSERT INTO chunks (content) VALUES"
+        " ('The Eiffel Tower is in Paris, France.'), ('Bananas are rich in potassium.')"
+    )
+    env = cli_env(database, model_cache, INDEXER_MODEL_VARIANT="int8")
+    run = run_cli(["run", "--once"], env)
+    assert run.returncode == 0, run.stderr
+    models = {r["embedding_model"] for r in conn.execute("SELECT embedding_model FROM chunks")}
+    assert models == {"all-MiniLM-L6-v2-int8"}  # the rows say which variant made them
+    hit = json.loads(
+        run_cli(["search", "famous landmark in France", "-k", "1", "--json"], env).stdout
+    )
+    assert "Eiffel" in hit["content"]
+
+    bad = run_cli(["status"], cli_env(database, model_cache, INDEXER_MODEL_VARIANT="int4"))
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "indexer: error: INDEXER_MODEL_VARIANT must be 'fp32' or 'int8'"
+    ]
+
+
 def test_search_rejects_bad_k_and_empty_query(database: str, model_cache: Path) -> None:
     env = cli_env(database, model_cache)
     bad_k = run_cli(["search", "x", "-k", "0"], env)
