@@ -167,6 +167,11 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def _paired_speedup(slow: Sequence[float], fast: Sequence[float]) -> float:
+    """Median of run-by-run ratios of runs made side by side (robust to drifting load)."""
+    return _median([s / f for s, f in zip(slow, fast, strict=True)])
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
@@ -748,17 +753,7 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
                 "texts_per_s": round(len(texts) / seconds, 1),
                 "tokens_per_s": round(sum(lengths[name]) / seconds, 0),
                 # Paired, like the reference: each int8 run against the fp32 run beside it.
-                "x_fp32": round(
-                    _median(
-                        [
-                            f / i
-                            for f, i in zip(
-                                times[f"onnx_{name}"], times[f"int8_{name}"], strict=True
-                            )
-                        ]
-                    ),
-                    2,
-                ),
+                "x_fp32": round(_paired_speedup(times[f"onnx_{name}"], times[f"int8_{name}"]), 2),
                 "min_cosine_fp32": round(float(cosines.min()), 5),
                 "median_cosine_fp32": round(float(np.median(cosines)), 5),
             }
@@ -787,28 +782,18 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
         )
         worst = min(worst, float(cosines.min()))
         # Each run of the reference is paired with the ONNX run beside it.
-        ratios = [
-            r / o for r, o in zip(times[f"reference_{name}"], times[f"onnx_{name}"], strict=True)
-        ]
+        speedup = _paired_speedup(times[f"reference_{name}"], times[f"onnx_{name}"])
         ref[name] = {
             "seconds": round(seconds, 3),
             "texts_per_s": round(len(texts) / seconds, 1),
             "tokens_per_s": round(sum(lengths[name]) / seconds, 0),
             "useful_gflops": round(gflop[name] / seconds, 1),
-            "speedup": round(_median(ratios), 2),
+            "speedup": round(speedup, 2),
             "min_cosine": float(cosines.min()),
         }
         if int8 is not None:
             ref[name]["int8_speedup"] = round(
-                _median(
-                    [
-                        r / i
-                        for r, i in zip(
-                            times[f"reference_{name}"], times[f"int8_{name}"], strict=True
-                        )
-                    ]
-                ),
-                2,
+                _paired_speedup(times[f"reference_{name}"], times[f"int8_{name}"]), 2
             )
             ref[name]["int8_min_cosine"] = round(
                 float(
@@ -897,7 +882,7 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
         "rows_per_s": round(len(texts) / wall_s, 1),
         "raw_texts_per_s": round(len(texts) / raw_s, 1),
         # Paired: each backfill against the raw run beside it.
-        "ratio_to_raw": round(_median([r / w for r, w in zip(raw, wall, strict=True)]), 3),
+        "ratio_to_raw": round(_paired_speedup(raw, wall), 3),
         "tokenize_ms": round(_timed(lambda: embedder.count_tokens(texts)) * 1000, 1),
         # The worker sorts by length within each claim only, the raw run across all
         # texts: the padding each pays, in tokens through the model.

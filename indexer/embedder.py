@@ -101,6 +101,9 @@ class Embedder:
     tokenizer's configuration and an ONNX Runtime session's ``run`` is thread-safe.
     Concurrent calls share the session's intra-op thread pool, so they do not run
     faster than one after the other; each call allocates its own batch buffers.
+
+    ``variant="int8"`` runs the opt-in int8 graph (:mod:`indexer.quantize`) instead of
+    the fp32 one; :attr:`name` then ends in ``-int8``.
     """
 
     dim: int

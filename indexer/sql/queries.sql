@@ -30,7 +30,8 @@ RETURNING c.id, c.content_version, left(c.content, %(max_chars)s) AS content, c.
 -- Write a batch's vectors and its batch_completed event in one round trip.  The write
 -- is guarded: a row whose content changed (content_version), that was deleted, or whose
 -- lease passed to another daemon (claimed_by) is not written; its vector is discarded.
--- write_ms is the server-side time of this statement.
+-- write_ms is the server-side time of this statement.  The vectors are sent in
+-- pgvector's binary format (a b placeholder): cheaper to build and to parse than text.
 WITH input AS (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(embeddings)b::vector[])
