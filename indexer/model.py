@@ -30,7 +30,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ __all__ = [
     "atomic_write",
     "build_onnx",
     "cache_error",
+    "cached_build",
     "cached_file_is_valid",
     "cached_onnx_path",
     "ensure_cache_dir",
@@ -206,29 +207,59 @@ def _converted(folder: Path, name: str, cache_dir: Path) -> Path:
     target = cached_onnx_path(name, weights_sha, cache_dir)
     pinned = PACKAGED_ONNX_SHA256 if weights_sha == PACKAGED_SAFETENSORS_SHA256 else None
 
+    def build() -> bytes:
+        config = _read_config(folder)
+        _check_pooling(folder)
+        return build_onnx(read_safetensors_bytes(weights_bytes, source=weights), config)
+
+    cached_build(
+        target,
+        pinned,
+        build,
+        cache_dir,
+        what="ONNX graph",
+        producer="onnx package",
+        built_from=f"converted {weights}",
+    )
+    return target
+
+
+def cached_build(
+    target: Path,
+    pinned: str | None,
+    build: Callable[[], bytes],
+    cache_dir: Path,
+    *,
+    what: str,
+    producer: str,
+    built_from: str,
+) -> None:
+    """Make sure ``target`` holds a verified graph, running ``build`` if it does not.
+
+    A cached file is accepted if it hashes to ``pinned`` (the known bytes for the
+    packaged model) or to the sha256 in its sidecar; otherwise it is rebuilt.  A build
+    whose bytes differ from ``pinned`` (another ``producer`` version serialised it
+    differently) is still correct: it is logged and accepted through the sidecar, so a
+    later load still detects a truncated or corrupted copy.
+    """
     if target.is_file():
         if cached_file_is_valid(target, pinned):
-            return target
-        log.warning("cached ONNX graph %s failed its sha256 check; rebuilding it", target)
-
-    config = _read_config(folder)
-    _check_pooling(folder)
-    tensors = read_safetensors_bytes(weights_bytes, source=weights)
-    data = build_onnx(tensors, config)
+            return
+        log.warning("cached %s %s failed its sha256 check; rebuilding it", what, target)
+    data = build()
     built_sha = hashlib.sha256(data).hexdigest()
     if pinned is not None and built_sha != pinned:
-        # Same weights, different bytes: the onnx package serialised differently.
-        # The graph is still correct; the sidecar below makes later loads accept it.
         log.warning(
-            "the ONNX graph built from the packaged weights has sha256 %s, not the pinned "
-            "%s (different onnx package version?); using it anyway",
+            "the %s built for the packaged model has sha256 %s, not the pinned %s "
+            "(different %s version?); using it anyway",
+            what,
             built_sha,
             pinned,
+            producer,
         )
     atomic_write(target, data, cache_dir)
     atomic_write(sidecar_path(target), (built_sha + "\n").encode(), cache_dir)
-    log.info("converted %s to %s", weights, target)
-    return target
+    log.info("%s to %s", built_from, target)
 
 
 def sidecar_path(path: Path) -> Path:

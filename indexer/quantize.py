@@ -54,11 +54,9 @@ from typing import Any, Literal
 from indexer.exceptions import ConfigurationError, ModelNotFound
 from indexer.model import (
     PACKAGED_ONNX_SHA256,
-    atomic_write,
     cache_error,
-    cached_file_is_valid,
+    cached_build,
     ensure_cache_dir,
-    sidecar_path,
 )
 
 __all__ = [
@@ -308,24 +306,13 @@ def quantized_onnx_path(fp32_path: Path, cache_dir: Path, recipe: Recipe = SHIPP
         SHIPPED_RECIPE.fingerprint()
     )
     pinned = PACKAGED_INT8_SHA256 if packaged else None
-
-    if target.is_file():
-        if cached_file_is_valid(target, pinned):
-            return target
-        log.warning("cached int8 graph %s failed its sha256 check; rebuilding it", target)
-
-    data = quantize_bytes(fp32, recipe, cache_dir, source=fp32_path)
-    built_sha = hashlib.sha256(data).hexdigest()
-    if pinned is not None and built_sha != pinned:
-        # Same fp32 graph and recipe, different bytes: another onnxruntime version
-        # quantized it.  The graph is still right; the sidecar makes later loads accept it.
-        log.warning(
-            "the int8 graph quantized from the packaged model has sha256 %s, not the pinned "
-            "%s (different onnxruntime version?); using it anyway",
-            built_sha,
-            pinned,
-        )
-    atomic_write(target, data, cache_dir)
-    atomic_write(sidecar_path(target), (built_sha + "\n").encode(), cache_dir)
-    log.info("quantized %s to %s (%s)", fp32_path, target, recipe.name)
+    cached_build(
+        target,
+        pinned,
+        lambda: quantize_bytes(fp32, recipe, cache_dir, source=fp32_path),
+        cache_dir,
+        what="int8 graph",
+        producer="onnxruntime",
+        built_from=f"quantized {fp32_path} ({recipe.name})",
+    )
     return target
