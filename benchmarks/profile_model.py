@@ -4,7 +4,7 @@
 
 Runs the daemon's ONNX graph (the cached conversion of the packaged all-MiniLM-L6-v2)
 on the same deterministic corpus as `indexer bench`, batched the way the embedder
-batches (sorted by length, padded per batch, ``plan_batches`` under the token budget),
+batches (sorted by length, padded per batch, ``plan_calls`` under the token budget),
 and prints, per text kind: throughput, useful GFLOP/s against this machine's measured
 fp32 GEMM peak, and the share of time of each operator type.  A diagnostic for the
 model target of `indexer bench`; not used by the package.
@@ -25,9 +25,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from indexer.bench import build_corpus, gemm_peak_gflops, model_gflop
-from indexer.embedder import plan_batches
-from indexer.model import resolve_model
+from indexer.bench.run import build_corpus, gemm_peak_gflops, model_gflop
+from indexer.embedding import plan_calls
+from indexer.embedding.model import resolve_model
 from indexer.settings import Settings, default_model_cache
 
 Feed = dict[str, npt.NDArray[np.int64]]
@@ -39,7 +39,7 @@ def feeds(tokenizer: Tokenizer, texts: list[str], token_budget: int) -> tuple[li
     lengths = [len(e.ids) for e in encodings]
     out: list[Feed] = []
     padded = 0
-    for batch in plan_batches(lengths, token_budget):
+    for batch in plan_calls(lengths, token_budget):
         width = max(lengths[i] for i in batch)
         ids = np.zeros((len(batch), width), dtype=np.int64)
         mask = np.zeros_like(ids)

@@ -19,14 +19,17 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TextIO
 
-from indexer import embedded, logs, migrate
-from indexer.api import MAX_K, Indexer, load_embedder
-from indexer.db import resolve_dsn
+from indexer import logs
+from indexer.app import Indexer
+from indexer.db import migrate, server
+from indexer.db.connect import resolve_dsn
+from indexer.embedding import load_embedder
 from indexer.exceptions import DatabaseUnavailable, IndexerError, InvalidInput
-from indexer.manager import Manager
+from indexer.limits import MAX_K
 from indexer.metrics import Metrics
 from indexer.settings import FIELDS, Settings, env_name
 from indexer.signals import stop_on_signals
+from indexer.store import Store
 from indexer.worker import BatchResult, Worker
 
 logger = logging.getLogger("indexer")
@@ -104,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     from indexer import bench as bench_module  # light at import; heavy parts load in main
 
     bench_module.add_arguments(bench)
-    server = add("server", "start or stop the embedded PostgreSQL")
-    server.add_argument("action", choices=["start", "stop"])
+    server_cmd = add("server", "start or stop the embedded PostgreSQL")
+    server_cmd.add_argument("action", choices=["start", "stop"])
     return parser
 
 
@@ -146,8 +149,8 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.embedded:
         raise InvalidInput("DATABASE_URL is set: there is no embedded server to manage")
     if args.action == "start":
-        print(embedded.start(settings.data_dir))
-    elif embedded.stop(settings.data_dir):
+        print(server.start(settings.data_dir))
+    elif server.stop(settings.data_dir):
         print(f"stopped the embedded PostgreSQL in {settings.data_dir}")
     else:
         print(f"the embedded PostgreSQL in {settings.data_dir} was not running")
@@ -157,38 +160,38 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     address = None
     if args.http:  # a typo should fail before the model loads
-        from indexer.http import parse_address
+        from indexer.http.app import parse_address
 
         address = parse_address(args.http)
-    lock = embedded.run_lock(settings.data_dir) if settings.embedded else contextlib.nullcontext()
+    lock = server.run_lock(settings.data_dir) if settings.embedded else contextlib.nullcontext()
     with lock:
         dsn = resolve_dsn(settings)
         embedder = load_embedder(settings)
-        with Manager(dsn, settings.schema) as manager, contextlib.ExitStack() as stack:
+        with Store(dsn, settings.schema) as store, contextlib.ExitStack() as stack:
             # Fail fast on a missing schema or pgvector; an outage is the worker's to
             # ride out (it retries up to INDEXER_DB_DOWN_TIMEOUT).
             with contextlib.suppress(DatabaseUnavailable):
-                manager.connection()
+                store.connection()
             metrics = Metrics()
             callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
             progress = None
             if args.once and not args.no_progress and sys.stderr.isatty():
-                progress = Progress(int(manager.status()["backlog"]), sys.stderr)
+                progress = Progress(int(store.status()["backlog"]), sys.stderr)
                 callbacks.append(progress.update)
 
             def on_batch(result: BatchResult) -> None:
                 for callback in callbacks:
                     callback(result)
 
-            worker = Worker(settings, manager, embedder, on_batch=on_batch)
+            worker = Worker(settings, store, embedder, on_batch=on_batch)
             if address is not None:
-                from indexer.http import HttpServer, create_app
+                from indexer.http.app import HttpServer, create_app
 
                 host, port = address
                 app = create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics)
-                server = HttpServer(app, host, port)
-                server.start()
-                stack.callback(server.stop)
+                http_server = HttpServer(app, host, port)
+                http_server.start()
+                stack.callback(http_server.stop)
                 logger.info("HTTP API on http://%s:%d", host, port)
             with stop_on_signals(worker.stop_event):
                 worker.run(once=args.once)
@@ -276,7 +279,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     with Indexer(settings) as ix:
         status = ix.status()
-        failed = ix.manager.failed_rows(10) if status["failed"] else []
+        failed = ix.store.failed_rows(10) if status["failed"] else []
     if args.json:
         out = {k: _jsonable(v) for k, v in status.items()}
         out["failed_rows"] = [{k: _jsonable(v) for k, v in r.items()} for r in failed]
@@ -314,14 +317,14 @@ def _jsonable(value: Any) -> Any:
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     with Indexer(settings) as ix:
-        ids = ix.manager.retry_failed(args.ids)
+        ids = ix.store.retry_failed(args.ids)
     print(f"re-queued {len(ids)} failed rows")
     return 0
 
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     with Indexer(settings) as ix:
-        pruned = ix.manager.prune_events(settings.events_retention_days * 86400)
+        pruned = ix.store.prune_events(settings.events_retention_days * 86400)
     print(f"pruned {pruned} events older than {settings.events_retention_days:g} days")
     return 0
 

@@ -54,3 +54,10 @@ class AlreadyRunning(IndexerError):
 
 class InvalidInput(IndexerError):
     """The input is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none): driver
+    and runtime errors can span many lines, and a user's error is one line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

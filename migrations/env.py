@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from indexer.migrate import connect_for_alembic
+from indexer.db.migrate import connect_for_alembic
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from indexer import embedded, migrate
-from indexer.db import Connection, connect
-from indexer.embedder import Embedder
+from indexer.db import migrate, server
+from indexer.db.connect import Connection, connect
+from indexer.embedding import Embedder
 from indexer.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,10 +64,10 @@ def _drop_database(server: str, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def server_dsn(data_dir: Path) -> Iterator[str]:
-    dsn = embedded.start(data_dir)
+    dsn = server.start(data_dir)
     migrate.upgrade(_create_database(dsn, TEMPLATE), "public")
     yield dsn
-    embedded.stop(data_dir)
+    server.stop(data_dir)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from indexer import Embedder, Indexer, Settings
 from indexer.exceptions import InvalidInput
-from indexer.manager import Manager
+from indexer.store import Store
 from indexer.worker import Worker
 
 
@@ -19,8 +19,8 @@ def test_add_then_search_with_a_metadata_filter(settings: Settings, embedder: Em
         )
         assert len(ids) == 3
         assert ix.status()["backlog"] == 3
-        with Manager(settings.database_url or "", settings.schema) as manager:
-            Worker(settings, manager, embedder).run(once=True)
+        with Store(settings.database_url or "", settings.schema) as store:
+            Worker(settings, store, embedder).run(once=True)
         hits = ix.search("relational database", k=3)
         assert {h.id for h in hits[:2]} == set(ids[:2])
         only_pets = ix.search("relational database", k=3, metadata_filter={"topic": "pets"})

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.db import Connection
-from indexer.embedder import Embedder
+from indexer.db.connect import Connection
+from indexer.embedding import Embedder
 
 from .helpers import cli_env, run_cli
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.db import Connection
-from indexer.embedder import Embedder
-from indexer.manager import Manager
+from indexer.db.connect import Connection
+from indexer.embedding import Embedder
 from indexer.settings import Settings
+from indexer.store import Store
 from indexer.worker import Worker
 
 from .helpers import CORPUS, cli_env, run_cli, start_daemon, wait_until
@@ -41,8 +41,8 @@ def has_vector(conn: Connection, chunk_id: int) -> bool:
 
 def drain(settings: Settings, embedder: Embedder) -> Worker:
     assert settings.database_url is not None
-    with Manager(settings.database_url, settings.schema) as manager:
-        worker = Worker(settings, manager, embedder)
+    with Store(settings.database_url, settings.schema) as store:
+        worker = Worker(settings, store, embedder)
         worker.run(once=True)
     return worker
 
@@ -115,8 +115,8 @@ def test_stopping_between_batches_gives_the_rest_of_the_claim_back(
 ) -> None:
     insert(conn, *(f"row number {i}" for i in range(20)))
     small = Settings(**{**settings.__dict__, "batch_size": 5, "claim_size": 20})
-    with Manager(settings.database_url or "", "public") as manager:
-        worker = Worker(small, manager, embedder)
+    with Store(settings.database_url or "", "public") as store:
+        worker = Worker(small, store, embedder)
         worker.on_batch = lambda result: worker.stop()
         worker.run()
     states = {
@@ -135,15 +135,15 @@ def test_an_outage_mid_claim_loses_and_repeats_nothing(
 ) -> None:
     ids = insert(conn, *(f"row number {i}" for i in range(20)))
     small = Settings(**{**settings.__dict__, "batch_size": 5, "claim_size": 20})
-    with Manager(settings.database_url or "", "public") as manager:
-        worker = Worker(small, manager, embedder)
+    with Store(settings.database_url or "", "public") as store:
+        worker = Worker(small, store, embedder)
 
         def cut_connection_once(result: object) -> None:
             # After the first batch: kill the daemon's session, so the next write
             # fails mid-claim; the daemon must write it on reconnect and give the
             # rest of the claim back rather than hold rows it can no longer renew.
             if worker.batches == 1:
-                pid = manager.connection().info.backend_pid
+                pid = store.connection().info.backend_pid
                 conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
         worker.on_batch = cut_connection_once
@@ -165,11 +165,11 @@ def test_search_puts_the_related_row_first(
 ) -> None:
     ids = dict(zip(CORPUS, insert(conn, *CORPUS.values()), strict=True))
     drain(settings, embedder)
-    with Manager(settings.database_url or "", "public") as manager:
-        hits = manager.search(embedder.embed(["which database supports SQL?"])[0], 3)
+    with Store(settings.database_url or "", "public") as store:
+        hits = store.search(embedder.embed(["which database supports SQL?"])[0], 3)
         assert hits[0].id == ids["db"]
         assert hits[0].score > hits[1].score
-        pets = manager.search(embedder.embed(["my kitten sleeps all day"])[0], 1)
+        pets = store.search(embedder.embed(["my kitten sleeps all day"])[0], 1)
         assert pets[0].id == ids["cat"]
     # The same from SQL, by vector and by chunk id.
     row = conn.execute("SELECT id FROM similar_chunks(%s, 1)", (ids["cat"],)).fetchone()
@@ -240,8 +240,8 @@ def test_a_poison_row_does_not_block_the_others(
 def test_stop_event_ends_an_idle_daemon(
     settings: Settings, embedder: Embedder, conn: Connection
 ) -> None:
-    with Manager(settings.database_url or "", "public") as manager:
-        worker = Worker(settings, manager, embedder)
+    with Store(settings.database_url or "", "public") as store:
+        worker = Worker(settings, store, embedder)
         thread = threading.Thread(target=worker.run)
         thread.start()
         insert(conn, "picked up while running")
@@ -295,12 +295,12 @@ def test_daemon_embeds_on_notify_and_stops_cleanly_on_signal(
 def test_second_daemon_on_one_embedded_data_dir_is_refused(
     tmp_path: Path, model_cache: Path
 ) -> None:
-    from indexer import embedded
+    from indexer.db import server
     from indexer.exceptions import AlreadyRunning
 
     data_dir = tmp_path / "pgdata"
-    with embedded.run_lock(data_dir):
-        with pytest.raises(AlreadyRunning), embedded.run_lock(data_dir):
+    with server.run_lock(data_dir):
+        with pytest.raises(AlreadyRunning), server.run_lock(data_dir):
             pass
         env = cli_env(None, model_cache, INDEXER_DATA_DIR=str(data_dir))
         result = run_cli(["run", "--once"], env, timeout=60)

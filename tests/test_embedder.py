@@ -19,14 +19,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from indexer.embedder import Embedder, plan_batches
-from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound
-from indexer.model import (
+from indexer.embedding import Embedder, plan_calls
+from indexer.embedding.model import (
     PACKAGED_MODEL_NAME,
     PACKAGED_ONNX_SHA256,
     build_onnx,
     resolve_model,
 )
+from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_vectors.json"
 DIM = 384
@@ -182,7 +182,7 @@ def test_non_finite_output_raises(embedder: Embedder, monkeypatch: pytest.Monkey
 
 
 def _check_plan(lengths: list[int], budget: int) -> list[list[int]]:
-    batches = plan_batches(lengths, budget)
+    batches = plan_calls(lengths, budget)
     flat = [i for batch in batches for i in batch]
     assert sorted(flat) == list(range(len(lengths)))
     assert all(batch for batch in batches)
@@ -201,7 +201,7 @@ def test_plan_batches_respects_budget_and_covers_every_index() -> None:
 
 
 def test_plan_batches_edge_cases() -> None:
-    assert plan_batches([], 8192) == []
+    assert plan_calls([], 8192) == []
     assert _check_plan([500], 100) == [[0]]
     # A row longer than the budget gets a batch of its own; the others still pack.
     assert _check_plan([10, 500, 10, 10], 30) == [[0, 2, 3], [1]]
@@ -210,7 +210,7 @@ def test_plan_batches_edge_cases() -> None:
     # Sorted by length: shorter texts first, ties keep input order.
     assert _check_plan([9, 3, 5], 1000) == [[1, 2, 0]]
     with pytest.raises(ValueError):
-        plan_batches([3], 0)
+        plan_calls([3], 0)
 
 
 # ------------------------------------------------------------------ tokens
@@ -289,7 +289,7 @@ def test_built_graph_matches_pinned_sha256(embedder: Embedder, cache_dir: Path) 
 
 
 def test_build_is_byte_stable() -> None:
-    from indexer.model import read_safetensors_bytes
+    from indexer.embedding.model import read_safetensors_bytes
 
     tensors = read_safetensors_bytes((PACKAGE_DIR / "model.safetensors").read_bytes())
     config = json.loads((PACKAGE_DIR / "config.json").read_text())

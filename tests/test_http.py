@@ -17,10 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from indexer.db import Connection
-from indexer.embedder import Embedder
+from indexer.db.connect import Connection
+from indexer.embedding import Embedder
 from indexer.exceptions import ConfigurationError
-from indexer.http import (
+from indexer.http.app import (
     MAX_BODY_BYTES,
     MAX_TEXT_CHARS,
     MAX_TEXTS,
@@ -28,10 +28,10 @@ from indexer.http import (
     create_app,
     parse_address,
 )
-from indexer.manager import Manager
 from indexer.metrics import Metrics
 from indexer.settings import Settings
-from indexer.sql import QUERIES
+from indexer.store import Store
+from indexer.store.queries import QUERIES
 from indexer.worker import Worker
 
 from .helpers import CORPUS, cli_env, run_cli, start_daemon, wait_until
@@ -79,9 +79,9 @@ def insert(conn: Connection, *texts: str, metadata: str = "{}") -> list[int]:
 
 def drain(settings: Settings, embedder: Embedder, metrics: Metrics | None = None) -> Worker:
     assert settings.database_url is not None
-    with Manager(settings.database_url, settings.schema) as manager:
+    with Store(settings.database_url, settings.schema) as store:
         worker = Worker(
-            settings, manager, embedder, on_batch=metrics.observe_batch if metrics else None
+            settings, store, embedder, on_batch=metrics.observe_batch if metrics else None
         )
         worker.run(once=True)
     return worker

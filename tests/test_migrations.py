@@ -6,10 +6,10 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from indexer import migrate
-from indexer.db import connect
+from indexer.db import migrate
+from indexer.db.connect import connect
 from indexer.exceptions import ExtensionMissing, SchemaNotMigrated
-from indexer.manager import Manager
+from indexer.store import Store
 
 from .conftest import ROOT
 
@@ -60,15 +60,15 @@ def test_schema_name_is_quoted_as_an_identifier(empty_database: str) -> None:
     migrate.upgrade(empty_database, schema)
     assert _tables(empty_database, schema) >= TABLES
     assert not TABLES & _tables(empty_database, "tenant_a")
-    with Manager(empty_database, schema) as manager:
-        assert manager.status()["backlog"] == 0
+    with Store(empty_database, schema) as store:
+        assert store.status()["backlog"] == 0
 
 
 def test_unmigrated_database_says_which_command_to_run(empty_database: str) -> None:
     with connect(empty_database, "public", vector=False) as conn:
         conn.execute("CREATE EXTENSION vector")
-    with Manager(empty_database, "public") as manager, pytest.raises(SchemaNotMigrated) as err:
-        manager.status()
+    with Store(empty_database, "public") as store, pytest.raises(SchemaNotMigrated) as err:
+        store.status()
     assert "indexer migrate" in str(err.value)
 
 

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 from indexer.cli import Progress
-from indexer.db import Connection
-from indexer.embedder import Embedder
+from indexer.db.connect import Connection
+from indexer.embedding import Embedder
 from indexer.worker import BatchResult
 
 from .helpers import cli_env, run_cli

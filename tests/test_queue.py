@@ -13,9 +13,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from indexer.db import Connection, check_pgvector_version
+from indexer.db.connect import Connection, check_pgvector_version
 from indexer.exceptions import ExtensionMissing
-from indexer.manager import ClaimedRow, Manager
+from indexer.store import ClaimedRow, Store
 
 RNG = np.random.default_rng(7)
 
@@ -27,8 +27,8 @@ def unit_vectors(n: int) -> np.ndarray:
 
 
 @pytest.fixture
-def manager(database: str) -> Iterator[Manager]:
-    with Manager(database, "public") as m:
+def store(database: str) -> Iterator[Store]:
+    with Store(database, "public") as m:
         yield m
 
 
@@ -46,8 +46,8 @@ def chunk(conn: Connection, chunk_id: int) -> dict[str, object]:
     return dict(row)
 
 
-def complete(manager: Manager, worker: uuid.UUID, rows: list[ClaimedRow]) -> list[int]:
-    return manager.complete_batch(
+def complete(store: Store, worker: uuid.UUID, rows: list[ClaimedRow]) -> list[int]:
+    return store.complete_batch(
         worker,
         uuid.uuid4(),
         rows,
@@ -59,23 +59,23 @@ def complete(manager: Manager, worker: uuid.UUID, rows: list[ClaimedRow]) -> lis
     )
 
 
-def test_insert_is_pending_and_claim_takes_it_once(conn: Connection, manager: Manager) -> None:
+def test_insert_is_pending_and_claim_takes_it_once(conn: Connection, store: Store) -> None:
     (cid,) = insert(conn, "hello")
     assert chunk(conn, cid)["state"] == "pending"
     a, b = uuid.uuid4(), uuid.uuid4()
-    rows = manager.claim(a, 10, 30, 1000)
+    rows = store.claim(a, 10, 30, 1000)
     assert [r.id for r in rows] == [cid]
-    assert manager.claim(b, 10, 30, 1000) == []
+    assert store.claim(b, 10, 30, 1000) == []
     row = chunk(conn, cid)
     assert row["state"] == "claimed"
     assert row["claimed_by"] == a
 
 
-def test_complete_writes_vector_and_one_event(conn: Connection, manager: Manager) -> None:
+def test_complete_writes_vector_and_one_event(conn: Connection, store: Store) -> None:
     ids = insert(conn, "one", "two", "three")
     worker = uuid.uuid4()
-    rows = manager.claim(worker, 10, 30, 1000)
-    assert complete(manager, worker, rows) == ids
+    rows = store.claim(worker, 10, 30, 1000)
+    assert complete(store, worker, rows) == ids
     for cid in ids:
         row = chunk(conn, cid)
         assert row["state"] == "embedded"
@@ -90,14 +90,12 @@ def test_complete_writes_vector_and_one_event(conn: Connection, manager: Manager
     assert events[0]["write_ms"] is not None
 
 
-def test_text_changed_in_flight_discards_the_stale_vector(
-    conn: Connection, manager: Manager
-) -> None:
+def test_text_changed_in_flight_discards_the_stale_vector(conn: Connection, store: Store) -> None:
     stays, changes = insert(conn, "stays", "old text")
     worker = uuid.uuid4()
-    rows = manager.claim(worker, 10, 30, 1000)
+    rows = store.claim(worker, 10, 30, 1000)
     conn.execute("UPDATE chunks SET content = 'new text' WHERE id = %s", (changes,))
-    assert complete(manager, worker, rows) == [stays]
+    assert complete(store, worker, rows) == [stays]
     row = chunk(conn, changes)
     assert row["state"] == "pending"
     assert row["embedding"] is None
@@ -105,31 +103,31 @@ def test_text_changed_in_flight_discards_the_stale_vector(
     event = conn.execute("SELECT detail FROM events WHERE kind = 'batch_completed'").fetchone()
     assert event is not None and event["detail"]["stale"] == 1
     # The new text is claimed again, at its new version.
-    (again,) = manager.claim(worker, 10, 30, 1000)
+    (again,) = store.claim(worker, 10, 30, 1000)
     assert (again.id, again.content_version, again.content) == (changes, 2, "new text")
 
 
-def test_row_deleted_in_flight_is_simply_gone(conn: Connection, manager: Manager) -> None:
+def test_row_deleted_in_flight_is_simply_gone(conn: Connection, store: Store) -> None:
     keep, gone = insert(conn, "keep", "gone")
     worker = uuid.uuid4()
-    rows = manager.claim(worker, 10, 30, 1000)
+    rows = store.claim(worker, 10, 30, 1000)
     conn.execute("DELETE FROM chunks WHERE id = %s", (gone,))
-    assert complete(manager, worker, rows) == [keep]
+    assert complete(store, worker, rows) == [keep]
     assert conn.execute("SELECT count(*) AS n FROM chunks").fetchone() == {"n": 1}
 
 
 def test_expired_lease_is_reclaimed_and_the_late_write_is_discarded(
-    conn: Connection, manager: Manager
+    conn: Connection, store: Store
 ) -> None:
     (cid,) = insert(conn, "text")
     slow, fast = uuid.uuid4(), uuid.uuid4()
-    slow_rows = manager.claim(slow, 10, 1.0, 1000)
-    assert manager.claim(fast, 10, 30, 1000) == []
+    slow_rows = store.claim(slow, 10, 1.0, 1000)
+    assert store.claim(fast, 10, 30, 1000) == []
     time.sleep(1.1)
-    fast_rows = manager.claim(fast, 10, 30, 1000)
+    fast_rows = store.claim(fast, 10, 30, 1000)
     assert [r.id for r in fast_rows] == [cid]
-    assert complete(manager, slow, slow_rows) == []
-    assert complete(manager, fast, fast_rows) == [cid]
+    assert complete(store, slow, slow_rows) == []
+    assert complete(store, fast, fast_rows) == [cid]
     written = conn.execute(
         "SELECT count(*) AS n FROM events, unnest(chunk_ids) AS written(chunk_id)"
         " WHERE kind = 'batch_completed' AND chunk_id = %s",
@@ -138,35 +136,35 @@ def test_expired_lease_is_reclaimed_and_the_late_write_is_discarded(
     assert written == {"n": 1}
 
 
-def test_same_content_is_not_embedded_again(conn: Connection, manager: Manager) -> None:
+def test_same_content_is_not_embedded_again(conn: Connection, store: Store) -> None:
     (cid,) = insert(conn, "unchanged")
     worker = uuid.uuid4()
-    complete(manager, worker, manager.claim(worker, 10, 30, 1000))
+    complete(store, worker, store.claim(worker, 10, 30, 1000))
     conn.execute(
         "UPDATE chunks SET content = content, metadata = '{\"a\": 1}' WHERE id = %s", (cid,)
     )
     row = chunk(conn, cid)
     assert row["state"] == "embedded"
     assert row["content_version"] == 1
-    assert manager.claim(worker, 10, 30, 1000) == []
+    assert store.claim(worker, 10, 30, 1000) == []
 
 
-def test_changed_content_drops_the_old_vector(conn: Connection, manager: Manager) -> None:
+def test_changed_content_drops_the_old_vector(conn: Connection, store: Store) -> None:
     (cid,) = insert(conn, "before")
     worker = uuid.uuid4()
-    complete(manager, worker, manager.claim(worker, 10, 30, 1000))
+    complete(store, worker, store.claim(worker, 10, 30, 1000))
     conn.execute("UPDATE chunks SET content = 'after' WHERE id = %s", (cid,))
     row = chunk(conn, cid)
     assert (row["state"], row["embedding"], row["embedded_at"]) == ("pending", None, None)
 
 
-def test_failures_back_off_then_park_then_retry(conn: Connection, manager: Manager) -> None:
+def test_failures_back_off_then_park_then_retry(conn: Connection, store: Store) -> None:
     (cid,) = insert(conn, "poison")
     worker = uuid.uuid4()
     for attempt in range(1, 4):
-        rows = manager.claim(worker, 10, 30, 1000)
+        rows = store.claim(worker, 10, 30, 1000)
         assert [r.id for r in rows] == [cid], f"attempt {attempt}"
-        manager.fail_rows(
+        store.fail_rows(
             worker,
             uuid.uuid4(),
             [(rows[0], f"boom {attempt}\nsecond line")],
@@ -179,26 +177,26 @@ def test_failures_back_off_then_park_then_retry(conn: Connection, manager: Manag
         assert row["last_error"] == f"boom {attempt}"
         if attempt < 3:
             assert row["state"] == "pending"
-            assert manager.claim(worker, 10, 30, 1000) == []  # backing off
+            assert store.claim(worker, 10, 30, 1000) == []  # backing off
             time.sleep(0.5 * 2 ** (attempt - 1) + 0.1)
     assert chunk(conn, cid)["state"] == "failed"
-    assert manager.claim(worker, 10, 30, 1000) == []
-    assert manager.status()["failed"] == 1
-    assert [r["id"] for r in manager.failed_rows()] == [cid]
+    assert store.claim(worker, 10, 30, 1000) == []
+    assert store.status()["failed"] == 1
+    assert [r["id"] for r in store.failed_rows()] == [cid]
     events = conn.execute(
         "SELECT chunk_ids, error, detail FROM events WHERE kind = 'batch_failed' ORDER BY id"
     ).fetchall()
     assert len(events) == 3
     assert events[-1]["detail"]["parked"] == [cid]
 
-    assert manager.retry_failed() == [cid]
+    assert store.retry_failed() == [cid]
     row = chunk(conn, cid)
     assert (row["state"], row["attempts"], row["last_error"]) == ("pending", 0, None)
 
 
-def test_claim_reads_a_bounded_prefix_of_huge_rows(conn: Connection, manager: Manager) -> None:
+def test_claim_reads_a_bounded_prefix_of_huge_rows(conn: Connection, store: Store) -> None:
     conn.execute("INSERT INTO chunks (content) VALUES (repeat('é', 5000000))")
-    (row,) = manager.claim(uuid.uuid4(), 10, 30, 1234)
+    (row,) = store.claim(uuid.uuid4(), 10, 30, 1234)
     assert row.content == "é" * 1234
 
 
@@ -220,7 +218,7 @@ def test_claim_uses_the_partial_queue_index(conn: Connection) -> None:
 
 
 def test_notify_on_new_and_changed_rows(database: str, conn: Connection) -> None:
-    with Manager(database, "public") as listener:
+    with Store(database, "public") as listener:
         assert listener.wait_for_work(0.05)  # starts listening: "look once more"
         assert not listener.wait_for_work(0.05)
         insert(conn, "wake up")
@@ -231,13 +229,13 @@ def test_notify_on_new_and_changed_rows(database: str, conn: Connection) -> None
         assert listener.wait_for_work(2.0)
 
 
-def test_hostile_text_is_stored_verbatim(conn: Connection, manager: Manager) -> None:
+def test_hostile_text_is_stored_verbatim(conn: Connection, store: Store) -> None:
     hostile = "x'); DROP TABLE chunks; -- \" \\ $$ %s %(id)s"
     keep, target = insert(conn, "other row", hostile)
     worker = uuid.uuid4()
-    rows = manager.claim(worker, 10, 30, 1000)
+    rows = store.claim(worker, 10, 30, 1000)
     assert {r.content for r in rows} == {"other row", hostile}
-    complete(manager, worker, rows)
+    complete(store, worker, rows)
     assert chunk(conn, target)["content"] == hostile
     assert chunk(conn, keep)["content"] == "other row"
 
@@ -247,12 +245,12 @@ def test_content_is_required(conn: Connection) -> None:
         conn.execute("INSERT INTO chunks (content) VALUES (NULL)")
 
 
-def test_status_view(conn: Connection, manager: Manager) -> None:
+def test_status_view(conn: Connection, store: Store) -> None:
     insert(conn, "a", "b", "c")
     worker = uuid.uuid4()
-    rows = manager.claim(worker, 2, 30, 1000)
-    complete(manager, worker, rows[:1])
-    status = manager.status()
+    rows = store.claim(worker, 2, 30, 1000)
+    complete(store, worker, rows[:1])
+    status = store.status()
     assert (status["pending"], status["in_flight"], status["embedded"], status["failed"]) == (
         1,
         1,
@@ -260,7 +258,7 @@ def test_status_view(conn: Connection, manager: Manager) -> None:
         0,
     )
     assert status["backlog"] == 2
-    queue = manager.queue_status()
+    queue = store.queue_status()
     assert {k: queue[k] for k in ("pending", "in_flight", "backlog", "failed")} == {
         k: status[k] for k in ("pending", "in_flight", "backlog", "failed")
     }

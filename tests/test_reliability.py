@@ -21,9 +21,9 @@ import numpy as np
 import psutil
 import pytest
 
-from indexer import embedded, migrate
-from indexer.db import Connection, connect
-from indexer.embedder import Embedder
+from indexer.db import migrate, server
+from indexer.db.connect import Connection, connect
+from indexer.embedding import Embedder
 
 from .conftest import TMP
 from .helpers import cli_env, run_cli, start_daemon, wait_until
@@ -232,10 +232,10 @@ def test_exactly_once_with_concurrent_daemons(
 def own_server() -> Iterator[tuple[Path, str]]:
     """A server of this test's own, which it may stop and start."""
     data_dir = TMP / f"pg-restart-{uuid.uuid4().hex[:8]}"
-    dsn = embedded.start(data_dir)
+    dsn = server.start(data_dir)
     migrate.upgrade(dsn, "public")
     yield data_dir, dsn
-    embedded.stop(data_dir)
+    server.stop(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -259,9 +259,9 @@ def test_postgres_restart_while_daemons_run(
     try:
         for _ in range(restarts):
             time.sleep(1.5)
-            assert embedded.stop(data_dir)
+            assert server.stop(data_dir)
             time.sleep(2.0)
-            dsn_again = embedded.start(data_dir)
+            dsn_again = server.start(data_dir)
             assert dsn_again == dsn
         with connect(dsn, "public", autocommit=True) as conn:
             assert wait_until(lambda: embedded_count(conn) == rows, 300, 0.5), log.read_text()[

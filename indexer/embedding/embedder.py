@@ -1,6 +1,6 @@
 """Text -> 384-dimensional unit vectors with all-MiniLM-L6-v2 on ONNX Runtime.
 
-No PyTorch: :mod:`indexer.model` supplies an ONNX graph (converted once from the
+No PyTorch: :mod:`indexer.embedding.model` supplies an ONNX graph (converted once from the
 packaged safetensors weights) and ``tokenizer.json``; this module tokenises with
 ``tokenizers``, batches by a token budget and runs the graph with ``onnxruntime``.
 """
@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.embedding.model import resolve_model
+from indexer.embedding.tokens import Tokenized, plan_calls
 from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound
-from indexer.model import resolve_model
+from indexer.settings import Settings
 
-__all__ = ["MAX_POSITIONS", "Embedder", "Tokenized", "default_cache_dir", "plan_batches"]
+__all__ = ["MAX_POSITIONS", "Embedder"]
 
 #: BERT's position table has 512 rows: no text can be longer, [CLS]/[SEP] included.
 MAX_POSITIONS = 512
@@ -32,51 +33,6 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_cache_path("indexer") / "models"
-
-
-def plan_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Group indices into batches whose padded size stays within ``token_budget``.
-
-    Indices are taken in order of increasing length (ties keep input order); a batch
-    grows while ``rows * longest length in it <= token_budget``.  A single row longer
-    than the budget still gets a batch of its own, so every index appears exactly once.
-    """
-    if token_budget < 1:
-        raise ValueError(f"token_budget must be positive, not {token_budget}")
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        # Ascending order: the new row is the longest of the batch it joins.
-        if current and (len(current) + 1) * lengths[index] > token_budget:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    """Texts after tokenization (truncated, [CLS]/[SEP] included), ready for the model.
-
-    The daemon tokenizes a whole claim once, sorts it by :attr:`lengths` and embeds it
-    in slices (:meth:`select`), so no text is tokenized twice.
-    """
-
-    texts: tuple[str, ...]
-    ids: tuple[tuple[int, ...], ...]
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(i) for i in self.ids]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def select(self, indices: Sequence[int]) -> Tokenized:
-        """The texts at ``indices``, in that order."""
-        return Tokenized(tuple(self.texts[i] for i in indices), tuple(self.ids[i] for i in indices))
 
 
 def _default_threads() -> int:
@@ -102,7 +58,7 @@ class Embedder:
     Concurrent calls share the session's intra-op thread pool, so they do not run
     faster than one after the other; each call allocates its own batch buffers.
 
-    ``variant="int8"`` runs the opt-in int8 graph (:mod:`indexer.quantize`) instead of
+    ``variant="int8"`` runs the opt-in int8 graph (:mod:`indexer.embedding.quantize`) instead of
     the fp32 one; :attr:`name` then ends in ``-int8``.
     """
 
@@ -121,6 +77,7 @@ class Embedder:
         max_tokens: int = 256,
         token_budget: int = 2048,
         variant: str = "fp32",
+        max_chars: int | None = None,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -144,6 +101,9 @@ class Embedder:
             )
         if token_budget < 1:
             raise ConfigurationError(f"token_budget must be at least 1, not {token_budget}")
+        if max_chars is not None and max_chars < 1:
+            raise ConfigurationError(f"max_chars must be at least 1, not {max_chars}")
+        self.max_chars = max_chars
         if threads is None:
             threads = _default_threads()
         elif threads < 1:
@@ -226,6 +186,10 @@ class Embedder:
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Tokenize ``texts`` (in parallel, in Rust) for :meth:`embed_tokenized`."""
         texts = self._check_texts(texts)
+        if self.max_chars is not None:
+            # What the daemon reads of a row (its claim fetches max_chars characters),
+            # so a text embedded here gets the vector the daemon would write.
+            texts = [t[: self.max_chars] for t in texts]
         return Tokenized(tuple(texts), tuple(tuple(e.ids) for e in self._encode(texts)))
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -238,15 +202,16 @@ class Embedder:
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         """Embed tokenized texts: float32 array (len(tokenized), dim), in input order.
 
-        Texts are sorted by token count and run in batches planned by
-        :func:`plan_batches`, each padded only to its own longest text, so a batch
-        never holds more than ``max(token_budget, max_tokens)`` tokens (which bounds
-        memory: a text longer than the budget still gets a batch of its own).
+        Texts are sorted by token count and run in model calls planned by
+        :func:`~indexer.embedding.tokens.plan_calls`, each padded only to its own
+        longest text, so a call never holds more than ``max(token_budget, max_tokens)``
+        tokens (which bounds memory: a text longer than the budget gets a call of its
+        own).
         Raises :class:`EmbeddingError` if the model fails or yields a non-finite value.
         """
         result = np.empty((len(tokenized), self.dim), dtype=np.float32)
         lengths = tokenized.lengths
-        batches = plan_batches(lengths, self.token_budget)
+        batches = plan_calls(lengths, self.token_budget)
         for number, batch in enumerate(batches, start=1):
             width = max(lengths[i] for i in batch)
             ids = np.zeros((len(batch), width), dtype=np.int64)
@@ -316,3 +281,16 @@ class Embedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         normalised: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return normalised
+
+
+def load_embedder(settings: Settings) -> Embedder:
+    """The embedder the settings describe (model, variant, threads, provider, budget)."""
+    return Embedder(
+        settings.model_dir,
+        cache_dir=settings.model_cache,
+        threads=settings.threads or None,
+        providers=(settings.provider,),
+        token_budget=settings.token_budget,
+        variant=settings.model_variant,
+        max_chars=settings.max_chars,
+    )

@@ -4,7 +4,7 @@ The product never imports PyTorch: a BERT checkpoint stored as ``model.safetenso
 (read here with plain numpy) is turned into an ONNX graph with ``onnx.helper`` once,
 cached on disk, and run by ONNX Runtime.
 
-The graph contract (what :mod:`indexer.embedder` runs, and what a user-supplied
+The graph contract (what :mod:`indexer.embedding.embedder` runs, and what a user-supplied
 ``model.onnx`` must follow):
 
 * inputs ``input_ids`` and ``attention_mask``: int64 ``[batch, sequence]``
@@ -70,7 +70,7 @@ PACKAGED_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379
 #: sha256 of the ONNX graph that :func:`build_onnx` makes from those weights.
 PACKAGED_ONNX_SHA256 = "b1fe3d37bdcc0b0cd82a67148104ee7434d158164c38eab901a4ef1409af1850"
 #: What :func:`resolve_model` can return: the converted fp32 graph, or its int8
-#: variant (:mod:`indexer.quantize`), whose vectors carry a different model name.
+#: variant (:mod:`indexer.embedding.quantize`), whose vectors carry a different model name.
 MODEL_VARIANTS = ("fp32", "int8")
 
 _OPSET = 17
@@ -115,7 +115,7 @@ def resolve_model(model_dir: Path | None, cache_dir: Path, variant: str = "fp32"
     ``cache_dir``.
 
     ``variant="int8"`` returns the per-channel int8 graph that
-    :func:`indexer.quantize.quantized_onnx_path` derives from the converted fp32 graph
+    :func:`indexer.embedding.quantize.quantized_onnx_path` derives from the converted fp32 graph
     (built once, cached beside it), named ``<name>-int8`` so that stored vectors record
     which variant made them: int8 vectors are close to the fp32 ones but not equal, and
     the two must not be mixed in one index unknowingly.  It is refused for a
@@ -139,7 +139,7 @@ def resolve_model(model_dir: Path | None, cache_dir: Path, variant: str = "fp32"
             f"{files.onnx_path}: quantize it yourself and supply the result as model.onnx, "
             "or use the fp32 variant"
         )
-    from indexer.quantize import quantized_onnx_path
+    from indexer.embedding.quantize import quantized_onnx_path
 
     return ModelFiles(
         f"{files.name}-int8", quantized_onnx_path(files.onnx_path, cache_dir), files.tokenizer_path

@@ -2,7 +2,7 @@
 
 A FastAPI app served by uvicorn in a background thread of the daemon, beside the
 worker (which keeps the main thread and the signal handlers).  The app never shares
-the worker's database connection: a :class:`Manager` is not thread-safe, so /search
+the worker's database connection: a :class:`Store` is not thread-safe, so /search
 borrows one from a small pool of its own, and /health and /metrics ask theirs on a
 thread of their own with a deadline, so they answer within seconds even when the
 database hangs.  Everything a client sends is bounded before it is parsed (see the
@@ -35,8 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.api import MAX_K
-from indexer.embedder import Embedder
+from indexer.embedding import Embedder
 from indexer.exceptions import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -45,9 +44,10 @@ from indexer.exceptions import (
     InvalidInput,
     SchemaNotMigrated,
 )
-from indexer.manager import Manager
+from indexer.limits import MAX_K
 from indexer.metrics import CONTENT_TYPE, Metrics
 from indexer.settings import Settings
+from indexer.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class ErrorBody(BaseModel):
 # -- resources shared by the requests -------------------------------------------------
 
 
-class _ManagerPool:
+class _StorePool:
     """Managers for /search, each used by one request at a time."""
 
     def __init__(self, dsn: str, schema: str, size: int) -> None:
@@ -222,12 +222,12 @@ class _ManagerPool:
         self._schema = schema
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
-        self._idle: list[Manager] = []
-        self._all: list[Manager] = []
+        self._idle: list[Store] = []
+        self._all: list[Store] = []
         self._closed = False
 
     @contextlib.contextmanager
-    def manager(self) -> Iterator[Manager]:
+    def store(self) -> Iterator[Store]:
         if not self._slots.acquire(timeout=30):
             raise DatabaseUnavailable("all database connections of the HTTP API stayed busy")
         try:
@@ -235,37 +235,37 @@ class _ManagerPool:
                 if self._closed:
                     raise DatabaseUnavailable("the HTTP API is shutting down")
                 if self._idle:
-                    manager = self._idle.pop()
+                    store = self._idle.pop()
                 else:
-                    manager = Manager(self._dsn, self._schema)
-                    self._all.append(manager)
+                    store = Store(self._dsn, self._schema)
+                    self._all.append(store)
             try:
-                yield manager
+                yield store
             finally:
                 with self._lock:
-                    self._idle.append(manager)
+                    self._idle.append(store)
         finally:
             self._slots.release()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            managers, self._all, self._idle = self._all, [], []
-        for manager in managers:
-            manager.close()
+            stores, self._all, self._idle = self._all, [], []
+        for store in stores:
+            store.close()
 
 
 class _Probe:
-    """``Manager.queue_status()`` for /health and /metrics, with a deadline.
+    """``Store.queue_status()`` for /health and /metrics, with a deadline.
 
     Each check runs on a daemon thread of its own, one check at a time (so the
-    Manager is never used by two threads at once).  Callers wait at most
+    Store is never used by two threads at once).  Callers wait at most
     PROBE_TIMEOUT; a check still running (a hung connection) is shared by the next
     callers instead of piling up new ones, and cannot keep the process from exiting.
     """
 
     def __init__(self, dsn: str, schema: str) -> None:
-        self._manager = Manager(dsn, schema)
+        self._manager = Store(dsn, schema)
         self._lock = threading.Lock()
         self._running: concurrent.futures.Future[dict[str, Any]] | None = None
         self._closed = False
@@ -311,7 +311,7 @@ class _Resources:
         self.settings = settings
         self.embedder = embedder
         self.metrics = metrics
-        self.pool = _ManagerPool(dsn, settings.schema, SEARCH_CONNECTIONS)
+        self.pool = _StorePool(dsn, settings.schema, SEARCH_CONNECTIONS)
         self.probe = _Probe(dsn, settings.schema)
         self.model_calls = threading.BoundedSemaphore(MODEL_CALLS)
         self._closed = False
@@ -628,8 +628,8 @@ def create_app(
         """The k embedded rows nearest to the query (cosine), best first."""
         _check_texts([body.query], "query")
         vector = res.embed([body.query])[0]
-        with res.pool.manager() as manager:
-            hits = manager.search(
+        with res.pool.store() as store:
+            hits = store.search(
                 vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS
             )
         return SearchResponse(

@@ -13,8 +13,8 @@ write from a daemon whose lease passed to another, or whose text changed meanwhi
 matches no row and is discarded.  Rows are therefore embedded exactly once per
 content version.
 
-The loop holds no SQL (that is :mod:`indexer.manager`) and no model code (that is
-:mod:`indexer.embedder`).
+The loop holds no SQL (that is :mod:`indexer.store.store`) and no model code (that is
+:mod:`indexer.embedding.embedder`).
 """
 
 from __future__ import annotations
@@ -27,27 +27,19 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from indexer.embedder import Tokenized
+from indexer.embedding import TextEmbedder, Tokenized
 from indexer.exceptions import DatabaseUnavailable, EmbeddingError
-from indexer.manager import ClaimedRow, Manager
 from indexer.settings import Settings
+from indexer.store import ClaimedRow, Store
 
 logger = logging.getLogger(__name__)
 
 PRUNE_EVERY_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 10.0
-
-
-class TextEmbedder(Protocol):
-    name: str
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized: ...
-
-    def embed_tokenized(self, tokenized: Tokenized) -> np.ndarray: ...
 
 
 class FaultInjector:
@@ -81,8 +73,8 @@ class LeaseKeeper:
     rather than run without heartbeats.
     """
 
-    def __init__(self, manager: Manager, worker_id: uuid.UUID, lease_seconds: float) -> None:
-        self.manager = Manager(manager.dsn, manager.schema, check=False)
+    def __init__(self, store: Store, worker_id: uuid.UUID, lease_seconds: float) -> None:
+        self.store = Store(store.dsn, store.schema, check=False)
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.interval = lease_seconds / 3
@@ -111,7 +103,7 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        self.manager.close()
+        self.store.close()
 
     def _run(self) -> None:
         try:
@@ -121,7 +113,7 @@ class LeaseKeeper:
                 if not ids:
                     continue
                 try:
-                    self.manager.extend_lease(self.worker_id, ids, self.lease_seconds)
+                    self.store.extend_lease(self.worker_id, ids, self.lease_seconds)
                 except DatabaseUnavailable as exc:
                     logger.warning("could not extend the lease of %d rows: %s", len(ids), exc)
         except BaseException as exc:
@@ -184,15 +176,15 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        manager: Manager,
+        store: Store,
         embedder: TextEmbedder,
         *,
         stop_event: threading.Event | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.manager = manager
-        self.embedder: TextEmbedder = (
+        self.store = store
+        self.embedder: TextEmbedder | FaultInjector = (
             FaultInjector(embedder, settings.test_fail_marker)
             if settings.test_fail_marker
             else embedder
@@ -203,7 +195,7 @@ class Worker:
         self._pending: _PendingWrite | None = None
         self._claim: _Claim | None = None
         self._to_release: list[int] = []
-        self._keeper = LeaseKeeper(manager, self.worker_id, settings.lease_seconds)
+        self._keeper = LeaseKeeper(store, self.worker_id, settings.lease_seconds)
         self._down_since: float | None = None
         self._backoff = 0.5
         self._last_prune = 0.0
@@ -231,7 +223,7 @@ class Worker:
             while not self.stop_event.is_set():
                 try:
                     if not started:
-                        self.manager.record_event(
+                        self.store.record_event(
                             "worker_started", self.worker_id, detail=self._describe()
                         )
                         started = True
@@ -250,13 +242,13 @@ class Worker:
             self._write(self._pending)
             self._pending = None
         if self._to_release:
-            self.manager.release(self.worker_id, self._to_release)
+            self.store.release(self.worker_id, self._to_release)
             self._to_release = []
         if self._claim is None:
             self._maybe_prune()
             claim_start = time.perf_counter()
             settings = self.settings
-            rows = self.manager.claim(
+            rows = self.store.claim(
                 self.worker_id, self.claim_size, settings.lease_seconds, settings.max_chars
             )
             claim_ms = (time.perf_counter() - claim_start) * 1000
@@ -281,7 +273,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self.manager.wait_for_work(min(remaining, 0.25)):
+            if self.store.wait_for_work(min(remaining, 0.25)):
                 return
 
     def process(
@@ -312,7 +304,7 @@ class Worker:
         written: list[int] = []
         failed: list[int] = []
         if batch.good:
-            written = self.manager.complete_batch(
+            written = self.store.complete_batch(
                 self.worker_id,
                 batch.batch_id,
                 [r for r, _ in batch.good],
@@ -324,7 +316,7 @@ class Worker:
             )
             batch.good = []  # committed: a retry after an outage must not write them again
         if batch.bad:
-            failed = self.manager.fail_rows(
+            failed = self.store.fail_rows(
                 self.worker_id,
                 batch.batch_id,
                 batch.bad,
@@ -397,7 +389,7 @@ class Worker:
         if now - self._last_prune < PRUNE_EVERY_SECONDS:
             return
         self._last_prune = now
-        pruned = self.manager.prune_events(self.settings.events_retention_days * 86400)
+        pruned = self.store.prune_events(self.settings.events_retention_days * 86400)
         if pruned:
             logger.info(
                 "pruned %d events older than %g days", pruned, self.settings.events_retention_days
@@ -443,9 +435,9 @@ class Worker:
             if self._pending is not None:
                 unwritten.extend(r.id for r in self._pending.rows)
             if unwritten:
-                self.manager.release(self.worker_id, unwritten)
+                self.store.release(self.worker_id, unwritten)
             if started:
-                self.manager.record_event(
+                self.store.record_event(
                     "worker_stopped",
                     self.worker_id,
                     row_count=self.rows_written,

@@ -1,6 +1,6 @@
 """An opt-in int8 variant of the converted graph (ONNX Runtime dynamic quantization).
 
-The fp32 graph that :mod:`indexer.model` builds is quantized once with ONNX Runtime's
+The fp32 graph that :mod:`indexer.embedding.model` builds is quantized once with ONNX Runtime's
 own tool, :func:`onnxruntime.quantization.quantize_dynamic` (it ships inside the
 onnxruntime wheel and needs only onnx, numpy and ml_dtypes, which the product already
 has), and cached beside it.  Weights become int8 ahead of time; activations are
@@ -34,7 +34,7 @@ The cache file name carries the fp32 graph's sha256, the recipe's fingerprint an
 :data:`QUANT_VERSION`, so a changed fp32 graph or recipe never reuses a stale file.
 The quantizer's output is byte-stable for a given onnxruntime version; the bytes for
 the packaged model are pinned (:data:`PACKAGED_INT8_SHA256`), others are checked
-against a sidecar hash, exactly as :mod:`indexer.model` does for fp32 graphs.
+against a sidecar hash, exactly as :mod:`indexer.embedding.model` does for fp32 graphs.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer.exceptions import ConfigurationError, ModelNotFound
-from indexer.model import (
+from indexer.embedding.model import (
     PACKAGED_ONNX_SHA256,
     cache_error,
     cached_build,
     ensure_cache_dir,
 )
+from indexer.exceptions import ConfigurationError, ModelNotFound
 
 __all__ = [
     "LINEAR_KINDS",
@@ -149,7 +149,7 @@ SHIPPED_RECIPE = Recipe(
 )
 
 #: sha256 of :data:`SHIPPED_RECIPE` applied to the packaged fp32 graph
-#: (:data:`indexer.model.PACKAGED_ONNX_SHA256`) by onnxruntime
+#: (:data:`indexer.embedding.model.PACKAGED_ONNX_SHA256`) by onnxruntime
 #: :data:`PACKAGED_INT8_ONNXRUNTIME`.  The quantizer's output is byte-stable (same
 #: bytes from separate processes, paths and cache directories), but its code is part
 #: of onnxruntime: another version may serialise differently, which is logged and
@@ -162,7 +162,7 @@ def select_nodes(model: Any, recipe: Recipe) -> list[str]:
     """Names of the nodes of ``model`` (an ``onnx.ModelProto``) that ``recipe`` quantizes.
 
     Raises :class:`ConfigurationError` for a graph that does not come from
-    :func:`indexer.model.build_onnx`: the recipe is defined on its node names.
+    :func:`indexer.embedding.model.build_onnx`: the recipe is defined on its node names.
     """
     found: dict[int, dict[str, str]] = {}
     for node in model.graph.node:
@@ -171,7 +171,7 @@ def select_nodes(model: Any, recipe: Recipe) -> list[str]:
             found.setdefault(int(match.group(1)), {})[_KIND_OF[match.group(2)]] = node.name
     if not found:
         raise ConfigurationError(
-            "the graph has no encoder MatMuls named by indexer.model's builder; "
+            "the graph has no encoder MatMuls named by indexer.embedding.model's builder; "
             "only graphs converted by the indexer can be quantized"
         )
     layers = max(found) + 1
@@ -283,8 +283,8 @@ def quantize_bytes(fp32: bytes, recipe: Recipe, work_dir: Path, *, source: Path 
 def quantized_onnx_path(fp32_path: Path, cache_dir: Path, recipe: Recipe = SHIPPED_RECIPE) -> Path:
     """Return a verified cached int8 graph derived from ``fp32_path``, building it once.
 
-    ``fp32_path`` must be a graph built by :func:`indexer.model.build_onnx` (what
-    :func:`indexer.model.resolve_model` returns for the packaged model or a
+    ``fp32_path`` must be a graph built by :func:`indexer.embedding.model.build_onnx` (what
+    :func:`indexer.embedding.model.resolve_model` returns for the packaged model or a
     safetensors folder).  The result is cached in ``cache_dir`` under a name made of
     the fp32 file's stem, :data:`QUANT_VERSION`, the recipe and the fp32 graph's
     sha256, and is re-hashed on every call: a corrupted or truncated copy is rebuilt.

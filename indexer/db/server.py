@@ -5,7 +5,7 @@ running (like any local database) so that ``psql "$(indexer dsn)"`` works while 
 daemon runs in another terminal; ``indexer server stop`` stops it.  It listens on a
 unix socket only, with trust authentication for local users.
 
-pgserver pitfalls handled here (see DESIGN.md): its lock file falls back to a shared
+pgserver pitfalls handled here: its lock file falls back to a shared
 ``/tmp/.lockfile`` unless the per-user runtime directory exists before it is
 imported; a SIGKILLed process stays in ``.handle_pids.json`` forever unless dead PIDs
 are pruned.

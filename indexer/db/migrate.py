@@ -22,7 +22,7 @@ from sqlalchemy import Connection as SAConnection
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from indexer.db import Connection, resolve_dsn, set_search_path, wrap_errors
+from indexer.db.connect import Connection, resolve_dsn, set_search_path, wrap_errors
 from indexer.exceptions import DatabaseUnavailable, SchemaNotMigrated
 from indexer.settings import Settings
 

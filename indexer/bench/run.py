@@ -3,7 +3,7 @@
 Seven measurements, each the median of several runs, printed as one table (and written
 as JSON with ``--json``):
 
-1. model throughput (ONNX Runtime, the daemon's :class:`~indexer.embedder.Embedder`);
+1. model throughput (ONNX Runtime, the daemon's :class:`~indexer.embedding.embedder.Embedder`);
 2. the same texts through sentence-transformers + PyTorch, when installed, for the
    speed-up and the cosine agreement;
 3. end-to-end backfill by the real :class:`~indexer.worker.Worker`, against (1);
@@ -48,7 +48,8 @@ import numpy as np
 import numpy.typing as npt
 from psycopg import sql
 
-from indexer import db, migrate
+from indexer.db import connect as db
+from indexer.db import migrate
 from indexer.exceptions import IndexerError, InvalidInput
 from indexer.settings import FIELDS, Settings, env_name
 
@@ -655,7 +656,7 @@ def load_reference() -> tuple[Any, str | None]:
 
 def load_int8(settings: Settings) -> tuple[Any, str | None]:
     """The int8 variant of the configured model, or None and why not."""
-    from indexer.api import load_embedder
+    from indexer.embedding import load_embedder
 
     if settings.model_variant != "fp32":
         return None, f"the configured variant is {settings.model_variant}"
@@ -815,20 +816,20 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
 def padded_tokens(lengths: Sequence[int], claim: int, batch: int, token_budget: int) -> int:
     """Tokens the model processes, padding included, when texts are claimed ``claim``
     at a time, sorted by length, and embedded ``batch`` at a time (as the worker does)."""
-    from indexer.embedder import plan_batches
+    from indexer.embedding import plan_calls
 
     total = 0
     for first in range(0, len(lengths), claim):
         block = sorted(lengths[first : first + claim])
         for start in range(0, len(block), batch):
             part = block[start : start + batch]
-            for calls in plan_batches(part, token_budget):
+            for calls in plan_calls(part, token_budget):
                 total += len(calls) * max(part[i] for i in calls)
     return total
 
 
 def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
-    from indexer.manager import Manager
+    from indexer.store import Store
     from indexer.worker import Worker
 
     texts = ctx.corpus.backfill
@@ -846,9 +847,9 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
         def backfill() -> None:
             conn.execute("TRUNCATE chunks, events RESTART IDENTITY")
             conn.execute("INSERT INTO chunks (content) SELECT unnest(%s::text[])", (list(texts),))
-            with Manager(ctx.dsn, schema) as manager:
-                manager.connection()  # connect and check the schema before the clock starts
-                worker = Worker(settings, manager, embedder)
+            with Store(ctx.dsn, schema) as store:
+                store.connection()  # connect and check the schema before the clock starts
+                worker = Worker(settings, store, embedder)
                 wall.append(_timed(lambda: worker.run(once=True)))
             if _count(conn, "embedded") != len(texts):
                 raise IndexerError("the worker left rows unembedded")
@@ -994,7 +995,7 @@ def _search_vectors(base: Floats, rows: int) -> Floats:
 
 
 def bench_search(ctx: Context, results: dict[str, Any]) -> None:
-    from indexer.manager import Manager
+    from indexer.store import Store
 
     rows = ctx.plan.search_rows
     corpus_texts = ctx.corpus.short + ctx.corpus.mixed
@@ -1037,15 +1038,15 @@ def bench_search(ctx: Context, results: dict[str, Any]) -> None:
         recalls: list[float] = []
         truth: list[set[int]] = []
         query_vectors: list[Floats] = []
-        with Manager(ctx.dsn, schema) as manager:
+        with Store(ctx.dsn, schema) as store:
             for text in queries[:10]:  # warm-up: the index into the buffer cache
-                manager.search(ctx.embedder.embed([text])[0], TOP_K)
+                store.search(ctx.embedder.embed([text])[0], TOP_K)
             for repeat in range(ctx.plan.repeats):
                 for text in queries:
                     t0 = time.perf_counter()
                     query = ctx.embedder.embed([text])[0]
                     t1 = time.perf_counter()
-                    hits = manager.search(query, TOP_K)
+                    hits = store.search(query, TOP_K)
                     t2 = time.perf_counter()
                     embed_ms.append((t1 - t0) * 1000)
                     sql_ms.append((t2 - t1) * 1000)
@@ -1057,7 +1058,7 @@ def bench_search(ctx: Context, results: dict[str, Any]) -> None:
                         truth.append(exact)
                         query_vectors.append(query)
                         recalls.append(len({h.id for h in hits} & exact) / TOP_K)
-            ef_search = _one(manager.connection(), "SHOW hnsw.ef_search")
+            ef_search = _one(store.connection(), "SHOW hnsw.ef_search")
         # Recall against ef_search, on the same query vectors: a graph that cannot reach
         # the right region stays low however wide the search; a narrow search does not.
         by_ef: dict[str, float] = {}
@@ -1188,7 +1189,7 @@ def _load_embedded(conn: db.Connection, rows: int) -> None:
 
 
 def bench_claim(ctx: Context, results: dict[str, Any]) -> None:
-    from indexer.manager import Manager
+    from indexer.store import Store
 
     claim = max(ctx.settings.claim_size, ctx.settings.batch_size)
     sizes = {"small": ctx.plan.claim_small, "large": ctx.plan.claim_large}
@@ -1197,7 +1198,7 @@ def bench_claim(ctx: Context, results: dict[str, Any]) -> None:
     load_s: dict[str, float] = {}
     worker = uuid.uuid4()
     with contextlib.ExitStack() as stack:
-        managers: dict[str, Manager] = {}
+        stores: dict[str, Store] = {}
         for name, rows in sizes.items():
             schema, conn = stack.enter_context(scratch_schema(ctx, f"claim_{name}"))
             _say(f"claim: loading {rows} embedded rows")
@@ -1212,16 +1213,14 @@ def bench_claim(ctx: Context, results: dict[str, Any]) -> None:
             load_s[name] = round(time.perf_counter() - start, 1)
             if _count(conn, "embedded") != rows or _count(conn, "pending") != claim:
                 raise IndexerError(f"the claim table {schema} does not hold what was loaded")
-            managers[name] = stack.enter_context(Manager(ctx.dsn, schema))
+            stores[name] = stack.enter_context(Store(ctx.dsn, schema))
 
         def cycle(name: str, record: bool) -> None:
-            manager = managers[name]
+            store = stores[name]
             t0 = time.perf_counter()
-            claimed = manager.claim(
-                worker, claim, ctx.settings.lease_seconds, ctx.settings.max_chars
-            )
+            claimed = store.claim(worker, claim, ctx.settings.lease_seconds, ctx.settings.max_chars)
             t1 = time.perf_counter()
-            manager.release(worker, [r.id for r in claimed])
+            store.release(worker, [r.id for r in claimed])
             t2 = time.perf_counter()
             if len(claimed) != claim:
                 raise IndexerError(f"claimed {len(claimed)} rows, expected {claim}")
@@ -1545,8 +1544,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    from indexer.api import load_embedder
-    from indexer.db import resolve_dsn
+    from indexer.db.connect import resolve_dsn
+    from indexer.embedding import load_embedder
 
     plan = Plan.from_args(args)
     chosen = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))

@@ -7,7 +7,7 @@
 
 ``Indexer`` opens its database connection and loads the model only when first needed,
 and closes them in ``close()`` (or at the end of a ``with`` block).  It is not
-thread-safe: use one per thread.  :class:`indexer.embedder.Embedder` alone embeds
+thread-safe: use one per thread.  :class:`indexer.embedding.embedder.Embedder` alone embeds
 texts with no database at all.
 """
 
@@ -19,24 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.db import resolve_dsn
-from indexer.embedder import Embedder
+from indexer.db.connect import resolve_dsn
+from indexer.embedding import Embedder, load_embedder
 from indexer.exceptions import InvalidInput
-from indexer.manager import Manager, SearchHit
+from indexer.limits import MAX_K
 from indexer.settings import Settings
-
-MAX_K = 1000
-
-
-def load_embedder(settings: Settings) -> Embedder:
-    return Embedder(
-        settings.model_dir,
-        cache_dir=settings.model_cache,
-        threads=settings.threads or None,
-        providers=(settings.provider,),
-        token_budget=settings.token_budget,
-        variant=settings.model_variant,
-    )
+from indexer.store import SearchHit, Store
 
 
 class Indexer:
@@ -50,7 +38,7 @@ class Indexer:
         self.settings = settings or Settings.from_env()
         self._embedder = embedder
         self._dsn = dsn
-        self._manager: Manager | None = None
+        self._manager: Store | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -59,10 +47,10 @@ class Indexer:
         return self._embedder
 
     @property
-    def manager(self) -> Manager:
+    def store(self) -> Store:
         if self._manager is None:
             dsn = self._dsn or resolve_dsn(self.settings)
-            self._manager = Manager(dsn, self.settings.schema)
+            self._manager = Store(dsn, self.settings.schema)
         return self._manager
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -79,7 +67,7 @@ class Indexer:
         if metadata is not None and len(metadata) != len(texts):
             raise InvalidInput("texts and metadata must have the same length")
         metas = [json.dumps(m) for m in (metadata or [{}] * len(texts))]
-        return self.manager.insert_chunks(list(texts), metas)
+        return self.store.insert_chunks(list(texts), metas)
 
     def search(
         self, query: str, k: int = 10, *, metadata_filter: dict[str, Any] | None = None
@@ -90,10 +78,10 @@ class Indexer:
         if not query.strip():
             raise InvalidInput("the query is empty")
         vector = self.embed([query])[0]
-        return self.manager.search(vector, k, metadata_filter=metadata_filter)
+        return self.store.search(vector, k, metadata_filter=metadata_filter)
 
     def status(self) -> dict[str, Any]:
-        return self.manager.status()
+        return self.store.status()
 
     def close(self) -> None:
         if self._manager is not None:

@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
-from indexer import embedded
+from indexer.db import server
 from indexer.exceptions import DatabaseUnavailable, ExtensionMissing, IndexerError
 from indexer.settings import Settings
 
@@ -38,7 +38,7 @@ def resolve_dsn(settings: Settings) -> str:
     """DATABASE_URL, or the embedded server's DSN (starting it if needed)."""
     if settings.database_url:
         return settings.database_url
-    return embedded.start(settings.data_dir)
+    return server.start(settings.data_dir)
 
 
 def redact(dsn: str) -> str:

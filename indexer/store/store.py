@@ -1,7 +1,7 @@
 """Every operation on the chunks and events tables, and nothing else.
 
 The only module that executes the named queries of ``indexer/sql/queries.sql``.  One
-Manager owns one connection, opened lazily and reopened after the database comes back:
+Store owns one connection, opened lazily and reopened after the database comes back:
 a call made while the database is away raises :class:`DatabaseUnavailable` and the
 next call reconnects.
 """
@@ -18,10 +18,10 @@ import numpy as np
 import psycopg
 from psycopg.rows import DictRow
 
-from indexer import db
+from indexer.db import connect as db
+from indexer.db.migrate import check_schema
 from indexer.exceptions import DatabaseUnavailable
-from indexer.migrate import check_schema
-from indexer.sql import QUERIES
+from indexer.store.queries import QUERIES
 
 NOTIFY_CHANNEL = "indexer_chunks"
 
@@ -42,7 +42,7 @@ class SearchHit:
     metadata: dict[str, Any]
 
 
-class Manager:
+class Store:
     def __init__(self, dsn: str, schema: str, *, check: bool = True) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -73,7 +73,7 @@ class Manager:
                 conn.close()
         self._conn = self._listener = None
 
-    def __enter__(self) -> Manager:
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
