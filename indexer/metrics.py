@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from indexer.worker import BatchResult
+from indexer.worker.claim import BatchResult
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

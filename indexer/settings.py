@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,6 @@ class Settings:
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
-    test_fail_marker: str | None = field(
-        default=None,
-        metadata={"help": "testing only: texts containing this string fail to embed"},
-    )
 
     def __post_init__(self) -> None:
         if not _IDENTIFIER.match(self.schema):
@@ -146,7 +142,8 @@ class Settings:
             raise ConfigurationError("INDEXER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
 
     @property
-    def embedded(self) -> bool:
+    def uses_embedded_server(self) -> bool:
+        """No DATABASE_URL: the indexer starts and uses its own PostgreSQL."""
         return not self.database_url
 
     @classmethod
@@ -171,15 +168,20 @@ def env_name(field_name: str) -> str:
     raise KeyError(field_name)
 
 
-def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+def value_parser(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """How a field's text (from the environment or the command line) becomes its value."""
     kind = str(f.type)
+    if kind.startswith("int"):
+        return int
+    if kind.startswith("float"):
+        return float
+    if kind.startswith("Path"):
+        return lambda raw: Path(raw).expanduser()
+    return str
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     try:
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
+        return value_parser(f)(raw)
     except ValueError:
         raise ConfigurationError(f"{env_name(f.name)}={raw!r} is not a number") from None
-    if kind.startswith("Path"):
-        return Path(raw).expanduser()
-    return raw

@@ -17,11 +17,17 @@ SELECT embedding AS q FROM chunks WHERE id = 1 \gset
 SELECT id, round(score::numeric, 4) AS score, left(content, 80) AS snippet
 FROM search_chunks(:'q', 5);
 
--- The query the functions wrap, when you want your own columns or filters.  With a
--- filter, pgvector's iterative scan (0.8+) keeps scanning until enough rows pass it;
--- a larger ef_search trades speed for recall (the default is 40; indexer uses 100).
+-- Only rows whose metadata contains a JSON object (the third argument; '{}' matches
+-- all).  With a filter, pgvector's iterative scan (0.8+) keeps scanning until enough
+-- rows pass it; a larger ef_search trades speed for recall (the default is 40;
+-- indexer uses 100).  This is the function `indexer search`, the Python API and
+-- POST /search run.
 SET hnsw.ef_search = 100;
 SET hnsw.iterative_scan = strict_order;
+SELECT id, round(score::numeric, 4) AS score, left(content, 80) AS snippet
+FROM search_chunks(:'q', 5, '{"topic": "db"}');
+
+-- The query the functions wrap, when you want your own columns or conditions.
 SELECT id, 1 - (embedding <=> :'q') AS score, left(content, 80) AS snippet
 FROM chunks
 WHERE embedding IS NOT NULL AND metadata @> '{"topic": "db"}'

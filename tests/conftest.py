@@ -27,7 +27,7 @@ TMP = ROOT / ".tmp"
 TEMPLATE = "indexer_test_template"
 
 
-def _with_database(dsn: str, database: str) -> str:
+def with_database(dsn: str, database: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     info["dbname"] = database
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
@@ -47,16 +47,16 @@ def _create_database(server: str, name: str, template: str | None = None) -> str
     statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template is not None:
         statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as conn:
+    with psycopg.connect(with_database(server, "postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         conn.execute(statement)
-    return _with_database(server, name)
+    return with_database(server, name)
 
 
 def _drop_database(server: str, name: str) -> None:
-    with psycopg.connect(_with_database(server, "postgres"), autocommit=True) as conn:
+    with psycopg.connect(with_database(server, "postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )

@@ -10,6 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 INDEXER = [sys.executable, "-m", "indexer.cli"]
+#: The same command with the test hooks of indexer.testing (INDEXER_TEST_FAIL_MARKER).
+INDEXER_WITH_HOOKS = [sys.executable, "-m", "indexer.testing"]
+
+
+def _command(env: dict[str, str]) -> list[str]:
+    return INDEXER_WITH_HOOKS if "INDEXER_TEST_FAIL_MARKER" in env else INDEXER
+
 
 # Five unrelated sentences: a query about one of them must find it first.
 CORPUS = {
@@ -36,7 +43,7 @@ def run_cli(
     args: list[str], env: dict[str, str], input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*INDEXER, *args],
+        [*_command(env), *args],
         env=env,
         input=input,
         capture_output=True,
@@ -63,7 +70,7 @@ def start_daemon(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen
     """
     with open(log, "a") as out:
         return subprocess.Popen(
-            [*INDEXER, "run", *args],
+            [*_command(env), "run", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,7 +1,15 @@
-"""`indexer bench`: measure the model, the daemon and the database side by side."""
+"""`indexer bench`: the figures the README's Performance section quotes.
+
+Six sections, each in a module of its own (:mod:`~indexer.bench.model`,
+:mod:`~indexer.bench.backfill`, :mod:`~indexer.bench.latency`,
+:mod:`~indexer.bench.search`, :mod:`~indexer.bench.memory`,
+:mod:`~indexer.bench.claim`); :mod:`~indexer.bench.targets` holds the targets as one
+table of data and :mod:`~indexer.bench.report` prints them.  Importing this package
+loads only the command's parser; the measuring code loads when :func:`main` runs.
+"""
 
 from __future__ import annotations
 
-from indexer.bench.run import add_arguments, main
+from indexer.bench.cli import add_arguments, main
 
 __all__ = ["add_arguments", "main"]

@@ -15,15 +15,18 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 
 from indexer.db import server
-from indexer.exceptions import DatabaseUnavailable, ExtensionMissing, IndexerError
+from indexer.exceptions import DatabaseUnavailable, ExtensionMissing, IndexerError, first_line
 from indexer.settings import Settings
 
 Connection = psycopg.Connection[DictRow]
 
 MIN_PGVECTOR = (0, 7)
+APPLICATION_NAME = "indexer"
+#: Seconds to wait for the server to accept a new connection.
+CONNECT_TIMEOUT = 10
 
 # Errors after which the same statement may work once the server is back.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -47,7 +50,12 @@ def redact(dsn: str) -> str:
 
 
 def connect(
-    dsn: str, schema: str, *, autocommit: bool = False, vector: bool = True, timeout: int = 10
+    dsn: str,
+    schema: str,
+    *,
+    autocommit: bool = False,
+    vector: bool = True,
+    timeout: int = CONNECT_TIMEOUT,
 ) -> Connection:
     """Open a connection; raise DatabaseUnavailable or ExtensionMissing with a clear line."""
     try:
@@ -56,18 +64,18 @@ def connect(
             autocommit=True,
             row_factory=dict_row,
             connect_timeout=timeout,
-            application_name="indexer",
+            application_name=APPLICATION_NAME,
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact(dsn)}: {_first_line(exc)}"
+            f"cannot connect to PostgreSQL at {redact(dsn)}: {first_line(exc)}"
         ) from exc
     except psycopg.ProgrammingError as exc:
         raise DatabaseUnavailable(f"invalid database URL {redact(dsn)}: {exc}") from exc
     try:
         set_search_path(conn, schema)
         if vector:
-            _register_vector(conn)
+            register(conn)
         conn.autocommit = autocommit
     except BaseException:
         conn.close()
@@ -80,9 +88,24 @@ def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
     conn.execute("SELECT set_config('search_path', %s, false)", (path,))
 
 
-def _register_vector(conn: Connection) -> None:
-    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
-    if row is None:
+def _installed_pgvector(conn: psycopg.Connection[Any]) -> str | None:
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def pgvector_version(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
+    """The version of pgvector enabled in this database; (0,) where it is not."""
+    version = _installed_pgvector(conn)
+    return (0,) if version is None else parse_version(version)
+
+
+def register(conn: Connection) -> None:
+    """Check pgvector (installed, enabled, recent enough) and register its types."""
+    version = _installed_pgvector(conn)
+    if version is None:
         available = conn.execute(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
         ).fetchone()
@@ -94,7 +117,7 @@ def _register_vector(conn: Connection) -> None:
         raise ExtensionMissing(
             "the pgvector extension is not enabled in this database: run `indexer migrate`"
         )
-    check_pgvector_version(str(row["extversion"]))
+    check_pgvector_version(version)
     register_vector(conn)
 
 
@@ -119,9 +142,4 @@ def wrap_errors(what: str) -> Iterator[None]:
     except IndexerError:
         raise
     except TRANSIENT_ERRORS as exc:
-        raise DatabaseUnavailable(f"lost the database while {what}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise DatabaseUnavailable(f"lost the database while {what}: {first_line(exc)}") from exc

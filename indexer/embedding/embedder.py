@@ -1,13 +1,13 @@
 """Text -> 384-dimensional unit vectors with all-MiniLM-L6-v2 on ONNX Runtime.
 
-No PyTorch: :mod:`indexer.embedding.model` supplies an ONNX graph (converted once from the
-packaged safetensors weights) and ``tokenizer.json``; this module tokenises with
-``tokenizers``, batches by a token budget and runs the graph with ``onnxruntime``.
+No PyTorch: :mod:`indexer.embedding.resolve` supplies an ONNX graph (converted once from
+the packaged safetensors weights) and ``tokenizer.json``; this module tokenises with
+``tokenizers``, groups texts into model calls under a token budget and runs them on a
+:class:`~indexer.embedding.session.ModelSession`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,38 +15,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.embedding.model import resolve_model
+from indexer.embedding.resolve import resolve_model
+from indexer.embedding.session import ModelSession, check_providers, default_threads
 from indexer.embedding.tokens import Tokenized, plan_calls
 from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound
-from indexer.settings import Settings
+from indexer.settings import Settings, default_model_cache
 
-__all__ = ["MAX_POSITIONS", "Embedder"]
+__all__ = ["MAX_POSITIONS", "Embedder", "load_embedder"]
 
 #: BERT's position table has 512 rows: no text can be longer, [CLS]/[SEP] included.
 MAX_POSITIONS = 512
-_REQUIRED_INPUTS = ("input_ids", "attention_mask")
-_OPTIONAL_INPUTS = ("token_type_ids",)
-
-
-def default_cache_dir() -> Path:
-    """Where converted ONNX graphs are cached unless told otherwise."""
-    import platformdirs
-
-    return platformdirs.user_cache_path("indexer") / "models"
-
-
-def _default_threads() -> int:
-    # The CPUs this process may run on (a container or taskset may allow fewer
-    # than os.cpu_count()); os.cpu_count() where affinity is unknown.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+_SHOWN_POSITIONS = 10  # input positions named in a non-finite-output error
 
 
 class Embedder:
@@ -56,16 +35,18 @@ class Embedder:
     ``__init__`` nothing mutates it: ``tokenizers`` encodes without touching the
     tokenizer's configuration and an ONNX Runtime session's ``run`` is thread-safe.
     Concurrent calls share the session's intra-op thread pool, so they do not run
-    faster than one after the other; each call allocates its own batch buffers.
+    faster than one after the other; each call allocates its own input buffers.
 
     ``variant="int8"`` runs the opt-in int8 graph (:mod:`indexer.embedding.quantize`) instead of
-    the fp32 one; :attr:`name` then ends in ``-int8``.
+    the fp32 one; :attr:`name` then ends in ``-int8``.  ``max_chars`` cuts every text
+    to that many characters before tokenizing, as the daemon's claim does.
     """
 
     dim: int
     name: str
     max_tokens: int
     token_budget: int
+    max_chars: int | None
 
     def __init__(
         self,
@@ -79,103 +60,20 @@ class Embedder:
         variant: str = "fp32",
         max_chars: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
         if isinstance(providers, str):
             providers = (providers,)
-        available = list(ort.get_available_providers())
-        if not providers:
-            raise ConfigurationError(
-                f"no execution provider given; available: {', '.join(available)}"
-            )
-        for provider in providers:
-            if provider not in available:
-                raise ConfigurationError(
-                    f"execution provider {provider} is not available; "
-                    f"available: {', '.join(available)}"
-                )
-        if not 2 <= max_tokens <= MAX_POSITIONS:
-            raise ConfigurationError(
-                f"max_tokens must be between 2 and {MAX_POSITIONS}, not {max_tokens}"
-            )
-        if token_budget < 1:
-            raise ConfigurationError(f"token_budget must be at least 1, not {token_budget}")
-        if max_chars is not None and max_chars < 1:
-            raise ConfigurationError(f"max_chars must be at least 1, not {max_chars}")
-        self.max_chars = max_chars
-        if threads is None:
-            threads = _default_threads()
-        elif threads < 1:
-            raise ConfigurationError(f"threads must be at least 1, not {threads}")
-
+        provider_list = check_providers(providers)
+        threads = _check_settings(max_tokens, token_budget, max_chars, threads)
         files = resolve_model(
-            model_dir, cache_dir if cache_dir is not None else default_cache_dir(), variant
+            model_dir, cache_dir if cache_dir is not None else default_model_cache(), variant
         )
         self.name = files.name
         self.max_tokens = max_tokens
         self.token_budget = token_budget
-
-        try:
-            tokenizer = Tokenizer.from_file(str(files.tokenizer_path))
-        except Exception as exc:
-            raise ModelNotFound(f"cannot load {files.tokenizer_path}: {exc}") from exc
-        # The shipped tokenizer.json truncates at 128 and pads to a fixed 128; we
-        # truncate at max_tokens ([CLS]/[SEP] included) and pad per batch ourselves.
-        tokenizer.enable_truncation(max_length=max_tokens)
-        tokenizer.no_padding()
-        self._tokenizer = tokenizer
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # CPU memory arena: ON, shrunk at the end of every embed() call.  Measured
-        # here (2 cores, 200 texts of ~250 tokens, token_budget 8192; the process
-        # holds ~235 MB after loading the model):
-        #   arena on:          peak 556 MB, still 556 MB after the call, 8.6-9.4 CPU-s/100 texts
-        #   arena on + shrink: peak 532-555 MB, back to 215-240 MB,        8.7-9.2 CPU-s/100 texts
-        #   arena off:         peak 612-668 MB, back to 230-320 MB,      14.8-15.0 CPU-s/100 texts
-        # Without the arena every large intermediate is a fresh allocation: 1.6x the
-        # CPU time and a higher peak, not a lower one.  With it, buffers are reused
-        # across the batches of one call, and the shrink option on the call's last
-        # run hands the memory back, so an idle daemon does not keep its largest
-        # batch's buffers (wall-clock speed was the same within noise; CPU time
-        # was measured because another workload shared the two cores).
-        options.enable_cpu_mem_arena = True
-        self._release_options: Any = ort.RunOptions()
-        self._release_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        try:
-            self._session = ort.InferenceSession(
-                str(files.onnx_path), sess_options=options, providers=list(providers)
-            )
-        except Exception as exc:
-            raise ModelNotFound(
-                f"ONNX Runtime cannot load {files.onnx_path}: {_first_line(exc)}"
-            ) from exc
-
-        inputs = {i.name for i in self._session.get_inputs()}
-        outputs = [o.name for o in self._session.get_outputs()]
-        unknown = inputs - set(_REQUIRED_INPUTS) - set(_OPTIONAL_INPUTS)
-        if not set(_REQUIRED_INPUTS) <= inputs or unknown:
-            raise ModelNotFound(
-                f"{files.onnx_path} has inputs {sorted(inputs)}; expected input_ids and "
-                "attention_mask (int64 [batch, sequence]) and optionally token_type_ids"
-            )
-        if "sentence_embedding" in outputs:
-            self._output = "sentence_embedding"
-            self._pool_here = False
-        elif "last_hidden_state" in outputs:
-            self._output = "last_hidden_state"
-            self._pool_here = True
-        else:
-            raise ModelNotFound(
-                f"{files.onnx_path} has outputs {outputs}; expected sentence_embedding "
-                "(float32 [batch, dim], pooled and normalised) or last_hidden_state"
-            )
-        self._feed_token_types = "token_type_ids" in inputs
-        self.dim = int(self._run(np.array([[0]], np.int64), np.array([[1]], np.int64)).shape[1])
+        self.max_chars = max_chars
+        self._tokenizer = _load_tokenizer(files.tokenizer_path, max_tokens)
+        self._model = ModelSession(files.onnx_path, threads, provider_list)
+        self.dim = self._model.dim
 
     # ------------------------------------------------------------------ public
 
@@ -204,31 +102,17 @@ class Embedder:
 
         Texts are sorted by token count and run in model calls planned by
         :func:`~indexer.embedding.tokens.plan_calls`, each padded only to its own
-        longest text, so a call never holds more than ``max(token_budget, max_tokens)``
-        tokens (which bounds memory: a text longer than the budget gets a call of its
-        own).
+        longest text, so a model call never holds more than ``max(token_budget,
+        max_tokens)`` tokens (which bounds memory: a text longer than the budget gets
+        a model call of its own).
         Raises :class:`EmbeddingError` if the model fails or yields a non-finite value.
         """
         result = np.empty((len(tokenized), self.dim), dtype=np.float32)
-        lengths = tokenized.lengths
-        batches = plan_calls(lengths, self.token_budget)
-        for number, batch in enumerate(batches, start=1):
-            width = max(lengths[i] for i in batch)
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = tokenized.ids[index]
-                mask[row, : lengths[index]] = 1
-            last = number == len(batches)
-            result[batch] = self._run(ids, mask, self._release_options if last else None)
-        finite = np.isfinite(result).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite).tolist()
-            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-            raise EmbeddingError(
-                f"the model produced non-finite values for {len(bad)} of {len(tokenized)} "
-                f"texts (input positions {shown})"
-            )
+        calls = plan_calls(tokenized.lengths, self.token_budget)
+        for number, call in enumerate(calls, start=1):
+            ids, mask = _padded(tokenized, call)
+            result[call] = self._model.run(ids, mask, release_memory=number == len(calls))
+        _check_finite(result)
         return result
 
     # ------------------------------------------------------------------ internals
@@ -256,31 +140,64 @@ class Embedder:
             ]
             return list(self._tokenizer.encode_batch(cleaned, add_special_tokens=True))
 
-    def _run(
-        self,
-        ids: npt.NDArray[np.int64],
-        mask: npt.NDArray[np.int64],
-        run_options: Any = None,
-    ) -> npt.NDArray[np.float32]:
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if self._feed_token_types:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        try:
-            (output,) = self._session.run([self._output], feed, run_options)
-        except Exception as exc:
-            raise EmbeddingError(
-                f"ONNX Runtime failed on a batch of {ids.shape[0]} x {ids.shape[1]} tokens: "
-                f"{_first_line(exc)}"
-            ) from exc
-        out: npt.NDArray[np.float32] = np.asarray(output, dtype=np.float32)
-        if not self._pool_here:
-            return out
-        # last_hidden_state [batch, seq, dim]: mean-pool over the mask, L2-normalise.
-        weights = mask.astype(np.float32)[:, :, None]
-        pooled = (out * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        normalised: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-        return normalised
+
+def _check_settings(
+    max_tokens: int, token_budget: int, max_chars: int | None, threads: int | None
+) -> int:
+    """Refuse impossible limits before any model file is touched; the thread count."""
+    if not 2 <= max_tokens <= MAX_POSITIONS:
+        raise ConfigurationError(
+            f"max_tokens must be between 2 and {MAX_POSITIONS}, not {max_tokens}"
+        )
+    if token_budget < 1:
+        raise ConfigurationError(f"token_budget must be at least 1, not {token_budget}")
+    if max_chars is not None and max_chars < 1:
+        raise ConfigurationError(f"max_chars must be at least 1, not {max_chars}")
+    if threads is None:
+        return default_threads()
+    if threads < 1:
+        raise ConfigurationError(f"threads must be at least 1, not {threads}")
+    return threads
+
+
+def _load_tokenizer(path: Path, max_tokens: int) -> Any:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelNotFound(f"cannot load {path}: {exc}") from exc
+    # The shipped tokenizer.json truncates at 128 and pads to a fixed 128; we
+    # truncate at max_tokens ([CLS]/[SEP] included) and pad per model call ourselves.
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _padded(
+    tokenized: Tokenized, call: Sequence[int]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Token ids and attention mask of one model call, padded to its longest text."""
+    lengths = [len(tokenized.ids[i]) for i in call]
+    ids = np.zeros((len(call), max(lengths)), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, (index, length) in enumerate(zip(call, lengths, strict=True)):
+        ids[row, :length] = tokenized.ids[index]
+        mask[row, :length] = 1
+    return ids, mask
+
+
+def _check_finite(vectors: npt.NDArray[np.float32]) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite).tolist()
+    shown = ", ".join(map(str, bad[:_SHOWN_POSITIONS]))
+    more = ", ..." if len(bad) > _SHOWN_POSITIONS else ""
+    raise EmbeddingError(
+        f"the model produced non-finite values for {len(bad)} of {len(vectors)} "
+        f"texts (input positions {shown}{more})"
+    )
 
 
 def load_embedder(settings: Settings) -> Embedder:

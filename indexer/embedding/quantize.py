@@ -1,6 +1,6 @@
 """An opt-in int8 variant of the converted graph (ONNX Runtime dynamic quantization).
 
-The fp32 graph that :mod:`indexer.embedding.model` builds is quantized once with ONNX Runtime's
+The fp32 graph that :mod:`indexer.embedding.bert` builds is quantized once with ONNX Runtime's
 own tool, :func:`onnxruntime.quantization.quantize_dynamic` (it ships inside the
 onnxruntime wheel and needs only onnx, numpy and ml_dtypes, which the product already
 has), and cached beside it.  Weights become int8 ahead of time; activations are
@@ -24,8 +24,8 @@ Choices, and why (figures: ``benchmarks/int8_quality.py`` on the bench corpus):
   attention-score MatMuls have no constant operand and stay fp32, and so do the
   embedding tables.
 
-Activation scales are computed per model call from the whole batch (padding included),
-so an int8 vector depends on the other texts in its batch: the same text embedded alone
+Activation scales are computed per model call from all its texts (padding included),
+so an int8 vector depends on the other texts in its model call: the same text embedded alone
 and inside a 120-text call gave cosines down to 0.986 (median 0.994) between the two
 vectors, where fp32 gives 0.9999993.  Both stay as close to the fp32 vector as the
 figures below say, but int8 vectors are not reproducible to float precision.
@@ -34,7 +34,7 @@ The cache file name carries the fp32 graph's sha256, the recipe's fingerprint an
 :data:`QUANT_VERSION`, so a changed fp32 graph or recipe never reuses a stale file.
 The quantizer's output is byte-stable for a given onnxruntime version; the bytes for
 the packaged model are pinned (:data:`PACKAGED_INT8_SHA256`), others are checked
-against a sidecar hash, exactly as :mod:`indexer.embedding.model` does for fp32 graphs.
+against a sidecar hash, as for fp32 graphs (both go through :mod:`indexer.embedding.cache`).
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer.embedding.model import (
-    PACKAGED_ONNX_SHA256,
+from indexer.embedding.bert import PACKAGED_ONNX_SHA256
+from indexer.embedding.cache import (
     cache_error,
     cached_build,
+    cached_path,
     ensure_cache_dir,
+    read_source,
 )
-from indexer.exceptions import ConfigurationError, ModelNotFound
+from indexer.exceptions import ConfigurationError, ModelNotFound, first_line
 
 __all__ = [
     "LINEAR_KINDS",
@@ -70,8 +72,6 @@ __all__ = [
     "quantized_onnx_path",
     "select_nodes",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Bumped whenever the way the quantizer is called changes; part of the cache file name.
 QUANT_VERSION = 1
@@ -89,7 +89,6 @@ _NODE = re.compile(
     r"(attention\.qkv|attention\.output\.dense|intermediate\.dense|output\.dense)\.mm$"
 )
 _WORD_TABLE = "embeddings.word_embeddings.weight"
-_HASH_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ SHIPPED_RECIPE = Recipe(
 )
 
 #: sha256 of :data:`SHIPPED_RECIPE` applied to the packaged fp32 graph
-#: (:data:`indexer.embedding.model.PACKAGED_ONNX_SHA256`) by onnxruntime
+#: (:data:`indexer.embedding.bert.PACKAGED_ONNX_SHA256`) by onnxruntime
 #: :data:`PACKAGED_INT8_ONNXRUNTIME`.  The quantizer's output is byte-stable (same
 #: bytes from separate processes, paths and cache directories), but its code is part
 #: of onnxruntime: another version may serialise differently, which is logged and
@@ -162,7 +161,7 @@ def select_nodes(model: Any, recipe: Recipe) -> list[str]:
     """Names of the nodes of ``model`` (an ``onnx.ModelProto``) that ``recipe`` quantizes.
 
     Raises :class:`ConfigurationError` for a graph that does not come from
-    :func:`indexer.embedding.model.build_onnx`: the recipe is defined on its node names.
+    :func:`indexer.embedding.bert.build_onnx`: the recipe is defined on its node names.
     """
     found: dict[int, dict[str, str]] = {}
     for node in model.graph.node:
@@ -171,7 +170,7 @@ def select_nodes(model: Any, recipe: Recipe) -> list[str]:
             found.setdefault(int(match.group(1)), {})[_KIND_OF[match.group(2)]] = node.name
     if not found:
         raise ConfigurationError(
-            "the graph has no encoder MatMuls named by indexer.embedding.model's builder; "
+            "the graph has no encoder MatMuls named by indexer.embedding.bert's builder; "
             "only graphs converted by the indexer can be quantized"
         )
     layers = max(found) + 1
@@ -231,11 +230,6 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(chatter)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def quantize_bytes(fp32: bytes, recipe: Recipe, work_dir: Path, *, source: Path | str) -> bytes:
     """Quantize the serialised fp32 graph ``fp32`` with ``recipe``; return the int8 bytes.
 
@@ -249,7 +243,7 @@ def quantize_bytes(fp32: bytes, recipe: Recipe, work_dir: Path, *, source: Path 
     try:
         model = onnx.load_model_from_string(fp32)
     except Exception as exc:
-        raise ModelNotFound(f"{source} is not a readable ONNX graph: {_first_line(exc)}") from exc
+        raise ModelNotFound(f"{source} is not a readable ONNX graph: {first_line(exc)}") from exc
     nodes = select_nodes(model, recipe)
     del model
     op_types = ["MatMul", "Gather"] if recipe.embeddings else ["MatMul"]
@@ -273,7 +267,7 @@ def quantize_bytes(fp32: bytes, recipe: Recipe, work_dir: Path, *, source: Path 
                 raise
             except Exception as exc:
                 raise ModelNotFound(
-                    f"ONNX Runtime could not quantize {source}: {_first_line(exc)}"
+                    f"ONNX Runtime could not quantize {source}: {first_line(exc)}"
                 ) from exc
             return dst.read_bytes()
     except OSError as exc:
@@ -283,25 +277,19 @@ def quantize_bytes(fp32: bytes, recipe: Recipe, work_dir: Path, *, source: Path 
 def quantized_onnx_path(fp32_path: Path, cache_dir: Path, recipe: Recipe = SHIPPED_RECIPE) -> Path:
     """Return a verified cached int8 graph derived from ``fp32_path``, building it once.
 
-    ``fp32_path`` must be a graph built by :func:`indexer.embedding.model.build_onnx` (what
-    :func:`indexer.embedding.model.resolve_model` returns for the packaged model or a
+    ``fp32_path`` must be a graph built by :func:`indexer.embedding.bert.build_onnx` (what
+    :func:`indexer.embedding.resolve.resolve_model` returns for the packaged model or a
     safetensors folder).  The result is cached in ``cache_dir`` under a name made of
     the fp32 file's stem, :data:`QUANT_VERSION`, the recipe and the fp32 graph's
     sha256, and is re-hashed on every call: a corrupted or truncated copy is rebuilt.
     Raises :class:`ModelNotFound` for an unreadable or unquantizable graph and
     :class:`ConfigurationError` for an unusable cache directory or a foreign graph.
     """
-    try:
-        fp32 = fp32_path.read_bytes()
-    except OSError as exc:
-        raise ModelNotFound(f"cannot read {fp32_path}: {exc.strerror or exc}") from exc
+    fp32 = read_source(fp32_path)
     fp32_sha = hashlib.sha256(fp32).hexdigest()
     ensure_cache_dir(cache_dir)
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", fp32_path.stem).strip("._") or "model"
-    target = cache_dir / (
-        f"{slug}.int8-q{QUANT_VERSION}-{recipe.name}-{recipe.fingerprint()}"
-        f"-{fp32_sha[:_HASH_CHARS]}.onnx"
-    )
+    tag = f".int8-q{QUANT_VERSION}-{recipe.name}-{recipe.fingerprint()}"
+    target = cached_path(cache_dir, fp32_path.stem, tag, fp32_sha)
     packaged = fp32_sha == PACKAGED_ONNX_SHA256 and recipe.fingerprint() == (
         SHIPPED_RECIPE.fingerprint()
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from indexer.store.listen import NOTIFY_CHANNEL, Listener
 from indexer.store.store import ClaimedRow, SearchHit, Store
 
-__all__ = ["ClaimedRow", "SearchHit", "Store"]
+__all__ = ["NOTIFY_CHANNEL", "ClaimedRow", "Listener", "SearchHit", "Store"]

@@ -1,5 +1,5 @@
 -- Every statement the indexer runs against chunks and events, by name.
--- indexer/manager.py is the only module that executes them.  Objects are unqualified:
+-- indexer/store/store.py is the only module that executes them.  Objects are unqualified:
 -- each connection puts the configured schema first on its search_path.
 
 -- claim --
@@ -156,26 +156,20 @@ WHERE state = 'failed' AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigin
 RETURNING id;
 
 -- search --
--- Nearest rows to a query vector.  Cosine distance on the HNSW index; the metadata
--- filter (jsonb containment, '{}' matches all) is applied during the index scan, and
--- pgvector's iterative scan (0.8+) keeps going until k rows pass it.
-SELECT id,
-       1 - (embedding <=> %(query)s) AS score,
-       left(content, %(max_chars)s) AS content,
-       metadata
-FROM chunks
-WHERE embedding IS NOT NULL AND metadata @> %(filter)s::jsonb
-ORDER BY embedding <=> %(query)s
-LIMIT %(k)s;
+-- Nearest rows to a query vector: search_chunks() (migration 0002) is the one
+-- definition of search, the same a user runs in SQL.  Cosine distance on the HNSW
+-- index; the metadata filter (jsonb containment, '{}' matches all) is applied during
+-- the index scan, and pgvector's iterative scan (0.8+) keeps going until k rows pass.
+SELECT id, score, left(content, %(max_chars)s) AS content, metadata
+FROM search_chunks(%(query)s, %(k)s, %(filter)s::jsonb);
 
--- search_settings --
-SELECT set_config('hnsw.ef_search', %(ef_search)s, false);
+-- search_width --
+-- hnsw.ef_search bounds how many rows one HNSW scan can return; %(local)s: for the
+-- current transaction only.
+SELECT set_config('hnsw.ef_search', %(ef_search)s, %(local)s);
 
 -- search_iterative --
 SELECT set_config('hnsw.iterative_scan', 'strict_order', false);
-
--- pgvector_version --
-SELECT extversion FROM pg_extension WHERE extname = 'vector';
 
 -- prune_events --
 WITH pruned AS (

@@ -1,29 +1,35 @@
 """Every operation on the chunks and events tables, and nothing else.
 
-The only module that executes the named queries of ``indexer/sql/queries.sql``.  One
-Store owns one connection, opened lazily and reopened after the database comes back:
-a call made while the database is away raises :class:`DatabaseUnavailable` and the
-next call reconnects.
+The only module that executes the named queries of ``queries.sql``.  A Store owns a
+small psycopg_pool pool (:mod:`indexer.db.pool`), so one Store may be shared by
+threads: the worker and its lease keeper, or every /search request of the HTTP API.
+While the database is away a call raises :class:`DatabaseUnavailable` (after waiting
+at most ``timeout`` seconds for a connection); the pool reconnects on its own.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
 import numpy as np
-import psycopg
 from psycopg.rows import DictRow
 
 from indexer.db import connect as db
 from indexer.db.migrate import check_schema
-from indexer.exceptions import DatabaseUnavailable
+from indexer.db.pool import open_pool
+from indexer.store.listen import Listener
 from indexer.store.queries import QUERIES
 
-NOTIFY_CHANNEL = "indexer_chunks"
+#: hnsw.ef_search of every pooled connection: how many candidates one HNSW scan
+#: keeps, so the most rows it can return.  A search for more rows widens it for
+#: that statement only.
+EF_SEARCH = 100
 
 
 @dataclass(frozen=True)
@@ -43,35 +49,49 @@ class SearchHit:
 
 
 class Store:
-    def __init__(self, dsn: str, schema: str, *, check: bool = True) -> None:
+    """The indexer's tables in ``schema`` of the database at ``dsn``.
+
+    ``check`` (default on): the first call makes sure pgvector is there and the schema
+    is migrated (one clear error otherwise), on a connection of its own, so the reason
+    is not lost in the pool's retries.  ``pool_size``: connections used at once;
+    ``name``: the pool's name in psycopg_pool's log lines.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        *,
+        pool_size: int = 1,
+        timeout: float = 5.0,
+        check: bool = True,
+        name: str = "indexer",
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
-        self._check = check
-        self._conn: db.Connection | None = None
-        self._listener: psycopg.Connection[Any] | None = None
+        self._checked = not check
+        self._check_lock = threading.Lock()
         self._pgvector: tuple[int, ...] | None = None
-        self._search_settings: dict[str, int] = {}  # per connection
+        self._pool = open_pool(
+            dsn, schema, size=pool_size, timeout=timeout, configure=self._configure, name=name
+        )
 
-    # -- connection ----------------------------------------------------------------
+    # -- connections ---------------------------------------------------------------
 
-    def connection(self) -> db.Connection:
-        if self._conn is None or self._conn.closed:
-            conn = db.connect(self.dsn, self.schema, autocommit=True)
-            try:
-                if self._check:
-                    check_schema(conn, self.schema)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-            self._search_settings = {}
-        return self._conn
+    def check(self) -> None:
+        """Raise ExtensionMissing, SchemaNotMigrated or DatabaseUnavailable with the
+        reason, or return once the database is ready for this indexer."""
+        with db.connect(self.dsn, self.schema) as conn:
+            check_schema(conn, self.schema)
+            self._pgvector = db.pgvector_version(conn)
+        self._checked = True
 
     def close(self) -> None:
-        for conn in (self._conn, self._listener):
-            if conn is not None:
-                conn.close()
-        self._conn = self._listener = None
+        self._pool.close()
+
+    def listener(self) -> Listener:
+        """A listener for this database's wake-ups (a connection of its own)."""
+        return Listener(self.dsn, self.schema)
 
     def __enter__(self) -> Store:
         return self
@@ -79,21 +99,34 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _execute(self, name: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[DictRow]:
-        query: LiteralString = QUERIES[name]
-        conn = self.connection()
-        try:
-            with db.wrap_errors(f"running {name}"):
-                return conn.execute(query, params)
-        except DatabaseUnavailable:
-            self._drop()
-            raise
+    def _configure(self, conn: db.Connection) -> None:
+        """Session settings of every pooled connection (set once, when it opens)."""
+        conn.execute(QUERIES["search_width"], {"ef_search": str(EF_SEARCH), "local": False})
+        if db.pgvector_version(conn) >= (0, 8):
+            # Keep scanning until k rows pass a metadata filter (0.7 has no such scan).
+            conn.execute(QUERIES["search_iterative"])
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._search_settings = {}
+    @contextmanager
+    def _connection(self, what: str) -> Iterator[db.Connection]:
+        if not self._checked:
+            with self._check_lock:
+                if not self._checked:
+                    self.check()
+        with db.wrap_errors(what), self._pool.connection() as conn:
+            yield conn
+
+    def _execute(self, name: str, params: dict[str, Any] | None = None) -> list[DictRow]:
+        """Run the named query; its rows (none for a statement without RETURNING)."""
+        query: LiteralString = QUERIES[name]
+        with self._connection(f"running {name}") as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description is not None else []
+
+    def _one(self, name: str, params: dict[str, Any] | None = None) -> DictRow:
+        rows = self._execute(name, params)
+        if len(rows) != 1:
+            raise RuntimeError(f"query {name} returned {len(rows)} rows, not one")
+        return rows[0]
 
     # -- the daemon's queue --------------------------------------------------------
 
@@ -108,7 +141,7 @@ class Store:
                 "lease_seconds": lease_seconds,
                 "max_chars": max_chars,
             },
-        ).fetchall()
+        )
         claimed = [
             ClaimedRow(r["id"], r["content_version"], r["content"], r["attempts"]) for r in rows
         ]
@@ -128,7 +161,7 @@ class Store:
         embed_ms: float,
     ) -> list[int]:
         """Write vectors (guarded) and the batch_completed event; return the ids written."""
-        row = self._execute(
+        row = self._one(
             "complete_batch",
             {
                 "worker_id": worker_id,
@@ -141,8 +174,7 @@ class Store:
                 "claim_ms": claim_ms,
                 "embed_ms": embed_ms,
             },
-        ).fetchone()
-        assert row is not None
+        )
         return list(row["chunk_ids"])
 
     def fail_rows(
@@ -156,7 +188,7 @@ class Store:
         embed_ms: float,
     ) -> list[int]:
         """Record failed rows (retry later or park) and a batch_failed event."""
-        row = self._execute(
+        row = self._one(
             "fail_rows",
             {
                 "worker_id": worker_id,
@@ -168,8 +200,7 @@ class Store:
                 "retry_base_seconds": retry_base_seconds,
                 "embed_ms": embed_ms,
             },
-        ).fetchone()
-        assert row is not None
+        )
         return list(row["chunk_ids"])
 
     def extend_lease(self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float) -> None:
@@ -209,59 +240,30 @@ class Store:
             },
         )
 
-    def wait_for_work(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a NOTIFY about new or changed rows.
-
-        True when one arrived, and also right after LISTEN starts (or restarts after an
-        outage): a row committed before that sent its NOTIFY to nobody, so the caller
-        must look once more.
-        """
-        if self._listener is None or self._listener.closed:
-            with db.wrap_errors("listening for notifications"):
-                listener = db.connect(self.dsn, self.schema, autocommit=True, vector=False)
-                listener.execute("LISTEN " + NOTIFY_CHANNEL)
-            self._listener = listener
-            return True
-        try:
-            with db.wrap_errors("waiting for notifications"):
-                for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                    return True
-        except DatabaseUnavailable:
-            self._listener.close()
-            self._listener = None
-            raise
-        return False
-
     def insert_chunks(self, contents: Sequence[str], metadata: Sequence[str]) -> list[int]:
         rows = self._execute(
             "insert_chunks", {"contents": list(contents), "metadata": list(metadata)}
         )
-        return [r["id"] for r in rows.fetchall()]
+        return [r["id"] for r in rows]
 
-    # -- reading -------------------------------------------------------------------
+    # -- reading and maintenance ---------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        row = self._execute("status").fetchone()
-        assert row is not None
-        return dict(row)
+        return dict(self._one("status"))
 
     def queue_status(self) -> dict[str, Any]:
         """pending, in_flight, backlog, failed, oldest_pending_age: cheap at any table size."""
-        row = self._execute("queue_status").fetchone()
-        assert row is not None
-        return dict(row)
+        return dict(self._one("queue_status"))
 
     def failed_rows(self, limit: int = 20) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._execute("failed_rows", {"limit": limit}).fetchall()]
+        return [dict(r) for r in self._execute("failed_rows", {"limit": limit})]
 
     def retry_failed(self, ids: Sequence[int] | None = None) -> list[int]:
         rows = self._execute("retry_failed", {"ids": None if ids is None else list(ids)})
-        return [r["id"] for r in rows.fetchall()]
+        return [r["id"] for r in rows]
 
     def prune_events(self, older_than_seconds: float) -> int:
-        row = self._execute("prune_events", {"older_than_seconds": older_than_seconds}).fetchone()
-        assert row is not None
-        return int(row["pruned"])
+        return int(self._one("prune_events", {"older_than_seconds": older_than_seconds})["pruned"])
 
     def search(
         self,
@@ -271,35 +273,28 @@ class Store:
         metadata_filter: dict[str, Any] | None = None,
         max_chars: int = 1000,
     ) -> list[SearchHit]:
-        # ef_search bounds how many rows one HNSW scan can return; keep it >= k.  The
-        # settings stay on the connection, so they are sent only when they change.
-        ef_search = max(100, k)
-        if self._search_settings.get("ef_search") != ef_search:
-            self._execute("search_settings", {"ef_search": str(ef_search)})
-            self._search_settings["ef_search"] = ef_search
-        if (
-            metadata_filter
-            and "iterative" not in self._search_settings
-            and self.pgvector_version() >= (0, 8)
-        ):
-            self._execute("search_iterative")
-            self._search_settings["iterative"] = 1
-        rows = self._execute(
-            "search",
-            {
-                "query": query,
-                "k": k,
-                "filter": json.dumps(metadata_filter or {}),
-                "max_chars": max_chars,
-            },
-        ).fetchall()
+        """The k embedded rows nearest to ``query`` (cosine), best first."""
+        params = {
+            "query": query,
+            "k": k,
+            "filter": json.dumps(metadata_filter or {}),
+            "max_chars": max_chars,
+        }
+        with self._connection("searching") as conn:
+            if k <= EF_SEARCH:
+                rows = conn.execute(QUERIES["search"], params).fetchall()
+            else:
+                # One HNSW scan returns at most ef_search rows: widen it for this
+                # statement only (set_config(..., true) lasts to the transaction's end).
+                with conn.transaction():
+                    conn.execute(QUERIES["search_width"], {"ef_search": str(k), "local": True})
+                    rows = conn.execute(QUERIES["search"], params).fetchall()
         return [SearchHit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
 
     def pgvector_version(self) -> tuple[int, ...]:
         if self._pgvector is None:
-            row = self._execute("pgvector_version").fetchone()
-            version = "0" if row is None else str(row["extversion"])
-            self._pgvector = db.parse_version(version)
+            with self._connection("reading the pgvector version") as conn:
+                self._pgvector = db.pgvector_version(conn)
         return self._pgvector
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.worker.loop import BatchResult, Worker
+from indexer.worker.claim import BatchResult
+from indexer.worker.loop import Worker, WorkStore
 
-__all__ = ["BatchResult", "Worker"]
+__all__ = ["BatchResult", "WorkStore", "Worker"]

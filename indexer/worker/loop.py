@@ -13,8 +13,9 @@ write from a daemon whose lease passed to another, or whose text changed meanwhi
 matches no row and is discarded.  Rows are therefore embedded exactly once per
 content version.
 
-The loop holds no SQL (that is :mod:`indexer.store.store`) and no model code (that is
-:mod:`indexer.embedding.embedder`).
+The loop holds no SQL (that is :mod:`indexer.store`) and no model code (that is
+:mod:`indexer.embedding`); it needs of them only :class:`WorkStore` and
+:class:`~indexer.embedding.TextEmbedder`.
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from indexer.embedding import TextEmbedder, Tokenized
 from indexer.exceptions import DatabaseUnavailable, EmbeddingError
 from indexer.settings import Settings
-from indexer.store import ClaimedRow, Store
+from indexer.store import ClaimedRow
+from indexer.worker.claim import BatchResult, Claim, PendingWrite
+from indexer.worker.lease import LeaseKeeper, LeaseStore
 
 logger = logging.getLogger(__name__)
 
@@ -42,141 +44,66 @@ PRUNE_EVERY_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 10.0
 
 
-class FaultInjector:
-    """Test hook (INDEXER_TEST_FAIL_MARKER): any text containing the marker fails.
+class WorkSignal(Protocol):
+    """Wakes the idle worker when rows need work (:class:`indexer.store.Listener`)."""
 
-    It fails the whole model call, as a real model error would, so the daemon's real
-    isolation code has to find the bad row.
-    """
+    def wait(self, timeout: float) -> bool: ...
 
-    def __init__(self, inner: TextEmbedder, marker: str) -> None:
-        self.inner = inner
-        self.marker = marker
-        self.name = inner.name
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        return self.inner.tokenize(texts)
-
-    def embed_tokenized(self, tokenized: Tokenized) -> np.ndarray:
-        if any(self.marker in t for t in tokenized.texts):
-            raise EmbeddingError(f"injected failure: text contains {self.marker!r}")
-        return self.inner.embed_tokenized(tokenized)
+    def close(self) -> None: ...
 
 
-class LeaseKeeper:
-    """Extends the lease of the batch in flight every lease/3 seconds, on its own
-    connection, while the model runs (ONNX Runtime releases the GIL).
+class WorkStore(LeaseStore, Protocol):
+    """What the worker needs of :class:`indexer.store.Store` (a fake in unit tests)."""
 
-    A database hiccup here is logged and retried at the next beat: the guarded write
-    keeps the data right even if a lease does lapse.  Any other error stops the keeper
-    and is raised again by :meth:`check` in the worker loop, so the daemon stops loudly
-    rather than run without heartbeats.
-    """
+    def listener(self) -> WorkSignal: ...
 
-    def __init__(self, store: Store, worker_id: uuid.UUID, lease_seconds: float) -> None:
-        self.store = Store(store.dsn, store.schema, check=False)
-        self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
-        self.interval = lease_seconds / 3
-        self._ids: list[int] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+    def claim(
+        self, worker_id: uuid.UUID, limit: int, lease_seconds: float, max_chars: int
+    ) -> list[ClaimedRow]: ...
 
-    def start(self) -> None:
-        self._thread.start()
+    def complete_batch(
+        self,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        rows: Sequence[ClaimedRow],
+        embeddings: np.ndarray,
+        *,
+        model: str,
+        token_count: int,
+        claim_ms: float,
+        embed_ms: float,
+    ) -> list[int]: ...
 
-    def hold(self, ids: Sequence[int]) -> None:
-        with self._lock:
-            self._ids = list(ids)
+    def fail_rows(
+        self,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        failures: Sequence[tuple[ClaimedRow, str]],
+        *,
+        max_attempts: int,
+        retry_base_seconds: float,
+        embed_ms: float,
+    ) -> list[int]: ...
 
-    def drop(self) -> None:
-        with self._lock:
-            self._ids = []
+    def release(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None: ...
 
-    def check(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"the lease keeper stopped: {self._error}") from self._error
+    def record_event(
+        self,
+        kind: str,
+        worker_id: uuid.UUID,
+        *,
+        row_count: int = 0,
+        detail: dict[str, Any] | None = None,
+    ) -> None: ...
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self.store.close()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval):
-                with self._lock:
-                    ids = list(self._ids)
-                if not ids:
-                    continue
-                try:
-                    self.store.extend_lease(self.worker_id, ids, self.lease_seconds)
-                except DatabaseUnavailable as exc:
-                    logger.warning("could not extend the lease of %d rows: %s", len(ids), exc)
-        except BaseException as exc:
-            self._error = exc
-            logger.error("lease keeper failed: %s", exc)
-
-
-@dataclass
-class BatchResult:
-    batch_id: uuid.UUID
-    claimed: int
-    written: list[int]
-    failed: list[int]
-    tokens: int
-    embed_ms: float
-    stale: int = 0
-
-
-@dataclass
-class _PendingWrite:
-    """A batch whose write was interrupted by a database outage: retried on reconnect."""
-
-    batch_id: uuid.UUID
-    good: list[tuple[ClaimedRow, np.ndarray]]
-    bad: list[tuple[ClaimedRow, str]]
-    tokens: int
-    claim_ms: float
-    embed_ms: float
-    rows: list[ClaimedRow]
-
-
-@dataclass
-class _Claim:
-    """Rows claimed together and not embedded yet: tokenized once, shortest first.
-
-    Sorting a whole claim by length before cutting it into batches is what keeps the
-    model's padding low: a batch then holds rows of nearly equal length.
-    """
-
-    rows: list[ClaimedRow]
-    tokenized: Tokenized
-    claim_ms: float
-
-    @classmethod
-    def sorted(cls, rows: list[ClaimedRow], tokenized: Tokenized, claim_ms: float) -> _Claim:
-        lengths = tokenized.lengths
-        order = sorted(range(len(rows)), key=lengths.__getitem__)
-        return cls([rows[i] for i in order], tokenized.select(order), claim_ms)
-
-    def take(self, count: int) -> tuple[list[ClaimedRow], Tokenized, float]:
-        """The next ``count`` rows, their tokens, and the claim's time (first take only)."""
-        rows, self.rows = self.rows[:count], self.rows[count:]
-        taken = self.tokenized.select(range(len(rows)))
-        self.tokenized = self.tokenized.select(range(len(rows), len(self.tokenized)))
-        claim_ms, self.claim_ms = self.claim_ms, 0.0
-        return rows, taken, claim_ms
+    def prune_events(self, older_than_seconds: float) -> int: ...
 
 
 class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: WorkStore,
         embedder: TextEmbedder,
         *,
         stop_event: threading.Event | None = None,
@@ -184,16 +111,13 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.embedder: TextEmbedder | FaultInjector = (
-            FaultInjector(embedder, settings.test_fail_marker)
-            if settings.test_fail_marker
-            else embedder
-        )
+        self.embedder = embedder
+        self.listener = store.listener()
         self.stop_event = stop_event or threading.Event()
         self.on_batch = on_batch
         self.worker_id = uuid.uuid4()
-        self._pending: _PendingWrite | None = None
-        self._claim: _Claim | None = None
+        self._pending: PendingWrite | None = None
+        self._claim: Claim | None = None
         self._to_release: list[int] = []
         self._keeper = LeaseKeeper(store, self.worker_id, settings.lease_seconds)
         self._down_since: float | None = None
@@ -245,26 +169,29 @@ class Worker:
             self.store.release(self.worker_id, self._to_release)
             self._to_release = []
         if self._claim is None:
-            self._maybe_prune()
-            claim_start = time.perf_counter()
-            settings = self.settings
-            rows = self.store.claim(
-                self.worker_id, self.claim_size, settings.lease_seconds, settings.max_chars
-            )
-            claim_ms = (time.perf_counter() - claim_start) * 1000
-            if not rows:
+            self._claim = self._next_claim()
+            if self._claim is None:
                 if once:
                     return False
                 self._idle()
                 return True
-            tokenized = self.embedder.tokenize([r.content for r in rows])
-            self._claim = _Claim.sorted(rows, tokenized, claim_ms)
         rows, tokenized, claim_ms = self._claim.take(self.settings.batch_size)
-        rest = [r.id for r in self._claim.rows]
+        rest = self._claim.ids
         if not rest:
             self._claim = None
         self.process(rows, tokenized, claim_ms, rest)
         return True
+
+    def _next_claim(self) -> Claim | None:
+        """Claim rows, tokenize them once and sort them; None when nothing is waiting."""
+        self._maybe_prune()
+        start = time.perf_counter()
+        s = self.settings
+        rows = self.store.claim(self.worker_id, self.claim_size, s.lease_seconds, s.max_chars)
+        claim_ms = (time.perf_counter() - start) * 1000
+        if not rows:
+            return None
+        return Claim.sorted(rows, self.embedder.tokenize([r.content for r in rows]), claim_ms)
 
     def _idle(self) -> None:
         """Wait for a NOTIFY, or the poll interval; wake quickly when asked to stop."""
@@ -273,7 +200,7 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self.store.wait_for_work(min(remaining, 0.25)):
+            if self.listener.wait(min(remaining, 0.25)):
                 return
 
     def process(
@@ -294,13 +221,13 @@ class Worker:
         finally:
             self._keeper.hold(waiting)
         embed_ms = (time.perf_counter() - start) * 1000
-        pending = _PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows)
+        pending = PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows)
         self._pending = pending
         result = self._write(pending)
         self._pending = None
         return result
 
-    def _write(self, batch: _PendingWrite) -> BatchResult:
+    def _write(self, batch: PendingWrite) -> BatchResult:
         written: list[int] = []
         failed: list[int] = []
         if batch.good:
@@ -334,28 +261,31 @@ class Worker:
             embed_ms=batch.embed_ms,
             stale=len(batch.rows) - len(written) - len(failed),
         )
+        self._report(result)
+        return result
+
+    def _report(self, result: BatchResult) -> None:
         self.batches += 1
-        self.rows_written += len(written)
+        self.rows_written += len(result.written)
         logger.info(
             "batch %s: %d rows embedded, %d failed, %d stale, %d tokens, embed %.0f ms",
-            batch.batch_id,
-            len(written),
-            len(failed),
+            result.batch_id,
+            len(result.written),
+            len(result.failed),
             result.stale,
-            batch.tokens,
-            batch.embed_ms,
+            result.tokens,
+            result.embed_ms,
             extra={
-                "batch_id": str(batch.batch_id),
-                "rows": len(written),
-                "failed": len(failed),
+                "batch_id": str(result.batch_id),
+                "rows": len(result.written),
+                "failed": len(result.failed),
                 "stale": result.stale,
-                "tokens": batch.tokens,
-                "embed_ms": round(batch.embed_ms, 1),
+                "tokens": result.tokens,
+                "embed_ms": round(result.embed_ms, 1),
             },
         )
         if self.on_batch is not None:
             self.on_batch(result)
-        return result
 
     def _embed_isolating(
         self, rows: Sequence[ClaimedRow], tokenized: Tokenized
@@ -404,7 +334,7 @@ class Worker:
                 # Leases cannot be renewed while the database is away: give the rest
                 # of the claim back once it returns, rather than embed rows that
                 # another daemon may have claimed by then.
-                self._to_release.extend(r.id for r in self._claim.rows)
+                self._to_release.extend(self._claim.ids)
                 self._claim = None
                 self._keeper.drop()
         elif now - self._down_since > self.settings.db_down_timeout:
@@ -431,7 +361,7 @@ class Worker:
             # away, when their lease expires.
             unwritten = list(self._to_release)
             if self._claim is not None:
-                unwritten.extend(r.id for r in self._claim.rows)
+                unwritten.extend(self._claim.ids)
             if self._pending is not None:
                 unwritten.extend(r.id for r in self._pending.rows)
             if unwritten:
@@ -445,6 +375,8 @@ class Worker:
                 )
         except DatabaseUnavailable as exc:
             logger.warning("could not record the stop (database unavailable): %s", exc)
+        finally:
+            self.listener.close()
         logger.info(
             "worker %s stopped after %d batches, %d rows",
             self.worker_id,

@@ -11,7 +11,7 @@ from indexer.db.connect import connect
 from indexer.exceptions import ExtensionMissing, SchemaNotMigrated
 from indexer.store import Store
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 TABLES = {"chunks", "events"}
 

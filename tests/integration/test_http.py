@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
-import signal
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,24 +17,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from indexer.db.connect import Connection
+from indexer.db.connect import Connection, connect
 from indexer.embedding import Embedder
 from indexer.exceptions import ConfigurationError
-from indexer.http.app import (
-    MAX_BODY_BYTES,
-    MAX_TEXT_CHARS,
-    MAX_TEXTS,
-    HttpServer,
-    create_app,
-    parse_address,
-)
+from indexer.http import HttpServer, create_app
+from indexer.http.middleware import MAX_BODY_BYTES
+from indexer.http.resources import SEARCH_CONNECTIONS
+from indexer.limits import MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
 from indexer.metrics import Metrics
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.store.queries import QUERIES
 from indexer.worker import Worker
-
-from .helpers import CORPUS, cli_env, run_cli, start_daemon, wait_until
+from tests.helpers import CORPUS, wait_until
 
 # A unix socket directory that does not exist: connecting fails at once.
 UNREACHABLE = "postgresql:///indexer?host=/nonexistent/indexer-socket-dir"
@@ -120,46 +115,16 @@ def raw_post(port: int, head: str, parts: Iterable[bytes]) -> tuple[int, dict[st
 # -- address parsing and binding ------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
-        ("0.0.0.0:80", ("0.0.0.0", 80)),
-        ("localhost:65535", ("localhost", 65535)),
-        ("[::1]:8080", ("::1", 8080)),
-        (" [::]:1 ", ("::", 1)),
-    ],
-)
-def test_parse_address(text: str, expected: tuple[str, int]) -> None:
-    assert parse_address(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "8080",
-        "127.0.0.1",
-        "127.0.0.1:",
-        ":8080",
-        "::1:8080",
-        "host:0",
-        "host:65536",
-        "host:80a",
-        "[::1]8080",
-        "a b:80",
-        "",
-    ],
-)
-def test_parse_address_rejects_bad_text(text: str) -> None:
-    with pytest.raises(ConfigurationError) as info:
-        parse_address(text)
-    message = str(info.value)
-    assert "HOST:PORT" in message and "\n" not in message
-
-
 def test_port_in_use_is_one_clear_line(
-    settings: Settings, database: str, embedder: Embedder
+    settings: Settings, database: str, embedder: Embedder, conn: Connection
 ) -> None:
+    def app_connections() -> int:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        return int(row["n"]) if row else 0
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -167,11 +132,15 @@ def test_port_in_use_is_one_clear_line(
         server = HttpServer(
             create_app(settings, dsn=database, embedder=embedder), "127.0.0.1", port
         )
+        # The app's two Stores (search and probe) connect as soon as it is made ...
+        assert wait_until(lambda: app_connections() == 2, 30)
         with pytest.raises(ConfigurationError) as info:
             server.start()
     message = str(info.value)
     assert message == f"cannot listen on 127.0.0.1:{port}: address already in use"
     assert not server.running
+    # ... and a server that failed to start lets them go.
+    assert wait_until(lambda: app_connections() == 0, 10)
 
 
 # -- /health and /metrics -------------------------------------------------------------
@@ -466,11 +435,47 @@ def test_search_filter_returns_k_rows_when_most_rows_do_not_match(
     assert none.json() == {"results": []}
 
 
+def test_concurrent_searches_share_one_bounded_store(
+    api: Api, settings: Settings, embedder: Embedder, conn: Connection, database: str
+) -> None:
+    ids = dict(zip(CORPUS, insert(conn, *CORPUS.values()), strict=True))
+    drain(settings, embedder)
+    queries = {"db": "which database supports SQL?", "cat": "a sleepy kitten", "rain": "weather"}
+    asked = [*queries.items()] * 6
+
+    def top_hit(query: str) -> int:
+        response = httpx.post(api.server.url + "/search", json={"query": query, "k": 1}, timeout=60)
+        assert response.status_code == 200, response.text
+        return int(response.json()["results"][0]["id"])
+
+    def blocked() -> int:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+        return int(row["n"]) if row else 0
+
+    # While the table is locked, every search that got a connection waits on it: the
+    # API must hold SEARCH_CONNECTIONS of them and no more, the rest queue for one.
+    with concurrent.futures.ThreadPoolExecutor(len(asked)) as pool:
+        with connect(database, "public") as locker:  # not autocommit: the lock lasts
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            futures = [pool.submit(top_hit, query) for _, query in asked]
+            try:
+                assert wait_until(lambda: blocked() >= SEARCH_CONNECTIONS, 30)
+                time.sleep(1.0)  # time for any further connection to show up
+                assert blocked() == SEARCH_CONNECTIONS
+            finally:
+                locker.rollback()  # lets them all through
+        found = [f.result() for f in futures]
+    assert found == [ids[key] for key, _ in asked]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
         ({"query": "x", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
-        ({"query": "x", "k": 1001}, 422, "k: Input should be less than or equal to 1000"),
+        ({"query": "x", "k": MAX_K + 1}, 422, f"k: Input should be less than or equal to {MAX_K}"),
         ({"query": ""}, 422, "the query is empty"),
         ({"query": "  \n "}, 422, "the query is empty"),
         ({"k": 3}, 422, "query: Field required"),
@@ -498,66 +503,5 @@ def test_openapi_lists_the_endpoints(api: Api) -> None:
     embed_schema = schema["components"]["schemas"]["EmbedRequest"]["properties"]
     assert embed_schema["texts"]["maxItems"] == MAX_TEXTS
     search_schema = schema["components"]["schemas"]["SearchRequest"]["properties"]
-    assert search_schema["k"]["maximum"] == 1000
+    assert search_schema["k"]["maximum"] == MAX_K
     assert search_schema["query"]["maxLength"] == MAX_TEXT_CHARS
-
-
-# -- the real command -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_cli_serves_http_and_stops_on_sigterm(
-    database: str, model_cache: Path, conn: Connection, tmp_path: Path
-) -> None:
-    port = free_port()
-    log = tmp_path / "daemon.log"
-    daemon = start_daemon(cli_env(database, model_cache), log, "--http", f"127.0.0.1:{port}")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url + "/health", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        assert wait_until(healthy, 90, interval=0.2), log.read_text()
-        (cid,) = insert(conn, CORPUS["cat"])
-        assert wait_until(
-            lambda: (
-                conn.execute("SELECT state FROM chunks WHERE id = %s", (cid,)).fetchone()
-                == {"state": "embedded"}
-            ),
-            30,
-        ), log.read_text()
-        found = httpx.post(url + "/search", json={"query": "a sleepy kitten"}, timeout=30)
-        assert found.json()["results"][0]["id"] == cid
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0, log.read_text()
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(10)
-    text = log.read_text()
-    assert "Traceback" not in text
-    assert f"HTTP API on http://127.0.0.1:{port}" in text
-    with pytest.raises(httpx.TransportError):
-        httpx.get(url + "/health", timeout=5)
-
-
-def test_cli_refuses_a_port_in_use(database: str, model_cache: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run_cli(["run", "--http", f"127.0.0.1:{port}"], cli_env(database, model_cache))
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"indexer: error: cannot listen on 127.0.0.1:{port}: address already in use"
-    )
-    assert "Traceback" not in result.stderr

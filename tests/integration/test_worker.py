@@ -1,24 +1,26 @@
-"""The daemon end to end: real model, real PostgreSQL, the real worker loop."""
+"""The worker in-process: real model, real PostgreSQL, the real loop and store."""
 
 from __future__ import annotations
 
 import itertools
-import signal
 import threading
 import time
-from functools import partial
-from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
+from psycopg import sql
 
 from indexer.db.connect import Connection
-from indexer.embedding import Embedder
+from indexer.embedding import Embedder, TextEmbedder
 from indexer.settings import Settings
 from indexer.store import Store
+from indexer.store.queries import QUERIES
+from indexer.testing import FaultInjector
 from indexer.worker import Worker
 
-from .helpers import CORPUS, cli_env, run_cli, start_daemon, wait_until
+from ..conftest import with_database
+from ..helpers import CORPUS, wait_until
 
 
 def insert(conn: Connection, *texts: str) -> list[int]:
@@ -39,7 +41,26 @@ def has_vector(conn: Connection, chunk_id: int) -> bool:
     return vector_of(conn, chunk_id) is not None
 
 
-def drain(settings: Settings, embedder: Embedder) -> Worker:
+def cut_off(conn: Connection, seconds: float) -> None:
+    """An outage of this database for everyone but ``conn``: new connections are refused
+    and every other session is killed, until ``seconds`` have passed."""
+    name = sql.Identifier(conn.info.dbname)
+    admin = psycopg.connect(with_database(conn.info.dsn, "postgres"), autocommit=True)
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+    def back() -> None:
+        time.sleep(seconds)
+        with admin:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
+
+    threading.Thread(target=back, daemon=True).start()
+
+
+def drain(settings: Settings, embedder: TextEmbedder) -> Worker:
     assert settings.database_url is not None
     with Store(settings.database_url, settings.schema) as store:
         worker = Worker(settings, store, embedder)
@@ -139,12 +160,12 @@ def test_an_outage_mid_claim_loses_and_repeats_nothing(
         worker = Worker(small, store, embedder)
 
         def cut_connection_once(result: object) -> None:
-            # After the first batch: kill the daemon's session, so the next write
-            # fails mid-claim; the daemon must write it on reconnect and give the
-            # rest of the claim back rather than hold rows it can no longer renew.
+            # After the first batch: a real outage (no new connections for 7 s, every
+            # session of the daemon killed), so the next write fails mid-claim; the
+            # daemon must write it once the database is back and give the rest of the
+            # claim back rather than hold rows it could not renew.
             if worker.batches == 1:
-                pid = store.connection().info.backend_pid
-                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                cut_off(conn, seconds=7)
 
         worker.on_batch = cut_connection_once
         worker.run(once=True)
@@ -189,11 +210,16 @@ def test_search_sql_uses_the_hnsw_index(conn: Connection) -> None:
     conn.execute("ANALYZE chunks")
     for statement in (
         "EXPLAIN SELECT * FROM search_chunks(%s, 10)",
+        "EXPLAIN SELECT * FROM search_chunks(%s, 10, '{}')",
         "EXPLAIN SELECT * FROM similar_chunks(1, 10)",
     ):
         params = (vectors[0],) if "%s" in statement else None
         plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(statement, params))
         assert "chunks_embedding_idx" in plan, plan
+    # The statement the Store runs, with its parameters bound as the Store binds them.
+    search = {"query": vectors[0], "k": 10, "filter": "{}", "max_chars": 100}
+    plan = "\n".join(r["QUERY PLAN"] for r in conn.execute("EXPLAIN " + QUERIES["search"], search))
+    assert "chunks_embedding_idx" in plan, plan
 
 
 def test_update_is_re_embedded_with_the_new_text(
@@ -212,23 +238,17 @@ def test_update_is_re_embedded_with_the_new_text(
 def test_a_poison_row_does_not_block_the_others(
     settings: Settings, embedder: Embedder, conn: Connection
 ) -> None:
-    poisoned = Settings(
-        **{
-            **settings.__dict__,
-            "test_fail_marker": "POISON",
-            "max_attempts": 2,
-            "retry_base_seconds": 0.01,
-        }
-    )
+    poisoned = Settings(**{**settings.__dict__, "max_attempts": 2, "retry_base_seconds": 0.01})
+    failing = FaultInjector(embedder, "POISON")
     texts = [f"good row {i}" for i in range(9)]
     texts.insert(4, "this row is POISON")
     ids = insert(conn, *texts)
-    drain(poisoned, embedder)
+    drain(poisoned, failing)
     states = {r["id"]: r["state"] for r in conn.execute("SELECT id, state FROM chunks")}
     assert states[ids[4]] in ("pending", "failed")
     assert all(states[i] == "embedded" for i in ids if i != ids[4])
     time.sleep(0.05)
-    drain(poisoned, embedder)
+    drain(poisoned, failing)
     row = conn.execute(
         "SELECT state, attempts, last_error FROM chunks WHERE id = %s", (ids[4],)
     ).fetchone()
@@ -257,53 +277,3 @@ def test_stop_event_ends_an_idle_daemon(
         assert not thread.is_alive()
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
     assert kinds[0] == "worker_started" and kinds[-1] == "worker_stopped"
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_daemon_embeds_on_notify_and_stops_cleanly_on_signal(
-    database: str, model_cache: Path, conn: Connection, tmp_path: Path, sig: signal.Signals
-) -> None:
-    # A long poll interval: only NOTIFY can make this fast.
-    env = cli_env(database, model_cache, INDEXER_POLL_INTERVAL="60")
-    log = tmp_path / "daemon.log"
-    daemon = start_daemon(env, log)
-    try:
-        assert wait_until(
-            lambda: (
-                conn.execute("SELECT 1 FROM events WHERE kind = 'worker_started'").fetchone()
-                is not None
-            ),
-            60,
-        ), log.read_text()
-        latencies = []
-        for i in range(5):
-            start = time.monotonic()
-            (cid,) = insert(conn, f"notify me {i}")
-            assert wait_until(partial(has_vector, conn, cid), 20), log.read_text()
-            latencies.append(time.monotonic() - start)
-        print(f"insert -> embedded: median {sorted(latencies)[2] * 1000:.0f} ms")
-        daemon.send_signal(sig)
-        assert daemon.wait(30) == 0, log.read_text()
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
-    assert kinds[-1] == "worker_stopped"
-    assert "Traceback" not in log.read_text()
-
-
-def test_second_daemon_on_one_embedded_data_dir_is_refused(
-    tmp_path: Path, model_cache: Path
-) -> None:
-    from indexer.db import server
-    from indexer.exceptions import AlreadyRunning
-
-    data_dir = tmp_path / "pgdata"
-    with server.run_lock(data_dir):
-        with pytest.raises(AlreadyRunning), server.run_lock(data_dir):
-            pass
-        env = cli_env(None, model_cache, INDEXER_DATA_DIR=str(data_dir))
-        result = run_cli(["run", "--once"], env, timeout=60)
-    assert result.returncode == 1
-    assert "already uses the embedded database" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1

@@ -15,7 +15,7 @@ import pytest
 
 from indexer.db.connect import Connection, check_pgvector_version
 from indexer.exceptions import ExtensionMissing
-from indexer.store import ClaimedRow, Store
+from indexer.store import NOTIFY_CHANNEL, ClaimedRow, Listener, Store
 
 RNG = np.random.default_rng(7)
 
@@ -218,15 +218,26 @@ def test_claim_uses_the_partial_queue_index(conn: Connection) -> None:
 
 
 def test_notify_on_new_and_changed_rows(database: str, conn: Connection) -> None:
-    with Store(database, "public") as listener:
-        assert listener.wait_for_work(0.05)  # starts listening: "look once more"
-        assert not listener.wait_for_work(0.05)
+    listener = Listener(database, "public")
+    try:
+        assert listener.wait(0.05)  # starts listening: "look once more"
+        assert not listener.wait(0.05)
         insert(conn, "wake up")
-        assert listener.wait_for_work(2.0)
+        assert listener.wait(2.0)
         conn.execute("UPDATE chunks SET metadata = '{\"k\": 1}'")
-        assert not listener.wait_for_work(0.1)  # metadata alone needs no embedding
+        assert not listener.wait(0.1)  # metadata alone needs no embedding
         conn.execute("UPDATE chunks SET content = 'changed'")
-        assert listener.wait_for_work(2.0)
+        assert listener.wait(2.0)
+    finally:
+        listener.close()
+
+
+def test_the_trigger_notifies_the_channel_the_listener_listens_on(conn: Connection) -> None:
+    # The channel is named in migration 0001 (history, never edited) and in
+    # indexer.store.listen: this test is what keeps the two equal.
+    row = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'chunks_notify'").fetchone()
+    assert row is not None
+    assert f"pg_notify('{NOTIFY_CHANNEL}'" in row["prosrc"]
 
 
 def test_hostile_text_is_stored_verbatim(conn: Connection, store: Store) -> None:

@@ -1,0 +1,64 @@
+"""The ``indexer bench`` command's options and entry point.
+
+Only argparse and :mod:`indexer.bench.plan` are imported here: ``indexer.cli`` builds
+this parser for every command, and the measuring code (numpy, ONNX Runtime, psycopg)
+loads only when the bench runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from indexer.bench.plan import SECTIONS
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and 2 runs (about a minute; CI)"
+    )
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--repeats", type=int, help="runs per figure, the median is reported (default 3; quick 2)"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the sentence-transformers comparison even when it is installed",
+    )
+    parser.add_argument(
+        "--search-rows", type=int, help="rows in the search table (default 100000; quick 3000)"
+    )
+    parser.add_argument(
+        "--search-copies",
+        type=int,
+        default=5,
+        help="search rows made from each real embedding by adding noise (default 5); "
+        "large values make tight clusters of near-duplicates, which HNSW handles badly",
+    )
+    parser.add_argument(
+        "--claim-rows",
+        type=int,
+        help="embedded rows in the large claim table (default 1000000; quick 20000)",
+    )
+    parser.add_argument(
+        "--bench-schema",
+        default="indexer_bench",
+        help="prefix of the scratch schemas (default indexer_bench); they are dropped at the end",
+    )
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the chosen sections, print the table; 1 if a section failed."""
+    from indexer.bench.run import run
+
+    return run(args, settings)

@@ -1,0 +1,72 @@
+"""The sizes of one bench run, from ``--quick`` and the explicit options.
+
+Kept free of numpy and the database layer: the CLI imports it for every command's
+parser (through :mod:`indexer.bench.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from indexer.exceptions import InvalidInput
+
+SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of everything, from --quick and the explicit options."""
+
+    quick: bool
+    repeats: int
+    short: int
+    mixed: int
+    backfill: int
+    queries: int
+    latency_samples: int
+    search_rows: int
+    memory_rows: int
+    memory_runs: int
+    claim_small: int
+    claim_large: int
+    claims: int
+    search_copies: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        quick = bool(args.quick)
+        repeats = args.repeats if args.repeats is not None else (2 if quick else 3)
+        plan = cls(
+            quick=quick,
+            repeats=repeats,
+            short=128 if quick else 2000,
+            mixed=32 if quick else 256,
+            # Three default claims: the worker must sort and pad claim by claim.
+            backfill=48 if quick else 768,
+            queries=30 if quick else 200,
+            latency_samples=12 if quick else 60,
+            search_rows=args.search_rows or (3_000 if quick else 100_000),
+            memory_rows=5 if quick else 20,
+            memory_runs=1 if quick else repeats,
+            claim_small=1_000,
+            claim_large=args.claim_rows or (20_000 if quick else 1_000_000),
+            claims=60 if quick else 300,
+            search_copies=args.search_copies,
+        )
+        if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
+            raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")
+        if plan.search_copies < 1:
+            raise InvalidInput("--search-copies must be >= 1")
+        return plan
+
+
+def chosen_sections(only: str | None) -> tuple[str, ...]:
+    """The sections ``--only`` names, in the order they run."""
+    if not only:
+        return SECTIONS
+    chosen = {s.strip() for s in only.split(",")}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        raise InvalidInput(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    return tuple(s for s in SECTIONS if s in chosen)

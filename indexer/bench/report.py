@@ -1,0 +1,240 @@
+"""The printed report: the machine, one row per figure, then the targets.
+
+Each section's rows come from a function of its own (:data:`ROWS`); a section that
+was skipped or failed gets one row saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Row = tuple[str, str, str]
+Results = dict[str, Any]
+
+
+def _throughput_rows(section: str, r: dict[str, Any], results: Results) -> list[Row]:
+    """Texts/s, tokens/s and GFLOP/s of fp32 or of the reference, and its GEMM peak."""
+    label = "onnxruntime fp32" if section == "model" else "sentence-transformers"
+    rows: list[Row] = []
+    for name in ("short", "mixed"):
+        m = r[name]
+        extra = (
+            f", ONNX {m['speedup']:.2f}x faster"
+            if section == "reference"
+            else f", {m['of_gemm_peak']:.0%} of GEMM peak"
+        )
+        tokens = results["model"][name]["mean_tokens"] if "model" in results else "?"
+        rows.append(
+            (
+                section,
+                f"{label}, {name} (~{tokens} tok)",
+                f"{m['texts_per_s']:,.1f} texts/s  {m['tokens_per_s']:,.0f} tok/s  "
+                f"({m['useful_gflops']:.0f} GFLOP/s{extra})",
+            )
+        )
+    engine = "onnxruntime" if section == "model" else "torch"
+    rows.append((section, f"fp32 GEMM peak, {engine}", f"{r['gemm_peak_gflops']:.0f} GFLOP/s"))
+    return rows
+
+
+def _model_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    rows = _throughput_rows("model", r, results)
+    int8 = r.get("int8", {})
+    if "skipped" in int8:
+        rows.append(("model", "onnxruntime int8 (opt-in)", f"skipped: {int8['skipped']}"))
+        return rows
+    for name in ("short", "mixed") if int8 else ():
+        m = int8[name]
+        rows.append(
+            (
+                "model",
+                f"onnxruntime int8 (opt-in), {name}",
+                f"{m['texts_per_s']:,.1f} texts/s  {m['x_fp32']:.2f}x fp32  "
+                f"(cosine to fp32: min {m['min_cosine_fp32']:.4f}, "
+                f"median {m['median_cosine_fp32']:.4f})",
+            )
+        )
+    return rows
+
+
+def _reference_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    rows = _throughput_rows("reference", r, results)
+    rows.append(("reference", "min cosine onnx vs reference", f"{r['min_cosine']:.7f}"))
+    for name in ("short", "mixed"):
+        m = r[name]
+        if "int8_speedup" in m:
+            rows.append(
+                (
+                    "reference",
+                    f"int8 (opt-in) vs reference, {name}",
+                    f"{m['int8_speedup']:.2f}x faster, min cosine {m['int8_min_cosine']:.4f}",
+                )
+            )
+    return rows
+
+
+def _backfill_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    s = r["median_run"]
+    extra = r["padded_tokens_worker"] / r["padded_tokens_raw"] - 1
+    return [
+        ("backfill", f"worker, {r['rows']} mixed rows", f"{r['rows_per_s']:,.1f} rows/s"),
+        (
+            "backfill",
+            "raw model, same texts",
+            f"{r['raw_texts_per_s']:,.1f} texts/s  (ratio {r['ratio_to_raw']:.1%})",
+        ),
+        (
+            "backfill",
+            f"  padded tokens: {r['claim_size']}-row claims, {r['batch_size']}-row "
+            "batches / all sorted at once",
+            f"{r['padded_tokens_worker']:,} / {r['padded_tokens_raw']:,} (+{extra:.1%})",
+        ),
+        (
+            "backfill",
+            "median run: wall/claim/embed/write",
+            f"{s['wall_ms']:.0f} / {s['claim_ms']:.0f} / {s['embed_ms']:.0f} / "
+            f"{s['write_ms']:.0f} ms ({s['batches']} batches; "
+            f"{r['outside_model_share']:.1%} outside the model)",
+        ),
+    ]
+
+
+def _latency_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    rows: list[Row] = []
+    for kind, label in (("chunk", "~1 KB chunk"), ("short", "short line")):
+        k = r[kind]
+        st = k["median_stages_ms"] or {}
+        stages = " / ".join(f"{st.get(x, float('nan')):.1f}" for x in ("claim", "embed", "write"))
+        rows.append(
+            (
+                "latency",
+                f"INSERT -> vector committed, {label} ({k['median_tokens']} tok)",
+                f"p50 {k['p50_ms']:.1f} ms  p95 {k['p95_ms']:.1f} ms  ({r['samples']} rows)",
+            )
+        )
+        rows.append(("latency", "  daemon claim / embed / write (median)", f"{stages} ms"))
+    return rows
+
+
+def _search_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    idx = r["index"]
+    curve = r["recall_by_ef_search"]
+    return [
+        (
+            "search",
+            f"top-{r['k']} of {r['rows']:,} rows, incl. embedding",
+            f"p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms",
+        ),
+        (
+            "search",
+            "  query embedding / SQL p50",
+            f"{r['embed_p50_ms']:.1f} / {r['sql_p50_ms']:.1f} ms",
+        ),
+        (
+            "search",
+            f"recall@10 (ef_search {r['ef_search']}, m {idx['m']}, "
+            f"ef_construction {idx['ef_construction']})",
+            f"{r['recall_at_10']:.3f}  (min {r['min_recall_at_10']:.1f})",
+        ),
+        (
+            "search",
+            "  recall@10 at ef_search " + " / ".join(curve),
+            " / ".join(f"{v:.3f}" for v in curve.values()),
+        ),
+        (
+            "search",
+            "load (COPY binary) / HNSW build",
+            f"{r['load_s']:.1f} / {r['index_build_s']:.1f} s",
+        ),
+    ]
+
+
+def _memory_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    return [
+        (
+            "memory",
+            f"peak RSS, `run --once`, {r['rows']} rows x 1 MB",
+            f"{r['peak_rss_mib']:.0f} MiB  (drain {r['process_s']:.1f} s incl. start)",
+        )
+    ]
+
+
+def _claim_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    return [
+        (
+            "claim",
+            f"claim {r['claim_size']} rows, {r['small_rows']:,} embedded",
+            f"{r['small_ms']:.2f} ms  (p95 {r['small_p95_ms']:.2f})",
+        ),
+        (
+            "claim",
+            f"claim {r['claim_size']} rows, {r['large_rows']:,} embedded",
+            f"{r['large_ms']:.2f} ms  (p95 {r['large_p95_ms']:.2f}, ratio {r['ratio']:.2f})",
+        ),
+    ]
+
+
+#: The sections in the order they are printed, each with its rows.
+ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
+    "model": _model_rows,
+    "reference": _reference_rows,
+    "backfill": _backfill_rows,
+    "latency": _latency_rows,
+    "search": _search_rows,
+    "memory": _memory_rows,
+    "claim": _claim_rows,
+}
+
+
+def table(results: Results) -> list[Row]:
+    """(section, measure, value) rows of the printed table."""
+    out: list[Row] = []
+    for section, rows in ROWS.items():
+        r = results.get(section)
+        if r is None:
+            continue
+        if "skipped" in r:
+            out.append((section, "skipped", str(r["skipped"])))
+        elif "error" in r:
+            out.append((section, "FAILED", str(r["error"])))
+        else:
+            out.extend(rows(r, results))
+    return out
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    m = report["machine"]
+    v = report["versions"]
+    return [
+        f"machine: {m['cpu']} (family/model {m['cpu_family_model']}), {m['usable_cores']} of "
+        f"{m['cores']} cores usable, {m['simd']}, {m['ram_gib']} GiB RAM; {m['os']}",
+        f"load average (1 min) at start {m['loadavg_start']}, at end {m.get('loadavg_end')}: "
+        "other work on the machine slows every figure",
+        f"versions: Python {m['python']}, onnxruntime {v['onnxruntime']}, PostgreSQL "
+        f"{v['postgresql']}, pgvector {v['pgvector']} (shared_buffers {v['shared_buffers']})",
+        f"mode: {'quick' if report['plan']['quick'] else 'full'}, each figure the median of "
+        f"{report['plan']['repeats']} runs",
+        "",
+    ]
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole report as printed; ``report['targets']`` as :func:`evaluate` made them
+    (in their JSON form)."""
+    lines = _header(report)
+    rows = table(report["results"])
+    w1 = max((len(r[0]) for r in rows), default=8)
+    w2 = max((len(r[1]) for r in rows), default=8)
+    lines.append(f"{'section':<{w1}}  {'measure':<{w2}}  value")
+    lines.append(f"{'-' * w1}  {'-' * w2}  {'-' * 40}")
+    lines.extend(f"{s:<{w1}}  {k:<{w2}}  {val}" for s, k, val in rows)
+    lines.append("")
+    lines.append("targets:")
+    for t in report["targets"]:
+        note = f"  [{t['note']}]" if t["note"] else ""
+        lines.append(f"  {t['verdict']:<12} {t['name']}: {t['value']} (target {t['wanted']}){note}")
+    search = report["results"].get("search", {})
+    if "vectors" in search:
+        lines.append(f"search vectors: {search['vectors']}")
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""The targets the bench reports against, as data: one table, evaluated by one loop.
+
+Each target is one or more checks; a check names the section its figure is in, reads
+the figure (:func:`key` for a plain key path), and compares it with its threshold.
+The printed target text is made from the same thresholds, so it cannot drift from
+what is judged.  A target is met when every check is, missed when any is; when some
+figure is missing (the reference is not installed, a section failed) the rest are
+still judged and the target says which half was not measured.  Targets are reported,
+never asserted.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Results = dict[str, Any]
+Reader = Callable[[dict[str, Any]], float]
+
+COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+VERDICTS = {True: "met", False: "MISSED", None: "not measured"}
+#: The verdict of a target some of whose figures are missing and the rest met.
+PARTLY = "partly met"
+
+
+def key(*path: str) -> Reader:
+    """A reader of the figure at ``path`` inside a section's results."""
+
+    def read(section: dict[str, Any]) -> float:
+        value: Any = section
+        for name in path:
+            value = value[name]
+        return float(value)
+
+    return read
+
+
+@dataclass(frozen=True)
+class Check:
+    """One figure against one threshold: ``label figure op threshold``."""
+
+    label: str
+    section: str
+    read: Reader
+    op: str
+    threshold: float
+    #: How figures are shown: "%" (a fraction), "x", " ms", " GB" or "" (a number).
+    unit: str = ""
+    digits: int = 2
+
+    def figure(self, results: Results) -> float | None:
+        """The figure, or None when its section did not measure it."""
+        try:
+            return self.read(results[self.section])
+        except (KeyError, TypeError):
+            return None
+
+    def met(self, value: float) -> bool:
+        return COMPARE[self.op](value, self.threshold)
+
+    def show(self, value: float | None) -> str:
+        if value is None:
+            shown = "skipped"
+        elif self.unit == "%":
+            shown = f"{value:.{self.digits}%}"
+        else:
+            shown = f"{value:.{self.digits}f}{self.unit}"
+        return f"{self.label} {shown}".strip()
+
+    def wanted(self) -> str:
+        limit = f"{self.threshold * 100:g}%" if self.unit == "%" else f"{self.threshold:g}"
+        suffix = "" if self.unit == "%" else self.unit
+        return f"{self.label} {self.op} {limit}{suffix}".strip()
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The size a target is set at; a smaller run (``--quick``) says it was smaller."""
+
+    key: str
+    full: int
+    label: str
+
+    def note(self, section: dict[str, Any]) -> str:
+        rows = section.get(self.key)
+        return "" if rows is None or rows >= self.full else f"at {rows} rows, not {self.label}"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    #: The section whose presence in the results lists the target.
+    section: str
+    checks: tuple[Check, ...]
+    scale: Scale | None = None
+    #: Context beside the verdict (a ceiling, the other kind of text), or "".
+    note: Callable[[Results], str] = field(default=lambda results: "")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target's verdict, as printed and as written to the JSON report."""
+
+    name: str
+    wanted: str
+    value: str
+    #: True, False, or None when a figure is missing and the others are met.
+    met: bool | None
+    note: str = ""
+    verdict: str = ""
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _model_note(results: Results) -> str:
+    """What fp32 could reach at best: the model at 100% of ONNX Runtime's own GEMM
+    peak against the reference's measured rate (both in useful GFLOP/s)."""
+    model, ref = results.get("model", {}), results.get("reference", {}).get("mixed")
+    if ref is None or "gemm_peak_gflops" not in model:
+        return ""
+    note = (
+        f"fp32 ceiling on this machine {model['gemm_peak_gflops'] / ref['useful_gflops']:.2f}x "
+        "sentence-transformers (the model at 100% of GEMM peak)"
+    )
+    if "int8_speedup" in ref:
+        note += f"; opt-in int8: {ref['int8_speedup']:.2f}x, cos {ref['int8_min_cosine']:.4f}"
+    return note
+
+
+def _latency_note(results: Results) -> str:
+    short = results["latency"].get("short", {})
+    if "p50_ms" not in short:
+        return ""
+    return f"~1 KB chunks; short lines: p50 {short['p50_ms']:.0f} ms, p95 {short['p95_ms']:.0f} ms"
+
+
+SEARCH_SCALE = Scale("rows", 100_000, "100k")
+TARGETS: tuple[TargetSpec, ...] = (
+    TargetSpec(
+        "model fp32 vs sentence-transformers and GEMM peak (mixed)",
+        "model",
+        (
+            Check(
+                "vs sentence-transformers", "reference", key("mixed", "speedup"), ">=", 1.25, "x"
+            ),
+            Check("of GEMM peak", "model", key("mixed", "of_gemm_peak"), ">=", 0.75, "%", 0),
+            Check("cos", "reference", key("min_cosine"), ">=", 0.9999, "", 7),
+        ),
+        note=_model_note,
+    ),
+    TargetSpec(
+        "backfill vs raw model",
+        "backfill",
+        (Check("", "backfill", key("ratio_to_raw"), ">=", 0.9, "%", 1),),
+    ),
+    TargetSpec(
+        "INSERT -> embedded",
+        "latency",
+        (
+            Check("p50", "latency", key("p50_ms"), "<=", 100, " ms", 0),
+            Check("p95", "latency", key("p95_ms"), "<=", 300, " ms", 0),
+        ),
+        note=_latency_note,
+    ),
+    TargetSpec(
+        "search latency (incl. query embedding)",
+        "search",
+        (Check("p50", "search", key("p50_ms"), "<=", 20, " ms", 1),),
+        scale=SEARCH_SCALE,
+    ),
+    TargetSpec(
+        "search recall@10",
+        "search",
+        (Check("", "search", key("recall_at_10"), ">=", 0.95, "", 3),),
+        scale=SEARCH_SCALE,
+    ),
+    TargetSpec(
+        "daemon peak RSS",
+        "memory",
+        (Check("", "memory", lambda m: m["peak_rss_mib"] * 2**20 / 1e9, "<=", 1, " GB", 2),),
+    ),
+    TargetSpec(
+        "claim cost flat 1k -> 1M rows",
+        "claim",
+        (Check("large/small", "claim", key("ratio"), "<=", 1.5, "", 2),),
+        scale=Scale("large_rows", 1_000_000, "1M"),
+    ),
+)
+
+
+def why_missing(results: Results, section: str) -> str:
+    """Why a section has no figures: skipped (and why), failed, or not run."""
+    found = results.get(section)
+    if found is None:
+        return f"{section}: not run"
+    if "skipped" in found:
+        return str(found["skipped"])
+    if "error" in found:
+        return f"{section} failed: {found['error']}"
+    return f"{section}: no figure"
+
+
+def _verdict(spec: TargetSpec, results: Results) -> Target:
+    figures = [c.figure(results) for c in spec.checks]
+    met = [None if v is None else c.met(v) for c, v in zip(spec.checks, figures, strict=True)]
+    overall = False if False in met else (True if all(met) else None)
+    verdict = VERDICTS[overall]
+    if overall is None and any(m is not None for m in met):
+        verdict = PARTLY
+    missing = [c.section for c, v in zip(spec.checks, figures, strict=True) if v is None]
+    notes = [why_missing(results, s) for s in dict.fromkeys(missing)]
+    wanted = ", ".join(c.wanted() for c in spec.checks)
+    if spec.scale is not None:
+        wanted += f" at {spec.scale.label} rows"
+        notes.append(spec.scale.note(results.get(spec.section, {})))
+    notes.append(spec.note(results))
+    checks = [
+        {"label": c.label, "figure": v, "op": c.op, "threshold": c.threshold, "met": m}
+        for c, v, m in zip(spec.checks, figures, met, strict=True)
+    ]
+    return Target(
+        name=spec.name,
+        wanted=wanted,
+        value=", ".join(c.show(v) for c, v in zip(spec.checks, figures, strict=True)),
+        met=overall,
+        note="; ".join(n for n in notes if n),
+        verdict=verdict,
+        checks=checks,
+    )
+
+
+def evaluate(results: Results) -> list[Target]:
+    """Every target whose section ran, judged against the figures."""
+    return [_verdict(spec, results) for spec in TARGETS if spec.section in results]

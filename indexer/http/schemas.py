@@ -1,0 +1,139 @@
+"""The JSON bodies of the HTTP API, as pydantic models.
+
+They double as the OpenAPI schema, so each bound of :mod:`indexer.limits` is also
+written into the schema (``maxItems``, ``maxLength``) for clients to read.  The counts
+and lengths themselves are checked by the routes, to answer 413 rather than 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from indexer.limits import CONTENT_CHARS, MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
+
+
+class _Body(BaseModel):
+    """A request body: a misspelt field is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChunkIn(_Body):
+    chunk_id: int | str
+    content: str = Field(json_schema_extra={"maxLength": MAX_TEXT_CHARS})
+
+
+class EmbedRequest(_Body):
+    """Either ``texts``, or ``batch_id`` and ``chunks``."""
+
+    texts: list[str] | None = Field(
+        default=None,
+        description=f"at most {MAX_TEXTS} texts of at most {MAX_TEXT_CHARS} characters each",
+        json_schema_extra={"maxItems": MAX_TEXTS},
+    )
+    batch_id: int | str | None = None
+    chunks: list[ChunkIn] | None = Field(
+        default=None,
+        description=f"at most {MAX_TEXTS} chunks of at most {MAX_TEXT_CHARS} characters each",
+        json_schema_extra={"maxItems": MAX_TEXTS},
+    )
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> EmbedRequest:
+        if (self.texts is None) == (self.chunks is None):
+            raise ValueError('give either "texts" or "chunks" (with an optional "batch_id")')
+        if self.texts is not None and self.batch_id is not None:
+            raise ValueError('"batch_id" goes with "chunks", not with "texts"')
+        return self
+
+
+class EmbedTextsResponse(BaseModel):
+    embeddings: list[list[float]]
+    model: str
+    dim: int
+
+
+class ChunkOut(BaseModel):
+    chunk_id: int | str
+    embedding: list[float]
+
+
+class EmbedChunksResponse(BaseModel):
+    batch_id: int | str | None
+    chunks: list[ChunkOut]
+    model: str
+    dim: int
+
+
+class SearchRequest(_Body):
+    query: str = Field(json_schema_extra={"maxLength": MAX_TEXT_CHARS})
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    filter: dict[str, Any] | None = Field(
+        default=None,
+        description="only rows whose metadata contains this JSON object (jsonb @>)",
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the query is empty")
+        return value
+
+    @field_validator("filter")
+    @classmethod
+    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What jsonb cannot hold would otherwise fail in the database as a 500."""
+        for text in _strings(value):
+            if "\x00" in text:
+                raise ValueError("the filter holds a NUL character, which jsonb cannot store")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the filter holds invalid Unicode (a lone surrogate)") from None
+        return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every key and string inside a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+class SearchResult(BaseModel):
+    id: int
+    score: float
+    content: str = Field(description=f"the first {CONTENT_CHARS} characters")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok", or "unavailable" (with status code 503)')
+    reason: str | None
+    database_reachable: bool
+    schema_migrated: bool
+    model_loaded: bool
+    model: str
+    dim: int
+    backlog: int | None = Field(description="rows pending or in flight")
+    pending: int | None
+    failed: int | None
+    oldest_pending_age_seconds: float | None
+
+
+class ErrorBody(BaseModel):
+    error: str

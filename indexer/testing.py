@@ -1,0 +1,256 @@
+"""Test hooks and fakes: never read from Settings, never in ``--help``.
+
+- :class:`FaultInjector` wraps an embedder so that texts holding a marker fail, the
+  way a real model error would (the whole model call fails), so the daemon's real
+  isolation code has to find the bad row.
+- :class:`FakeStore` and :class:`FakeEmbedder` let unit tests drive the real
+  :class:`~indexer.worker.Worker` loop with no database and no model.
+- ``python -m indexer.testing ARGS...`` runs the real ``indexer`` command with a
+  :class:`FaultInjector` around its embedder when ``INDEXER_TEST_FAIL_MARKER`` is set
+  (acceptance tests of poison rows in a subprocess).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.embedding import TextEmbedder, Tokenized
+from indexer.exceptions import DatabaseUnavailable, EmbeddingError
+from indexer.settings import Settings
+from indexer.store import ClaimedRow
+
+FAIL_MARKER_ENV = "INDEXER_TEST_FAIL_MARKER"
+
+
+class FaultInjector:
+    """An embedder whose model calls fail when any of their texts contains ``marker``."""
+
+    def __init__(self, inner: TextEmbedder, marker: str) -> None:
+        self.inner = inner
+        self.marker = marker
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return self.inner.tokenize(texts)
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        if any(self.marker in t for t in tokenized.texts):
+            raise EmbeddingError(f"injected failure: text contains {self.marker!r}")
+        return self.inner.embed_tokenized(tokenized)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.embed_tokenized(self.tokenize(texts))
+
+
+class FakeEmbedder:
+    """Deterministic unit vectors from a hash of each text; one "token" per word.
+
+    Fast and model-free, for tests of the worker loop; ``calls`` records the texts of
+    every model call.
+    """
+
+    name = "fake"
+    dim = 8
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return Tokenized(tuple(texts), tuple(tuple(range(len(t.split()) + 2)) for t in texts))
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        self.calls.append(tokenized.texts)
+        return (
+            np.stack([self.vector(t) for t in tokenized.texts])
+            if len(tokenized)
+            else (np.empty((0, self.dim), np.float32))
+        )
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.embed_tokenized(self.tokenize(texts))
+
+    @classmethod
+    def vector(cls, text: str) -> npt.NDArray[np.float32]:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).standard_normal(cls.dim).astype(np.float32)
+        out: npt.NDArray[np.float32] = v / np.linalg.norm(v)
+        return out
+
+
+@dataclass
+class FakeRow:
+    content: str
+    version: int = 1
+    state: str = "pending"
+    claimed_by: uuid.UUID | None = None
+    attempts: int = 0
+    embedding: npt.NDArray[np.float32] | None = None
+    last_error: str | None = None
+    backing_off: bool = False  # failed, waiting for its retry time (see retry_now)
+
+
+class _NoSignal:
+    def wait(self, timeout: float) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeStore:
+    """The worker's side of :class:`indexer.store.Store`, in memory, with the same
+    guards (a write lands only for the claimer and the claimed content version).
+
+    ``down`` makes every call raise DatabaseUnavailable (an outage); ``before`` is
+    called with the method's name before each call, so a test can act mid-loop.
+    """
+
+    rows: dict[int, FakeRow] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    down: bool = False
+    before: Callable[[str], None] | None = None
+    calls: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, *texts: str) -> list[int]:
+        ids = []
+        for text in texts:
+            ids.append(len(self.rows) + 1)
+            self.rows[ids[-1]] = FakeRow(text)
+        return ids
+
+    def retry_now(self) -> None:
+        """Every row backing off after a failure may be claimed again."""
+        for row in self.rows.values():
+            row.backing_off = False
+
+    def _enter(self, name: str) -> None:
+        self.calls.append(name)
+        if self.before is not None:
+            self.before(name)
+        if self.down:
+            raise DatabaseUnavailable(f"fake outage during {name}")
+
+    def listener(self) -> _NoSignal:
+        return _NoSignal()
+
+    def claim(
+        self, worker_id: uuid.UUID, limit: int, lease_seconds: float, max_chars: int
+    ) -> list[ClaimedRow]:
+        self._enter("claim")
+        with self.lock:
+            free = [
+                i
+                for i, r in sorted(self.rows.items())
+                if r.state == "pending" and not r.backing_off
+            ][:limit]
+            for i in free:
+                self.rows[i].state, self.rows[i].claimed_by = "claimed", worker_id
+            return [
+                ClaimedRow(i, self.rows[i].version, self.rows[i].content[:max_chars], 0)
+                for i in free
+            ]
+
+    def _mine(self, worker_id: uuid.UUID, row: ClaimedRow) -> FakeRow | None:
+        current = self.rows.get(row.id)
+        if current is None or current.state != "claimed" or current.claimed_by != worker_id:
+            return None
+        return current if current.version == row.content_version else None
+
+    def complete_batch(
+        self,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        rows: Sequence[ClaimedRow],
+        embeddings: np.ndarray,
+        **figures: Any,
+    ) -> list[int]:
+        self._enter("complete_batch")
+        written = []
+        with self.lock:
+            for row, vector in zip(rows, embeddings, strict=True):
+                current = self._mine(worker_id, row)
+                if current is not None:
+                    current.state, current.claimed_by, current.embedding = "embedded", None, vector
+                    written.append(row.id)
+            self.events.append({"kind": "batch_completed", "ids": written, **figures})
+        return sorted(written)
+
+    def fail_rows(
+        self,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        failures: Sequence[tuple[ClaimedRow, str]],
+        *,
+        max_attempts: int,
+        **figures: Any,
+    ) -> list[int]:
+        self._enter("fail_rows")
+        failed = []
+        with self.lock:
+            for row, error in failures:
+                current = self._mine(worker_id, row)
+                if current is not None:
+                    current.attempts += 1
+                    current.state = "failed" if current.attempts >= max_attempts else "pending"
+                    current.claimed_by, current.last_error = None, error
+                    current.backing_off = current.state == "pending"
+                    failed.append(row.id)
+            self.events.append({"kind": "batch_failed", "ids": failed})
+        return sorted(failed)
+
+    def extend_lease(self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float) -> None:
+        self._enter("extend_lease")
+
+    def release(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
+        self._enter("release")
+        with self.lock:
+            for i in ids:
+                row = self.rows.get(i)
+                if row is not None and row.state == "claimed" and row.claimed_by == worker_id:
+                    row.state, row.claimed_by = "pending", None
+
+    def record_event(self, kind: str, worker_id: uuid.UUID, **fields: Any) -> None:
+        self._enter("record_event")
+        self.events.append({"kind": kind, **fields})
+
+    def prune_events(self, older_than_seconds: float) -> int:
+        self._enter("prune_events")
+        return 0
+
+
+def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:
+    """``load``, wrapped in a FaultInjector when INDEXER_TEST_FAIL_MARKER is set."""
+    marker = os.environ.get(FAIL_MARKER_ENV)
+    if not marker:
+        return load
+    return lambda settings: FaultInjector(load(settings), marker)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from indexer.cli import main as cli_main
+    from indexer.embedding import load_embedder
+
+    return cli_main(argv, load=fault_injecting(load_embedder))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

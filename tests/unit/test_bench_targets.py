@@ -1,0 +1,262 @@
+"""The bench's target table, its report and its padding count, on hand-made figures.
+
+No database and no model: the results dicts below have the shape the sections write,
+with figures chosen on either side of each threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from indexer.bench.backfill import padded_tokens
+from indexer.bench.report import render, table
+from indexer.bench.targets import TARGETS, evaluate
+
+MODEL_TARGET = "model fp32 vs sentence-transformers and GEMM peak (mixed)"
+
+
+def _speed(texts_per_s: float) -> dict[str, Any]:
+    return {"texts_per_s": texts_per_s, "tokens_per_s": texts_per_s * 20, "useful_gflops": 30.0}
+
+
+def good_results() -> dict[str, Any]:
+    """Figures of a full run that meets every target."""
+    fp32 = {"mean_tokens": 15.0, "of_gemm_peak": 0.8, **_speed(900.0)}
+    model = {
+        "model": "all-MiniLM-L6-v2",
+        "gemm_peak_gflops": 100.0,
+        "short": fp32,
+        "mixed": {**fp32, "mean_tokens": 240.0},
+        "int8": {"skipped": "the configured variant is int8"},
+    }
+    ref_speed = {**_speed(600.0), "speedup": 1.4, "min_cosine": 0.99999}
+    reference = {
+        "gemm_peak_gflops": 90.0,
+        "short": ref_speed,
+        "mixed": {**ref_speed, "useful_gflops": 40.0},
+        "min_cosine": 0.99999,
+    }
+    latency_kind = {"median_tokens": 20, "p50_ms": 40.0, "p95_ms": 90.0, "median_stages_ms": None}
+    return {
+        "model": model,
+        "reference": reference,
+        "backfill": {
+            "rows": 768,
+            "rows_per_s": 95.0,
+            "raw_texts_per_s": 100.0,
+            "ratio_to_raw": 0.95,
+            "claim_size": 256,
+            "batch_size": 64,
+            "padded_tokens_worker": 1100,
+            "padded_tokens_raw": 1000,
+            "outside_model_share": 0.05,
+            "median_run": {
+                "batches": 12,
+                "wall_ms": 8000.0,
+                "claim_ms": 10.0,
+                "embed_ms": 7600.0,
+                "write_ms": 300.0,
+            },
+        },
+        "latency": {
+            "samples": 60,
+            "chunk": latency_kind,
+            "short": {**latency_kind, "p50_ms": 12.0, "p95_ms": 20.0},
+            "p50_ms": 40.0,
+            "p95_ms": 90.0,
+        },
+        "search": {
+            "rows": 100_000,
+            "k": 10,
+            "ef_search": 100,
+            "index": {"type": "hnsw", "ops": "vector_cosine_ops", "m": 16, "ef_construction": 64},
+            "p50_ms": 8.0,
+            "p95_ms": 12.0,
+            "embed_p50_ms": 5.0,
+            "sql_p50_ms": 3.0,
+            "recall_at_10": 0.97,
+            "min_recall_at_10": 0.7,
+            "recall_by_ef_search": {"40": 0.9, "100": 0.97, "200": 0.99, "400": 0.995},
+            "load_s": 10.0,
+            "index_build_s": 60.0,
+            "vectors": "hand-made",
+        },
+        "memory": {"rows": 20, "peak_rss_mib": 400.0, "process_s": 30.0},
+        "claim": {
+            "claim_size": 256,
+            "small_rows": 1000,
+            "large_rows": 1_000_000,
+            "small_ms": 2.0,
+            "large_ms": 2.2,
+            "small_p95_ms": 3.0,
+            "large_p95_ms": 3.1,
+            "ratio": 1.1,
+        },
+    }
+
+
+def by_name(results: dict[str, Any]) -> dict[str, Any]:
+    return {t.name: t for t in evaluate(results)}
+
+
+def test_every_target_met() -> None:
+    targets = by_name(good_results())
+    assert len(targets) == len(TARGETS) == 7
+    assert {t.verdict for t in targets.values()} == {"met"}
+    assert all(t.met is True for t in targets.values())
+    model = targets[MODEL_TARGET]
+    assert model.wanted == ("vs sentence-transformers >= 1.25x, of GEMM peak >= 75%, cos >= 0.9999")
+    assert model.value == "vs sentence-transformers 1.40x, of GEMM peak 80%, cos 0.9999900"
+    # The ceiling: 100 GFLOP/s of GEMM peak over the reference's 40 useful GFLOP/s.
+    assert "fp32 ceiling on this machine 2.50x" in model.note
+    assert targets["daemon peak RSS"].value == "0.42 GB"
+    assert targets["search latency (incl. query embedding)"].note == ""
+
+
+@pytest.mark.parametrize(
+    ("path", "figure", "target", "label"),
+    [
+        (("reference", "mixed", "speedup"), 1.2, MODEL_TARGET, "vs sentence-transformers"),
+        (("model", "mixed", "of_gemm_peak"), 0.74, MODEL_TARGET, "of GEMM peak"),
+        (("reference", "min_cosine"), 0.9998, MODEL_TARGET, "cos"),
+        (("backfill", "ratio_to_raw"), 0.89, "backfill vs raw model", ""),
+        (("latency", "p95_ms"), 301.0, "INSERT -> embedded", "p95"),
+        (("search", "recall_at_10"), 0.94, "search recall@10", ""),
+        (("memory", "peak_rss_mib"), 1000.0, "daemon peak RSS", ""),
+        (("claim", "ratio"), 1.6, "claim cost flat 1k -> 1M rows", "large/small"),
+    ],
+)
+def test_one_figure_past_its_threshold_misses_its_target_only(
+    path: tuple[str, ...], figure: float, target: str, label: str
+) -> None:
+    results = good_results()
+    section = results
+    for name in path[:-1]:
+        section = section[name]
+    section[path[-1]] = figure
+    targets = by_name(results)
+    missed = {name for name, t in targets.items() if t.met is not True}
+    assert missed == {target}
+    assert targets[target].verdict == "MISSED"
+    checks = {c["label"]: c["met"] for c in targets[target].checks}
+    assert checks.pop(label) is False
+    assert all(checks.values())
+
+
+def test_skipped_reference_still_judges_the_gemm_half() -> None:
+    results = good_results()
+    results["reference"] = {"skipped": "torch is not installed"}
+    model = by_name(results)[MODEL_TARGET]
+    assert model.met is None
+    assert model.verdict == "partly met"
+    assert model.value == "vs sentence-transformers skipped, of GEMM peak 80%, cos skipped"
+    assert model.note == "torch is not installed"
+    assert [c["met"] for c in model.checks] == [None, True, None]
+
+    results["model"]["mixed"]["of_gemm_peak"] = 0.6
+    model = by_name(results)[MODEL_TARGET]
+    assert model.met is False
+    assert model.verdict == "MISSED"
+    assert "of GEMM peak 60%" in model.value
+
+
+def test_failed_and_unrun_sections() -> None:
+    results = good_results()
+    results["latency"] = {"error": "the daemon exited (1) before it started:"}
+    del results["claim"]
+    targets = by_name(results)
+    assert "claim cost flat 1k -> 1M rows" not in targets
+    latency = targets["INSERT -> embedded"]
+    assert latency.met is None
+    assert latency.verdict == "not measured"
+    assert latency.value == "p50 skipped, p95 skipped"
+    assert latency.note == "latency failed: the daemon exited (1) before it started:"
+
+
+def test_a_smaller_run_says_so() -> None:
+    results = good_results()
+    results["search"]["rows"] = 3000
+    results["claim"]["large_rows"] = 20_000
+    targets = by_name(results)
+    assert targets["search recall@10"].note == "at 3000 rows, not 100k"
+    assert targets["search recall@10"].wanted == ">= 0.95 at 100k rows"
+    assert targets["claim cost flat 1k -> 1M rows"].note == "at 20000 rows, not 1M"
+
+
+def make_report(results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "machine": {
+            "cpu": "Test CPU",
+            "cpu_family_model": "6/85",
+            "cores": 4,
+            "usable_cores": 2,
+            "simd": "avx2",
+            "ram_gib": 8.0,
+            "os": "Linux",
+            "python": "3.11.9",
+            "loadavg_start": 0.5,
+            "loadavg_end": 0.7,
+        },
+        "versions": {
+            "onnxruntime": "1.20.0",
+            "postgresql": "16.4",
+            "pgvector": "0.8.0",
+            "shared_buffers": "128MB",
+        },
+        "plan": {"quick": True, "repeats": 2},
+        "results": results,
+        "targets": [dataclasses.asdict(t) for t in evaluate(results)],
+    }
+
+
+def test_render_prints_every_section_and_target() -> None:
+    results = good_results()
+    results["reference"] = {"skipped": "torch is not installed"}
+    text = render(make_report(results))
+    lines = text.splitlines()
+    assert lines[0].startswith("machine: Test CPU (family/model 6/85), 2 of 4 cores usable")
+    assert "mode: quick, each figure the median of 2 runs" in text
+    rows = table(results)
+    assert {r[0] for r in rows} == set(results)
+    assert ("reference", "skipped", "torch is not installed") in rows
+    assert any("80% of GEMM peak" in r[2] for r in rows if r[0] == "model")
+    targets = lines[lines.index("targets:") + 1 :]
+    assert targets[0] == (
+        f"  partly met   {MODEL_TARGET}: vs sentence-transformers skipped, of GEMM peak 80%, "
+        "cos skipped (target vs sentence-transformers >= 1.25x, of GEMM peak >= 75%, "
+        "cos >= 0.9999)  [torch is not installed]"
+    )
+    assert "  met          backfill vs raw model: 95.0% (target >= 90%)" in targets
+    assert targets[-1] == "search vectors: hand-made"
+
+
+def test_render_marks_a_failed_section() -> None:
+    results = good_results()
+    results["search"] = {"error": "the loaded rows are not all marked embedded"}
+    text = render(make_report(results))
+    failed = [" ".join(line.split()) for line in text.splitlines() if line.startswith("search ")]
+    assert failed == ["search FAILED the loaded rows are not all marked embedded"]
+    assert "not measured search latency" in text
+
+
+@pytest.mark.parametrize(
+    ("lengths", "claim", "batch", "budget", "expected"),
+    [
+        # One claim, sorted [1, 2, 3, 5], batches [1, 2] and [3, 5]: 2*2 + 2*5.
+        ([5, 1, 3, 2], 4, 2, 1000, 14),
+        # Claims [5, 1] and [3, 2] are sorted apart: 2*5 + 2*3.
+        ([5, 1, 3, 2], 2, 2, 1000, 16),
+        # One batch, the budget splits it into calls [1, 2], [3], [5]: 2*2 + 3 + 5.
+        ([5, 1, 3, 2], 4, 4, 6, 12),
+        # Equal lengths pad nothing.
+        ([7, 7, 7], 3, 3, 1000, 21),
+        ([], 4, 2, 1000, 0),
+    ],
+)
+def test_padded_tokens(
+    lengths: list[int], claim: int, batch: int, budget: int, expected: int
+) -> None:
+    assert padded_tokens(lengths, claim, batch, budget) == expected

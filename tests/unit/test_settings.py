@@ -1,0 +1,67 @@
+"""Settings from the environment and the command line, and their one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from indexer.exceptions import ConfigurationError
+from indexer.settings import FIELDS, Settings, env_name
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url is None and settings.uses_embedded_server
+    assert (settings.batch_size, settings.claim_size, settings.token_budget) == (64, 256, 2048)
+
+
+def test_environment_values_are_parsed_by_type() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://db/x",
+            "INDEXER_BATCH_SIZE": "8",
+            "INDEXER_LEASE_SECONDS": "2.5",
+            "INDEXER_MODEL_CACHE": "~/models",
+            "INDEXER_SCHEMA": "",  # empty means unset
+        }
+    )
+    assert settings.database_url == "postgresql://db/x" and not settings.uses_embedded_server
+    assert settings.batch_size == 8 and settings.lease_seconds == 2.5
+    assert settings.model_cache == Path("~/models").expanduser()
+    assert settings.schema == "public"
+
+
+def test_an_override_wins_over_the_environment_and_none_means_unset() -> None:
+    settings = Settings.from_env({"INDEXER_BATCH_SIZE": "8"}, batch_size=16, claim_size=None)
+    assert settings.batch_size == 16 and settings.claim_size == 256
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("INDEXER_BATCH_SIZE", "many", "INDEXER_BATCH_SIZE='many' is not a number"),
+        ("INDEXER_BATCH_SIZE", "0", "INDEXER_BATCH_SIZE must be at least 1"),
+        ("INDEXER_POLL_INTERVAL", "0", "INDEXER_POLL_INTERVAL must be greater than 0"),
+        ("INDEXER_SCHEMA", "a b", "is not a plain SQL identifier"),
+        ("INDEXER_MODEL_VARIANT", "fp16", "must be 'fp32' or 'int8'"),
+        ("INDEXER_LOG_FORMAT", "xml", "must be 'text' or 'json'"),
+        ("INDEXER_THREADS", "-1", "INDEXER_THREADS must be 0 (auto) or more"),
+    ],
+)
+def test_bad_values_are_one_clear_line(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as caught:
+        Settings.from_env({variable: value})
+    assert "\n" not in str(caught.value)
+
+
+def test_every_field_has_help_and_a_variable() -> None:
+    assert all(f.metadata.get("help") for f in FIELDS)
+    names = [env_name(f.name) for f in FIELDS]
+    assert len(set(names)) == len(names)
+    assert all(n.startswith("INDEXER_") for n in names if n != "DATABASE_URL")
+
+
+def test_no_test_hook_is_a_setting() -> None:
+    assert not [f.name for f in FIELDS if "test" in f.name or "fail" in f.name]
