@@ -137,13 +137,17 @@ def cmd_server(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
-    from indexer.http import parse_address  # a typo fails before the model loads
+    address = None
+    if args.http:  # a typo fails before the model loads; without --http, no web stack
+        from indexer.http import parse_address
 
+        address = parse_address(args.http)
+    on_terminal = args.once and not args.no_progress and sys.stderr.isatty()
     Daemon(
         settings,
         once=args.once,
-        http=parse_address(args.http) if args.http else None,
-        progress=sys.stderr if args.once and not args.no_progress and sys.stderr.isatty() else None,
+        http=address,
+        progress=sys.stderr if on_terminal else None,
         load=load,
     ).run()
     return 0

@@ -77,11 +77,10 @@ class FakeEmbedder:
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         self.calls.append(tokenized.texts)
-        return (
-            np.stack([self.vector(t) for t in tokenized.texts])
-            if len(tokenized)
-            else (np.empty((0, self.dim), np.float32))
-        )
+        vectors = np.empty((len(tokenized), self.dim), np.float32)
+        for row, text in enumerate(tokenized.texts):
+            vectors[row] = self.vector(text)
+        return vectors
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return self.embed_tokenized(self.tokenize(texts))

@@ -52,15 +52,23 @@ def reference(embedder: Embedder) -> tuple[list[str], Vectors]:
     return texts, embedder.embed(texts)
 
 
-def test_import_loads_no_database_layer() -> None:
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import indexer.embedding",
+        "from indexer import Embedder; Embedder",
+        "from indexer.embedding import Embedder, load_embedder",
+    ],
+)
+def test_import_loads_no_database_layer(statement: str) -> None:
     code = (
-        "import indexer.embedding, sys\n"
+        f"{statement}\nimport sys\n"
         f"print(','.join(m for m in {DATABASE_MODULES!r} if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert result.stdout.strip() == "", f"loaded by import indexer.embedding: {result.stdout}"
+    assert result.stdout.strip() == "", f"loaded by {statement!r}: {result.stdout}"
 
 
 # ------------------------------------------------------------------ golden vectors

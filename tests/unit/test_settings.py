@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -65,3 +66,14 @@ def test_every_field_has_help_and_a_variable() -> None:
 
 def test_no_test_hook_is_a_setting() -> None:
     assert not [f.name for f in FIELDS if "test" in f.name or "fail" in f.name]
+
+
+def test_no_test_hook_in_any_commands_help() -> None:
+    from indexer.cli import build_parser
+
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in action.choices.items():
+        text = sub.format_help().lower()
+        assert "test" not in text.replace("latest", ""), name
+        assert "fail-marker" not in text, name
