@@ -6,9 +6,10 @@
 ...     hits = ix.search("which database?", k=5)
 
 ``Indexer`` opens its database connections and loads the model only when first
-needed, and closes them in ``close()`` (or at the end of a ``with`` block); it may be
-shared by threads.  :class:`indexer.embedding.Embedder` alone embeds texts with no
-database at all.  The CLI only parses its arguments and calls these two classes.
+needed, and closes them in ``close()`` (or at the end of a ``with`` block).  Once it
+has opened them (after its first call), threads may share it: its store is a pool.
+:class:`indexer.embedding.Embedder` alone embeds texts with no database at all.  The CLI
+only parses its arguments and calls these two classes.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class Daemon:
         if self.http is None:
             yield
             return
-        from indexer.http import HttpServer, create_app
+        from indexer.http import HttpServer, create_app  # the web stack only when asked for
 
         host, port = self.http
         app = create_app(self.settings, dsn=dsn, embedder=embedder, metrics=metrics)

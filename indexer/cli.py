@@ -8,6 +8,7 @@ one line on stderr and exit 1.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -45,7 +46,8 @@ def _settings_parser() -> argparse.ArgumentParser:
             type=value_parser(f),
             default=None,
             metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {env_name(f.name)}; default: {default})",
+            help=f"{f.metadata['help']} (env {env_name(f.name)}; default: "
+            f"{'unset' if default is None else default})",
         )
     return parent
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="indexer",
         description="Embed text rows in PostgreSQL and search them.",
     )
+    parser.add_argument("--version", action="version", version=f"indexer {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -75,14 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("dsn", "print the connection string (starting the embedded PostgreSQL if needed)")
     add("embed", 'embed JSON lines from stdin ({"text": ...}) to stdout, adding "embedding"')
     search = add("search", "print the rows nearest to a text")
-    search.add_argument("text")
+    search.add_argument("text", help="the text to find rows like")
     search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
+    search.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='only rows whose metadata contains this JSON object, e.g. \'{"lang": "en"}\'',
+    )
     search.add_argument("--json", action="store_true", help="one JSON object per line")
     status = add("status", "backlog, in flight, embedded, failed, rate and ETA")
-    status.add_argument("--json", action="store_true")
-    retry = add("retry", "re-queue rows parked as failed")
-    retry.add_argument("--failed", action="store_true", required=True, help="all failed rows")
-    retry.add_argument("--id", type=int, action="append", dest="ids", help="only these ids")
+    status.add_argument("--json", action="store_true", help="one JSON object, durations in s")
+    retry = add("retry", "re-queue rows parked as failed (all of them, or those given by --id)")
+    retry.add_argument("--failed", action="store_true", help="every failed row")
+    retry.add_argument("--id", type=int, action="append", dest="ids", help="this failed row")
     events = add("events", "maintain the events table")
     events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
     from indexer import bench  # light at import; heavy parts load when it runs
@@ -114,8 +122,11 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
-    migrate.upgrade(resolve_dsn(settings), settings.schema)
-    print(f"schema {settings.schema!r} is at revision {migrate.head_revision()}")
+    before, after = migrate.upgrade(resolve_dsn(settings), settings.schema)
+    if before == after:
+        print(f"schema {settings.schema!r} is already at revision {after}")
+    else:
+        print(f"schema {settings.schema!r} upgraded from {before or 'nothing'} to {after}")
     return 0
 
 
@@ -204,8 +215,9 @@ def _parse_line(line: str, number: int) -> dict[str, Any]:
 
 def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     check_k(args.k, "-k")
+    metadata_filter = _json_object(args.filter, "--filter") if args.filter else None
     with Indexer(settings, embedder=load(settings)) as ix:
-        hits = ix.search(args.text, args.k)
+        hits = ix.search(args.text, args.k, metadata_filter=metadata_filter)
     for hit in hits:
         if args.json:
             record = {
@@ -266,7 +278,26 @@ def _jsonable(value: Any) -> Any:
     return float(value)
 
 
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{option}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f'{option}: expected a JSON object such as {{"lang": "en"}}')
+    return value
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("pg-indexer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def cmd_retry(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    if not args.failed and not args.ids:
+        raise InvalidInput("say which rows: --failed (every failed row) or --id N")
     with Indexer(settings) as ix:
         ids = ix.retry_failed(args.ids)
     print(f"re-queued {len(ids)} failed rows")

@@ -1,7 +1,8 @@
 -- Watching the indexer from SQL.  Run with: psql "$(indexer dsn)" -f sql/status.sql
 
--- One row: pending, in flight, embedded, failed, backlog, rows/s over the last minute,
--- ETA, age of the oldest waiting row, daemons active in the last minute.
+-- One row: pending, in flight, embedded, failed, backlog, rows/s of the last minute's
+-- batches, ETA while a daemon is active, age of the oldest waiting row, and the daemons
+-- alive and not stopped (the rules are in migration 0003).
 SELECT * FROM indexer_status;
 
 -- Rows parked after repeated failures, with the reason.

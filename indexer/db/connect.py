@@ -2,7 +2,8 @@
 
 Every connection the indexer opens comes from :func:`connect`: the configured schema
 first on its search_path, pgvector's types registered, rows as dicts.  Driver errors
-that mean "the database is not there" become :class:`DatabaseUnavailable`.
+that mean "the database is not there" become :class:`DatabaseUnavailable`; a DSN libpq
+cannot parse is a :class:`ConfigurationError`, and a password never reaches a message.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from psycopg import sql
 from psycopg.rows import DictRow, dict_row, tuple_row
 
 from indexer.db import server
-from indexer.exceptions import DatabaseUnavailable, ExtensionMissing, IndexerError, first_line
+from indexer.exceptions import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    ExtensionMissing,
+    IndexerError,
+    first_line,
+)
 from indexer.settings import Settings
 
 Connection = psycopg.Connection[DictRow]
@@ -38,15 +45,79 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 
 
 def resolve_dsn(settings: Settings) -> str:
-    """DATABASE_URL, or the embedded server's DSN (starting it if needed)."""
+    """DATABASE_URL, or the embedded server's DSN (starting it if needed).
+
+    A malformed DATABASE_URL is a ConfigurationError here, before any command tries it,
+    so that the daemon refuses it at once instead of waiting it out like an outage.
+    """
     if settings.database_url:
-        return settings.database_url
+        return check_dsn(settings.database_url)
     return server.start(settings.data_dir)
 
 
+# key=value form (also a URL's ?password=): the value, quoted or not.  An unquoted one
+# runs on to the next "key=", so that a password with a stray space is hidden whole.
+_KEYWORD_PASSWORD = re.compile(
+    r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\S|\s(?!\s*[\w.-]+\s*=))+)", re.IGNORECASE
+)
+# A URL's scheme, counted only with a slash: in "app:secret@host" "app:" is the user.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")
+
+
 def redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    """The DSN without its password, for messages; malformed ones too, since those are
+    the ones an error message shows."""
+    dsn = _KEYWORD_PASSWORD.sub(r"\1***", dsn)
+    # URL user info: the password runs from the user's ":" to the last "@" (generous
+    # where a password holds an unescaped "@", or a query does).
+    at = dsn.rfind("@")
+    scheme = _SCHEME.match(dsn)
+    colon = dsn.find(":", scheme.end() if scheme else 0, max(at, 0))
+    if colon < 0 or colon + 1 == at:
+        return dsn
+    return f"{dsn[: colon + 1]}***{dsn[at:]}"
+
+
+def check_dsn(dsn: str) -> str:
+    """``dsn`` if libpq can parse it; else ConfigurationError."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise invalid_dsn(dsn) from None
+    return dsn
+
+
+def invalid_dsn(dsn: str) -> ConfigurationError:
+    """The error for a DSN libpq cannot parse, without its password.
+
+    libpq's reason quotes the part it could not parse, which may hold the password, so
+    the reason shown is the one for the redacted DSN (raise it ``from None``: the
+    driver's error would carry the password along).
+    """
+    shown = redact(dsn)
+    try:
+        psycopg.conninfo.conninfo_to_dict(shown)
+    except psycopg.ProgrammingError as exc:
+        reason = first_line(exc)
+    else:  # only the hidden part was wrong
+        reason = (
+            "cannot parse the password: quote it (password='...') or, in a URL, percent-encode it"
+        )
+    where = "" if shown and shown in reason else f" {shown}"
+    return ConfigurationError(f"invalid database URL{where}: {reason}")
+
+
+@contextlib.contextmanager
+def connect_errors(dsn: str) -> Iterator[None]:
+    """Driver errors of opening a connection to ``dsn``, as the user's one line."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {redact(dsn)}: {first_line(exc)}"
+        ) from exc
+    except psycopg.ProgrammingError:
+        raise invalid_dsn(dsn) from None
 
 
 def connect(
@@ -57,8 +128,9 @@ def connect(
     vector: bool = True,
     timeout: int = CONNECT_TIMEOUT,
 ) -> Connection:
-    """Open a connection; raise DatabaseUnavailable or ExtensionMissing with a clear line."""
-    try:
+    """Open a connection; raise DatabaseUnavailable, ConfigurationError (a malformed DSN)
+    or ExtensionMissing with a clear line."""
+    with connect_errors(dsn):
         conn = psycopg.connect(
             dsn,
             autocommit=True,
@@ -66,12 +138,6 @@ def connect(
             connect_timeout=timeout,
             application_name=APPLICATION_NAME,
         )
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact(dsn)}: {first_line(exc)}"
-        ) from exc
-    except psycopg.ProgrammingError as exc:
-        raise DatabaseUnavailable(f"invalid database URL {redact(dsn)}: {exc}") from exc
     try:
         set_search_path(conn, schema)
         if vector:

@@ -11,19 +11,30 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import Connection as SAConnection
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from indexer.db.connect import Connection, resolve_dsn, set_search_path, wrap_errors
-from indexer.exceptions import DatabaseUnavailable, SchemaNotMigrated
+from indexer.db.connect import (
+    CONNECT_TIMEOUT,
+    TRANSIENT_ERRORS,
+    Connection,
+    check_dsn,
+    connect_errors,
+    resolve_dsn,
+    set_search_path,
+    wrap_errors,
+)
+from indexer.exceptions import DatabaseUnavailable, SchemaNotMigrated, first_line
 from indexer.settings import Settings
 
 _LOCK_KEY = 0x1DE8E5  # advisory lock serialising concurrent `indexer migrate` runs
@@ -45,20 +56,35 @@ def head_revision() -> str:
 
 @contextlib.contextmanager
 def _alembic_connection(dsn: str, schema: str) -> Iterator[SAConnection]:
+    """A SQLAlchemy connection holding the migration lock.
+
+    SQLAlchemy wraps every driver error (the creator's too) in its own exception with a
+    traceback-sized message; the creator raises the indexer's errors instead, which
+    SQLAlchemy lets through, and a connection lost later is unwrapped here.
+    """
+    check_dsn(dsn)
+
     def creator() -> psycopg.Connection[Any]:
-        raw = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-        raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        set_search_path(raw, schema)
-        raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-        raw.autocommit = False
+        with connect_errors(dsn):
+            raw = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        try:
+            raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            set_search_path(raw, schema)
+            raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+            raw.autocommit = False
+        except BaseException:
+            raw.close()
+            raise
         return raw
 
     engine = create_engine("postgresql+psycopg://", creator=creator, poolclass=NullPool)
     try:
         with engine.connect() as conn:
             yield conn
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot migrate: {str(exc).strip().splitlines()[0]}") from exc
+    except sqlalchemy.exc.DBAPIError as exc:
+        if isinstance(exc.orig, TRANSIENT_ERRORS):
+            raise DatabaseUnavailable(f"cannot migrate: {first_line(exc.orig)}") from exc
+        raise
     finally:
         engine.dispose()
 
@@ -71,12 +97,29 @@ def connect_for_alembic() -> Iterator[tuple[SAConnection, str]]:
         yield conn, settings.schema
 
 
-def upgrade(dsn: str, schema: str, revision: str = "head") -> None:
+class Revisions(NamedTuple):
+    """The schema's revision before and after an upgrade (None: no indexer tables)."""
+
+    before: str | None
+    after: str | None
+
+
+def _revision(conn: SAConnection, schema: str) -> str | None:
+    context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
+    revision = context.get_current_revision()
+    conn.commit()  # end the transaction the read began, as Alembic expects to begin its own
+    return revision
+
+
+def upgrade(dsn: str, schema: str, revision: str = "head") -> Revisions:
+    """Upgrade ``schema`` to ``revision``; the revisions tell whether anything changed."""
     with _alembic_connection(dsn, schema) as conn:
+        before = _revision(conn, schema)
         config = _config(schema)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
         conn.commit()
+        return Revisions(before, _revision(conn, schema))
 
 
 def downgrade(dsn: str, schema: str, revision: str) -> None:

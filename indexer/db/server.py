@@ -33,6 +33,7 @@ from indexer.exceptions import AlreadyRunning, DataDirError
 logger = logging.getLogger(__name__)
 
 DATABASE = "indexer"
+_CREATE_LOCK_KEY = 0x1DE8E6  # advisory lock serialising the creation of DATABASE
 
 
 @contextlib.contextmanager
@@ -117,13 +118,25 @@ def start(data_dir: Path) -> str:
 
 
 def _ensure_database(admin_dsn: str) -> None:
+    """Create the indexer's database once, however many commands start at the same time.
+
+    Concurrent ``CREATE DATABASE`` statements of one name do not wait for each other: the
+    loser fails on the catalog's unique index.  An advisory lock of the server makes the
+    starters take turns, and a starter that still loses the race accepts the winner's
+    database.
+    """
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE))
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_CREATE_LOCK_KEY,))
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
         ).fetchone()
         if exists is None:
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+            with contextlib.suppress(
+                psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation
+            ):
+                conn.execute(statement)
+        # The session's end releases the lock.
 
 
 def stop(data_dir: Path) -> bool:

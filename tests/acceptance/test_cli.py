@@ -28,9 +28,11 @@ def test_dsn_starts_the_embedded_server(data_dir: Path, server_dsn: str, model_c
 
 
 def test_migrate_reports_the_revision(database: str, model_cache: Path) -> None:
+    from indexer.db import migrate
+
     result = run_cli(["migrate"], cli_env(database, model_cache))
     assert result.returncode == 0, result.stderr
-    assert "is at revision 0002" in result.stdout
+    assert f"is already at revision {migrate.head_revision()}" in result.stdout
 
 
 def test_embed_adds_vectors_and_keeps_fields(model_cache: Path, embedder: Embedder) -> None:
@@ -147,3 +149,34 @@ def test_command_line_option_overrides_environment(database: str, model_cache: P
     env = cli_env(database, model_cache, INDEXER_BATCH_SIZE="nonsense")
     result = run_cli(["status", "--batch-size", "10"], env)
     assert result.returncode == 0, result.stderr
+
+
+def test_search_filter_retry_by_id_and_version(
+    database: str, model_cache: Path, conn: Connection
+) -> None:
+    conn.execute(
+        "INSERT INTO chunks (content, metadata) VALUES"
+        " ('Paris is the capital of France.', '{\"lang\": \"en\"}'),"
+        " ('Paris est la capitale de la France.', '{\"lang\": \"fr\"}')"
+    )
+    env = cli_env(database, model_cache)
+    assert run_cli(["run", "--once"], env).returncode == 0
+    french = run_cli(["search", "capital of France", "--filter", '{"lang": "fr"}', "--json"], env)
+    assert french.returncode == 0, french.stderr
+    hits = [json.loads(line) for line in french.stdout.splitlines()]
+    assert [h["metadata"] for h in hits] == [{"lang": "fr"}]
+    for bad, why in (("[1]", "expected a JSON object"), ("{oops", "not valid JSON")):
+        refused = run_cli(["search", "x", "--filter", bad], env)
+        assert refused.returncode == 1 and why in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+
+    conn.execute("UPDATE chunks SET state = 'failed', attempts = 5 WHERE id = 2")
+    neither = run_cli(["retry"], env)
+    assert neither.returncode == 1 and "--failed" in neither.stderr
+    one = run_cli(["retry", "--id", "2"], env)
+    assert one.returncode == 0 and "re-queued 1 failed rows" in one.stdout
+    row = conn.execute("SELECT state FROM chunks WHERE id = 2").fetchone()
+    assert row is not None and row["state"] == "pending"
+
+    version = run_cli(["--version"], env)
+    assert version.returncode == 0 and version.stdout.startswith("indexer 0.")
