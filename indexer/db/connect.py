@@ -162,14 +162,9 @@ def _installed_pgvector(conn: psycopg.Connection[Any]) -> str | None:
     return None if row is None else str(row[0])
 
 
-def pgvector_version(conn: psycopg.Connection[Any]) -> tuple[int, ...]:
-    """The version of pgvector enabled in this database; (0,) where it is not."""
-    version = _installed_pgvector(conn)
-    return (0,) if version is None else parse_version(version)
-
-
-def register(conn: Connection) -> None:
-    """Check pgvector (installed, enabled, recent enough) and register its types."""
+def register(conn: Connection) -> tuple[int, ...]:
+    """Check pgvector (installed, enabled, recent enough), register its types, and
+    return its version."""
     version = _installed_pgvector(conn)
     if version is None:
         available = conn.execute(
@@ -185,6 +180,7 @@ def register(conn: Connection) -> None:
         )
     check_pgvector_version(version)
     register_vector(conn)
+    return parse_version(version)
 
 
 def parse_version(version: str) -> tuple[int, ...]:

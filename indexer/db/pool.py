@@ -30,17 +30,20 @@ def open_pool(
     *,
     size: int,
     timeout: float,
-    configure: Callable[[Connection], None] | None = None,
+    configure: Callable[[Connection, tuple[int, ...]], None] | None = None,
     name: str = "indexer",
 ) -> ConnectionPool[Connection]:
     """A pool of at most ``size`` connections, opened at once (it connects in the
-    background: an unreachable database is noticed by the first caller, not here)."""
+    background: an unreachable database is noticed by the first caller, not here).
+
+    ``configure`` gets each new connection and the pgvector version read while
+    registering its types."""
 
     def prepare(conn: Connection) -> None:
         set_search_path(conn, schema)
-        register(conn)
+        pgvector = register(conn)
         if configure is not None:
-            configure(conn)
+            configure(conn, pgvector)
 
     return ConnectionPool(
         dsn,

@@ -23,6 +23,7 @@ from psycopg.rows import DictRow
 from indexer.db import connect as db
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
+from indexer.limits import CONTENT_CHARS
 from indexer.store.listen import Listener
 from indexer.store.queries import QUERIES
 
@@ -71,7 +72,6 @@ class Store:
         self.schema = schema
         self._checked = not check
         self._check_lock = threading.Lock()
-        self._pgvector: tuple[int, ...] | None = None
         self._pool = open_pool(
             dsn, schema, size=pool_size, timeout=timeout, configure=self._configure, name=name
         )
@@ -83,7 +83,6 @@ class Store:
         reason, or return once the database is ready for this indexer."""
         with db.connect(self.dsn, self.schema) as conn:
             check_schema(conn, self.schema)
-            self._pgvector = db.pgvector_version(conn)
         self._checked = True
 
     def close(self) -> None:
@@ -99,10 +98,10 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _configure(self, conn: db.Connection) -> None:
+    def _configure(self, conn: db.Connection, pgvector: tuple[int, ...]) -> None:
         """Session settings of every pooled connection (set once, when it opens)."""
         conn.execute(QUERIES["search_width"], {"ef_search": str(EF_SEARCH), "local": False})
-        if db.pgvector_version(conn) >= (0, 8):
+        if pgvector >= (0, 8):
             # Keep scanning until k rows pass a metadata filter (0.7 has no such scan).
             conn.execute(QUERIES["search_iterative"])
 
@@ -271,7 +270,7 @@ class Store:
         k: int,
         *,
         metadata_filter: dict[str, Any] | None = None,
-        max_chars: int = 1000,
+        max_chars: int = CONTENT_CHARS,
     ) -> list[SearchHit]:
         """The k embedded rows nearest to ``query`` (cosine), best first."""
         params = {
@@ -290,12 +289,6 @@ class Store:
                     conn.execute(QUERIES["search_width"], {"ef_search": str(k), "local": True})
                     rows = conn.execute(QUERIES["search"], params).fetchall()
         return [SearchHit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
-
-    def pgvector_version(self) -> tuple[int, ...]:
-        if self._pgvector is None:
-            with self._connection("reading the pgvector version") as conn:
-                self._pgvector = db.pgvector_version(conn)
-        return self._pgvector
 
 
 def _clean_error(message: str) -> str:
