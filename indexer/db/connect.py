@@ -139,10 +139,13 @@ def connect(
             application_name=APPLICATION_NAME,
         )
     try:
-        set_search_path(conn, schema)
-        if vector:
-            register(conn)
-        conn.autocommit = autocommit
+        # The server may go away between the handshake and these first statements
+        # (a restart): that is an outage too, not a crash.
+        with wrap_errors("preparing a new connection"):
+            set_search_path(conn, schema)
+            if vector:
+                register(conn)
+            conn.autocommit = autocommit
     except BaseException:
         conn.close()
         raise

@@ -29,9 +29,13 @@ class Listener:
         must look once more.
         """
         if self._conn is None or self._conn.closed:
-            with db.wrap_errors("listening for notifications"):
-                conn = db.connect(self.dsn, self.schema, autocommit=True, vector=False)
-                conn.execute("LISTEN " + NOTIFY_CHANNEL)
+            conn = db.connect(self.dsn, self.schema, autocommit=True, vector=False)
+            try:
+                with db.wrap_errors("listening for notifications"):
+                    conn.execute("LISTEN " + NOTIFY_CHANNEL)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
             return True
         try:

@@ -81,7 +81,10 @@ class Store:
     def check(self) -> None:
         """Raise ExtensionMissing, SchemaNotMigrated or DatabaseUnavailable with the
         reason, or return once the database is ready for this indexer."""
-        with db.connect(self.dsn, self.schema) as conn:
+        with (
+            db.wrap_errors("checking the schema"),
+            db.connect(self.dsn, self.schema, autocommit=True) as conn,
+        ):
             check_schema(conn, self.schema)
         self._checked = True
 

@@ -267,7 +267,10 @@ def test_postgres_restart_while_daemons_run(
             assert wait_until(lambda: embedded_count(conn) == rows, 300, 0.5), log.read_text()[
                 -3000:
             ]
-        assert all(d.poll() is None for d in daemons), "a daemon exited during the outage"
+        exited = [d.poll() for d in daemons]
+        assert exited == [None, None], (
+            f"a daemon exited during the outage: {exited}\n" + (log.read_text()[-3000:])
+        )
     finally:
         codes = stop_all(daemons)
     assert codes == [0, 0]
