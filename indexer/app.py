@@ -31,15 +31,15 @@ from indexer.metrics import Metrics
 from indexer.progress import Progress
 from indexer.settings import Settings
 from indexer.signals import stop_on_signals
-from indexer.store import SearchHit, Store
+from indexer.store import CacheStats, SearchHit, Store
 from indexer.worker import BatchResult, Worker
 
 logger = logging.getLogger("indexer")
 
 EmbedderLoader = Callable[[Settings], TextEmbedder]
 
-#: Connections of the daemon's store: the worker's and its lease keeper's.
-DAEMON_CONNECTIONS = 2
+#: Connections of the daemon's store: the worker's, its lease keeper's and its pruner's.
+DAEMON_CONNECTIONS = 3
 
 
 class Indexer:
@@ -115,6 +115,37 @@ class Indexer:
     def prune_events(self) -> int:
         """Delete events older than INDEXER_EVENTS_RETENTION_DAYS; return how many."""
         return self.store.prune_events(self.settings.events_retention_days * 86400)
+
+    def cache_stats(self) -> CacheStats:
+        """The vector cache's entries, disk size and hit rate."""
+        return self.store.cache_stats()
+
+    def prune_cache(self) -> int:
+        """Delete cached vectors unused for INDEXER_CACHE_MAX_AGE_DAYS or beyond
+        INDEXER_CACHE_MAX_ENTRIES (least recently used first); return how many."""
+        s = self.settings
+        total = 0
+        while pruned := self.store.prune_cache(s.cache_max_age_days * 86400, s.cache_max_entries):
+            total += pruned
+        return total
+
+    def purge_cache(
+        self,
+        *,
+        texts: Sequence[str] = (),
+        ids: Sequence[int] = (),
+        hashes: Sequence[bytes] = (),
+    ) -> int:
+        """Delete the cached vectors of these texts (as the daemon reads them: the
+        first INDEXER_MAX_CHARS characters; and whole), of these rows' current text,
+        and of these sha256 digests, under every model; return how many."""
+        return self.store.cache_purge(
+            texts=texts, ids=ids, hashes=hashes, max_chars=self.settings.max_chars
+        )
+
+    def clear_cache(self) -> None:
+        """Delete every cached vector."""
+        self.store.cache_clear()
 
     def close(self) -> None:
         if self._store is not None:

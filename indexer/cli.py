@@ -24,6 +24,7 @@ from indexer.embedding import load_embedder
 from indexer.exceptions import IndexerError, InvalidInput
 from indexer.limits import check_k
 from indexer.settings import FIELDS, Settings, env_name, value_parser
+from indexer.store import CacheStats
 
 EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
 
@@ -46,10 +47,17 @@ def _settings_parser() -> argparse.ArgumentParser:
             type=value_parser(f),
             default=None,
             metavar=f.name.upper(),
-            help=f"{f.metadata['help']} (env {env_name(f.name)}; default: "
-            f"{'unset' if default is None else default})",
+            help=f"{f.metadata['help']} (env {env_name(f.name)}; default: {_shown(default)})",
         )
     return parent
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
     retry = add("retry", "re-queue rows parked as failed (all of them, or those given by --id)")
     retry.add_argument("--failed", action="store_true", help="every failed row")
     retry.add_argument("--id", type=int, action="append", dest="ids", help="this failed row")
+    cache_help = "inspect and maintain the vector cache"
+    cache = sub.add_parser("cache", help=cache_help, description=cache_help)
+    cache_actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cache_actions.add_parser(
+        "stats", help="entries, disk size, hit rate", parents=[common]
+    ).add_argument("--json", action="store_true", help="print one JSON object")
+    cache_actions.add_parser(
+        "prune",
+        help="delete vectors unused for INDEXER_CACHE_MAX_AGE_DAYS or beyond "
+        "INDEXER_CACHE_MAX_ENTRIES (the daemon also does this hourly)",
+        parents=[common],
+    )
+    purge = cache_actions.add_parser(
+        "purge",
+        help="delete the cached vectors of given texts, rows or hashes (every model)",
+        parents=[common],
+    )
+    purge.add_argument("--text", action="append", default=[], help="this text (repeatable)")
+    purge.add_argument(
+        "--id", type=int, action="append", dest="ids", default=[], help="this row's text"
+    )
+    purge.add_argument(
+        "--hash", action="append", dest="hashes", default=[], help="this sha256, in hex"
+    )
+    purge.add_argument("--all", action="store_true", help="every cached vector")
     events = add("events", "maintain the events table")
     events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
     from indexer import bench  # light at import; heavy parts load when it runs
@@ -246,6 +279,7 @@ STATUS_FIELDS = (
     "eta",
     "oldest_pending_age",
     "active_workers",
+    "cache_hit_rate",
 )
 
 
@@ -307,8 +341,75 @@ def cmd_retry(args: argparse.Namespace, settings: Settings, load: EmbedderLoader
 def cmd_events(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     with Indexer(settings) as ix:
         pruned = ix.prune_events()
-    print(f"pruned {pruned} events older than {settings.events_retention_days:g} days")
+    print(f"pruned {plural(pruned, 'event')} older than {settings.events_retention_days:g} days")
     return 0
+
+
+def cmd_cache(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    with Indexer(settings) as ix:
+        if args.action == "stats":
+            _print_cache_stats(ix.cache_stats(), args.json)
+        elif args.action == "prune":
+            pruned = ix.prune_cache()
+            print(
+                f"pruned {plural(pruned, 'cached vector')} (unused for "
+                f"{settings.cache_max_age_days:g} days, or beyond "
+                f"{settings.cache_max_entries} entries)"
+            )
+        elif args.all:
+            if args.text or args.ids or args.hashes:
+                raise InvalidInput("--all deletes everything: give it alone")
+            ix.clear_cache()
+            print("deleted every cached vector")
+        else:
+            if not (args.text or args.ids or args.hashes):
+                raise InvalidInput("say what to purge: --text, --id, --hash, or --all")
+            purged = ix.purge_cache(
+                texts=args.text, ids=args.ids, hashes=[_sha256(h) for h in args.hashes]
+            )
+            print(f"purged {plural(purged, 'cached vector')}")
+    return 0
+
+
+def plural(count: int, word: str) -> str:
+    """``1 event``, ``2 events``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _sha256(text: str) -> bytes:
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise InvalidInput(f"--hash {text!r} is not a sha256 in hex (64 hex digits)")
+    return digest
+
+
+def _print_cache_stats(stats: CacheStats, as_json: bool) -> None:
+    fields: dict[str, Any] = {
+        "entries": stats.entries,
+        "bytes": stats.bytes,
+        "hit_rate": stats.hit_rate,
+        "hit_rate_last_hour": stats.hit_rate_last_hour,
+        "rows_written": stats.rows_written,
+        "rows_reused": stats.rows_reused,
+        "since": stats.since,
+        "least_recently_used": stats.least_recently_used,
+    }
+    if as_json:
+        out = {k: _jsonable(v) for k, v in fields.items()}
+        out["models"] = stats.models
+        print(json.dumps(out))
+        return
+    fields["bytes"] = f"{stats.bytes / 2**20:.1f} MiB"
+    for key in ("hit_rate", "hit_rate_last_hour"):
+        rate = fields[key]
+        fields[key] = None if rate is None else f"{rate:.1%}"
+    for key, value in fields.items():
+        print(f"{key.replace('_', ' '):<20}{'-' if value is None else value}")
+    for model, count in sorted(stats.models.items()):
+        print(f"{'model':<20}{model}: {count}")
 
 
 COMMANDS: dict[str, Command] = {
@@ -320,6 +421,7 @@ COMMANDS: dict[str, Command] = {
     "status": cmd_status,
     "retry": cmd_retry,
     "events": cmd_events,
+    "cache": cmd_cache,
     "server": cmd_server,
     "bench": cmd_bench,
 }

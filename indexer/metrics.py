@@ -26,12 +26,25 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._written = 0
+        self._reused = 0
         r = self.registry
         self.rows_embedded = Counter(
             "indexer_rows_embedded", "Rows whose vector this daemon wrote", registry=r
         )
         self.rows_failed = Counter(
             "indexer_rows_failed", "Rows that failed to embed (retried or parked)", registry=r
+        )
+        self.rows_reused = Counter(
+            "indexer_rows_reused",
+            "Rows written with a vector that cost no model call (vector cache, or an equal "
+            "text in the same claim)",
+            registry=r,
+        )
+        self.cache_hit_ratio = Gauge(
+            "indexer_cache_hit_ratio",
+            "Share of the rows this daemon wrote whose vector was reused",
+            registry=r,
         )
         self.rows_stale = Counter(
             "indexer_rows_stale",
@@ -82,6 +95,11 @@ class Metrics:
 
     def observe_batch(self, result: BatchResult) -> None:
         self.rows_embedded.inc(len(result.written))
+        self.rows_reused.inc(result.reused)
+        self._written += len(result.written)
+        self._reused += result.reused
+        if self._written:
+            self.cache_hit_ratio.set(self._reused / self._written)
         self.rows_failed.inc(len(result.failed))
         self.rows_stale.inc(result.stale)
         self.tokens.inc(result.tokens)

@@ -116,6 +116,20 @@ class Settings:
     events_retention_days: float = field(
         default=7.0, metadata={"help": "events older than this are pruned by the daemon"}
     )
+    cache: bool = field(
+        default=True,
+        metadata={
+            "help": "reuse the vector of text embedded before (off: never keep or reuse vectors)"
+        },
+    )
+    cache_max_entries: int = field(
+        # About 1.7 GB of disk per million vectors (measured: README, Vector cache).
+        default=1_000_000,
+        metadata={"help": "vectors the cache keeps; the least recently used go beyond this"},
+    )
+    cache_max_age_days: float = field(
+        default=90.0, metadata={"help": "cached vectors not reused for this long are pruned"}
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
 
@@ -129,7 +143,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{env_name(name)} must be at least 1")
-        for name in ("lease_seconds", "poll_interval", "db_down_timeout"):
+        if self.cache_max_entries < 0:
+            raise ConfigurationError(f"{env_name('cache_max_entries')} must be 0 or more")
+        for name in ("lease_seconds", "poll_interval", "db_down_timeout", "cache_max_age_days"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{env_name(name)} must be greater than 0")
         if self.threads < 0:
@@ -171,6 +187,8 @@ def env_name(field_name: str) -> str:
 def value_parser(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     """How a field's text (from the environment or the command line) becomes its value."""
     kind = str(f.type)
+    if kind == "bool":
+        return _boolean
     if kind.startswith("int"):
         return int
     if kind.startswith("float"):
@@ -180,8 +198,22 @@ def value_parser(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     return str
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not on/off (or true/false, yes/no, 1/0)")
+
+
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     try:
         return value_parser(f)(raw)
     except ValueError:
-        raise ConfigurationError(f"{env_name(f.name)}={raw!r} is not a number") from None
+        what = "on or off" if str(f.type) == "bool" else "a number"
+        raise ConfigurationError(f"{env_name(f.name)}={raw!r} is not {what}") from None

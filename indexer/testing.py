@@ -44,6 +44,10 @@ class FaultInjector:
         return self.inner.name
 
     @property
+    def cache_key(self) -> str:
+        return self.inner.cache_key
+
+    @property
     def dim(self) -> int:
         return self.inner.dim
 
@@ -68,6 +72,7 @@ class FakeEmbedder:
 
     name = "fake"
     dim = 8
+    cache_key = "fake:1"
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
@@ -128,6 +133,8 @@ class FakeStore:
     before: Callable[[str], None] | None = None
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The vector cache: (cache key, sha256 of the text read) -> vector.
+    cache: dict[tuple[str, bytes], npt.NDArray[np.float32]] = field(default_factory=dict)
 
     def add(self, *texts: str) -> list[int]:
         ids = []
@@ -152,7 +159,12 @@ class FakeStore:
         return _NoSignal()
 
     def claim(
-        self, worker_id: uuid.UUID, limit: int, lease_seconds: float, max_chars: int
+        self,
+        worker_id: uuid.UUID,
+        limit: int,
+        lease_seconds: float,
+        max_chars: int,
+        cache_key: str | None = None,
     ) -> list[ClaimedRow]:
         self._enter("claim")
         with self.lock:
@@ -161,12 +173,14 @@ class FakeStore:
                 for i, r in sorted(self.rows.items())
                 if r.state == "pending" and not r.backing_off
             ][:limit]
+            claimed = []
             for i in free:
                 self.rows[i].state, self.rows[i].claimed_by = "claimed", worker_id
-            return [
-                ClaimedRow(i, self.rows[i].version, self.rows[i].content[:max_chars], 0)
-                for i in free
-            ]
+                text = self.rows[i].content[:max_chars]
+                digest = hashlib.sha256(text.encode()).digest()
+                cached = None if cache_key is None else self.cache.get((cache_key, digest))
+                claimed.append(ClaimedRow(i, self.rows[i].version, text, 0, digest, cached))
+            return claimed
 
     def _mine(self, worker_id: uuid.UUID, row: ClaimedRow) -> FakeRow | None:
         current = self.rows.get(row.id)
@@ -180,17 +194,26 @@ class FakeStore:
         batch_id: uuid.UUID,
         rows: Sequence[ClaimedRow],
         embeddings: np.ndarray,
+        *,
+        reused: Sequence[bool] | None = None,
+        cache_key: str | None = None,
         **figures: Any,
     ) -> list[int]:
         self._enter("complete_batch")
         written = []
+        flags = list(reused) if reused is not None else [False] * len(rows)
         with self.lock:
-            for row, vector in zip(rows, embeddings, strict=True):
+            for row, vector, was_reused in zip(rows, embeddings, flags, strict=True):
                 current = self._mine(worker_id, row)
                 if current is not None:
                     current.state, current.claimed_by, current.embedding = "embedded", None, vector
                     written.append(row.id)
-            self.events.append({"kind": "batch_completed", "ids": written, **figures})
+                if cache_key is not None and not was_reused and row.hash is not None:
+                    self.cache.setdefault((cache_key, row.hash), vector)
+            count = sum(f for r, f in zip(rows, flags, strict=True) if r.id in written)
+            self.events.append(
+                {"kind": "batch_completed", "ids": written, "reused": count, **figures}
+            )
         return sorted(written)
 
     def fail_rows(
@@ -234,6 +257,15 @@ class FakeStore:
     def prune_events(self, older_than_seconds: float) -> int:
         self._enter("prune_events")
         return 0
+
+    def prune_cache(self, max_age_seconds: float, max_entries: int, batch: int = 5000) -> int:
+        """Drops the oldest entries beyond ``max_entries`` (no ages kept here)."""
+        self._enter("prune_cache")
+        with self.lock:
+            victims = list(self.cache)[: max(0, min(batch, len(self.cache) - max_entries))]
+            for key in victims:
+                del self.cache[key]
+        return len(victims)
 
 
 def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:

@@ -20,6 +20,7 @@ from indexer.bench.scratch import count_state, scratch_schema
 from indexer.db import connect as db
 from indexer.embedding import plan_calls, shortest_first
 from indexer.exceptions import IndexerError
+from indexer.settings import Settings
 
 
 def padded_tokens(lengths: Sequence[int], claim: int, batch: int, token_budget: int) -> int:
@@ -46,15 +47,23 @@ def _stage_split(conn: db.Connection) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()}
 
 
-def _one_backfill(ctx: Context, schema: str, conn: db.Connection, texts: list[str]) -> float:
-    """Seconds one Worker takes to drain ``texts`` from a fresh table (``--once``)."""
+def drain_texts(
+    ctx: Context,
+    schema: str,
+    conn: db.Connection,
+    texts: list[str],
+    settings: Settings | None = None,
+) -> float:
+    """Seconds one Worker takes to drain ``texts`` from a fresh table (``--once``).
+
+    The table and the events start empty; the vector cache is left as it is."""
     from indexer.app import DAEMON_CONNECTIONS
     from indexer.store import Store
     from indexer.worker import Worker
 
     conn.execute("TRUNCATE chunks, events RESTART IDENTITY")
     conn.execute("INSERT INTO chunks (content) SELECT unnest(%s::text[])", (list(texts),))
-    settings = dataclasses.replace(ctx.settings, schema=schema)
+    settings = dataclasses.replace(settings or ctx.settings, schema=schema)
     with Store(ctx.dsn, schema, pool_size=DAEMON_CONNECTIONS) as store:
         store.queue_status()  # connect and check the schema before the clock starts
         worker = Worker(settings, store, ctx.embedder)
@@ -69,10 +78,12 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
     raw: list[float] = []
     wall: list[float] = []
     stages: list[dict[str, float]] = []
+    no_cache = dataclasses.replace(ctx.settings, cache=False)
     with scratch_schema(ctx, "backfill") as (schema, conn), quiet("indexer.worker"):
 
         def backfill() -> None:
-            wall.append(_one_backfill(ctx, schema, conn, texts))
+            # With the cache off: this section measures the model path.
+            wall.append(drain_texts(ctx, schema, conn, texts, no_cache))
             stages.append(_stage_split(conn))
 
         def raw_all() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from indexer.exceptions import InvalidInput
 
-SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim")
+SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim", "cache")
 
 
 @dataclass(frozen=True)

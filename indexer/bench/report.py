@@ -175,6 +175,33 @@ def _claim_rows(r: dict[str, Any], results: Results) -> list[Row]:
     ]
 
 
+def _cache_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    latency = r["insert_cached"]
+    return [
+        (
+            "cache",
+            f"re-ingest of {r['rows']} rows, all cached",
+            f"{r['reingest_rows_per_s']:,.1f} rows/s  ({r['reingest_speedup']:.1f}x the "
+            f"first ingest, {r['first_ingest_rows_per_s']:,.1f} rows/s)",
+        ),
+        ("cache", "50% duplicate rows vs distinct", f"{r['duplicates_speedup']:.2f}x rows/s"),
+        ("cache", "no repeats: cache on vs off", f"{r['no_repeat_ratio']:.1%} of the rows/s"),
+        (
+            "cache",
+            "INSERT of a cached text -> embedded",
+            f"p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms",
+        ),
+        (
+            "cache",
+            f"claim of {r['claim_size']} cache hits, {r['lookup_small_entries']:,} "
+            f"vs {r['lookup_large_entries']:,} cached",
+            f"{r['claim_hits_small_ms']:.2f} vs {r['claim_hits_large_ms']:.2f} ms "
+            f"(ratio {r['lookup_ratio']:.2f})",
+        ),
+        ("cache", "disk per million cached vectors", f"{r['disk_gb_per_million']:.2f} GB"),
+    ]
+
+
 #: The sections in the order they are printed, each with its rows.
 ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "model": _model_rows,
@@ -184,6 +211,7 @@ ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "search": _search_rows,
     "memory": _memory_rows,
     "claim": _claim_rows,
+    "cache": _cache_rows,
 }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.bench.backfill import bench_backfill
+from indexer.bench.cache import bench_cache
 from indexer.bench.claim import bench_claim
 from indexer.bench.common import say
 from indexer.bench.context import Context
@@ -53,6 +54,7 @@ RUNNERS: dict[str, Section] = {
     "search": bench_search,
     "memory": bench_memory,
     "claim": bench_claim,
+    "cache": bench_cache,
 }
 
 

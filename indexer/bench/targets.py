@@ -186,6 +186,32 @@ TARGETS: tuple[TargetSpec, ...] = (
         (Check("large/small", "claim", key("ratio"), "<=", 1.5, "", 2),),
         scale=Scale("large_rows", 1_000_000, "1M"),
     ),
+    TargetSpec(
+        "re-ingest of cached texts vs first ingest",
+        "cache",
+        (Check("", "cache", key("reingest_speedup"), ">=", 20, "x", 1),),
+    ),
+    TargetSpec(
+        "50% duplicate rows vs distinct rows",
+        "cache",
+        (Check("", "cache", key("duplicates_speedup"), ">=", 1.8, "x", 2),),
+    ),
+    TargetSpec(
+        "INSERT of a cached text -> embedded",
+        "cache",
+        (Check("p50", "cache", key("insert_cached", "p50_ms"), "<=", 20, " ms", 1),),
+    ),
+    TargetSpec(
+        "no repeats: cache on vs off",
+        "cache",
+        (Check("", "cache", key("no_repeat_ratio"), ">=", 0.97, "%", 1),),
+    ),
+    TargetSpec(
+        "cache lookup flat 1k -> 1M entries",
+        "cache",
+        (Check("large/small", "cache", key("lookup_ratio"), "<=", 1.5, "", 2),),
+        scale=Scale("lookup_large_entries", 1_000_000, "1M"),
+    ),
 )
 
 

@@ -8,6 +8,8 @@ the packaged safetensors weights) and ``tokenizer.json``; this module tokenises 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ class Embedder:
             model_dir, cache_dir if cache_dir is not None else default_model_cache(), variant
         )
         self.name = files.name
+        self._files = files
         self.max_tokens = max_tokens
         self.token_budget = token_budget
         self.max_chars = max_chars
@@ -76,6 +79,21 @@ class Embedder:
         self.dim = self._model.dim
 
     # ------------------------------------------------------------------ public
+
+    @functools.cached_property
+    def cache_key(self) -> str:
+        """What a cached vector must have been computed with to be reused here.
+
+        The model's name (``-int8`` for that variant), its max tokens, and a digest of
+        the ONNX graph and ``tokenizer.json`` it runs, so that another model folder,
+        variant or truncation never shares a vector.  Read once (about 0.1 s per
+        100 MB of graph), when first asked for.
+        """
+        digest = hashlib.sha256()
+        for path in (self._files.onnx_path, self._files.tokenizer_path):
+            with open(path, "rb") as file:
+                digest.update(hashlib.file_digest(file, "sha256").digest())
+        return f"{self.name}:{self.max_tokens}:{digest.hexdigest()[:16]}"
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is embedded with: after truncation, [CLS]/[SEP] included."""

@@ -8,6 +8,12 @@
 -- daemons claim at once without waiting on each other; the partial index
 -- chunks_queue_idx keeps this cheap however many rows are already embedded.  Only the
 -- first %(max_chars)s characters are read, so a huge row cannot blow up memory.
+--
+-- Each row comes back with the sha256 of exactly that text (the model's input) and,
+-- when the vector cache holds a vector for it under %(cache_key)s (NULL: the cache is
+-- off), that vector: one primary-key probe per row, in the same statement.  A reused
+-- entry's used_at is refreshed at most hourly, skipping entries another statement has
+-- locked (a concurrent claim or the pruner), so a claim never waits on the cache.
 WITH candidates AS (
     SELECT id
     FROM chunks
@@ -17,30 +23,57 @@ WITH candidates AS (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE chunks AS c
+    SET state = 'claimed',
+        claimed_by = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM candidates
+    WHERE c.id = candidates.id
+    RETURNING c.id, c.content_version, left(c.content, %(max_chars)s) AS content, c.attempts
+), hashed AS (
+    SELECT claimed.*, sha256(convert_to(claimed.content, 'UTF8')) AS hash
+    FROM claimed
+), hits AS (
+    SELECT hashed.id, v.hash, v.embedding, v.used_at
+    FROM hashed
+    JOIN vector_cache AS v ON v.model = %(cache_key)s::text AND v.hash = hashed.hash
+), touched AS (
+    UPDATE vector_cache AS v
+    SET used_at = now()
+    FROM (SELECT model, hash
+          FROM vector_cache
+          WHERE model = %(cache_key)s::text
+            AND hash IN (SELECT hash FROM hits WHERE used_at < now() - interval '1 hour')
+          FOR UPDATE SKIP LOCKED) AS due
+    WHERE v.model = due.model AND v.hash = due.hash
 )
-UPDATE chunks AS c
-SET state = 'claimed',
-    claimed_by = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM candidates
-WHERE c.id = candidates.id
-RETURNING c.id, c.content_version, left(c.content, %(max_chars)s) AS content, c.attempts;
+SELECT hashed.id, hashed.content_version, hashed.content, hashed.attempts, hashed.hash,
+       hits.embedding AS cached
+FROM hashed
+LEFT JOIN hits ON hits.id = hashed.id;
 
 -- complete_batch --
 -- Write a batch's vectors and its batch_completed event in one round trip.  The write
 -- is guarded: a row whose content changed (content_version), that was deleted, or whose
 -- lease passed to another daemon (claimed_by) is not written; its vector is discarded.
+-- A vector taken from the cache goes through the same guard as a fresh one.
+-- Fresh vectors (not %(reused)s) enter the vector cache under %(cache_key)s (NULL:
+-- the cache is off), in hash order so that two daemons inserting the same texts
+-- cannot deadlock; a vector is right for its hash whether or not its row was written.
 -- write_ms is the server-side time of this statement.  The vectors are sent in
 -- pgvector's binary format (a b placeholder): cheaper to build and to parse than text.
 WITH input AS (
     SELECT *
-    FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(embeddings)b::vector[])
-         AS t(id, content_version, embedding)
+    FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(embeddings)b::vector[],
+                %(hashes)s::bytea[], %(reused)s::boolean[])
+         AS t(id, content_version, embedding, hash, reused)
 ), written AS (
     UPDATE chunks AS c
     SET embedding = input.embedding,
         embedding_model = %(model)s,
         embedded_at = now(),
+        content_hash = input.hash,
         state = 'embedded',
         attempts = 0,
         last_error = NULL,
@@ -53,18 +86,26 @@ WITH input AS (
       AND c.content_version = input.content_version
       AND c.claimed_by = %(worker_id)s
       AND c.state = 'claimed'
-    RETURNING c.id
+    RETURNING c.id, input.reused
+), cached AS (
+    INSERT INTO vector_cache (model, hash, embedding)
+    SELECT DISTINCT ON (input.hash) %(cache_key)s::text, input.hash, input.embedding
+    FROM input
+    WHERE %(cache_key)s::text IS NOT NULL AND NOT input.reused AND input.hash IS NOT NULL
+    ORDER BY input.hash
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO events (kind, worker_id, batch_id, row_count, token_count,
+INSERT INTO events (kind, worker_id, batch_id, row_count, reused_count, token_count,
                     claim_ms, embed_ms, write_ms, chunk_ids, detail)
-SELECT 'batch_completed', %(worker_id)s, %(batch_id)s, count(*), %(token_count)s,
+SELECT 'batch_completed', %(worker_id)s, %(batch_id)s, count(*),
+       count(*) FILTER (WHERE written.reused), %(token_count)s,
        %(claim_ms)s, %(embed_ms)s,
        extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000,
        coalesce(array_agg(written.id ORDER BY written.id), '{}'),
        jsonb_build_object('stale', cardinality(%(ids)s::bigint[]) - count(*),
                           'model', %(model)s::text)
 FROM written
-RETURNING row_count, chunk_ids;
+RETURNING row_count, reused_count, chunk_ids;
 
 -- fail_rows --
 -- Rows that could not be embedded: back to pending with an exponential backoff, or
@@ -177,3 +218,85 @@ WITH pruned AS (
     RETURNING 1
 )
 SELECT count(*) AS pruned FROM pruned;
+
+
+-- prune_cache_age --
+-- At most %(batch)s cached vectors not reused for %(max_age_seconds)s, oldest first;
+-- entries a claim is refreshing right now are skipped, so neither waits.
+WITH victims AS (
+    SELECT model, hash
+    FROM vector_cache
+    WHERE used_at < now() - make_interval(secs => %(max_age_seconds)s)
+    ORDER BY used_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM vector_cache AS v
+    USING victims
+    WHERE v.model = victims.model AND v.hash = victims.hash
+    RETURNING 1
+)
+SELECT count(*) AS pruned FROM deleted;
+
+-- prune_cache_size --
+-- At most %(batch)s of the least recently used vectors beyond %(max_entries)s.  Two
+-- daemons pruning at once may each take a batch: the cache can end up to one batch
+-- under its bound, never over it for long.
+WITH excess AS (
+    SELECT greatest(0, count(*) - %(max_entries)s) AS n FROM vector_cache
+), victims AS (
+    SELECT model, hash
+    FROM vector_cache
+    ORDER BY used_at
+    LIMIT least(%(batch)s, (SELECT n FROM excess))
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM vector_cache AS v
+    USING victims
+    WHERE v.model = victims.model AND v.hash = victims.hash
+    RETURNING 1
+)
+SELECT count(*) AS pruned FROM deleted;
+
+-- cache_stats --
+-- The cache's size (entries, and bytes on disk with its indexes) and its use: rows
+-- written in the events still kept, and how many of them reused a cached vector.
+SELECT (SELECT count(*) FROM vector_cache) AS entries,
+       pg_total_relation_size('vector_cache'::regclass) AS bytes,
+       (SELECT coalesce(jsonb_object_agg(model, n), '{}'::jsonb)
+        FROM (SELECT model, count(*) AS n FROM vector_cache GROUP BY model) m) AS models,
+       (SELECT min(used_at) FROM vector_cache) AS least_recently_used,
+       coalesce(sum(row_count), 0) AS rows_written,
+       coalesce(sum(reused_count), 0) AS rows_reused,
+       coalesce(sum(row_count) FILTER (WHERE at > now() - interval '1 hour'), 0)
+           AS rows_written_last_hour,
+       coalesce(sum(reused_count) FILTER (WHERE at > now() - interval '1 hour'), 0)
+           AS rows_reused_last_hour,
+       min(at) AS since
+FROM events
+WHERE kind = 'batch_completed';
+
+-- cache_purge --
+-- Delete the cached vectors of the given hashes, of the given texts (as the daemon
+-- reads them, cut to %(max_chars)s characters, and whole), and of the given rows'
+-- current content_hash, under every model.
+WITH targets AS (
+    SELECT unnest(%(hashes)s::bytea[]) AS hash
+    UNION
+    SELECT sha256(convert_to(left(t, %(max_chars)s), 'UTF8')) FROM unnest(%(texts)s::text[]) t
+    UNION
+    SELECT sha256(convert_to(t, 'UTF8')) FROM unnest(%(texts)s::text[]) t
+    UNION
+    SELECT content_hash FROM chunks
+    WHERE id = ANY(%(ids)s::bigint[]) AND content_hash IS NOT NULL
+), deleted AS (
+    DELETE FROM vector_cache AS v
+    USING targets
+    WHERE v.hash = targets.hash
+    RETURNING 1
+)
+SELECT count(*) AS purged FROM deleted;
+
+-- cache_clear --
+-- Every cached vector (TRUNCATE: instant at any size; it waits for claims in flight).
+TRUNCATE vector_cache;

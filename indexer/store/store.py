@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import numpy as np
@@ -35,10 +35,41 @@ EF_SEARCH = 100
 
 @dataclass(frozen=True)
 class ClaimedRow:
+    """A row leased to this daemon: the text the model reads (cut to max_chars), its
+    sha256 (the vector cache's key), and the cached vector when there is one."""
+
     id: int
     content_version: int
     content: str
     attempts: int
+    hash: bytes | None = None
+    cached: np.ndarray | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What ``indexer cache stats`` shows: size, and how much of the work it saved."""
+
+    entries: int
+    bytes: int
+    models: dict[str, int]
+    least_recently_used: Any
+    rows_written: int
+    rows_reused: int
+    rows_written_last_hour: int
+    rows_reused_last_hour: int
+    since: Any
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Share of the rows written (in the events kept) whose vector was reused."""
+        return self.rows_reused / self.rows_written if self.rows_written else None
+
+    @property
+    def hit_rate_last_hour(self) -> float | None:
+        if not self.rows_written_last_hour:
+            return None
+        return self.rows_reused_last_hour / self.rows_written_last_hour
 
 
 @dataclass(frozen=True)
@@ -117,11 +148,13 @@ class Store:
         with db.wrap_errors(what), self._pool.connection() as conn:
             yield conn
 
-    def _execute(self, name: str, params: dict[str, Any] | None = None) -> list[DictRow]:
+    def _execute(
+        self, name: str, params: dict[str, Any] | None = None, *, binary: bool = False
+    ) -> list[DictRow]:
         """Run the named query; its rows (none for a statement without RETURNING)."""
         query: LiteralString = QUERIES[name]
         with self._connection(f"running {name}") as conn:
-            cursor = conn.execute(query, params)
+            cursor = conn.execute(query, params, binary=binary)
             return cursor.fetchall() if cursor.description is not None else []
 
     def _one(self, name: str, params: dict[str, Any] | None = None) -> DictRow:
@@ -133,8 +166,15 @@ class Store:
     # -- the daemon's queue --------------------------------------------------------
 
     def claim(
-        self, worker_id: uuid.UUID, limit: int, lease_seconds: float, max_chars: int
+        self,
+        worker_id: uuid.UUID,
+        limit: int,
+        lease_seconds: float,
+        max_chars: int,
+        cache_key: str | None = None,
     ) -> list[ClaimedRow]:
+        """Lease up to ``limit`` rows; each with its hash and, when the cache under
+        ``cache_key`` (None: no cache) holds one, its cached vector."""
         rows = self._execute(
             "claim",
             {
@@ -142,10 +182,20 @@ class Store:
                 "limit": limit,
                 "lease_seconds": lease_seconds,
                 "max_chars": max_chars,
+                "cache_key": cache_key,
             },
+            binary=True,  # cached vectors in pgvector's binary format: no text parsing
         )
         claimed = [
-            ClaimedRow(r["id"], r["content_version"], r["content"], r["attempts"]) for r in rows
+            ClaimedRow(
+                r["id"],
+                r["content_version"],
+                r["content"],
+                r["attempts"],
+                bytes(r["hash"]),
+                None if r["cached"] is None else r["cached"].to_numpy(),
+            )
+            for r in rows
         ]
         claimed.sort(key=lambda r: r.id)
         return claimed
@@ -161,8 +211,15 @@ class Store:
         token_count: int,
         claim_ms: float,
         embed_ms: float,
+        reused: Sequence[bool] | None = None,
+        cache_key: str | None = None,
     ) -> list[int]:
-        """Write vectors (guarded) and the batch_completed event; return the ids written."""
+        """Write vectors (guarded) and the batch_completed event; return the ids written.
+
+        ``reused[i]``: row i's vector came from the cache (or from an equal text of the
+        same claim) and cost no model call; the others enter the cache under
+        ``cache_key`` (None: the cache is off).
+        """
         row = self._one(
             "complete_batch",
             {
@@ -171,6 +228,9 @@ class Store:
                 "ids": [r.id for r in rows],
                 "versions": [r.content_version for r in rows],
                 "embeddings": list(embeddings),
+                "hashes": [r.hash for r in rows],
+                "reused": list(reused) if reused is not None else [False] * len(rows),
+                "cache_key": cache_key,
                 "model": model,
                 "token_count": token_count,
                 "claim_ms": claim_ms,
@@ -266,6 +326,57 @@ class Store:
 
     def prune_events(self, older_than_seconds: float) -> int:
         return int(self._one("prune_events", {"older_than_seconds": older_than_seconds})["pruned"])
+
+    # -- the vector cache ------------------------------------------------------------
+
+    def prune_cache(self, max_age_seconds: float, max_entries: int, batch: int = 5000) -> int:
+        """Delete at most ``batch`` entries unused for ``max_age_seconds``, or else at
+        most ``batch`` of the least recently used beyond ``max_entries``; how many.
+
+        One short statement: call again until it returns 0 (the pruner does)."""
+        pruned = int(
+            self._one("prune_cache_age", {"max_age_seconds": max_age_seconds, "batch": batch})[
+                "pruned"
+            ]
+        )
+        if pruned:
+            return pruned
+        params = {"max_entries": max_entries, "batch": batch}
+        return int(self._one("prune_cache_size", params)["pruned"])
+
+    def cache_stats(self) -> CacheStats:
+        r = self._one("cache_stats")
+        return CacheStats(
+            entries=int(r["entries"]),
+            bytes=int(r["bytes"]),
+            models={str(k): int(v) for k, v in r["models"].items()},
+            least_recently_used=r["least_recently_used"],
+            rows_written=int(r["rows_written"]),
+            rows_reused=int(r["rows_reused"]),
+            rows_written_last_hour=int(r["rows_written_last_hour"]),
+            rows_reused_last_hour=int(r["rows_reused_last_hour"]),
+            since=r["since"],
+        )
+
+    def cache_purge(
+        self,
+        *,
+        texts: Sequence[str] = (),
+        hashes: Sequence[bytes] = (),
+        ids: Sequence[int] = (),
+        max_chars: int,
+    ) -> int:
+        """Delete the cached vectors of these texts, hashes and rows (every model)."""
+        params = {
+            "texts": list(texts),
+            "hashes": list(hashes),
+            "ids": list(ids),
+            "max_chars": max_chars,
+        }
+        return int(self._one("cache_purge", params)["purged"])
+
+    def cache_clear(self) -> None:
+        self._execute("cache_clear")
 
     def search(
         self,

@@ -1,15 +1,17 @@
 """What the worker holds between statements: a claim, the batch it is writing, results.
 
-A **claim** is the rows one ``FOR UPDATE SKIP LOCKED`` statement leased; it is
-tokenized once, sorted shortest first and cut into **batches** (one write and one
-``events`` row each); a batch is embedded in one or more **model calls** that the
-embedder plans under its token budget.
+A **claim** is the rows one ``FOR UPDATE SKIP LOCKED`` statement leased.  Rows the
+vector cache answered are written first, as one batch; the others are tokenized once
+(one text per group of equal rows), sorted shortest first and cut into **batches**
+(one write and one ``events`` row each); a batch is embedded in one or more **model
+calls** that the embedder plans under its token budget.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,32 +21,63 @@ from indexer.store import ClaimedRow
 
 @dataclass
 class Claim:
-    """Rows claimed together and not embedded yet: tokenized once, shortest first.
+    """Rows claimed together and not written yet.
 
-    Sorting a whole claim by length before cutting it into batches is what keeps the
-    model's padding low: a batch then holds rows of nearly equal length.
+    ``reused``: rows whose vector the cache already had (written first, in a batch of
+    their own, with no model call).  ``groups``: the other rows, those with equal text
+    (equal hash) grouped so that each text is embedded once; one entry of
+    ``tokenized`` per group, shortest first.  Sorting a whole claim by length before
+    cutting it into batches is what keeps the model's padding low: a batch then holds
+    texts of nearly equal length.
     """
 
-    rows: list[ClaimedRow]
+    reused: list[ClaimedRow]
+    groups: list[list[ClaimedRow]]
     tokenized: Tokenized
     claim_ms: float
 
     @classmethod
-    def sorted(cls, rows: list[ClaimedRow], tokenized: Tokenized, claim_ms: float) -> Claim:
+    def of(
+        cls,
+        rows: list[ClaimedRow],
+        tokenize: Callable[[Sequence[str]], Tokenized],
+        claim_ms: float,
+    ) -> Claim:
+        """Split ``rows`` into reused rows and groups of equal text; tokenize each
+        group's text once and sort the groups shortest first."""
+        reused = [r for r in rows if r.cached is not None]
+        by_text: dict[bytes | str, list[ClaimedRow]] = {}
+        for row in rows:
+            if row.cached is None:
+                by_text.setdefault(row.hash if row.hash is not None else row.content, []).append(
+                    row
+                )
+        groups = list(by_text.values())
+        tokenized = tokenize([g[0].content for g in groups]) if groups else Tokenized((), ())
         order = tokenized.by_length()
-        return cls([rows[i] for i in order], tokenized.select(order), claim_ms)
+        return cls(reused, [groups[i] for i in order], tokenized.select(order), claim_ms)
 
-    def take(self, count: int) -> tuple[list[ClaimedRow], Tokenized, float]:
-        """The next ``count`` rows, their tokens, and the claim's time (first take only)."""
-        rows, self.rows = self.rows[:count], self.rows[count:]
-        taken = self.tokenized.select(range(len(rows)))
-        self.tokenized = self.tokenized.select(range(len(rows), len(self.tokenized)))
+    def take_reused(self) -> tuple[list[ClaimedRow], float]:
+        """The rows with a cached vector, and the claim's time (first take only)."""
+        rows, self.reused = self.reused, []
+        return rows, self._take_claim_ms()
+
+    def take(self, count: int) -> tuple[list[list[ClaimedRow]], Tokenized, float]:
+        """The next ``count`` texts (groups of rows), their tokens, and the claim's time
+        (first take only)."""
+        groups, self.groups = self.groups[:count], self.groups[count:]
+        taken = self.tokenized.select(range(len(groups)))
+        self.tokenized = self.tokenized.select(range(len(groups), len(self.tokenized)))
+        return groups, taken, self._take_claim_ms()
+
+    def _take_claim_ms(self) -> float:
         claim_ms, self.claim_ms = self.claim_ms, 0.0
-        return rows, taken, claim_ms
+        return claim_ms
 
     @property
     def ids(self) -> list[int]:
-        return [r.id for r in self.rows]
+        """Every row still held: reused ones and those waiting for the model."""
+        return [r.id for r in self.reused] + [r.id for g in self.groups for r in g]
 
 
 @dataclass
@@ -59,6 +92,9 @@ class PendingWrite:
     claim_ms: float
     embed_ms: float
     rows: list[ClaimedRow]
+    #: ids of the good rows whose vector cost no model call: from the cache, or from an
+    #: equal text embedded for another row of the batch.
+    reused: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -72,3 +108,5 @@ class BatchResult:
     tokens: int
     embed_ms: float
     stale: int = 0
+    #: rows written with a vector that cost no model call (see PendingWrite.reused).
+    reused: int = 0

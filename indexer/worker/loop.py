@@ -37,10 +37,10 @@ from indexer.settings import Settings
 from indexer.store import ClaimedRow
 from indexer.worker.claim import BatchResult, Claim, PendingWrite
 from indexer.worker.lease import LeaseKeeper, LeaseStore
+from indexer.worker.prune import Pruner, PruneStore
 
 logger = logging.getLogger(__name__)
 
-PRUNE_EVERY_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -52,13 +52,18 @@ class WorkSignal(Protocol):
     def close(self) -> None: ...
 
 
-class WorkStore(LeaseStore, Protocol):
+class WorkStore(LeaseStore, PruneStore, Protocol):
     """What the worker needs of :class:`indexer.store.Store` (a fake in unit tests)."""
 
     def listener(self) -> WorkSignal: ...
 
     def claim(
-        self, worker_id: uuid.UUID, limit: int, lease_seconds: float, max_chars: int
+        self,
+        worker_id: uuid.UUID,
+        limit: int,
+        lease_seconds: float,
+        max_chars: int,
+        cache_key: str | None = None,
     ) -> list[ClaimedRow]: ...
 
     def complete_batch(
@@ -72,6 +77,8 @@ class WorkStore(LeaseStore, Protocol):
         token_count: int,
         claim_ms: float,
         embed_ms: float,
+        reused: Sequence[bool] | None = None,
+        cache_key: str | None = None,
     ) -> list[int]: ...
 
     def fail_rows(
@@ -96,8 +103,6 @@ class WorkStore(LeaseStore, Protocol):
         detail: dict[str, Any] | None = None,
     ) -> None: ...
 
-    def prune_events(self, older_than_seconds: float) -> int: ...
-
 
 class Worker:
     def __init__(
@@ -120,9 +125,11 @@ class Worker:
         self._claim: Claim | None = None
         self._to_release: list[int] = []
         self._keeper = LeaseKeeper(store, self.worker_id, settings.lease_seconds)
+        self.pruner = Pruner(store, settings)
+        #: The vector cache's key for this embedder; None when the cache is off.
+        self.cache_key = embedder.cache_key if settings.cache else None
         self._down_since: float | None = None
         self._backoff = 0.5
-        self._last_prune = 0.0
         self.batches = 0
         self.rows_written = 0
 
@@ -143,6 +150,7 @@ class Worker:
         logger.info("worker %s starting", self.worker_id)
         started = False
         self._keeper.start()
+        self.pruner.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -175,23 +183,32 @@ class Worker:
                     return False
                 self._idle()
                 return True
-        rows, tokenized, claim_ms = self._claim.take(self.settings.batch_size)
-        rest = self._claim.ids
+        claim = self._claim
+        if claim.reused:
+            reused, claim_ms = claim.take_reused()
+            if not claim.ids:
+                self._claim = None
+            self.write_reused(reused, claim_ms, claim.ids)
+            return True
+        groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
+        rest = claim.ids
         if not rest:
             self._claim = None
-        self.process(rows, tokenized, claim_ms, rest)
+        self.process(groups, tokenized, claim_ms, rest)
         return True
 
     def _next_claim(self) -> Claim | None:
-        """Claim rows, tokenize them once and sort them; None when nothing is waiting."""
-        self._maybe_prune()
+        """Claim rows (with their cached vectors), tokenize the others' texts once and
+        sort them; None when nothing is waiting."""
         start = time.perf_counter()
         s = self.settings
-        rows = self.store.claim(self.worker_id, self.claim_size, s.lease_seconds, s.max_chars)
+        rows = self.store.claim(
+            self.worker_id, self.claim_size, s.lease_seconds, s.max_chars, self.cache_key
+        )
         claim_ms = (time.perf_counter() - start) * 1000
         if not rows:
             return None
-        return Claim.sorted(rows, self.embedder.tokenize([r.content for r in rows]), claim_ms)
+        return Claim.of(rows, self.embedder.tokenize, claim_ms)
 
     def _idle(self) -> None:
         """Wait for a NOTIFY, or the poll interval; wake quickly when asked to stop."""
@@ -203,25 +220,43 @@ class Worker:
             if self.listener.wait(min(remaining, 0.25)):
                 return
 
+    def write_reused(
+        self, rows: list[ClaimedRow], claim_ms: float, waiting: Sequence[int] = ()
+    ) -> BatchResult:
+        """Write rows whose vector came from the cache: a batch with no model call."""
+        self._keeper.hold(waiting)
+        good = [(r, r.cached) for r in rows if r.cached is not None]
+        pending = PendingWrite(
+            uuid.uuid4(), good, [], 0, claim_ms, 0.0, rows, reused={r.id for r in rows}
+        )
+        return self._write_now(pending)
+
     def process(
         self,
-        rows: list[ClaimedRow],
+        groups: list[list[ClaimedRow]],
         tokenized: Tokenized,
         claim_ms: float = 0.0,
         waiting: Sequence[int] = (),
     ) -> BatchResult:
-        """Embed and write one batch of claimed rows (``waiting``: the claim's other
-        rows, whose lease is kept alive meanwhile)."""
+        """Embed one batch of texts and write it: each group's rows get its text's
+        vector (``waiting``: the claim's other rows, whose lease is kept alive)."""
+        rows = [r for g in groups for r in g]
         batch_id = uuid.uuid4()
         tokens = sum(tokenized.lengths)
         start = time.perf_counter()
         self._keeper.hold([*(r.id for r in rows), *waiting])
         try:
-            good, bad = self._embed_isolating(rows, tokenized)
+            good_groups, bad_groups = self._embed_isolating(groups, tokenized)
         finally:
             self._keeper.hold(waiting)
         embed_ms = (time.perf_counter() - start) * 1000
-        pending = PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows)
+        good = [(r, vector) for g, vector in good_groups for r in g]
+        bad = [(r, error) for g, error in bad_groups for r in g]
+        copies = {r.id for g, _ in good_groups for r in g[1:]}  # equal text: one model input
+        pending = PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows, copies)
+        return self._write_now(pending)
+
+    def _write_now(self, pending: PendingWrite) -> BatchResult:
         self._pending = pending
         result = self._write(pending)
         self._pending = None
@@ -230,6 +265,7 @@ class Worker:
     def _write(self, batch: PendingWrite) -> BatchResult:
         written: list[int] = []
         failed: list[int] = []
+        reused = 0
         if batch.good:
             written = self.store.complete_batch(
                 self.worker_id,
@@ -240,7 +276,10 @@ class Worker:
                 token_count=batch.tokens,
                 claim_ms=batch.claim_ms,
                 embed_ms=batch.embed_ms,
+                reused=[r.id in batch.reused for r, _ in batch.good],
+                cache_key=self.cache_key,
             )
+            reused = len(batch.reused.intersection(written))
             batch.good = []  # committed: a retry after an outage must not write them again
         if batch.bad:
             failed = self.store.fail_rows(
@@ -260,6 +299,7 @@ class Worker:
             tokens=batch.tokens,
             embed_ms=batch.embed_ms,
             stale=len(batch.rows) - len(written) - len(failed),
+            reused=reused,
         )
         self._report(result)
         return result
@@ -268,9 +308,10 @@ class Worker:
         self.batches += 1
         self.rows_written += len(result.written)
         logger.info(
-            "batch %s: %d rows embedded, %d failed, %d stale, %d tokens, embed %.0f ms",
+            "batch %s: %d rows embedded (%d reused), %d failed, %d stale, %d tokens, embed %.0f ms",
             result.batch_id,
             len(result.written),
+            result.reused,
             len(result.failed),
             result.stale,
             result.tokens,
@@ -278,6 +319,7 @@ class Worker:
             extra={
                 "batch_id": str(result.batch_id),
                 "rows": len(result.written),
+                "reused": result.reused,
                 "failed": len(result.failed),
                 "stale": result.stale,
                 "tokens": result.tokens,
@@ -288,42 +330,33 @@ class Worker:
             self.on_batch(result)
 
     def _embed_isolating(
-        self, rows: Sequence[ClaimedRow], tokenized: Tokenized
-    ) -> tuple[list[tuple[ClaimedRow, np.ndarray]], list[tuple[ClaimedRow, str]]]:
-        """Embed rows; when the model fails, split the batch to find the bad rows.
+        self, groups: Sequence[list[ClaimedRow]], tokenized: Tokenized
+    ) -> tuple[list[tuple[list[ClaimedRow], np.ndarray]], list[tuple[list[ClaimedRow], str]]]:
+        """Embed texts (one per group of rows); when the model fails, split the batch
+        to find the bad texts.
 
-        A batch with one bad row costs about 2*log2(n) extra model calls, and the good
-        rows are still embedded in this pass.
+        A batch with one bad text costs about 2*log2(n) extra model calls, and the
+        good texts are still embedded in this pass.
         """
         try:
             vectors = self.embedder.embed_tokenized(tokenized)
-        except Exception as exc:  # any model failure is a property of some row(s)
-            if len(rows) == 1:
+        except Exception as exc:  # any model failure is a property of some text(s)
+            if len(groups) == 1:
                 message = (
                     f"{type(exc).__name__}: {exc}"
                     if not isinstance(exc, EmbeddingError)
                     else str(exc)
                 )
-                logger.warning("row %d failed to embed: %s", rows[0].id, message)
-                return [], [(rows[0], message)]
-            middle = len(rows) // 2
-            good_a, bad_a = self._embed_isolating(rows[:middle], tokenized.select(range(middle)))
+                ids = ", ".join(str(r.id) for r in groups[0])
+                logger.warning("row %s failed to embed: %s", ids, message)
+                return [], [(groups[0], message)]
+            middle = len(groups) // 2
+            good_a, bad_a = self._embed_isolating(groups[:middle], tokenized.select(range(middle)))
             good_b, bad_b = self._embed_isolating(
-                rows[middle:], tokenized.select(range(middle, len(rows)))
+                groups[middle:], tokenized.select(range(middle, len(groups)))
             )
             return good_a + good_b, bad_a + bad_b
-        return list(zip(rows, vectors, strict=True)), []
-
-    def _maybe_prune(self) -> None:
-        now = time.monotonic()
-        if now - self._last_prune < PRUNE_EVERY_SECONDS:
-            return
-        self._last_prune = now
-        pruned = self.store.prune_events(self.settings.events_retention_days * 86400)
-        if pruned:
-            logger.info(
-                "pruned %d events older than %g days", pruned, self.settings.events_retention_days
-            )
+        return list(zip(groups, vectors, strict=True)), []
 
     def _database_down(self, exc: DatabaseUnavailable) -> None:
         now = time.monotonic()
@@ -355,6 +388,7 @@ class Worker:
 
     def _shutdown(self, started: bool) -> None:
         self._keeper.stop()
+        self.pruner.stop()
         try:
             # Rows claimed and not written (the rest of a claim when asked to stop, a
             # write cut off by an outage) go back now, or, if the database is still

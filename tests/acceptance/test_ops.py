@@ -45,7 +45,7 @@ def test_events_prune_deletes_only_old_events(
     result = run_cli(
         ["events", "prune", "--events-retention-days", "0.5"], cli_env(database, model_cache)
     )
-    assert result.stdout.strip() == "pruned 1 events older than 0.5 days"
+    assert result.stdout.strip() == "pruned 1 event older than 0.5 days"
     assert conn.execute("SELECT count(*) AS n FROM events").fetchone() == {"n": 1}
 
 

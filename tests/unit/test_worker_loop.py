@@ -155,3 +155,41 @@ def test_the_loop_waits_for_work_and_stops_on_request() -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert store.rows[cid].state == "embedded"
+
+
+def test_equal_texts_share_one_model_input_and_reuse_is_counted() -> None:
+    store = FakeStore()
+    store.add("same", words(4), "same", "same", words(2))
+    embedder = FakeEmbedder()
+    results: list[BatchResult] = []
+    worker = Worker(SETTINGS, store, embedder, on_batch=results.append)
+    worker.run(once=True)
+    embedded = [t for call in embedder.calls for t in call]
+    assert sorted(embedded) == sorted(["same", words(4), words(2)])
+    assert all(r.state == "embedded" for r in store.rows.values())
+    assert sum(r.reused for r in results) == 2
+    for row in store.rows.values():
+        assert row.embedding is not None
+        assert np.allclose(row.embedding, FakeEmbedder.vector(row.content))
+
+
+def test_cached_texts_cost_no_model_call_and_are_written_first() -> None:
+    store = FakeStore()
+    store.add("old one", "old two")
+    run(store)
+    store.add("new", "old two", "old one")
+    embedder = FakeEmbedder()
+    results: list[BatchResult] = []
+    Worker(SETTINGS, store, embedder, on_batch=results.append).run(once=True)
+    assert embedder.calls == [("new",)]
+    assert [(r.written, r.reused, r.tokens) for r in results] == [([4, 5], 2, 0), ([3], 0, 3)]
+
+
+def test_with_the_cache_off_nothing_is_kept_or_reused() -> None:
+    off = Settings(**{**SETTINGS.__dict__, "cache": False})
+    store = FakeStore()
+    store.add("text", "text")
+    embedder = FakeEmbedder()
+    Worker(off, store, embedder).run(once=True)
+    assert store.cache == {}
+    assert [t for call in embedder.calls for t in call] == ["text"]  # still deduplicated
