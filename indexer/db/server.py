@@ -200,7 +200,7 @@ def _walk(path: Path, trusted: set[int]) -> tuple[Path, bool]:
     return current, True
 
 
-def _safe_data_dir(data_dir: Path) -> Path:
+def _check_data_dir(data_dir: Path) -> Path:
     """The real path of ``data_dir``, its parents created, after the checks above."""
     data_dir = Path(os.path.abspath(data_dir.expanduser()))
     trusted = {0, _euid()}
@@ -234,10 +234,6 @@ def _server_uids() -> set[int]:
         return {pwd.getpwnam(_SERVER_USER).pw_uid}
     except KeyError:
         return set()
-
-
-def _check_data_dir(data_dir: Path) -> Path:
-    return _safe_data_dir(data_dir)
 
 
 def start(data_dir: Path) -> str:
@@ -482,6 +478,8 @@ def stop(data_dir: Path) -> bool:
     args = ("-w", "-D", str(data_dir), "-m", "fast", "stop")
     try:
         if _euid() == 0:
+            if not _server_uids():
+                return False  # no server was ever started by root here
             _run_as(_server_account(), pg_ctl, *args, timeout=60)
         else:
             subprocess.run(
