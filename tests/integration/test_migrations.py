@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from indexer.exceptions import ExtensionMissing, SchemaNotMigrated, UnsupportedD
 from indexer.store import Store
 
 from ..conftest import ROOT, with_database
+from ..helpers import cli_env, run_cli
 
 TABLES = {"chunks", "events"}
 
@@ -127,7 +129,9 @@ def test_migrate_refuses_a_database_that_is_not_utf8(
     assert line.startswith("indexer: error: ") and "UTF8" in line
 
 
-def test_the_start_check_refuses_a_database_that_is_not_utf8(sql_ascii_database: str) -> None:
+def test_the_start_check_refuses_a_database_that_is_not_utf8(
+    sql_ascii_database: str, model_cache: Path
+) -> None:
     # A schema that looks migrated (as one left half-done by an older indexer would).
     with psycopg.connect(sql_ascii_database, autocommit=True) as raw:
         raw.execute("CREATE EXTENSION vector")
@@ -139,3 +143,9 @@ def test_the_start_check_refuses_a_database_that_is_not_utf8(sql_ascii_database:
     ):
         store.check()
     assert "SQL_ASCII" in str(err.value)
+
+    env = cli_env(sql_ascii_database, model_cache)
+    result = run_cli(["run", "--once"], env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("indexer: error: ") and "UTF8" in line
