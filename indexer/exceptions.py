@@ -28,6 +28,10 @@ class ExtensionMissing(IndexerError):
     """The pgvector extension is missing or too old (0.7 or newer is required)."""
 
 
+class UnsupportedDatabase(IndexerError):
+    """The database cannot hold the indexer's data (it must use the UTF8 encoding)."""
+
+
 class SchemaNotMigrated(IndexerError):
     """The database schema is missing or behind: run `indexer migrate`."""
 

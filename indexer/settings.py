@@ -20,7 +20,22 @@ import platformdirs
 
 from indexer.exceptions import ConfigurationError
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _check_schema_name(schema: str) -> None:
+    # fullmatch: a pattern ending in ``$`` would also accept a trailing newline.
+    if not _IDENTIFIER.fullmatch(schema):
+        raise ConfigurationError(
+            f"INDEXER_SCHEMA={schema!r} is not a plain SQL identifier "
+            "(letters, digits, underscore; at most 63 characters)"
+        )
+    # PostgreSQL's own schemas (pg_catalog, pg_toast, pg_temp...; names starting with
+    # pg_ are reserved) and the SQL standard's information_schema.
+    if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
+        raise ConfigurationError(
+            f"INDEXER_SCHEMA={schema!r} is a PostgreSQL system schema; choose another name"
+        )
 
 
 def default_data_dir() -> Path:
@@ -134,11 +149,7 @@ class Settings:
     log_format: str = field(default="text", metadata={"help": "text or json"})
 
     def __post_init__(self) -> None:
-        if not _IDENTIFIER.match(self.schema):
-            raise ConfigurationError(
-                f"INDEXER_SCHEMA={self.schema!r} is not a plain SQL identifier "
-                "(letters, digits, underscore; at most 63 characters)"
-            )
+        _check_schema_name(self.schema)
         positive = ("batch_size", "claim_size", "token_budget", "max_chars", "max_attempts")
         for name in positive:
             if getattr(self, name) < 1:

@@ -34,7 +34,12 @@ from indexer.db.connect import (
     set_search_path,
     wrap_errors,
 )
-from indexer.exceptions import DatabaseUnavailable, SchemaNotMigrated, first_line
+from indexer.exceptions import (
+    DatabaseUnavailable,
+    SchemaNotMigrated,
+    UnsupportedDatabase,
+    first_line,
+)
 from indexer.settings import Settings
 
 _LOCK_KEY = 0x1DE8E5  # advisory lock serialising concurrent `indexer migrate` runs
@@ -68,6 +73,7 @@ def _alembic_connection(dsn: str, schema: str) -> Iterator[SAConnection]:
         with connect_errors(dsn):
             raw = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         try:
+            check_encoding(raw)
             raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             set_search_path(raw, schema)
             raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -130,6 +136,22 @@ def downgrade(dsn: str, schema: str, revision: str) -> None:
         conn.commit()
 
 
+def check_encoding(conn: psycopg.Connection[Any]) -> None:
+    """Raise UnsupportedDatabase unless the database is UTF8.
+
+    In any other encoding texts may not fit, and in SQL_ASCII the driver hands back
+    bytes instead of text.  The encoding is a parameter the server reports at connection
+    time, so this costs no query.
+    """
+    encoding = conn.info.parameter_status("server_encoding")
+    if encoding != "UTF8":
+        raise UnsupportedDatabase(
+            f"database {conn.info.dbname!r} uses the {encoding or 'unknown'} encoding; "
+            "the indexer needs a UTF8 database "
+            "(CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+        )
+
+
 def current_revision(conn: Connection, schema: str) -> str | None:
     with wrap_errors("checking the schema"):
         exists = conn.execute(
@@ -146,7 +168,9 @@ def current_revision(conn: Connection, schema: str) -> str | None:
 
 
 def check_schema(conn: Connection, schema: str) -> None:
-    """Raise SchemaNotMigrated unless the schema is at the revision this code expects."""
+    """Raise SchemaNotMigrated unless the schema is at the revision this code expects
+    (UnsupportedDatabase if the database is not UTF8)."""
+    check_encoding(conn)
     current = current_revision(conn, schema)
     head = head_revision()
     if current is None:

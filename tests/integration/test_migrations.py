@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from psycopg import sql
 
+from indexer import cli
 from indexer.db import migrate
 from indexer.db.connect import connect
-from indexer.exceptions import ExtensionMissing, SchemaNotMigrated
+from indexer.exceptions import ExtensionMissing, SchemaNotMigrated, UnsupportedDatabase
 from indexer.store import Store
 
-from ..conftest import ROOT
+from ..conftest import ROOT, with_database
+from ..helpers import cli_env, run_cli
 
 TABLES = {"chunks", "events"}
 
@@ -85,3 +93,59 @@ def test_schema_behind_names_both_revisions(database: str) -> None:
             migrate.check_schema(conn, "public")
     assert "0000" in str(err.value)
     assert migrate.head_revision() in str(err.value)
+
+
+@pytest.fixture
+def sql_ascii_database(server_dsn: str) -> Iterator[str]:
+    """A database in the SQL_ASCII encoding, which PostgreSQL accepts and the indexer
+    cannot use (the driver returns its text as bytes)."""
+    name = "a_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(with_database(server_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+                " TEMPLATE template0"
+            ).format(sql.Identifier(name))
+        )
+    yield with_database(server_dsn, name)
+    with psycopg.connect(with_database(server_dsn, "postgres"), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def test_migrate_refuses_a_database_that_is_not_utf8(
+    sql_ascii_database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UnsupportedDatabase) as err:
+        migrate.upgrade(sql_ascii_database, "public")
+    assert "SQL_ASCII" in str(err.value) and "UTF8" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not TABLES & _tables(sql_ascii_database, "public")  # nothing was created
+
+    monkeypatch.setenv("DATABASE_URL", sql_ascii_database)
+    assert cli.main(["migrate"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("indexer: error: ") and "UTF8" in line
+
+
+def test_the_start_check_refuses_a_database_that_is_not_utf8(
+    sql_ascii_database: str, model_cache: Path
+) -> None:
+    # A schema that looks migrated (as one left half-done by an older indexer would).
+    with psycopg.connect(sql_ascii_database, autocommit=True) as raw:
+        raw.execute("CREATE EXTENSION vector")
+        raw.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        raw.execute("INSERT INTO alembic_version VALUES (%s)", (migrate.head_revision(),))
+    with (
+        Store(sql_ascii_database, "public", check=False) as store,
+        pytest.raises(UnsupportedDatabase) as err,
+    ):
+        store.check()
+    assert "SQL_ASCII" in str(err.value)
+
+    env = cli_env(sql_ascii_database, model_cache)
+    result = run_cli(["run", "--once"], env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("indexer: error: ") and "UTF8" in line
