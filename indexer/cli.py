@@ -44,12 +44,26 @@ def _settings_parser() -> argparse.ArgumentParser:
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=value_parser(f),
+            type=_option_type(f),
             default=None,
             metavar=f.name.upper(),
             help=f"{f.metadata['help']} (env {env_name(f.name)}; default: {_shown(default)})",
         )
     return parent
+
+
+def _option_type(f: Any) -> Callable[[str], Any]:
+    parse = value_parser(f)
+    if str(f.type) != "bool":
+        return parse  # argparse's own message: "invalid int value: 'x'"
+
+    def on_off(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return on_off
 
 
 def _shown(default: object) -> str:

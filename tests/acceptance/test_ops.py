@@ -101,3 +101,52 @@ def test_status_json_numbers(database: str, model_cache: Path, conn: Connection)
     assert [(r["id"], r["attempts"], r["last_error"]) for r in after["failed_rows"]] == [
         (ids[0], 5, "boom")
     ]
+
+
+def test_cache_commands(database: str, model_cache: Path, conn: Connection) -> None:
+    env = cli_env(database, model_cache)
+    ids = insert(conn, *TEXTS)
+    assert run_cli(["run", "--once", "--no-progress"], env).returncode == 0
+    conn.execute("DELETE FROM chunks WHERE id = %s", (ids[0],))
+    insert(conn, TEXTS[0])
+    assert run_cli(["run", "--once", "--no-progress"], env).returncode == 0
+
+    stats = json.loads(run_cli(["cache", "stats", "--json"], env).stdout)
+    assert (stats["entries"], stats["rows_written"], stats["rows_reused"]) == (3, 4, 1)
+    assert stats["hit_rate"] == 0.25 and stats["bytes"] > 0
+    assert list(stats["models"].values()) == [3]
+    text = run_cli(["cache", "stats"], env).stdout
+    assert "hit rate            25.0%" in text
+    status = run_cli(["status"], env).stdout
+    assert "cache hit rate      0.25" in status
+
+    purged = run_cli(["cache", "purge", "--text", TEXTS[1]], env)
+    assert purged.stdout.strip() == "purged 1 cached vector"
+    purged = run_cli(["cache", "purge", "--id", str(ids[2]), "--text", "never seen"], env)
+    assert purged.stdout.strip() == "purged 1 cached vector"
+    pruned = run_cli(["cache", "prune"], env)
+    assert pruned.stdout.startswith("pruned 0 cached vectors (unused for 90 days")
+    assert run_cli(["cache", "purge", "--all"], env).stdout.strip() == (
+        "deleted every cached vector"
+    )
+    assert json.loads(run_cli(["cache", "stats", "--json"], env).stdout)["entries"] == 0
+
+
+def test_cache_commands_refuse_bad_input_with_one_line(database: str, model_cache: Path) -> None:
+    env = cli_env(database, model_cache)
+    cases = {
+        ("cache", "purge"): "say what to purge",
+        ("cache", "purge", "--hash", "abc"): "is not a sha256 in hex",
+        ("cache", "purge", "--all", "--text", "x"): "--all deletes everything",
+        ("status", "--cache", "maybe"): "is not on/off",
+    }
+    for argv, message in cases.items():
+        result = run_cli(list(argv), env)
+        assert result.returncode in (1, 2), argv
+        lines = result.stderr.strip().splitlines()
+        assert message in lines[-1], (argv, result.stderr)
+        assert "Traceback" not in result.stderr
+    bad_env = {**env, "INDEXER_CACHE": "maybe"}
+    result = run_cli(["status"], bad_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "indexer: error: INDEXER_CACHE='maybe' is not on or off"

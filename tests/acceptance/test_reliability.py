@@ -63,6 +63,34 @@ def corpus(n: int, seed: int = 1) -> list[str]:
     ]
 
 
+def with_repeats(texts: list[str], seed: int = 7) -> list[str]:
+    """As many rows, a third of them repeating another row's text, shuffled: rows that
+    the vector cache (or the claim's own deduplication) serves without the model."""
+    kept = texts[: len(texts) * 2 // 3]
+    mixed = kept + kept[: len(texts) - len(kept)]
+    random.Random(seed).shuffle(mixed)
+    return mixed
+
+
+def seed_cache(conn: Connection, embedder: Embedder, texts: list[str]) -> None:
+    """Cache the daemons' vectors of ``texts`` before they start (as if embedded once)."""
+    vectors = embedder.embed(texts)
+    for text, vector in zip(texts, vectors, strict=True):
+        conn.execute(
+            "INSERT INTO vector_cache (model, hash, embedding)"
+            " VALUES (%s, sha256(convert_to(%s, 'UTF8')), %s) ON CONFLICT DO NOTHING",
+            (embedder.cache_key, text, vector),
+        )
+
+
+def reused_rows(conn: Connection) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(reused_count), 0) AS n FROM events WHERE kind = 'batch_completed'"
+    ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
 def insert_many(conn: Connection, texts: list[str]) -> None:
     """All rows in one statement, as an application's bulk insert would."""
     conn.execute("INSERT INTO chunks (content) SELECT unnest(%s::text[])", (texts,))
@@ -135,7 +163,9 @@ def test_sigkill_at_random_moments(
     rows: int,
     kills: int,
 ) -> None:
-    insert_many(conn, corpus(rows))
+    texts = with_repeats(corpus(rows))
+    seed_cache(conn, embedder, texts[:30])
+    insert_many(conn, texts)
     env = daemon_env(database, model_cache)
     log = tmp_path / "daemons.log"
     daemons = [start_daemon(env, log) for _ in range(3)]
@@ -185,13 +215,15 @@ def test_sigkill_at_random_moments(
         codes = stop_all(daemons)
     assert codes == [0, 0, 0], log.read_text()[-3000:]
     check_every_row_once(conn, embedder, rows)
+    assert reused_rows(conn) > 0
     assert len(dead_workers) == kills
     batches = conn.execute(
         "SELECT count(*) AS n FROM events WHERE kind = 'batch_completed'"
     ).fetchone()
     print(
         f"\nSIGKILL: {kills} kills of working daemons, {rows} rows, "
-        f"{batches['n'] if batches else 0} committed batches, 0 duplicates, 0 lost"
+        f"{batches['n'] if batches else 0} committed batches, {reused_rows(conn)} rows "
+        "reused, 0 duplicates, 0 lost"
     )
 
 
@@ -305,7 +337,8 @@ def test_database_that_stays_down_ends_the_daemon_with_one_line(
 def test_concurrent_updates_and_deletes_leave_only_current_vectors(
     database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
 ) -> None:
-    texts = corpus(400, seed=9)
+    texts = corpus(200, seed=9) * 2  # each text twice: reused rows in flight too
+    seed_cache(conn, embedder, texts[:20])
     insert_many(conn, texts)
     env = daemon_env(database, model_cache)
     log = tmp_path / "daemons.log"
