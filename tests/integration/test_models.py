@@ -9,8 +9,11 @@ created in a scratch schema and every definition is compared with the migrated o
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,8 @@ from indexer.db import migrate
 from indexer.db.connect import connect
 from indexer.models import DIMENSIONS, STATES, Base, Chunk, Event
 
+from ..conftest import ROOT
+from ..helpers import cli_env
 from .sqla import engine_for
 
 COMPARE = {"compare_type": True, "compare_server_default": True}
@@ -130,6 +135,24 @@ def test_models_and_migrations_agree(database: str) -> None:
     alembic_diffs, catalog_diffs = differences(database, Base.metadata)
     assert alembic_diffs == []
     assert catalog_diffs == []
+
+
+def test_alembic_upgrade_head_from_the_checkout_makes_the_modelled_schema(
+    empty_database: str, model_cache: Path
+) -> None:
+    # `alembic upgrade head` with alembic.ini at the top, as a contributor runs it
+    # (`indexer migrate`, from the installed package, is tested with the CLI).
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=cli_env(empty_database, model_cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert differences(empty_database, Base.metadata) == ([], [])
 
 
 def test_alembic_check_finds_nothing_to_generate(database: str) -> None:
