@@ -21,8 +21,9 @@ import pytest
 from alembic.autogenerate import compare_metadata, produce_migrations
 from alembic.runtime.migration import MigrationContext
 from psycopg import sql
-from sqlalchemy import Connection, MetaData, select, text
+from sqlalchemy import Connection, MetaData, create_engine, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from indexer.db import migrate
 from indexer.db.connect import connect
@@ -30,7 +31,7 @@ from indexer.models import DIMENSIONS, STATES, Base, Chunk, Event
 
 from ..conftest import ROOT
 from ..helpers import cli_env
-from .sqla import engine_for
+from .sqla import engine_for, sqlalchemy_url
 
 COMPARE = {"compare_type": True, "compare_server_default": True}
 SCRATCH = "indexer_models_ddl"
@@ -253,6 +254,17 @@ def test_a_non_public_schema_through_schema_translate_map(database: str) -> None
             session.add(Chunk(content="hello tenant"))
             session.commit()
             assert session.scalars(select(Chunk.content)).all() == ["hello tenant"]
+    # README's other way: the schema first on the search_path, no translate map.
+    on_path = create_engine(
+        sqlalchemy_url(database),
+        poolclass=NullPool,
+        connect_args={"options": "-csearch_path=tenant_a,public"},
+    )
+    try:
+        with Session(on_path) as session:
+            assert session.scalars(select(Chunk.content)).all() == ["hello tenant"]
+    finally:
+        on_path.dispose()
     for schema, expected in (("tenant_a", 1), ("public", 0)):
         with connect(database, schema) as conn:
             row = conn.execute(
