@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-slow lint bench bench-full clean
+.PHONY: install run test test-slow test-container lint bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint
 
 test-slow: install
 	$(BIN)/pytest -m slow
+
+# The suite against the official pgvector/pgvector image instead of the embedded server
+# (needs a Docker engine); INDEXER_TEST_POSTGRES_IMAGE=pgvector/pgvector:pg14 picks another.
+test-container: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,container]'
+	INDEXER_TEST_POSTGRES=container $(BIN)/pytest -m "not slow"
 
 # A quick benchmark (what CI runs inside the test suite), and the full one for README.
 bench: install

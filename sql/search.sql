@@ -21,9 +21,17 @@ FROM search_chunks(:'q', 5);
 -- all).  With a filter, pgvector's iterative scan (0.8+) keeps scanning until enough
 -- rows pass it; a larger ef_search trades speed for recall (the default is 40;
 -- indexer uses 100).  This is the function `indexer search`, the Python API and
--- POST /search run.
+-- POST /search run.  pgvector 0.7 has no iterative scan and refuses the setting, so
+-- it is set only where the installed version has it.
 SET hnsw.ef_search = 100;
-SET hnsw.iterative_scan = strict_order;
+DO $$
+BEGIN
+    IF (SELECT string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}'
+        FROM pg_extension WHERE extname = 'vector') THEN
+        PERFORM set_config('hnsw.iterative_scan', 'strict_order', false);
+    END IF;
+END
+$$;
 SELECT id, round(score::numeric, 4) AS score, left(content, 80) AS snippet
 FROM search_chunks(:'q', 5, '{"topic": "db"}');
 

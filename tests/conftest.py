@@ -4,12 +4,20 @@ One server per test session, in ``.tmp/test-pgdata`` (INDEXER_TEST_DATA_DIR to m
 it).  The schema is migrated once into a template database; each test that needs a
 database gets its own ``CREATE DATABASE ... TEMPLATE`` copy, so tests are isolated
 and cheap.
+
+``INDEXER_TEST_POSTGRES=container`` runs the session against the official
+``pgvector/pgvector`` image instead (``INDEXER_TEST_POSTGRES_IMAGE``, default
+``pgvector/pgvector:pg17``), started with testcontainers (``pip install -e
+'.[container]'``, and a Docker engine).  Tests of the embedded server itself (those
+that take ``data_dir``) are skipped then.  The default path never imports testcontainers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from psycopg import sql
 from indexer.db import migrate, server
 from indexer.db.connect import Connection, connect
 from indexer.embedding import Embedder
+from indexer.exceptions import first_line
 from indexer.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +42,79 @@ def with_database(dsn: str, database: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
+SERVER_MODES = ("embedded", "container")
+DEFAULT_IMAGE = "pgvector/pgvector:pg17"
+
+
+def server_mode() -> str:
+    """INDEXER_TEST_POSTGRES: ``embedded`` (the default) or ``container``."""
+    return os.environ.get("INDEXER_TEST_POSTGRES") or "embedded"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = server_mode()
+    if mode not in SERVER_MODES:
+        raise pytest.UsageError(
+            f"INDEXER_TEST_POSTGRES={mode!r}: use 'embedded' (the default) or 'container'"
+        )
+    if mode == "container":
+        _check_container_support()
+
+
+def _check_container_support() -> None:
+    """One line, before any test runs, when the container option cannot work here."""
+    try:
+        from testcontainers.core.docker_client import DockerClient
+        from testcontainers.postgres import PostgresContainer  # noqa: F401
+    except ImportError as exc:
+        raise pytest.UsageError(
+            "INDEXER_TEST_POSTGRES=container needs testcontainers: "
+            f"pip install -e '.[container]' ({first_line(exc)})"
+        ) from None
+    try:
+        DockerClient().client.ping()
+    except Exception as exc:
+        raise pytest.UsageError(
+            f"INDEXER_TEST_POSTGRES=container needs a running Docker engine: {first_line(exc)}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _container_server(image: str) -> Iterator[str]:
+    """A PostgreSQL with pgvector in a throwaway container; its DSN."""
+    from testcontainers.postgres import PostgresContainer
+
+    container = PostgresContainer(
+        image, username="indexer", password="indexer", dbname="indexer", driver=None
+    )
+    try:
+        with warnings.catch_warnings():
+            # The library's own deprecations are not this suite's to fail on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            container.start()
+    except Exception as exc:
+        pytest.exit(f"cannot start the {image} container: {first_line(exc)}", returncode=1)
+    try:
+        yield str(container.get_connection_url())
+    finally:
+        container.stop()
+
+
+def _test_data_dir() -> Path:
     path = Path(os.environ.get("INDEXER_TEST_DATA_DIR", TMP / "test-pgdata"))
     path.parent.mkdir(parents=True, exist_ok=True)
     # The server runs as its own system user when we are root: it must be able to
     # reach the directory.
     path.parent.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The embedded server's data directory; for tests of the embedded server itself."""
+    if server_mode() != "embedded":
+        pytest.skip("tests the embedded server (INDEXER_TEST_POSTGRES=container)")
+    return _test_data_dir()
 
 
 def _create_database(server: str, name: str, template: str | None = None) -> str:
@@ -63,11 +137,19 @@ def _drop_database(server: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_dsn(data_dir: Path) -> Iterator[str]:
-    dsn = server.start(data_dir)
+def server_dsn() -> Iterator[str]:
+    """The session's server: the embedded one, or a container (INDEXER_TEST_POSTGRES)."""
+    if server_mode() == "container":
+        image = os.environ.get("INDEXER_TEST_POSTGRES_IMAGE") or DEFAULT_IMAGE
+        with _container_server(image) as dsn:
+            migrate.upgrade(_create_database(dsn, TEMPLATE), "public")
+            yield dsn
+        return
+    path = _test_data_dir()
+    dsn = server.start(path)
     migrate.upgrade(_create_database(dsn, TEMPLATE), "public")
     yield dsn
-    server.stop(data_dir)
+    server.stop(path)
 
 
 @pytest.fixture

@@ -32,3 +32,19 @@ def test_the_command_and_the_daemon_load_no_web_stack(statement: str) -> None:
 def test_the_http_api_is_where_the_web_stack_is() -> None:
     # The check above must be able to fail: importing the API does load it.
     assert "fastapi" in loaded_after("import indexer.http", WEB_STACK)
+
+
+MODEL_STACK = ("onnxruntime", "onnx", "tokenizers", "indexer.embedding")
+
+
+def test_the_sqlalchemy_models_load_no_model() -> None:
+    statement = "import indexer.models"
+    assert loaded_after(statement, MODEL_STACK + WEB_STACK) == []
+    assert loaded_after(statement, ("sqlalchemy", "pgvector.sqlalchemy")) == [
+        "sqlalchemy",
+        "pgvector.sqlalchemy",
+    ]
+
+
+def test_the_model_check_can_fail() -> None:
+    assert "indexer.embedding" in loaded_after("from indexer import Embedder", MODEL_STACK)

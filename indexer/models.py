@@ -1,0 +1,221 @@
+"""SQLAlchemy 2.0 models of the tables the migrations create, for applications.
+
+Migrations own the schema (``indexer migrate`` / ``alembic upgrade head``); these
+classes describe it so an application can use the ORM on it.  A test compares them with
+a freshly migrated database (Alembic's autogenerate comparison, and every constraint
+and index definition in the catalog), so the two cannot drift apart.
+
+Not modelled: ``indexer_status`` (a view, read it with ``select * from
+indexer_status``) and the triggers and functions.  There are no foreign keys, hence no
+relationships: ``Event.chunk_ids`` is an array of ids, not a reference, since events
+outlive the rows they name.
+
+The tables carry no schema, so the same classes serve any ``INDEXER_SCHEMA``.  For a
+schema other than ``public``, map it per connection::
+
+    engine = create_engine(url).execution_options(schema_translate_map={None: "tenant_a"})
+
+(pgvector's type and operators must stay reachable: they live in the schema where
+``CREATE EXTENSION vector`` ran, ``public`` unless it first ran with another schema
+first on the search path).  Importing this module loads SQLAlchemy and pgvector only,
+never the model or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any, Final, Literal
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    TextClause,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Dimensions of the vectors all-MiniLM-L6-v2 writes.
+DIMENSIONS: Final = 384
+
+State = Literal["pending", "claimed", "embedded", "failed"]
+#: ``chunks.state``: a text column with a CHECK constraint (not a PostgreSQL enum).
+STATES: Final[tuple[State, ...]] = ("pending", "claimed", "embedded", "failed")
+
+EventKind = Literal["worker_started", "worker_stopped", "batch_completed", "batch_failed"]
+EVENT_KINDS: Final[tuple[EventKind, ...]] = (
+    "worker_started",
+    "worker_stopped",
+    "batch_completed",
+    "batch_failed",
+)
+
+_TIMESTAMPTZ = DateTime(timezone=True)
+
+#: hnsw.ef_search the indexer's own search uses (indexer.store.store.EF_SEARCH).
+EF_SEARCH: Final = 100
+
+# The iterative scan exists from pgvector 0.8 on; on 0.7 the guard selects no row, so
+# set_config never runs (setting an unknown hnsw.* parameter is an error there).
+_SEARCH_SETTINGS = """
+SELECT set_config('hnsw.ef_search', :ef_search, true) AS ef_search,
+       (SELECT set_config('hnsw.iterative_scan', 'strict_order', true)
+        FROM pg_extension WHERE extname = 'vector'
+          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}')
+           AS iterative_scan
+"""
+
+
+def search_settings(ef_search: int = EF_SEARCH) -> TextClause:
+    """The statement that sets up a transaction for similarity search as the indexer does.
+
+    ``session.execute(search_settings())`` before the query: HNSW keeps ``ef_search``
+    candidates, and on pgvector 0.8 or newer the iterative scan keeps going until
+    ``LIMIT`` rows pass a metadata filter.  Both last until the transaction ends.
+    """
+    return text(_SEARCH_SETTINGS).bindparams(ef_search=str(ef_search))
+
+
+class Base(DeclarativeBase):
+    """The indexer's tables.  ``Base.metadata`` holds them, with no schema."""
+
+    metadata = MetaData()
+
+
+class Chunk(Base):
+    """A row of ``chunks``: insert ``content`` (and ``metadata_``); the daemon does the rest.
+
+    Columns other than ``content`` and ``metadata_`` belong to the daemon and the
+    table's trigger: an insert sets ``state`` to ``pending`` (or ``embedded`` when a
+    vector is supplied), and a change of ``content`` drops the vector and queues the
+    row again.  The ``metadata`` column is ``metadata_`` here, since declarative
+    classes reserve ``metadata``.
+    """
+
+    __tablename__ = "chunks"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(always=False), primary_key=True, autoincrement=True
+    )
+    content: Mapped[str] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    # Written from a list or a numpy array; read back as pgvector-python returns it (a
+    # list of floats from 0.5 on, a numpy array before).
+    embedding: Mapped[Any | None] = mapped_column(Vector(DIMENSIONS))
+    embedding_model: Mapped[str | None] = mapped_column(Text)
+    embedded_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    state: Mapped[State] = mapped_column(
+        Text,
+        server_default=text("'pending'::text"),
+        comment="pending, claimed (a daemon holds a lease), embedded, or failed (see last_error)",
+    )
+    content_version: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("1"),
+        comment="Bumped whenever content changes; a daemon writes a vector only for the version"
+        " it read",
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    retry_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    claimed_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lease_expires_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+    updated_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'claimed', 'embedded', 'failed')", name="chunks_state_check"
+        ),
+        # The daemon's claim scans only the rows that still need work.
+        Index("chunks_queue_idx", "id", postgresql_where=text("state IN ('pending', 'claimed')")),
+        Index("chunks_failed_idx", "id", postgresql_where=text("state = 'failed'")),
+        # Cosine distance: order by Chunk.embedding.cosine_distance(q) to use it.
+        Index(
+            "chunks_embedding_idx",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        {
+            "comment": "Text to embed. Insert content (and metadata); the indexer daemon fills"
+            " embedding."
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"Chunk(id={self.id!r}, state={self.state!r}, content={self.content[:40]!r})"
+
+
+class Event(Base):
+    """A row of ``events``: one per batch and per daemon start and stop (append-only)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(always=True), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("clock_timestamp()")
+    )
+    kind: Mapped[EventKind] = mapped_column(Text)
+    worker_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    row_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    token_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    claim_ms: Mapped[float | None] = mapped_column(Double)
+    embed_ms: Mapped[float | None] = mapped_column(Double)
+    write_ms: Mapped[float | None] = mapped_column(Double)
+    chunk_ids: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), server_default=text("'{}'::bigint[]")
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('worker_started', 'worker_stopped', 'batch_completed', 'batch_failed')",
+            name="events_kind_check",
+        ),
+        Index("events_at_idx", "at"),
+        Index("events_kind_at_idx", "kind", "at"),
+        {
+            "comment": "One row per batch (batch_completed / batch_failed) and per daemon start"
+            " and stop."
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id!r}, kind={self.kind!r}, at={self.at!r})"
+
+
+__all__ = [
+    "DIMENSIONS",
+    "EF_SEARCH",
+    "EVENT_KINDS",
+    "STATES",
+    "Base",
+    "Chunk",
+    "Event",
+    "EventKind",
+    "State",
+    "search_settings",
+]
