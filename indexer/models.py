@@ -5,8 +5,8 @@ classes describe it so an application can use the ORM on it.  A test compares th
 a freshly migrated database (Alembic's autogenerate comparison, and every constraint
 and index definition in the catalog), so the two cannot drift apart.
 
-Not modelled: ``indexer_status`` (a view, read it with ``select * from
-indexer_status``) and the triggers and functions.  There are no foreign keys, hence no
+``VectorCache`` is the vector cache.  Not modelled: ``indexer_status`` (a view, read it
+with ``select * from indexer_status``) and the triggers and functions.  There are no foreign keys, hence no
 relationships: ``Event.chunk_ids`` is an array of ids, not a reference, since events
 outlive the rows they name.
 
@@ -37,6 +37,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Text,
     TextClause,
@@ -139,6 +140,11 @@ class Chunk(Base):
     updated_at: Mapped[datetime.datetime] = mapped_column(
         _TIMESTAMPTZ, server_default=text("now()")
     )
+    content_hash: Mapped[bytes | None] = mapped_column(
+        LargeBinary,
+        comment="sha256 of the text the model read for the stored embedding (the first "
+        "INDEXER_MAX_CHARS characters, UTF-8); NULL while not embedded",
+    )
 
     __table_args__ = (
         CheckConstraint(
@@ -189,6 +195,11 @@ class Event(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    reused_count: Mapped[int] = mapped_column(
+        Integer,
+        server_default=text("0"),
+        comment="Rows of the batch whose vector came from the vector cache (no model call)",
+    )
 
     __table_args__ = (
         CheckConstraint(
@@ -207,6 +218,36 @@ class Event(Base):
         return f"Event(id={self.id!r}, kind={self.kind!r}, at={self.at!r})"
 
 
+class VectorCache(Base):
+    """A row of ``vector_cache``: the vector of one model input, reused for equal text.
+
+    ``model`` is the embedder's cache key (name, variant, max tokens, graph digest);
+    ``hash`` the sha256 of the text the model read.  Filled and pruned by the daemon.
+    """
+
+    __tablename__ = "vector_cache"
+
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    embedding: Mapped[Any] = mapped_column(Vector(DIMENSIONS))
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+    used_at: Mapped[datetime.datetime] = mapped_column(_TIMESTAMPTZ, server_default=text("now()"))
+
+    __table_args__ = (
+        Index("vector_cache_used_at_idx", "used_at"),
+        {
+            "comment": "Vectors by (model cache key, sha256 of the model input), reused for "
+            "equal text; pruned by the daemon (INDEXER_CACHE_MAX_AGE_DAYS, "
+            "INDEXER_CACHE_MAX_ENTRIES)"
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"VectorCache(model={self.model!r}, hash={self.hash.hex()[:12]!r})"
+
+
 __all__ = [
     "DIMENSIONS",
     "EF_SEARCH",
@@ -217,5 +258,6 @@ __all__ = [
     "Event",
     "EventKind",
     "State",
+    "VectorCache",
     "search_settings",
 ]
