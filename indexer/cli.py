@@ -21,7 +21,7 @@ from indexer.app import Daemon, EmbedderLoader, Indexer
 from indexer.db import migrate, server
 from indexer.db.connect import resolve_dsn
 from indexer.embedding import load_embedder
-from indexer.exceptions import IndexerError, InvalidInput
+from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput
 from indexer.limits import check_k
 from indexer.settings import FIELDS, Settings, env_name, value_parser
 from indexer.store import CacheStats
@@ -31,10 +31,40 @@ EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
 Command = Callable[[argparse.Namespace, Settings, EmbedderLoader], int]
 
 
-def _settings_parser() -> argparse.ArgumentParser:
+# The settings each command reads: its --help lists these and no others.
+_DATABASE = ("database_url", "data_dir", "schema")
+_MODEL = (
+    "model_dir",
+    "model_variant",
+    "model_cache",
+    "threads",
+    "provider",
+    "token_budget",
+    "max_chars",
+)
+_LOGS = ("log_level", "log_format")
+_ALL = tuple(f.name for f in FIELDS)
+USES: dict[str, tuple[str, ...]] = {
+    "migrate": (*_DATABASE, *_LOGS),
+    "run": _ALL,
+    "dsn": (*_DATABASE, *_LOGS),
+    "embed": (*_MODEL, *_LOGS),
+    "search": (*_DATABASE, *_MODEL, *_LOGS),
+    "status": (*_DATABASE, *_LOGS),
+    "retry": (*_DATABASE, *_LOGS),
+    "events": (*_DATABASE, "events_retention_days", *_LOGS),
+    "cache": (*_DATABASE, "max_chars", "cache_max_entries", "cache_max_age_days", *_LOGS),
+    "server": ("data_dir", *_LOGS),
+    "bench": _ALL,
+}
+
+
+def _settings_parser(names: Sequence[str]) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("settings (each also an environment variable)")
     for f in FIELDS:
+        if f.name not in names:
+            continue
         if f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
@@ -75,7 +105,7 @@ def _shown(default: object) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _settings_parser()
+    settings_of = {name: _settings_parser(names) for name, names in USES.items()}
     parser = argparse.ArgumentParser(
         prog="indexer",
         description="Embed text rows in PostgreSQL and search them.",
@@ -84,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        return sub.add_parser(
+            name, parents=[settings_of[name]], help=help_text, description=help_text
+        )
 
     add("migrate", "create or upgrade the schema (chunks, events, indexes, views)")
     run = add("run", "run the embedding daemon")
@@ -93,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--http",
         metavar="HOST:PORT",
-        default=os.environ.get("INDEXER_HTTP") or None,
+        default=None,
         help="serve the HTTP API (health, metrics, embed, search) on this address, "
         "e.g. 127.0.0.1:8080 (env INDEXER_HTTP; default: off)",
     )
@@ -116,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_help = "inspect and maintain the vector cache"
     cache = sub.add_parser("cache", help=cache_help, description=cache_help)
     cache_actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common = settings_of["cache"]
     cache_actions.add_parser(
         "stats", help="entries, disk size, hit rate", parents=[common]
     ).add_argument("--json", action="store_true", help="print one JSON object")
@@ -155,7 +188,7 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
     (tests pass a wrapper that injects failures, see :mod:`indexer.testing`)."""
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env(**{f.name: getattr(args, f.name, None) for f in FIELDS})
+        settings = _settings(args)
         logs.configure(settings.log_level, settings.log_format)
         return COMMANDS[args.command](args, settings, load)
     except IndexerError as exc:
@@ -194,12 +227,38 @@ def cmd_server(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
     return 0
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of the environment and the options; an invalid value is named as the
+    user gave it: ``--batch-size`` if typed as an option, ``INDEXER_BATCH_SIZE`` if set in
+    the environment."""
+    options = {f.name: getattr(args, f.name, None) for f in FIELDS}
+    try:
+        return Settings.from_env(**options)
+    except ConfigurationError as exc:
+        typed = {k: v for k, v in options.items() if v is not None}
+        try:
+            Settings.from_env({}, **typed)
+        except ConfigurationError as from_options:
+            message = str(from_options)
+            for name in typed:
+                message = message.replace(env_name(name), "--" + name.replace("_", "-"))
+            raise ConfigurationError(message) from None
+        raise exc from None
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     address = None
-    if args.http:  # a typo fails before the model loads; without --http, no web stack
+    http = args.http or os.environ.get("INDEXER_HTTP") or None
+    if http:  # a typo fails before the model loads; without --http, no web stack
         from indexer.http import parse_address
 
-        address = parse_address(args.http)
+        try:
+            address = parse_address(http)
+        except ConfigurationError as exc:
+            if args.http:
+                raise
+            message = str(exc).replace(f"--http {http!r}", f"INDEXER_HTTP={http!r}")
+            raise ConfigurationError(message) from None
     on_terminal = args.once and not args.no_progress and sys.stderr.isatty()
     Daemon(
         settings,

@@ -6,9 +6,9 @@ a freshly migrated database (Alembic's autogenerate comparison, and every constr
 and index definition in the catalog), so the two cannot drift apart.
 
 ``VectorCache`` is the vector cache.  Not modelled: ``indexer_status`` (a view, read it
-with ``select * from indexer_status``) and the triggers and functions.  There are no foreign keys, hence no
-relationships: ``Event.chunk_ids`` is an array of ids, not a reference, since events
-outlive the rows they name.
+with ``select * from indexer_status``) and the triggers and functions.  There are no
+foreign keys, hence no relationships: ``Event.chunk_ids`` is an array of ids, not a
+reference, since events outlive the rows they name.
 
 The tables carry no schema, so the same classes serve any ``INDEXER_SCHEMA``.  For a
 schema other than ``public``, map it per connection::

@@ -239,8 +239,18 @@ class FakeStore:
             self.events.append({"kind": "batch_failed", "ids": failed})
         return sorted(failed)
 
-    def extend_lease(self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float) -> None:
+    def extend_lease(
+        self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+    ) -> list[int]:
         self._enter("extend_lease")
+        with self.lock:
+            return sorted(
+                i
+                for i in ids
+                if (row := self.rows.get(i)) is not None
+                and row.state == "claimed"
+                and row.claimed_by == worker_id
+            )
 
     def release(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
         self._enter("release")

@@ -10,10 +10,17 @@ from __future__ import annotations
 from alembic import context
 
 from indexer.db.migrate import connect_for_alembic
+from indexer.models import Base
 
 config = context.config
 connection = config.attributes.get("connection")
 schema: str = config.attributes.get("schema", "public")
+
+
+def _ours(obj: object, name: str | None, kind: str, reflected: bool, compare_to: object) -> bool:
+    """`alembic check` compares the indexer's tables only, never an application's own
+    tables that share the schema."""
+    return not (kind == "table" and reflected and name not in Base.metadata.tables)
 
 
 def run(conn: object) -> None:
@@ -21,6 +28,12 @@ def run(conn: object) -> None:
         connection=conn,  # type: ignore[arg-type]
         version_table_schema=schema,
         transaction_per_migration=True,
+        # The models (indexer.models), so that `alembic check` says whether they and the
+        # migrations agree; upgrades do not use them.
+        target_metadata=Base.metadata,
+        include_object=_ours,
+        compare_type=True,
+        compare_server_default=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -147,10 +147,12 @@ RETURNING row_count, chunk_ids;
 
 -- extend_lease --
 -- Heartbeat for the batch in flight: a slow model call never loses its rows to another
--- daemon, and once the daemon dies its leases run out within lease_seconds.
+-- daemon, and once the daemon dies its leases run out within lease_seconds.  Returns
+-- the rows still held: one missing was taken over (its lease ran out) or changed.
 UPDATE chunks
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+RETURNING id;
 
 -- release --
 -- Give claimed rows back (the daemon is stopping, or could not finish them).

@@ -265,12 +265,17 @@ class Store:
         )
         return list(row["chunk_ids"])
 
-    def extend_lease(self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float) -> None:
-        if ids:
-            self._execute(
-                "extend_lease",
-                {"worker_id": worker_id, "ids": list(ids), "lease_seconds": lease_seconds},
-            )
+    def extend_lease(
+        self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+    ) -> list[int]:
+        """Renew the leases of ``ids``; return those this daemon still holds."""
+        if not ids:
+            return []
+        rows = self._execute(
+            "extend_lease",
+            {"worker_id": worker_id, "ids": list(ids), "lease_seconds": lease_seconds},
+        )
+        return sorted(r["id"] for r in rows)
 
     def release(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
         if ids:

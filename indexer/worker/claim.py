@@ -35,6 +35,8 @@ class Claim:
     groups: list[list[ClaimedRow]]
     tokenized: Tokenized
     claim_ms: float
+    #: True until the first batch is taken: the leases are as fresh as the claim.
+    fresh: bool = True
 
     @classmethod
     def of(
@@ -71,8 +73,21 @@ class Claim:
         return groups, taken, self._take_claim_ms()
 
     def _take_claim_ms(self) -> float:
+        self.fresh = False
         claim_ms, self.claim_ms = self.claim_ms, 0.0
         return claim_ms
+
+    def drop(self, ids: set[int]) -> None:
+        """Forget rows this daemon no longer holds (another daemon took them over)."""
+        self.reused = [r for r in self.reused if r.id not in ids]
+        keep = []
+        for number, group in enumerate(self.groups):
+            rows = [r for r in group if r.id not in ids]
+            if rows:
+                self.groups[number] = rows
+                keep.append(number)
+        self.groups = [self.groups[i] for i in keep]
+        self.tokenized = self.tokenized.select(keep)
 
     @property
     def ids(self) -> list[int]:

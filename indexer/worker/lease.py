@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 class LeaseStore(Protocol):
     def extend_lease(
         self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
-    ) -> None: ...
+    ) -> list[int]: ...
 
 
 class LeaseKeeper:

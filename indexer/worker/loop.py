@@ -184,6 +184,9 @@ class Worker:
                 self._idle()
                 return True
         claim = self._claim
+        if not claim.fresh and not self._still_held(claim):
+            self._claim = None
+            return True
         if claim.reused:
             reused, claim_ms = claim.take_reused()
             if not claim.ids:
@@ -196,6 +199,23 @@ class Worker:
             self._claim = None
         self.process(groups, tokenized, claim_ms, rest)
         return True
+
+    def _still_held(self, claim: Claim) -> bool:
+        """Renew the leases of the claim's rows before its next batch, and drop those
+        another daemon took over meanwhile (a lease that ran out while this process was
+        stopped or starved): embedding them would be wasted work.  False when none is
+        left."""
+        ids = claim.ids
+        held = set(self.store.extend_lease(self.worker_id, ids, self.settings.lease_seconds))
+        lost = set(ids) - held
+        if lost:
+            logger.warning(
+                "%d rows of this claim were taken over by another daemon (their lease ran "
+                "out); skipping them",
+                len(lost),
+            )
+            claim.drop(lost)
+        return bool(claim.ids)
 
     def _next_claim(self) -> Claim | None:
         """Claim rows (with their cached vectors), tokenize the others' texts once and

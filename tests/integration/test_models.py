@@ -169,6 +169,24 @@ def test_alembic_check_finds_nothing_to_generate(database: str) -> None:
     assert script.upgrade_ops.is_empty(), script.upgrade_ops.as_diffs()
 
 
+def test_the_alembic_check_command_passes_from_the_checkout(
+    database: str, model_cache: Path, conn: Any
+) -> None:
+    # An application's own table in the same schema is not the indexer's business.
+    conn.execute("CREATE TABLE articles (id bigint PRIMARY KEY, body text)")
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "check"],
+        cwd=ROOT,
+        env=cli_env(database, model_cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No new upgrade operations detected" in result.stdout + result.stderr
+
+
 def _drop_column(metadata: MetaData) -> None:
     chunks = metadata.tables["chunks"]
     chunks._columns.remove(chunks.c.attempts)

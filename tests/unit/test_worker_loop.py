@@ -8,6 +8,7 @@ exactly; the integration tests run the same loop on PostgreSQL.
 from __future__ import annotations
 
 import threading
+import uuid
 
 import numpy as np
 import numpy.typing as npt
@@ -193,3 +194,24 @@ def test_with_the_cache_off_nothing_is_kept_or_reused() -> None:
     Worker(off, store, embedder).run(once=True)
     assert store.cache == {}
     assert [t for call in embedder.calls for t in call] == ["text"]  # still deduplicated
+
+
+def test_rows_taken_over_by_another_daemon_are_not_embedded() -> None:
+    store = FakeStore()
+    ids = store.add(*(words(n + 1) for n in range(8)))
+    other = uuid.uuid4()
+    taken = set(ids[3:6])
+
+    def take_over(name: str) -> None:
+        # After the first batch's write, another daemon takes over three rows whose lease
+        # ran out (this one was stopped, say).
+        if name == "complete_batch" and store.calls.count("complete_batch") == 1:
+            for i in taken:
+                store.rows[i].claimed_by = other
+
+    store.before = take_over
+    embedder = FakeEmbedder()
+    run(store, embedder)
+    embedded = {t for call in embedder.calls for t in call}
+    assert embedded.isdisjoint({store.rows[i].content for i in taken})
+    assert {i for i, r in store.rows.items() if r.state == "embedded"} == set(ids) - taken
