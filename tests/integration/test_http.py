@@ -607,12 +607,19 @@ def test_over_the_memory_budget_a_body_is_refused_before_it_is_read(
 
 
 def test_a_hung_database_leaves_embed_its_own_threads(
-    api: Api, settings: Settings, embedder: Embedder, conn: Connection, database: str
+    settings: Settings, embedder: Embedder, conn: Connection, database: str
 ) -> None:
     # More searches than anyio's shared pool has threads (40) hang on a locked table:
-    # /embed must still be answered while every one of them is stuck.
+    # /embed must still be answered while every one of them is stuck.  Bounds far past
+    # the test's length, so that no search can end before the lock does.
     insert(conn, CORPUS["cat"])
     drain(settings, embedder)
+    limits = HttpLimits(pool_wait=120, statement_timeout=120, search_deadline=240)
+    with serve(settings, database, embedder, limits) as api:
+        searches_stuck_while_embed_answers(api, conn, database)
+
+
+def searches_stuck_while_embed_answers(api: Api, conn: Connection, database: str) -> None:
 
     def search() -> int:
         response = httpx.post(api.server.url + "/search", json={"query": "cat"}, timeout=60)
