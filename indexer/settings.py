@@ -147,6 +147,16 @@ class Settings:
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
+    # -- the HTTP API's authentication (repr=False: never in a settings dump) --------
+    http_token: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"help": "bearer token the HTTP API requires (all but /health); unset: none"},
+    )
+    http_token_file: Path | None = field(
+        default=None,
+        metadata={"help": "file of bearer tokens for the HTTP API, one per line"},
+    )
 
     def __post_init__(self) -> None:
         _check_schema_name(self.schema)

@@ -1,26 +1,38 @@
-"""What the HTTP requests share: the model, its call slots, and two Stores.
+"""What the HTTP requests share: the model, its call slots, two Stores, the thread
+limiters of /embed and /search, the memory budget of bodies, and the outage log.
 
 The API never touches the worker's Store: /search has one Store of its own, whose pool
 every search request shares, and /health and /metrics ask another one (a single
 connection) through :class:`Probe`, so a hung health check never holds a connection a
-search is waiting for.
+search is waiting for.  Every statement on either runs under PostgreSQL's
+``statement_timeout`` (``HttpLimits.statement_timeout``).  /embed and /search each run
+in threads of their own (an ``anyio.CapacityLimiter`` each): searches stuck on a hung
+database cannot take the threads /embed needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import numpy as np
 import numpy.typing as npt
+import psycopg
 
 from indexer.embedding import TextEmbedder
 from indexer.exceptions import DatabaseUnavailable
+from indexer.http.bounds import HttpLimits
+from indexer.http.middleware import MemoryBudget
 from indexer.metrics import Metrics
 from indexer.store import Store
+
+logger = logging.getLogger(__name__)
 
 #: /health and /metrics give up waiting for the database after this many seconds.
 PROBE_TIMEOUT = 3.0
@@ -28,7 +40,7 @@ PROBE_TIMEOUT = 3.0
 SEARCH_CONNECTIONS = 4
 #: Seconds a /search request waits for one of them (all busy, or the database away)
 #: before it answers 503.
-SEARCH_WAIT = 5.0
+SEARCH_WAIT = HttpLimits.pool_wait
 #: Model calls from HTTP requests at once: concurrent calls share ONNX Runtime's
 #: threads (no faster together) and each holds its own batch buffers (memory).
 MODEL_CALLS = 2
@@ -43,8 +55,9 @@ class Probe:
     exiting.
     """
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, outage: OutageLog | None = None) -> None:
         self._store = Store(dsn, schema, pool_size=1, timeout=PROBE_TIMEOUT, name="http-probe")
+        self._outage = outage
         self._lock = threading.Lock()
         self._running: concurrent.futures.Future[dict[str, Any]] | None = None
         self._closed = False
@@ -58,9 +71,19 @@ class Probe:
             running = self._running
         try:
             # shield: a caller that gives up must not cancel the check the next one shares.
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout)
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout)
         except TimeoutError:
-            raise DatabaseUnavailable(f"the database did not answer within {timeout:g} s") from None
+            exc = DatabaseUnavailable(f"the database did not answer within {timeout:g} s")
+            if self._outage is not None:
+                self._outage.down(exc)
+            raise exc from None
+        except DatabaseUnavailable as exc:
+            if self._outage is not None:
+                self._outage.down(exc)
+            raise
+        if self._outage is not None:
+            self._outage.up()
+        return result
 
     def _start(self) -> concurrent.futures.Future[dict[str, Any]]:
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
@@ -82,21 +105,79 @@ class Probe:
         self._store.close()
 
 
+class OutageLog:
+    """One WARNING when the HTTP API loses the database, one INFO when it is back.
+
+    Every failed request during an outage would otherwise log a line of its own: the
+    ones in between go to DEBUG.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down = False
+
+    def down(self, exc: BaseException) -> None:
+        with self._lock:
+            was_down, self._down = self._down, True
+        if was_down:
+            logger.debug("HTTP API: database still unavailable: %s", exc)
+        else:
+            logger.warning("HTTP API: database unavailable: %s", exc)
+
+    def up(self) -> None:
+        with self._lock:
+            was_down, self._down = self._down, False
+        if was_down:
+            logger.info("HTTP API: database reachable again")
+
+    @property
+    def is_down(self) -> bool:
+        return self._down
+
+
+def with_statement_timeout(dsn: str, seconds: float) -> str:
+    """``dsn`` whose sessions run with ``statement_timeout`` (added to its own options).
+
+    Kept in the form it was given (a URL stays a URL), so that error messages show
+    the DSN the user wrote, plus the option."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    option = f"-c statement_timeout={max(1, round(seconds * 1000))}"
+    if info.get("options"):
+        info["options"] = f"{info['options']} {option}"
+        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+    if "://" in dsn:
+        return f"{dsn}{'&' if '?' in dsn else '?'}options={urllib.parse.quote(option)}"
+    return f"{dsn} options='{option}'"
+
+
 class Resources:
     """Everything the routes use, created with the app and closed when it stops."""
 
-    def __init__(self, dsn: str, schema: str, embedder: TextEmbedder, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        embedder: TextEmbedder,
+        metrics: Metrics,
+        limits: HttpLimits | None = None,
+    ) -> None:
         self.embedder = embedder
         self.metrics = metrics
+        self.limits = limits = limits or HttpLimits()
+        self.outage = OutageLog()
+        dsn = with_statement_timeout(dsn, limits.statement_timeout)
         self.store = Store(
             dsn,
             schema,
             pool_size=SEARCH_CONNECTIONS,
-            timeout=SEARCH_WAIT,
+            timeout=limits.pool_wait,
             name="http-search",
         )
-        self.probe = Probe(dsn, schema)
+        self.probe = Probe(dsn, schema, self.outage)
         self.model_calls = threading.BoundedSemaphore(MODEL_CALLS)
+        self.embed_threads = anyio.CapacityLimiter(limits.embed_threads)
+        self.search_threads = anyio.CapacityLimiter(limits.search_threads)
+        self.budget = MemoryBudget(limits.memory_budget)
         self._closed = False
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:

@@ -3,28 +3,40 @@
 Every error a client can cause is ``{"error": "..."}`` with a fitting status, never a
 traceback: the handlers below map the package's exceptions, driver errors, pydantic's
 validation errors and Starlette's own (404, 405) onto that one shape.
+
+/embed and /search read their body as bytes on the event loop (already bounded by
+:class:`~indexer.http.middleware.LimitBody`) and do everything else, parsing
+included, in threads of their own (:mod:`indexer.http.parse`): a large body never
+stalls /health.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.embedding import TextEmbedder
 from indexer.exceptions import (
+    ConfigurationError,
     DatabaseUnavailable,
     ExtensionMissing,
     IndexerError,
@@ -32,7 +44,15 @@ from indexer.exceptions import (
     SchemaNotMigrated,
     first_line,
 )
-from indexer.http.middleware import CatchAll, CountRequests, LimitBody
+from indexer.http.bounds import HttpLimits
+from indexer.http.middleware import (
+    CatchAll,
+    CountRequests,
+    LimitBody,
+    LimitRequests,
+    RequireToken,
+)
+from indexer.http.parse import BodyError, parse_body, validation_message
 from indexer.http.resources import Resources
 from indexer.http.schemas import (
     EmbedChunksResponse,
@@ -54,14 +74,49 @@ logger = logging.getLogger(__name__)
 ENDPOINTS = ("/health", "/metrics", "/embed", "/search")
 
 #: The error bodies the OpenAPI schema lists for /embed and /search.
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (413, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 408, 413, 422, 503)
+}
+
+_NOT_JSON = "send a JSON body with the header Content-Type: application/json"
+
+
+def load_tokens(settings: Settings) -> list[str]:
+    """The bearer tokens the API accepts: ``INDEXER_HTTP_TOKEN`` and every non-blank
+    line of ``INDEXER_HTTP_TOKEN_FILE``; none: the API is open (bind it to loopback)."""
+    tokens = [settings.http_token.strip()] if settings.http_token else []
+    path = settings.http_token_file
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigurationError(
+                f"INDEXER_HTTP_TOKEN_FILE={str(path)!r} cannot be read: {reason}"
+            ) from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise ConfigurationError(f"INDEXER_HTTP_TOKEN_FILE={str(path)!r} holds no token")
+        tokens.extend(from_file)
+    return tokens
 
 
 def create_app(
-    settings: Settings, *, dsn: str, embedder: TextEmbedder, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    dsn: str,
+    embedder: TextEmbedder,
+    metrics: Metrics | None = None,
+    limits: HttpLimits | None = None,
 ) -> FastAPI:
-    """The API over ``dsn``; its connections close when the app shuts down."""
-    res = Resources(dsn, settings.schema, embedder, metrics or Metrics())
+    """The API over ``dsn``; its connections close when the app shuts down.
+
+    ``limits``: the HTTP layer's bounds (:class:`HttpLimits`; its defaults unless
+    given).  Raises ConfigurationError for an unreadable or empty token file.
+    """
+    tokens = load_tokens(settings)
+    limits = limits or HttpLimits()
+    res = Resources(dsn, settings.schema, embedder, metrics or Metrics(), limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,27 +134,66 @@ def create_app(
     )
     # HttpServer.stop closes them too, in case a forced exit skipped the lifespan's end.
     app.state.indexer = res
-    app.add_middleware(LimitBody)
+    # Innermost first: the token is checked before the request counts against the
+    # limit, and both before any of its body is read.
+    app.add_middleware(
+        LimitBody, limit=limits.max_body_bytes, budget=res.budget, timeout=limits.body_timeout
+    )
+    app.add_middleware(LimitRequests, limit=limits.max_requests)
+    app.add_middleware(RequireToken, tokens=tokens)
     app.add_middleware(CatchAll)
     app.add_middleware(CountRequests, metrics=res.metrics, endpoints=ENDPOINTS)
-    _add_error_handlers(app)
+    _add_error_handlers(app, res)
     _add_health(app, res)
     _add_metrics(app, res)
     _add_embed(app, res)
     _add_search(app, res)
+    _document_bodies(app, EmbedRequest, SearchRequest)
     return app
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its body itself."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Add the request models to the OpenAPI components (the routes parse their bodies
+    themselves, so FastAPI does not know them)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(found.pop("$defs", {}))
+                components[model.__name__] = found
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # -- errors ---------------------------------------------------------------------------
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, res: Resources) -> None:
     @app.exception_handler(IndexerError)
     async def indexer_error(request: Request, exc: IndexerError) -> JSONResponse:
         status = _status_code(exc)
-        if status >= 500:
+        if status == 503:
+            res.outage.down(exc)  # one line per outage, not one per request
+        elif status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(BodyError)
+    async def body_error(request: Request, exc: BodyError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(psycopg.Error)
     async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
@@ -111,9 +205,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json" and not kind.endswith("+json"):
             # FastAPI then parsed no body at all: its "Field required" would mislead.
-            message = "send a JSON body with the header Content-Type: application/json"
+            message = _NOT_JSON
         else:
-            message = _validation_message(exc)
+            message = validation_message(exc.errors())
         return JSONResponse({"error": message}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -129,21 +223,6 @@ def _status_code(exc: IndexerError) -> int:
     if isinstance(exc, InvalidInput):
         return 422
     return 500
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    """pydantic's errors in one line: the first five, each with where it is."""
-    problems = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        message = str(error.get("msg", "invalid"))
-        if error.get("type") == "json_invalid":
-            message = f"the body is not valid JSON ({error.get('ctx', {}).get('error', '')})"
-        problems.append(
-            f"{where}: {message}" if where and error.get("type") != "json_invalid" else message
-        )
-    more = len(exc.errors()) - len(problems)
-    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _check_texts(texts: Sequence[str], noun: str) -> None:
@@ -214,8 +293,15 @@ def _add_metrics(app: FastAPI, res: Resources) -> None:
 
 
 # -- /embed and /search ---------------------------------------------------------------
-# Plain functions, not coroutines: FastAPI runs them in its thread pool, so a model
-# call or a query does not stop the event loop from answering /health meanwhile.
+# The handlers read the body and hand it to a thread of their endpoint's own limiter:
+# parsing, the model call and the query never run on the event loop, and neither
+# endpoint can take the other's threads.
+
+
+def _require_json(request: Request) -> None:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise BodyError(422, _NOT_JSON)
 
 
 def _add_embed(app: FastAPI, res: Resources) -> None:
@@ -223,27 +309,37 @@ def _add_embed(app: FastAPI, res: Resources) -> None:
         "/embed",
         response_model=EmbedTextsResponse | EmbedChunksResponse,
         responses=_ERRORS,
+        openapi_extra=_body_schema(EmbedRequest),
     )
-    def embed(body: EmbedRequest) -> Response:
+    async def embed(request: Request) -> Response:
         """Vectors for texts (or for chunks, echoing their ids); no database involved."""
-        if body.chunks is not None:
-            _check_texts([c.content for c in body.chunks], "chunk")
-            vectors = _rounded(res.embed([c.content for c in body.chunks]))
-            out: dict[str, Any] = {
-                "batch_id": body.batch_id,
-                "chunks": [
-                    {"chunk_id": c.chunk_id, "embedding": v}
-                    for c, v in zip(body.chunks, vectors, strict=True)
-                ],
-            }
-        else:
-            assert body.texts is not None  # the body's validator allows no third shape
-            _check_texts(body.texts, "text")
-            out = {"embeddings": _rounded(res.embed(body.texts))}
-        out.update(model=res.embedder.name, dim=res.embedder.dim)
-        # Serialized here, not through response_model: no pydantic pass over every float
-        # (up to 256 x 384 of them).
-        return Response(json.dumps(out), media_type="application/json")
+        _require_json(request)
+        raw = await request.body()
+        work = functools.partial(_embed, res, raw)
+        return await anyio.to_thread.run_sync(work, limiter=res.embed_threads)
+
+
+def _embed(res: Resources, raw: bytes) -> Response:
+    body = parse_body(raw, EmbedRequest, res.limits)
+    del raw
+    if body.chunks is not None:
+        _check_texts([c.content for c in body.chunks], "chunk")
+        vectors = _rounded(res.embed([c.content for c in body.chunks]))
+        out: dict[str, Any] = {
+            "batch_id": body.batch_id,
+            "chunks": [
+                {"chunk_id": c.chunk_id, "embedding": v}
+                for c, v in zip(body.chunks, vectors, strict=True)
+            ],
+        }
+    else:
+        assert body.texts is not None  # the body's validator allows no third shape
+        _check_texts(body.texts, "text")
+        out = {"embeddings": _rounded(res.embed(body.texts))}
+    out.update(model=res.embedder.name, dim=res.embedder.dim)
+    # Serialized here, not through response_model: no pydantic pass over every float
+    # (up to 256 x 384 of them).
+    return Response(json.dumps(out), media_type="application/json")
 
 
 def _rounded(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
@@ -253,17 +349,62 @@ def _rounded(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
 
 
 def _add_search(app: FastAPI, res: Resources) -> None:
-    @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
-    def search(body: SearchRequest) -> SearchResponse:
+    @app.post(
+        "/search",
+        response_model=SearchResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_schema(SearchRequest),
+    )
+    async def search(request: Request) -> Response:
         """The k embedded rows nearest to the query (cosine), best first."""
-        _check_texts([body.query], "query")
-        vector = res.embed([body.query])[0]
+        _require_json(request)
+        raw = await request.body()
+        deadline = res.limits.search_deadline
+        work = functools.partial(_search, res, raw)
+        try:
+            with anyio.fail_after(deadline):
+                # abandon_on_cancel: a thread stuck in a hung database keeps its
+                # limiter slot (so the next searches queue), but its client is answered.
+                return await anyio.to_thread.run_sync(
+                    work, limiter=res.search_threads, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"the search did not finish within {deadline:g} s "
+                "(the database is slow or away, or too many searches are waiting)"
+            ) from None
+
+
+def _search(res: Resources, raw: bytes) -> Response:
+    body = parse_body(raw, SearchRequest, res.limits)
+    del raw
+    _check_filter(body.filter, res.limits.max_filter_bytes)
+    _check_texts([body.query], "query")
+    vector = res.embed([body.query])[0]
+    try:
         hits = res.store.search(
             vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS
         )
-        return SearchResponse(
-            results=[
-                SearchResult(id=h.id, score=h.score, content=h.content, metadata=h.metadata)
-                for h in hits
-            ]
-        )
+    except DatabaseUnavailable as exc:
+        if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+            raise DatabaseUnavailable(
+                f"the search ran past the statement timeout ({res.limits.statement_timeout:g} s)"
+            ) from exc
+        raise
+    res.outage.up()
+    found = SearchResponse(
+        results=[
+            SearchResult(id=h.id, score=h.score, content=h.content, metadata=h.metadata)
+            for h in hits
+        ]
+    )
+    return Response(found.model_dump_json(), media_type="application/json")
+
+
+def _check_filter(value: dict[str, Any] | None, limit: int) -> None:
+    """422 for a filter longer than ``limit`` bytes as compact JSON."""
+    if value is None:
+        return
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limit:
+        raise BodyError(422, f"the filter is {size} bytes as JSON; at most {limit}")

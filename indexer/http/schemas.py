@@ -12,13 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from indexer.http.bounds import HttpLimits
 from indexer.limits import CONTENT_CHARS, MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
 
 
 class _Body(BaseModel):
-    """A request body: a misspelt field is an error, not silently ignored."""
+    """A request body: a misspelt field is an error, not silently ignored, and types are
+    strict (``"5"`` and ``true`` are not integers)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ChunkIn(_Body):
@@ -73,7 +75,8 @@ class SearchRequest(_Body):
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: dict[str, Any] | None = Field(
         default=None,
-        description="only rows whose metadata contains this JSON object (jsonb @>)",
+        description="only rows whose metadata contains this JSON object (jsonb @>); "
+        f"at most {HttpLimits.max_filter_bytes} bytes as compact JSON",
     )
 
     @field_validator("query")

@@ -1,23 +1,132 @@
 """uvicorn in a background thread of the daemon, and the ``--http HOST:PORT`` address.
 
 The worker keeps the main thread and the signal handlers; the API runs beside it.
+uvicorn's h11 protocol is extended (:class:`GuardedProtocol`) with a deadline on
+request heads and a cap on open sockets that evicts idle ones, since uvicorn's own
+``limit_concurrency`` counts sockets that never sent a request and answers every
+request, /health included, with a plain-text 503 while they stay open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
 import time
+from typing import Any, ClassVar
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from indexer.exceptions import ConfigurationError, first_line
+from indexer.http.bounds import HttpLimits
+from indexer.http.middleware import error_body
 from indexer.http.resources import Resources
 
-#: Open connections uvicorn serves at once; more get a 503.
-MAX_CONNECTIONS = 64
+#: Open sockets; a new one past it closes the oldest one with no request in progress.
+MAX_CONNECTIONS = HttpLimits.max_connections
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol, plus:
+
+    - a head deadline: a connection that has not sent a complete request head within
+      ``limits.head_timeout`` of connecting (or of its previous answer) is closed;
+    - a socket cap: past ``limits.max_connections`` open sockets, each new one closes
+      the oldest socket that has no request in progress (idle or still sending its
+      head), so that idle and slow clients can never lock out /health;
+    - a malformed request (bad Content-Length, bad header) gets a JSON 400.
+    """
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _waiting_since = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+        self._evict()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._idle():
+            self._arm_head_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        body = error_body("invalid HTTP request (malformed request line or headers)")
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            output = self.conn.send(event)
+            if output:
+                self.transport.write(output)
+        self.transport.close()
+
+    def _idle(self) -> bool:
+        """No request in progress: waiting for (or reading) a request head."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._waiting_since = self.loop.time()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing() and self._idle():
+            self.transport.close()
+
+    def _evict(self) -> None:
+        over = len(self.connections) - self.limits.max_connections
+        if over <= 0:
+            return
+        idle = sorted(
+            (
+                c
+                for c in self.connections
+                if isinstance(c, GuardedProtocol)
+                and c is not self
+                and c._idle()
+                and not c.transport.is_closing()
+            ),
+            key=lambda c: c._waiting_since,
+        )
+        for connection in idle[:over]:
+            connection.transport.close()
+            over -= 1
+        if over > 0:  # every other socket has a request in progress
+            self.transport.close()
+
+
+def _protocol(limits: HttpLimits) -> type[GuardedProtocol]:
+    """GuardedProtocol bound to ``limits`` (uvicorn builds protocols from a class)."""
+
+    class Protocol(GuardedProtocol):
+        pass
+
+    Protocol.limits = limits
+    return Protocol
+
 
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})$")
 
@@ -66,16 +175,19 @@ class HttpServer:
     def _serve(self, timeout: float) -> None:
         sock = _bind(self.host, self.port)
         self.port = int(sock.getsockname()[1])
+        resources = getattr(self.app.state, "indexer", None)
+        limits = resources.limits if isinstance(resources, Resources) else HttpLimits()
+        protocol: Any = _protocol(limits)
         config = uvicorn.Config(
             self.app,
-            http="h11",
+            http=protocol,
             loop="asyncio",
             ws="none",
             lifespan="on",
             log_config=None,
             access_log=False,
             server_header=False,
-            limit_concurrency=MAX_CONNECTIONS,
+            # No limit_concurrency: GuardedProtocol caps sockets, LimitRequests requests.
             timeout_keep_alive=5,
             timeout_graceful_shutdown=3,
         )

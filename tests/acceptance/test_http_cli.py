@@ -72,3 +72,50 @@ def test_cli_refuses_a_port_in_use(database: str, model_cache: Path) -> None:
         f"indexer: error: cannot listen on 127.0.0.1:{port}: address already in use"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_cli_with_a_token_guards_the_api_and_never_logs_it(
+    database: str, model_cache: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "daemon.log"
+    token = "acceptance-s3cret-token"
+    env = cli_env(database, model_cache, INDEXER_HTTP_TOKEN=token, INDEXER_LOG_LEVEL="DEBUG")
+    daemon = start_daemon(env, log, "--http", f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url + "/health", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        assert wait_until(healthy, 90, interval=0.2), log.read_text()
+        assert httpx.get(url + "/metrics", timeout=30).status_code == 401
+        wrong = httpx.get(url + "/metrics", headers={"authorization": "Bearer x"}, timeout=30)
+        assert wrong.status_code == 401
+        bearer = {"authorization": f"Bearer {token}"}
+        right = httpx.get(url + "/metrics", headers=bearer, timeout=30)
+        assert right.status_code == 200
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+    assert token not in log.read_text()
+
+
+def test_cli_refuses_an_unreadable_token_file(
+    database: str, model_cache: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-file"
+    env = cli_env(database, model_cache, INDEXER_HTTP_TOKEN_FILE=str(missing))
+    result = run_cli(["run", "--http", f"127.0.0.1:{free_port()}"], env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"indexer: error: INDEXER_HTTP_TOKEN_FILE={str(missing)!r} cannot be read: "
+        "No such file or directory"
+    )
+    assert "Traceback" not in result.stderr

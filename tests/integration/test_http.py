@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,6 +24,7 @@ from indexer.db.connect import Connection, connect
 from indexer.embedding import Embedder
 from indexer.exceptions import ConfigurationError
 from indexer.http import HttpServer, create_app
+from indexer.http.bounds import HttpLimits
 from indexer.http.middleware import MAX_BODY_BYTES
 from indexer.http.resources import SEARCH_CONNECTIONS
 from indexer.limits import MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
@@ -43,11 +47,12 @@ class Api:
 
 
 @contextlib.contextmanager
-def serve(settings: Settings, dsn: str, embedder: Embedder) -> Iterator[Api]:
+def serve(
+    settings: Settings, dsn: str, embedder: Embedder, limits: HttpLimits | None = None
+) -> Iterator[Api]:
     metrics = Metrics()
-    server = HttpServer(
-        create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics), "127.0.0.1", 0
-    )
+    app = create_app(settings, dsn=dsn, embedder=embedder, metrics=metrics, limits=limits)
+    server = HttpServer(app, "127.0.0.1", 0)
     server.start()
     try:
         assert server.port != 0
@@ -505,3 +510,262 @@ def test_openapi_lists_the_endpoints(api: Api) -> None:
     search_schema = schema["components"]["schemas"]["SearchRequest"]["properties"]
     assert search_schema["k"]["maximum"] == MAX_K
     assert search_schema["query"]["maxLength"] == MAX_TEXT_CHARS
+
+
+# -- hostile clients ------------------------------------------------------------------
+
+
+def closed_by_server(sock: socket.socket, within: float = 30.0) -> bool:
+    """True once the server closes ``sock`` (a generous bound only detects a hang)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed all the same
+        pass
+    return True
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as it is and read the whole answer: status, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_idle_connections_neither_lock_out_health_nor_stay_open(
+    settings: Settings, database: str, embedder: Embedder
+) -> None:
+    limits = HttpLimits(head_timeout=1.0)
+    with serve(settings, database, embedder, limits) as api:
+        idle = [socket.create_connection(("127.0.0.1", api.server.port)) for _ in range(80)]
+        slow = []
+        for _ in range(20):  # a head sent one byte at a time, never finished
+            sock = socket.create_connection(("127.0.0.1", api.server.port))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHo")
+            slow.append(sock)
+        try:
+            response = api.client.get("/health")
+            assert response.status_code == 200, response.text
+            assert api.client.post("/embed", json={"texts": ["still served"]}).status_code == 200
+            assert all(closed_by_server(sock) for sock in idle + slow)
+        finally:
+            for sock in idle + slow:
+                sock.close()
+        # A keep-alive connection is closed the same way once it stops sending.
+        assert api.client.get("/health").status_code == 200
+
+
+def test_past_the_socket_cap_the_oldest_idle_socket_makes_room(
+    settings: Settings, database: str, embedder: Embedder
+) -> None:
+    limits = HttpLimits(head_timeout=600.0, max_connections=8)
+    with serve(settings, database, embedder, limits) as api:
+        idle = []
+        for _ in range(20):
+            idle.append(socket.create_connection(("127.0.0.1", api.server.port)))
+            time.sleep(0.01)  # in this order on the server too
+        try:
+            # Each new socket closed the oldest idle ones: /health gets through.
+            with httpx.Client(base_url=api.server.url, timeout=30) as fresh:
+                assert fresh.get("/health").status_code == 200
+            assert closed_by_server(idle[0]) and closed_by_server(idle[10])
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_a_malformed_content_length_is_a_json_400(api: Api) -> None:
+    status, headers, body = raw_request(
+        api.server.port,
+        b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 12abc\r\n\r\n{}",
+    )
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert "invalid HTTP request" in json.loads(body)["error"]
+
+
+def test_over_the_memory_budget_a_body_is_refused_before_it_is_read(
+    settings: Settings, database: str, embedder: Embedder
+) -> None:
+    # 3 x 400 KB charged for one body passes a 1 MB budget.
+    limits = HttpLimits(memory_budget=1_000_000)
+    with serve(settings, database, embedder, limits) as api:
+        status, body = raw_post(api.server.port, "Content-Length: 400000\r\n", [])
+        assert status == 503
+        assert "busy" in body["error"]
+        assert api.client.post("/embed", json={"texts": ["small"]}).status_code == 200
+
+
+def test_a_hung_database_leaves_embed_its_own_threads(
+    settings: Settings, embedder: Embedder, conn: Connection, database: str
+) -> None:
+    # More searches than anyio's shared pool has threads (40) hang on a locked table:
+    # /embed must still be answered while every one of them is stuck.  Bounds far past
+    # the test's length, so that no search can end before the lock does.
+    insert(conn, CORPUS["cat"])
+    drain(settings, embedder)
+    limits = HttpLimits(pool_wait=120, statement_timeout=120, search_deadline=240)
+    with serve(settings, database, embedder, limits) as api:
+        searches_stuck_while_embed_answers(api, conn, database)
+
+
+def searches_stuck_while_embed_answers(api: Api, conn: Connection, database: str) -> None:
+
+    def search() -> int:
+        response = httpx.post(api.server.url + "/search", json={"query": "cat"}, timeout=60)
+        return response.status_code
+
+    def blocked() -> int:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+        return int(row["n"]) if row else 0
+
+    with concurrent.futures.ThreadPoolExecutor(48) as pool:
+        with connect(database, "public") as locker:
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            futures = [pool.submit(search) for _ in range(48)]
+            try:
+                assert wait_until(lambda: blocked() >= SEARCH_CONNECTIONS, 30)
+                embedded = httpx.post(api.server.url + "/embed", json={"texts": ["a"]}, timeout=60)
+                assert embedded.status_code == 200
+                assert not any(f.done() for f in futures)
+            finally:
+                locker.rollback()
+        assert {f.result() for f in futures} <= {200, 503}
+
+
+def test_a_search_stuck_on_a_lock_ends_at_the_statement_timeout(
+    settings: Settings, database: str, embedder: Embedder
+) -> None:
+    limits = HttpLimits(statement_timeout=0.5)
+    with serve(settings, database, embedder, limits) as api:
+        with connect(database, "public") as locker:
+            locker.execute("LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
+            try:
+                response = api.client.post("/search", json={"query": "x"}, timeout=30)
+            finally:
+                locker.rollback()
+        assert response.status_code == 503
+        assert response.json() == {"error": "the search ran past the statement timeout (0.5 s)"}
+        assert api.client.post("/search", json={"query": "x"}).status_code == 200
+
+
+def test_a_search_answers_by_its_deadline_when_the_database_never_does(
+    settings: Settings, embedder: Embedder
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        dsn = f"postgresql://indexer@127.0.0.1:{silent.getsockname()[1]}/indexer"
+        with serve(settings, dsn, embedder, HttpLimits(search_deadline=1.0)) as api:
+            response = api.client.post("/search", json={"query": "x"}, timeout=30)
+            assert response.status_code == 503
+            assert "did not finish within 1 s" in response.json()["error"]
+
+
+def test_an_outage_is_logged_once_not_per_request(
+    settings: Settings, embedder: Embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        serve(settings, UNREACHABLE, embedder) as api,
+        caplog.at_level(logging.DEBUG, logger="indexer.http"),
+    ):
+        for _ in range(10):
+            assert api.client.post("/search", json={"query": "x"}).status_code == 503
+            assert api.client.get("/health").status_code == 503
+    warnings = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("indexer")
+    ]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "database unavailable" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "message"),
+    [
+        (b'{"query": "x", "filter": {"a": NaN}}', 422, "NaN"),
+        (b'{"query": "x", "filter": {"a": Infinity}}', 422, "Infinity"),
+        (b'{"query": "x", "filter": {"a": -Infinity}}', 422, "-Infinity"),
+        (b'{"query": "x", "filter": {"a": 1e400}}', 422, "out of range"),
+        (b'{"query": "x", "filter": {"a": ' + b"7" * 4300 + b"}}", 422, "digits"),
+        (b'{"query": "x", "filter": {"a": ' + b"[" * 990 + b"]" * 990 + b"}}", 422, "deep"),
+        (b'{"query": "caf\xc3"}', 422, "not valid UTF-8"),
+        (b'{"query": "x", "k": true}', 422, "k: Input should be a valid integer"),
+        (b'{"query": "x", "k": "5"}', 422, "k: Input should be a valid integer"),
+        (b'{"query": "x", "k": 5.0}', 422, "k: Input should be a valid integer"),
+        (b'{"query": "x", "filter": {"a": "' + b"y" * 70_000 + b'"}}', 422, "the filter is"),
+        (b'{"query": "x", "filter": {"a": [' + b"1," * 5000 + b"1]}}", 413, "JSON values"),
+    ],
+)
+def test_hostile_search_bodies(api: Api, content: bytes, status: int, message: str) -> None:
+    response = api.client.post(
+        "/search", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"], response.json()
+
+
+def test_millions_of_tiny_texts_are_refused_before_they_are_parsed(api: Api) -> None:
+    # Just under the body limit: 2.1M one-character texts.
+    count = (MAX_BODY_BYTES - 20) // 4
+    content = b'{"texts": [' + b",".join([b'"a"'] * count) + b"]}"
+    assert len(content) <= MAX_BODY_BYTES
+    response = api.client.post(
+        "/embed", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "JSON values" in response.json()["error"]
+    chunk_id = api.client.post("/embed", json={"chunks": [{"chunk_id": True, "content": "a"}]})
+    assert chunk_id.status_code == 422
+
+
+def test_a_token_guards_every_endpoint_but_health(
+    settings: Settings, database: str, embedder: Embedder, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "tokens"
+    token_file.write_text("\nfile-token-1\n  file-token-2  \n")
+    guarded = dataclasses.replace(settings, http_token="env-token", http_token_file=token_file)
+    assert "env-token" not in repr(guarded)
+    with serve(guarded, database, embedder) as api:
+        health = api.client.get("/health")
+        assert health.status_code == 200 and "token" not in health.text
+        for path in ("/metrics", "/openapi.json"):
+            assert api.client.get(path).status_code == 401
+        refused = api.client.post("/embed", json={"texts": ["a"]})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "Authorization: Bearer" in refused.json()["error"]
+        wrong = api.client.post(
+            "/embed", json={"texts": ["a"]}, headers={"authorization": "Bearer nope"}
+        )
+        assert (wrong.status_code, wrong.json()) == (401, {"error": "the token is not valid"})
+        for token in ("env-token", "file-token-1", "file-token-2"):
+            ok = api.client.post(
+                "/embed", json={"texts": ["a"]}, headers={"authorization": f"Bearer {token}"}
+            )
+            assert ok.status_code == 200, token
+
+
+def test_an_unreadable_token_file_is_one_clear_line(
+    settings: Settings, database: str, embedder: Embedder, tmp_path: Path
+) -> None:
+    missing = dataclasses.replace(settings, http_token_file=tmp_path / "absent")
+    with pytest.raises(ConfigurationError, match=r"INDEXER_HTTP_TOKEN_FILE=.* cannot be read"):
+        create_app(missing, dsn=database, embedder=embedder)
+    (tmp_path / "blank").write_text("\n  \n")
+    blank = dataclasses.replace(settings, http_token_file=tmp_path / "blank")
+    with pytest.raises(ConfigurationError, match="holds no token"):
+        create_app(blank, dsn=database, embedder=embedder)

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.http.middleware import CatchAll, CountRequests, LimitBody
+from indexer.http.bounds import BODY_COST
+from indexer.http.middleware import (
+    CatchAll,
+    CountRequests,
+    LimitBody,
+    LimitRequests,
+    MemoryBudget,
+    RequireToken,
+)
 from indexer.metrics import Metrics
 
 LIMIT = 10
@@ -48,6 +56,7 @@ def request(
     headers: Sequence[tuple[bytes, bytes]] = (),
     path: str = "/embed",
     disconnect_after: int | None = None,
+    stall_after: int | None = None,
 ) -> Exchange:
     """POST ``parts`` (one ``http.request`` message each) to ``app`` and collect its answer."""
     exchange = Exchange()
@@ -56,6 +65,8 @@ def request(
     async def receive() -> Message:
         index = exchange.received
         exchange.received += 1
+        if index == stall_after:
+            await asyncio.sleep(3600)  # a client that stops sending
         if index >= len(parts) or index == disconnect_after:
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": parts[index], "more_body": index < len(parts) - 1}
@@ -253,3 +264,105 @@ def test_the_catch_all_inside_the_counter_is_counted_as_its_500() -> None:
     exchange = request(CountRequests(CatchAll(fail_before_answering), metrics, ("/embed",)))
     assert exchange.status == 500
     assert count(metrics, "/embed", 500) == 1
+
+
+# -- LimitBody: the memory budget and the body deadline -------------------------------
+
+
+def test_a_declared_body_over_the_budget_is_503_before_it_is_read() -> None:
+    echo = Echo()
+    budget = MemoryBudget(5 * BODY_COST - 1)
+    exchange = request(
+        LimitBody(echo, LIMIT, budget), [b"x" * 5], headers=[(b"content-length", b"5")]
+    )
+    assert exchange.status == 503
+    assert "busy" in str(error_of(exchange))
+    assert exchange.headers[b"retry-after"] == b"1"
+    assert exchange.received == 0 and echo.calls == 0 and budget.used == 0
+
+
+def test_a_chunked_body_is_charged_as_it_arrives_and_everything_is_given_back() -> None:
+    budget = MemoryBudget(6 * BODY_COST)
+    refused = request(LimitBody(Echo(), LIMIT, budget), [b"abc", b"def", b"g"])
+    assert refused.status == 503 and refused.received == 3
+    assert budget.used == 0
+    accepted = request(LimitBody(Echo(), LIMIT, budget), [b"abc", b"def"])
+    assert (accepted.status, accepted.body) == (200, b"abcdef")
+    assert budget.used == 0
+
+
+def test_the_budget_is_held_while_the_app_runs() -> None:
+    budget = MemoryBudget(100)
+    seen: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        seen.append(budget.used)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    request(LimitBody(app, LIMIT, budget), [b"abcd"], headers=[(b"content-length", b"4")])
+    assert seen == [4 * BODY_COST] and budget.used == 0
+
+
+def test_a_body_that_stops_arriving_is_408() -> None:
+    echo = Echo()
+    budget = MemoryBudget(1000)
+    exchange = request(LimitBody(echo, LIMIT, budget, timeout=0.05), [b"ab", b"cd"], stall_after=1)
+    assert exchange.status == 408
+    assert error_of(exchange) == {"error": "the request body did not arrive within 0.05 s"}
+    assert exchange.headers[b"connection"] == b"close"
+    assert echo.calls == 0 and budget.used == 0
+
+
+# -- LimitRequests --------------------------------------------------------------------
+
+
+def test_requests_past_the_limit_are_json_503_but_health_is_never_refused() -> None:
+    limited = LimitRequests(answer(200), limit=1)
+    limited.running = 1  # one request in progress
+    refused = request(limited, path="/search")
+    assert refused.status == 503
+    assert "busy" in str(error_of(refused))
+    assert request(limited, path="/health").status == 200
+    limited.running = 0
+    assert request(limited, path="/search").status == 200
+    assert limited.running == 0
+
+
+# -- RequireToken ---------------------------------------------------------------------
+
+
+def test_without_tokens_everything_is_open() -> None:
+    assert request(RequireToken(answer(200), []), path="/embed").status == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 401),
+        (b"Bearer right", 200),
+        (b"bearer right", 200),
+        (b"Bearer other", 200),
+        (b"Bearer wrong", 401),
+        (b"Bearer righ", 401),
+        (b"Basic right", 401),
+        (b"right", 401),
+    ],
+)
+def test_a_token_is_required_outside_health(header: bytes | None, status: int) -> None:
+    guard = RequireToken(answer(200), ["right", "other"])
+    headers = [] if header is None else [(b"authorization", header)]
+    exchange = request(guard, headers=headers, path="/search")
+    assert exchange.status == status
+    if status == 401:
+        assert exchange.headers[b"www-authenticate"].startswith(b"Bearer")
+        assert "token" in str(error_of(exchange))
+    assert request(RequireToken(answer(200), ["right"]), path="/health").status == 200
+
+
+def test_the_token_never_appears_in_an_answer() -> None:
+    exchange = request(
+        RequireToken(answer(200), ["s3cret"]), headers=[(b"authorization", b"Bearer s3cre")]
+    )
+    assert exchange.status == 401 and b"s3cre" not in exchange.body
