@@ -1,7 +1,7 @@
 """Pruning beside the worker: old events and the vector cache, never in the loop's way.
 
 A thread of its own, sharing the worker's Store (its pool has a connection for it):
-every hour, and once soon after the daemon starts, it deletes events older than
+once a second after the daemon starts and then every hour, it deletes events older than
 INDEXER_EVENTS_RETENTION_DAYS and cached vectors unused for INDEXER_CACHE_MAX_AGE_DAYS
 or beyond INDEXER_CACHE_MAX_ENTRIES (least recently used first).  Each statement
 deletes a few thousand rows and skips rows another statement holds, so neither the
@@ -21,8 +21,9 @@ from indexer.settings import Settings
 logger = logging.getLogger(__name__)
 
 PRUNE_EVERY_SECONDS = 3600.0
-#: The first round waits this long after start, so that a daemon's start stays cheap.
-FIRST_PRUNE_SECONDS = 30.0
+#: The first round starts this soon after the daemon (in this thread, so the worker does
+#: not wait for it): a short `run --once` from cron prunes too.
+FIRST_PRUNE_SECONDS = 1.0
 #: Rows one statement deletes: short statements, so a prune never holds much.
 PRUNE_BATCH = 5000
 
