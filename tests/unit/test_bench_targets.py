@@ -102,6 +102,8 @@ def good_results() -> dict[str, Any]:
             "reingest_speedup": 30.0,
             "duplicates_speedup": 1.9,
             "no_repeat_ratio": 0.99,
+            "no_repeat_ratio_from_stages": 0.995,
+            "no_repeat_db_ms": {"cache_on": 900.0, "cache_off": 850.0},
             "insert_cached": {"samples": 60, "reused_rows": 60, "p50_ms": 9.0, "p95_ms": 15.0},
             "claim_size": 256,
             "lookup_small_entries": 1000,
