@@ -97,8 +97,24 @@ def test_quick_bench_reports_every_section(
     positive(claim, "small_ms", "large_ms", "ratio")
     assert claim["large_rows"] > claim["small_rows"]
 
+    cache = results["cache"]
+    positive(
+        cache,
+        "first_ingest_rows_per_s",
+        "reingest_rows_per_s",
+        "reingest_speedup",
+        "duplicates_speedup",
+        "no_repeat_ratio",
+        "no_repeat_ratio_from_stages",
+        "claim_hits_small_ms",
+        "claim_hits_large_ms",
+        "disk_gb_per_million",
+    )
+    assert cache["insert_cached"]["reused_rows"] >= cache["insert_cached"]["samples"]
+    assert cache["lookup_large_entries"] > cache["lookup_small_entries"]
+
     targets = {t["name"]: t for t in report["targets"]}
-    assert len(targets) == 7
+    assert len(targets) == 12
     assert all(t["met"] in (True, False, None) for t in targets.values())
     model_target = next(t for name, t in targets.items() if name.startswith("model fp32"))
     checks = {c["label"]: c for c in model_target["checks"]}
