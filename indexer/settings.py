@@ -138,7 +138,7 @@ class Settings:
         },
     )
     cache_max_entries: int = field(
-        # About 1.7 GB of disk per million vectors (measured: README, Vector cache).
+        # About 2.2 GB of disk per million vectors (measured: README, The vector cache).
         default=1_000_000,
         metadata={"help": "vectors the cache keeps; the least recently used go beyond this"},
     )

@@ -146,8 +146,8 @@ def test_help_names_every_environment_variable(model_cache: Path) -> None:
 
 
 def test_command_line_option_overrides_environment(database: str, model_cache: Path) -> None:
-    env = cli_env(database, model_cache, INDEXER_BATCH_SIZE="nonsense")
-    result = run_cli(["status", "--batch-size", "10"], env)
+    env = cli_env(database, model_cache, INDEXER_SCHEMA="not a schema")
+    result = run_cli(["status", "--schema", "public"], env)
     assert result.returncode == 0, result.stderr
 
 

@@ -138,7 +138,7 @@ def test_cache_commands_refuse_bad_input_with_one_line(database: str, model_cach
         ("cache", "purge"): "say what to purge",
         ("cache", "purge", "--hash", "abc"): "is not a sha256 in hex",
         ("cache", "purge", "--all", "--text", "x"): "--all deletes everything",
-        ("status", "--cache", "maybe"): "is not on/off",
+        ("run", "--once", "--cache", "maybe"): "is not on/off",
     }
     for argv, message in cases.items():
         result = run_cli(list(argv), env)
