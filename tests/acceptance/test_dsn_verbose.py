@@ -87,3 +87,13 @@ def _details(stderr: str) -> dict[str, str]:
         if key in KEYS and line[16:17] != " " and line[:16].endswith(" "):
             rows[key] = line[16:]
     return rows
+
+
+def test_the_daemon_names_its_database_without_the_password(model_cache: Path) -> None:
+    url = "postgresql://app:secret@127.0.0.1:9/app?connect_timeout=1"
+    env = cli_env(url, model_cache, INDEXER_DB_DOWN_TIMEOUT="0.5")
+    result = run_cli(["run", "--once"], env, timeout=120)
+    assert result.returncode == 1  # nobody listens there
+    assert "indexer run: database postgresql://app:***@127.0.0.1:9/app" in result.stderr
+    assert "(DATABASE_URL), schema 'public'" in result.stderr
+    assert "secret" not in result.stderr
