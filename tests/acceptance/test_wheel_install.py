@@ -2,7 +2,8 @@
 virtual environment, works from a directory outside the checkout, migrations included.
 
 The wheel is built offline (``--no-build-isolation`` with the setuptools of the test's own
-environment) from a copy of the checkout, and installed with ``--no-deps``: its
+environment, which ``make install`` provides; an older one makes pip fetch the build tools
+instead) from a copy of the checkout, and installed with ``--no-deps``: its
 dependencies (and the model package) come from the test's environment through a ``.pth``
 file, so nothing is downloaded and the test takes seconds.  That file only adds the
 environment's site-packages to ``sys.path``; the ``.pth`` files in there (the editable
@@ -12,8 +13,11 @@ the installed wheel.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,15 +42,29 @@ def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _build_tools_here() -> bool:
+    """Whether this environment can build the wheel by itself: pyproject.toml asks for
+    setuptools 69 or newer, and setuptools before 70.1 needs the wheel package too."""
+    try:
+        version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release < (69, 0):
+        return False
+    return release >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the project's wheel installed; its bin directory."""
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=IGNORE)
+    offline = ["--no-build-isolation", "--no-index"] if _build_tools_here() else []
     built = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "-q", "-w", str(base / "dist"), "."],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *offline,
+         "--disable-pip-version-check", "-q", "-w", str(base / "dist"), "."],
         cwd=source,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
