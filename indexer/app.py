@@ -167,9 +167,7 @@ class Daemon:
                 dsn, where = resolve_dsn(settings), "DATABASE_URL"
             # Which database this is, so that an empty one is noticed at once (another
             # terminal without the same INDEXER_DATA_DIR gets a database of its own).
-            logger.info(
-                "indexer run: database %s (%s), schema %r", redact(dsn), where, settings.schema
-            )
+            logger.info("using database %s (%s), schema %r", redact(dsn), where, settings.schema)
             embedder = self.load(settings)
             with Store(dsn, settings.schema, pool_size=DAEMON_CONNECTIONS, name="worker") as store:
                 # Fail fast on a missing schema or pgvector; an outage is the worker's

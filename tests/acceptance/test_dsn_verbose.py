@@ -51,7 +51,10 @@ def test_dsn_on_a_new_data_dir_says_so_on_stderr_only(data_dir: Path, model_cach
 
         daemon = run_cli(["run", "--once"], env, timeout=180)
         assert daemon.returncode == 0, daemon.stderr
-        assert f"indexer run: database {dsn} (the embedded PostgreSQL in {new})" in daemon.stderr
+        assert (
+            f"INFO indexer: using database {dsn} (the embedded PostgreSQL in {new})"
+            in daemon.stderr
+        )
     finally:
         server.stop(new)
 
@@ -94,6 +97,6 @@ def test_the_daemon_names_its_database_without_the_password(model_cache: Path) -
     env = cli_env(url, model_cache, INDEXER_DB_DOWN_TIMEOUT="0.5")
     result = run_cli(["run", "--once"], env, timeout=120)
     assert result.returncode == 1  # nobody listens there
-    assert "indexer run: database postgresql://app:***@127.0.0.1:9/app" in result.stderr
+    assert "INFO indexer: using database postgresql://app:***@127.0.0.1:9/app" in result.stderr
     assert "(DATABASE_URL), schema 'public'" in result.stderr
     assert "secret" not in result.stderr

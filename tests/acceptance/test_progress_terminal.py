@@ -103,7 +103,7 @@ def test_the_bar_stays_one_line_below_the_log_lines(
     assert all(len(line) < COLUMNS for line in bars)
     # Every screen line is one log line (the start line names the database, redacted).
     assert all(" INFO " in line or " WARNING " in line for line in lines[:-1]), lines
-    assert any(f"indexer run: database {database} (DATABASE_URL)" in line for line in lines)
+    assert any(f"INFO indexer: using database {database} (DATABASE_URL)" in line for line in lines)
     row = conn.execute("SELECT count(*) AS n FROM chunks WHERE state = 'embedded'").fetchone()
     assert row is not None and row["n"] == 32
 
