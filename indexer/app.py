@@ -22,8 +22,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from indexer import logs
 from indexer.db import server
-from indexer.db.connect import resolve_dsn
+from indexer.db.connect import redact, resolve_dsn
 from indexer.embedding import TextEmbedder, load_embedder
 from indexer.exceptions import DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k
@@ -190,7 +191,14 @@ class Daemon:
             else contextlib.nullcontext()
         )
         with lock:
-            dsn = resolve_dsn(settings)
+            if settings.uses_embedded_server:
+                info = server.start_server(settings.data_dir)
+                dsn, where = info.dsn, f"the embedded PostgreSQL in {info.data_dir}"
+            else:
+                dsn, where = resolve_dsn(settings), "DATABASE_URL"
+            # Which database this is, so that an empty one is noticed at once (another
+            # terminal without the same INDEXER_DATA_DIR gets a database of its own).
+            logger.info("using database %s (%s), schema %r", redact(dsn), where, settings.schema)
             embedder = self.load(settings)
             with Store(dsn, settings.schema, pool_size=DAEMON_CONNECTIONS, name="worker") as store:
                 # Fail fast on a missing schema or pgvector; an outage is the worker's
@@ -211,19 +219,27 @@ class Daemon:
                 callback(result)
 
         worker = Worker(self.settings, store, embedder, on_batch=on_batch)
-        with self._http_api(dsn, embedder, metrics), stop_on_signals(worker.stop_event):
-            worker.run(once=self.once)
-        if progress is not None:
-            progress.finish()
+        # On the bar's terminal, log lines print above the bar, which stays one line.
+        above = logs.above_progress(progress) if progress is not None else contextlib.nullcontext()
+        try:
+            with above, self._http_api(dsn, embedder, metrics), stop_on_signals(worker.stop_event):
+                worker.run(once=self.once)
+        finally:
+            if progress is not None:
+                progress.finish()  # before anything else is printed, an error included
 
     def _progress(self, store: Store) -> Progress | None:
-        if not self.once or self.progress_stream is None:
+        stream = self.progress_stream
+        # A bar only on a terminal, and never among JSON log lines (collectors read those).
+        if not self.once or stream is None or self.settings.log_format == "json":
+            return None
+        if not (hasattr(stream, "isatty") and stream.isatty()):
             return None
         try:
             backlog = int(store.queue_status()["backlog"])
         except DatabaseUnavailable:
             backlog = 0
-        return Progress(backlog, self.progress_stream)
+        return Progress(backlog, stream)
 
     @contextlib.contextmanager
     def _http_api(self, dsn: str, embedder: TextEmbedder, metrics: Metrics) -> Iterator[None]:

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from indexer import logs
 from indexer.app import Daemon, EmbedderLoader, Indexer
 from indexer.db import migrate, server
-from indexer.db.connect import resolve_dsn
+from indexer.db.connect import connect, redact, resolve_dsn
 from indexer.embedding import load_embedder
 from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput
 from indexer.limits import check_k
@@ -129,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the HTTP API (health, metrics, embed, search) on this address, "
         "e.g. 127.0.0.1:8080 (env INDEXER_HTTP; default: off)",
     )
-    add("dsn", "print the connection string (starting the embedded PostgreSQL if needed)")
+    dsn = add("dsn", "print the connection string (starting the embedded PostgreSQL if needed)")
+    dsn.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also say on stderr which database it is: data directory (and whether it was "
+        "just created), server PID, schema revision",
+    )
     add("embed", 'embed JSON lines from stdin ({"text": ...}) to stdout, adding "embedding"')
     search = add("search", "print the rows nearest to a text")
     search.add_argument("text", help="the text to find rows like")
@@ -211,8 +218,41 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, load: EmbedderLoad
 
 
 def cmd_dsn(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
-    print(resolve_dsn(settings))
+    # stdout is the DSN alone (scripts use `$(indexer dsn)`); anything else goes to stderr.
+    info = server.start_server(settings.data_dir) if settings.uses_embedded_server else None
+    dsn = info.dsn if info is not None else resolve_dsn(settings)
+    print(dsn, flush=True)
+    if args.verbose:
+        for key, value in _dsn_details(dsn, settings, info):
+            print(f"{key:<16}{value}", file=sys.stderr)
     return 0
+
+
+def _dsn_details(
+    dsn: str, settings: Settings, info: server.ServerInfo | None
+) -> list[tuple[str, str]]:
+    if info is None:
+        details = [("database", f"{redact(dsn)} (DATABASE_URL; no embedded server)")]
+    else:
+        state = "new: created by this command" if info.created else "existing"
+        details = [
+            ("database", f"{server.DATABASE!r} of the embedded PostgreSQL"),
+            ("data directory", f"{info.data_dir} ({state})"),
+            ("server pid", str(info.pid)),
+        ]
+    try:
+        with connect(dsn, settings.schema, autocommit=True, vector=False) as conn:
+            current = migrate.current_revision(conn, settings.schema)
+    except IndexerError as exc:
+        return [*details, ("schema", f"{settings.schema!r}: cannot check ({exc})")]
+    head = migrate.head_revision()
+    if current is None:
+        schema = f"{settings.schema!r} has no indexer tables yet: run `indexer migrate`"
+    elif current == head:
+        schema = f"{settings.schema!r} migrated (revision {current}, up to date)"
+    else:
+        schema = f"{settings.schema!r} at revision {current}, needs {head}: run `indexer migrate`"
+    return [*details, ("schema", schema)]
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from indexer.progress import Progress
 
 # Attributes every LogRecord has; anything else was passed with `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -39,3 +45,21 @@ def configure(level: str, fmt: str) -> None:
     # The pool warns at every failed reconnection attempt; the worker already says, once,
     # that the database is away and when it is back.
     logging.getLogger("psycopg.pool").setLevel(max(logging.ERROR, root.level))
+
+
+@contextlib.contextmanager
+def above_progress(progress: Progress) -> Iterator[None]:
+    """While the block runs, log lines that would go to the bar's stream are printed
+    above the bar (its line cleared, the line printed, the bar redrawn), instead of
+    being glued to it."""
+    root = logging.getLogger()
+    moved: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
+    for handler in root.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is progress.stream:
+            moved.append((handler, handler.stream))
+            handler.setStream(progress.above())
+    try:
+        yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)

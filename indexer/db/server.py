@@ -236,12 +236,35 @@ def _server_uids() -> set[int]:
         return set()
 
 
+class ServerInfo(NamedTuple):
+    """What :func:`start_server` started or found."""
+
+    dsn: str
+    data_dir: Path  # the real path, symlinks on the way resolved
+    pid: int  # the postmaster's
+    created: bool  # this call created the indexer's database: a new data directory
+
+
 def start(data_dir: Path) -> str:
     """Start the embedded server if it is not running; return the DSN of its database."""
+    return start_server(data_dir).dsn
+
+
+def start_server(data_dir: Path) -> ServerInfo:
+    """Start the embedded server if it is not running; say where it is and whether its
+    database is new (then also in a one-line warning: a second terminal without the same
+    INDEXER_DATA_DIR would otherwise get a second, empty database without noticing)."""
     data_dir = _check_data_dir(data_dir)
     postmaster = _start_as_root(data_dir) if _euid() == 0 else _start_with_pgserver(data_dir)
-    _ensure_database(str(postmaster.get_uri()))
-    return str(postmaster.get_uri(database=DATABASE))
+    created = _ensure_database(str(postmaster.get_uri()))
+    if created:
+        logger.warning(
+            "created a new embedded database in %s; commands in other terminals need "
+            "INDEXER_DATA_DIR=%s (or the same DATABASE_URL) to use it",
+            data_dir,
+            data_dir,
+        )
+    return ServerInfo(str(postmaster.get_uri(database=DATABASE)), data_dir, postmaster.pid, created)
 
 
 def _start_with_pgserver(data_dir: Path) -> Any:
@@ -392,14 +415,27 @@ def _start_as_root(data_dir: Path) -> Any:
     bin_path = Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
     account = _server_account()
     _check_programs(bin_path, account)
-    with contextlib.suppress(FileExistsError):
-        data_dir.mkdir(mode=0o700)
-    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileExistsError):
+            data_dir.mkdir(mode=0o700)
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        # Pseudo-filesystems (/proc, /sys) and read-only ones refuse in their own ways.
+        raise DataDirError(
+            f"cannot create the data directory {data_dir} ({exc.strerror}); "
+            "set INDEXER_DATA_DIR to a writable directory"
+        ) from exc
     try:
         # Commands started together take turns: the first initialises and starts.
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.fchown(fd, account.uid, account.gid)
-        os.fchmod(fd, 0o700)
+        try:
+            os.fchown(fd, account.uid, account.gid)
+            os.fchmod(fd, 0o700)
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot hand the data directory {data_dir} to the {account.name} user "
+                f"({exc.strerror}); set INDEXER_DATA_DIR to a directory on a local filesystem"
+            ) from exc
         _open_the_way(data_dir.parent, account)
         postmaster = _running_postmaster(data_dir)
         if postmaster is not None:
@@ -444,8 +480,9 @@ def _start_as_root(data_dir: Path) -> Any:
         os.close(fd)
 
 
-def _ensure_database(admin_dsn: str) -> None:
-    """Create the indexer's database once, however many commands start at the same time.
+def _ensure_database(admin_dsn: str) -> bool:
+    """Create the indexer's database once, however many commands start at the same time;
+    whether this call created it.
 
     Concurrent ``CREATE DATABASE`` statements of one name do not wait for each other: the
     loser fails on the catalog's unique index.  An advisory lock of the server makes the
@@ -458,12 +495,13 @@ def _ensure_database(admin_dsn: str) -> None:
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
         ).fetchone()
-        if exists is None:
-            with contextlib.suppress(
-                psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation
-            ):
-                conn.execute(statement)
-        # The session's end releases the lock.
+        if exists is not None:
+            return False
+        try:
+            conn.execute(statement)
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            return False
+        return True  # the session's end releases the lock
 
 
 def stop(data_dir: Path) -> bool:

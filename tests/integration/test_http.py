@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -510,6 +511,20 @@ def test_openapi_lists_the_endpoints(api: Api) -> None:
     search_schema = schema["components"]["schemas"]["SearchRequest"]["properties"]
     assert search_schema["k"]["maximum"] == MAX_K
     assert search_schema["query"]["maxLength"] == MAX_TEXT_CHARS
+
+
+def test_docs_is_one_page_that_needs_nothing_from_the_internet(api: Api) -> None:
+    response = api.client.get("/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for operation in ("GET /health", "GET /metrics", "POST /embed", "POST /search"):
+        assert f"<code>{operation}</code>" in page
+    assert "EmbedRequest" in page and "SearchRequest" in page
+    # Nothing is loaded from anywhere: no script, no style sheet, no remote URL.
+    assert "<script" not in page and "<link" not in page
+    assert re.search(r"(src|href)=[\"']?(https?:)?//", page) is None
+    assert api.client.get("/redoc").status_code == 404
 
 
 # -- hostile clients ------------------------------------------------------------------

