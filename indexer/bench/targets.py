@@ -202,9 +202,18 @@ TARGETS: tuple[TargetSpec, ...] = (
         (Check("p50", "cache", key("insert_cached", "p50_ms"), "<=", 20, " ms", 1),),
     ),
     TargetSpec(
+        # Judged on the daemon's own timings: the model runs the same code with the cache
+        # on or off, so what the cache costs is in the claim and the write.  The wall-clock
+        # ratio is printed too, but minute-long drains on a shared machine vary far more
+        # than 3% from other load alone.
         "no repeats: cache on vs off",
         "cache",
-        (Check("", "cache", key("no_repeat_ratio"), ">=", 0.97, "%", 1),),
+        (Check("", "cache", key("no_repeat_ratio_from_stages"), ">=", 0.97, "%", 1),),
+        note=lambda results: (
+            f"wall clock: {results['cache']['no_repeat_ratio']:.1%}"
+            if "no_repeat_ratio" in results.get("cache", {})
+            else ""
+        ),
     ),
     TargetSpec(
         "cache lookup flat 1k -> 1M entries",
