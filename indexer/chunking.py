@@ -75,6 +75,8 @@ _CLOSERS = frozenset("\"')]}\u00bb\u201d\u2019")
 _PARAGRAPH = re.compile(r"\n[^\S\n]*\n")
 # Characters that belong to the character before them: never cut in front of one.
 _JOINERS = frozenset("\u200d\ufe0e\ufe0f")
+_REGIONAL = (0x1F1E6, 0x1F1FF)  # regional indicators: two make a flag
+_VIRAMA = 9  # canonical combining class of a virama
 
 # Boundary kinds, best first.  A token break (beside a CJK character or a punctuation
 # mark, no whitespace) is as safe for the tokenizer as a word break but reads worse.
@@ -225,28 +227,31 @@ class _Chunker:
         if index in self.forced:
             return _NO_BREAK
         text = self.text
-        left_end = self.end_of(index - 1)
-        right_start = self.start_of(index)
+        local = index - self.base
+        left_end = self.ends[local - 1]
+        right_start = self.starts[local]
+        if left_end == right_start:  # no gap: only a token of its own may be cut beside
+            if text[left_end - 1] in _CJK_SENTENCE_ENDS:
+                return _SENTENCE_BREAK
+            if _splits_alone(text, self.starts[local - 1], left_end) or _splits_alone(
+                text, right_start, self.ends[local]
+            ):
+                return _TOKEN_BREAK
+            return _NO_BREAK
         gap = text[left_end:right_start]
-        spaced = any(c.isspace() for c in gap)
-        if spaced and _PARAGRAPH.search(gap):
-            return _PARAGRAPH_BREAK
-        last = text[left_end - 1] if left_end > 0 else ""
-        if last in _CJK_SENTENCE_ENDS:
+        if gap != " ":  # the common case, a single space, needs none of these tests
+            if not (gap.isspace() or any(c.isspace() for c in gap)):
+                # Characters the tokenizer dropped, inside a word; a CJK sentence end
+                # followed by them is still a sentence end.
+                return _SENTENCE_BREAK if text[left_end - 1] in _CJK_SENTENCE_ENDS else _NO_BREAK
+            if "\n" in gap and _PARAGRAPH.search(gap):
+                return _PARAGRAPH_BREAK
+        last = text[left_end - 1]
+        if last in _SENTENCE_ENDS or last in _CJK_SENTENCE_ENDS:
             return _SENTENCE_BREAK
-        if spaced:
-            if last in _SENTENCE_ENDS:
-                return _SENTENCE_BREAK
-            if last in _CLOSERS and left_end > 1 and text[left_end - 2] in _SENTENCE_ENDS:
-                return _SENTENCE_BREAK
-            return _WORD_BREAK
-        if gap:
-            return _NO_BREAK  # characters the tokenizer dropped, inside a word
-        if _splits_alone(text[self.start_of(index - 1) : left_end]) or _splits_alone(
-            text[right_start : self.end_of(index)]
-        ):
-            return _TOKEN_BREAK
-        return _NO_BREAK
+        if last in _CLOSERS and left_end > 1 and text[left_end - 2] in _SENTENCE_ENDS:
+            return _SENTENCE_BREAK
+        return _WORD_BREAK
 
     def _clean_cut(self, index: int) -> bool:
         """Whether a cut in front of token ``index`` keeps whole characters."""
@@ -333,19 +338,25 @@ class _Chunker:
             self._drop_before(first)
 
 
-def _splits_alone(token_text: str) -> bool:
-    """Whether the tokenizer makes this a word of its own (a CJK character or a
-    punctuation mark), so cutting beside it changes no token."""
-    if len(token_text) != 1:
+def _splits_alone(text: str, start: int, end: int) -> bool:
+    """Whether the token ``text[start:end]`` is a word of its own to the tokenizer (a
+    CJK character or a punctuation mark), so cutting beside it changes no token."""
+    if end - start != 1:
         return False
-    char = token_text
+    return _alone(text[start])
+
+
+def _alone(char: str) -> bool:
+    code = ord(char)
+    if code < 0x80:
+        return 0x20 < code < 0x7F and not char.isalnum()
     if unicodedata.category(char).startswith("P"):
         return True
-    code = ord(char)
     return (
         0x4E00 <= code <= 0x9FFF
         or 0x3400 <= code <= 0x4DBF
-        or 0x20000 <= code <= 0x2FA1F
+        or 0x20000 <= code <= 0x2A6DF
+        or 0x2A700 <= code <= 0x2CEAF
         or 0xF900 <= code <= 0xFAFF
         or 0x2F800 <= code <= 0x2FA1F
     )
@@ -364,7 +375,7 @@ def _block_end(text: str, begin: int) -> tuple[int, bool]:
         if text[position - 1].isspace():
             return position, True
     for position in range(stop, low, -1):
-        if _splits_alone(text[position - 1]) and not _glued(text, position):
+        if _alone(text[position - 1]) and not _glued(text, position):
             return position, True
     for position in range(stop, low, -1):
         if not _glued(text, position):
@@ -373,6 +384,16 @@ def _block_end(text: str, begin: int) -> tuple[int, bool]:
 
 
 def _glued(text: str, position: int) -> bool:
-    """Whether ``text[position]`` belongs to the character before it."""
+    """Whether ``text[position]`` belongs to the character before it (a combining mark,
+    a joiner or variation selector, an emoji modifier or tag, the second half of a flag,
+    a consonant after a virama)."""
     char = text[position]
-    return bool(char in _JOINERS or unicodedata.combining(char) or text[position - 1] in _JOINERS)
+    before = text[position - 1]
+    code = ord(char)
+    if char in _JOINERS or before in _JOINERS or unicodedata.combining(char):
+        return True
+    if 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F:
+        return True
+    if _REGIONAL[0] <= code <= _REGIONAL[1] and _REGIONAL[0] <= ord(before) <= _REGIONAL[1]:
+        return True
+    return unicodedata.combining(before) == _VIRAMA and char.isalpha()
