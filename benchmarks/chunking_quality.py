@@ -14,6 +14,8 @@ name), aliases and duplicate NAME lines skipped, and every document is cut to it
 Two query sets, each query's relevant document being the one it came from:
 
 * **summary**: a man page's NAME line (``ls - list directory contents``), a topic's title;
+* **purpose**: a harder summary set, a man page's NAME line without the names before its
+  dash (``list directory contents``), as a user who does not know the command would ask;
 * **deep**: one sentence (8 to 40 words) from the last quarter of a document longer than
   256 tokens, starting after everything the model reads of the document as a single row.
 
@@ -227,6 +229,18 @@ def summary_queries(documents: Sequence[Document]) -> list[Query]:
     return [Query(d.title, i) for i, d in enumerate(documents)]
 
 
+def purpose_queries(documents: Sequence[Document]) -> list[Query]:
+    """A query per man page: its NAME line's description, without the names (3 words or more)."""
+    queries = []
+    for index, document in enumerate(documents):
+        if document.source != "man":
+            continue
+        _, dash, purpose = document.title.partition(" - ")
+        if dash and len(purpose.split()) >= 3:
+            queries.append(Query(purpose, index))
+    return queries
+
+
 def single_row_chars(text: str, tokenizer: OffsetTokenizer) -> tuple[int, int]:
     """Content tokens of ``text``, and how many characters of it the model reads as one row."""
     offsets = tokenizer.token_offsets(text)
@@ -416,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = load_corpus(args.cache_dir, args.documents, args.max_chars)
     lengths = [len(embedder.token_offsets(d.text)) for d in corpus]
     summary = summary_queries(corpus)
+    purpose = purpose_queries(corpus)
     deep = deep_queries(corpus, embedder)
     long_docs = sum(n > MODEL_TOKENS - 2 for n in lengths)
     chars = sorted(len(d.text) for d in corpus)
@@ -425,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum(chars)} characters, median {chars[len(chars) // 2]}, "
         f"tokens median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}, "
         f"{long_docs} longer than {MODEL_TOKENS - 2} tokens; "
-        f"queries: {len(summary)} summary, {len(deep)} deep"
+        f"queries: {len(summary)} summary, {len(purpose)} purpose, {len(deep)} deep"
     )
 
     if args.dry_run:
@@ -437,18 +452,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     single = embed_cached(embedder, [d.text for d in corpus], args.cache_dir, "single rows")
     query_vectors = {
         "summary": embed_cached(embedder, [q.text for q in summary], args.cache_dir, "queries"),
+        "purpose": embed_cached(embedder, [q.text for q in purpose], args.cache_dir, "queries"),
         "deep": embed_cached(embedder, [q.text for q in deep], args.cache_dir, "queries"),
     }
-    relevant = {"summary": [q.document for q in summary], "deep": [q.document for q in deep]}
+    relevant = {
+        "summary": [q.document for q in summary],
+        "purpose": [q.document for q in purpose],
+        "deep": [q.document for q in deep],
+    }
 
-    header = "| setting | score | chunks | summary R@1 | summary R@10 | deep R@1 | deep R@10 |"
-    print(header)
-    print("|" + "---|" * 7)
+    columns = [f"{name} R@{k}" for name in relevant for k in KS]
+    print("| setting | score | chunks | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (3 + len(columns)))
 
     def row(setting: str, score: str, chunks: str, table: dict[str, Scores]) -> None:
-        cells = [
-            f"{100 * recall(table[s], relevant[s], k):.1f}" for s in ("summary", "deep") for k in KS
-        ]
+        cells = [f"{100 * recall(table[s], relevant[s], k):.1f}" for s in relevant for k in KS]
         print(f"| {setting} | {score} | {chunks} | " + " | ".join(cells) + " |", flush=True)
 
     row(

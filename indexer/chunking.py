@@ -280,7 +280,7 @@ class _Chunker:
         """Where the window after ``[first, end)`` starts."""
         if self.overlap == 0:
             return end
-        target = end - self.overlap
+        target = max(end - self.overlap, first + 1)  # a window shortened to fit may be short
         lowest = max(first + 1, target - MAX_WORD_TOKENS)
         candidates = range(target, lowest - 1, -1)
         for wanted in (_WORD_BREAK, _TOKEN_BREAK):
@@ -335,7 +335,7 @@ class _Chunker:
                 more = _NON_SPACE.search(text, stop) is not None
                 return Chunking(tuple(chunks), truncated=more)
             first = self._next_start(first, end)
-            self._drop_before(first)
+            self._drop_before(first - 1)  # the boundary in front of `first` reads it
 
 
 def _splits_alone(text: str, start: int, end: int) -> bool:
