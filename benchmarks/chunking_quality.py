@@ -1,7 +1,7 @@
 """Which chunk size, overlap and document score to use for documents longer than the model reads.
 
     python benchmarks/chunking_quality.py [--documents 500] [--max-chars 6000]
-        [--settings 128:16,200:40,254:32] [--cache-dir .tmp/chunking_quality] [--threads 1]
+        [--settings 96:12,128:16,200:40,254:32] [--cache-dir .tmp/chunking_quality] [--threads 1]
 
 The corpus is real long text that every Debian machine has offline: man pages (sections 1,
 5, 7 and 8, rendered with ``man -l`` on one very long line width, so a paragraph is one
@@ -11,7 +11,7 @@ Python documentation topics that ship with the interpreter (``pydoc_data.topics`
 name), aliases and duplicate NAME lines skipped, and every document is cut to its first
 ``--max-chars`` characters (at a line end) so the embedding runs fit in minutes on one core.
 
-Two query sets, each query's relevant document being the one it came from:
+Three query sets, each query's relevant document being the one it came from:
 
 * **summary**: a man page's NAME line (``ls - list directory contents``), a topic's title;
 * **purpose**: a harder summary set, a man page's NAME line without the names before its
@@ -21,9 +21,9 @@ Two query sets, each query's relevant document being the one it came from:
 
 A deep query whose text appears in more than one document is dropped (man pages share
 boilerplate).  For each method the script prints recall@1 and recall@10 of the relevant
-document, for both sets:
+document, for every set:
 
-* ``single``: the document as one row (the model reads its first 256 tokens);
+* ``single row``: the document as one row (the model reads its first 256 tokens);
 * ``max``: the document's chunks (:func:`indexer.chunking.chunk_text`, each setting), the
   score of its best chunk;
 * ``max-log``: best chunk minus ``alpha * ln(chunks)``, a penalty for having many chances;
@@ -33,6 +33,8 @@ document, for both sets:
 
 Every vector is computed once and cached under ``--cache-dir`` (named by a hash of the
 model and the texts), so a second run takes seconds; the scores are numpy on those vectors.
+``--dry-run`` describes the corpus and the chunks and embeds nothing.  Needs ``man`` (the
+man pages are skipped without it).
 A tool for people, not part of ``make test``; its pure parts (the query sets, the scores)
 are unit-tested in ``tests/unit/test_chunking.py``.  ``benchmarks/chunking_quality.md``
 holds the measured results.
@@ -415,8 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings",
         type=_settings,
-        default=_settings("128:16,200:40,254:32"),
-        help="chunk_tokens:overlap pairs (default 128:16,200:40,254:32)",
+        default=_settings("96:12,128:16,200:40,254:32"),
+        help="chunk_tokens:overlap pairs (default 96:12,128:16,200:40,254:32)",
     )
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".tmp" / "chunking_quality")
     parser.add_argument("--threads", type=int, default=1, help="model threads (default 1)")
