@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from indexer.chunking import MAX_WORD_TOKENS, Chunk, Chunking, chunk_text
+from indexer.chunking import BLOCK_CHARS, MAX_WORD_TOKENS, Chunk, Chunking, chunk_text
 from indexer.embedding import Embedder
 from indexer.exceptions import ConfigurationError
 
@@ -286,6 +286,24 @@ def test_unicode_is_never_split_inside_a_character_nor_lost(embedder: Embedder) 
             text = "".join(pieces)
             result = chunk_text(text, embedder, chunk_tokens=size, overlap_tokens=overlap)
             _check(text, result, embedder, size)
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [
+        "\u4e2d\u6587",  # CJK: every character a token, blocks cut between them
+        "-",  # punctuation: every mark a token
+        "abcdefghij",  # one endless word: the tokenizer makes it one [UNK]
+        "\U0001f44b\U0001f3fd",  # emoji with a modifier, no spaces
+        "\u0645\u0631\u062d\u0628\u0627",  # Arabic, no spaces
+    ],
+)
+def test_text_without_whitespace_across_tokenizer_blocks(embedder: Embedder, piece: str) -> None:
+    # Longer than several tokenizer blocks and without a space, so blocks are cut
+    # between characters; windows over such a cut are re-tokenized whole.
+    text = piece * (3 * BLOCK_CHARS // len(piece) + 7)
+    result = chunk_text(text, embedder, chunk_tokens=128, overlap_tokens=16)
+    _check(text, result, embedder, 128)
 
 
 def test_cjk_without_spaces_ends_windows_at_sentence_ends(embedder: Embedder) -> None:
