@@ -108,6 +108,28 @@ class Embedder:
             texts = [t[: self.max_chars] for t in texts]
         return Tokenized(tuple(texts), tuple(tuple(e.ids) for e in self._encode(texts)))
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans ``(start, end)`` of every content token of ``text``, in order:
+        no [CLS]/[SEP], no truncation, no ``max_chars`` cut (what
+        :func:`indexer.chunking.chunk_text` needs to cut a long text into windows).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        if not text:
+            return []
+        try:
+            encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:
+            # A lone surrogate, as in _encode; U+FFFD keeps every offset in place.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        # The tokenizer truncates at max_tokens; what it cut off comes back as
+        # overflowing encodings, in order, with offsets into the whole text.
+        offsets: list[tuple[int, int]] = list(encoding.offsets)
+        for piece in encoding.overflowing:
+            offsets.extend(piece.offsets)
+        return offsets
+
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed ``texts``: float32 array of shape (len(texts), dim), rows in input order.
 
