@@ -196,15 +196,18 @@ class Daemon:
                 dsn, where = info.dsn, f"the embedded PostgreSQL in {info.data_dir}"
             else:
                 dsn, where = resolve_dsn(settings), "DATABASE_URL"
-            # Which database this is, so that an empty one is noticed at once (another
-            # terminal without the same INDEXER_DATA_DIR gets a database of its own).
-            logger.info("using database %s (%s), schema %r", redact(dsn), where, settings.schema)
             embedder = self.load(settings)
             with Store(dsn, settings.schema, pool_size=DAEMON_CONNECTIONS, name="worker") as store:
-                # Fail fast on a missing schema or pgvector; an outage is the worker's
-                # to ride out (it retries up to INDEXER_DB_DOWN_TIMEOUT).
+                # Fail fast on a missing schema or pgvector (one line, nothing before
+                # it); an outage is the worker's to ride out (it retries up to
+                # INDEXER_DB_DOWN_TIMEOUT).
                 with contextlib.suppress(DatabaseUnavailable):
                     store.check()
+                # Which database this is, so that an empty one is noticed at once (another
+                # terminal without the same INDEXER_DATA_DIR gets a database of its own).
+                logger.info(
+                    "using database %s (%s), schema %r", redact(dsn), where, settings.schema
+                )
                 self._serve(dsn, store, embedder)
 
     def _serve(self, dsn: str, store: Store, embedder: TextEmbedder) -> None:
