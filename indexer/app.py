@@ -34,6 +34,7 @@ from indexer.settings import Settings
 from indexer.signals import stop_on_signals
 from indexer.store import CacheStats, SearchHit, Store
 from indexer.worker import BatchResult, Worker
+from indexer.worker.prune import Pruner
 
 logger = logging.getLogger("indexer")
 
@@ -124,11 +125,7 @@ class Indexer:
     def prune_cache(self) -> int:
         """Delete cached vectors unused for INDEXER_CACHE_MAX_AGE_DAYS or beyond
         INDEXER_CACHE_MAX_ENTRIES (least recently used first); return how many."""
-        s = self.settings
-        total = 0
-        while pruned := self.store.prune_cache(s.cache_max_age_days * 86400, s.cache_max_entries):
-            total += pruned
-        return total
+        return Pruner(self.store, self.settings).prune_cache()
 
     def purge_cache(
         self,

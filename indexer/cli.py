@@ -292,13 +292,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) 
     if http:  # a typo fails before the model loads; without --http, no web stack
         from indexer.http import parse_address
 
-        try:
-            address = parse_address(http)
-        except ConfigurationError as exc:
-            if args.http:
-                raise
-            message = str(exc).replace(f"--http {http!r}", f"INDEXER_HTTP={http!r}")
-            raise ConfigurationError(message) from None
+        address = parse_address(http, None if args.http else f"INDEXER_HTTP={http!r}")
     on_terminal = args.once and not args.no_progress and sys.stderr.isatty()
     Daemon(
         settings,

@@ -37,8 +37,9 @@ def padded_tokens(lengths: Sequence[int], claim: int, batch: int, token_budget: 
     return total
 
 
-def _stage_split(conn: db.Connection) -> dict[str, float]:
-    """Where one backfill's time went, from its batch_completed events."""
+def stage_split(conn: db.Connection) -> dict[str, float]:
+    """Where one drain's time went (batches, claim, embed and write ms), from its
+    batch_completed events."""
     row = conn.execute(
         "SELECT count(*) AS batches, sum(claim_ms) AS claim, sum(embed_ms) AS embed,"
         " sum(write_ms) AS write FROM events WHERE kind = 'batch_completed'"
@@ -84,7 +85,7 @@ def bench_backfill(ctx: Context, results: dict[str, Any]) -> None:
         def backfill() -> None:
             # With the cache off: this section measures the model path.
             wall.append(drain_texts(ctx, schema, conn, texts, no_cache))
-            stages.append(_stage_split(conn))
+            stages.append(stage_split(conn))
 
         def raw_all() -> None:
             raw.append(timed(lambda: ctx.embedder.embed(texts)))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.bench.backfill import drain_texts
+from indexer.bench.backfill import drain_texts, stage_split
 from indexer.bench.common import DIM, SEED, median, paired_ratio, percentile, quiet, say
 from indexer.bench.context import Context
 from indexer.bench.daemons import daemon_env, start_daemon, wait_for
@@ -50,7 +50,7 @@ def bench_cache(ctx: Context, results: dict[str, Any]) -> None:
             if clear:
                 conn.execute("TRUNCATE vector_cache")
             runs[name].append(drain_texts(ctx, schema, conn, corpus, settings))
-            stages.setdefault(name, []).append(_stages(conn))
+            stages.setdefault(name, []).append(stage_split(conn))
 
         for repeat in range(ctx.plan.repeats):
             timed_drain("first", texts, on, clear=True)
@@ -89,16 +89,6 @@ def bench_cache(ctx: Context, results: dict[str, Any]) -> None:
         "insert_cached": latency,
         **lookup,
     }
-
-
-def _stages(conn: db.Connection) -> dict[str, float]:
-    """Milliseconds one drain spent claiming, in the model and writing (its events)."""
-    row = conn.execute(
-        "SELECT coalesce(sum(claim_ms), 0) AS claim, coalesce(sum(embed_ms), 0) AS embed,"
-        " coalesce(sum(write_ms), 0) AS write FROM events WHERE kind = 'batch_completed'"
-    ).fetchone()
-    assert row is not None
-    return {k: float(v) for k, v in row.items()}
 
 
 def _cached_insert_latency(

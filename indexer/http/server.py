@@ -131,13 +131,16 @@ def _protocol(limits: HttpLimits) -> type[GuardedProtocol]:
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})$")
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; ``"[::1]:8080"`` -> ``("::1", 8080)``."""
+def parse_address(text: str, given_as: str | None = None) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``; ``"[::1]:8080"`` -> ``("::1", 8080)``.
+
+    ``given_as``: how the error names the value (default ``--http 'text'``; the CLI passes
+    ``INDEXER_HTTP='text'`` when it came from the environment)."""
     match = _ADDRESS.match(text.strip())
     port = int(match["port"]) if match else 0
     if match is None or not 1 <= port <= 65535:
         raise ConfigurationError(
-            f"--http {text!r} is not HOST:PORT with a port from 1 to 65535 "
+            f"{given_as or f'--http {text!r}'} is not HOST:PORT with a port from 1 to 65535 "
             "(e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080)"
         )
     return match["v6"] or match["host"], port

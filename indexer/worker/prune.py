@@ -66,14 +66,7 @@ class Pruner:
         events = self.store.prune_events(s.events_retention_days * 86400)
         if events:
             logger.info("pruned %d events older than %g days", events, s.events_retention_days)
-        vectors = 0
-        while not self._stop.is_set():
-            pruned = self.store.prune_cache(
-                s.cache_max_age_days * 86400, s.cache_max_entries, PRUNE_BATCH
-            )
-            vectors += pruned
-            if not pruned:
-                break
+        vectors = self.prune_cache()
         if vectors:
             logger.info(
                 "pruned %d cached vectors (unused for %g days, or beyond %d entries)",
@@ -82,6 +75,21 @@ class Pruner:
                 s.cache_max_entries,
             )
         return events, vectors
+
+    def prune_cache(self) -> int:
+        """Cached vectors unused for INDEXER_CACHE_MAX_AGE_DAYS, then the least recently
+        used beyond INDEXER_CACHE_MAX_ENTRIES, a statement at a time until none is left
+        (or the pruner is stopped); how many."""
+        s = self.settings
+        total = 0
+        while not self._stop.is_set():
+            pruned = self.store.prune_cache(
+                s.cache_max_age_days * 86400, s.cache_max_entries, PRUNE_BATCH
+            )
+            if not pruned:
+                break
+            total += pruned
+        return total
 
     def _run(self) -> None:
         wait = self.first
