@@ -60,6 +60,10 @@ class InvalidInput(IndexerError):
     """The input is invalid."""
 
 
+class SourceError(IndexerError):
+    """A source table cannot be registered, read or removed (the message says why)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none): driver
     and runtime errors can span many lines, and a user's error is one line."""

@@ -145,6 +145,38 @@ class Settings:
     cache_max_age_days: float = field(
         default=90.0, metadata={"help": "cached vectors not reused for this long are pruned"}
     )
+    chunk_tokens: int = field(
+        # Measured on 578 man pages and Python topics (README, Documents): 128-token
+        # windows found deep passages better than 200 or 254 and summary queries as well.
+        default=128,
+        metadata={
+            "help": "content tokens per chunk of a document (at most INDEXER_MAX_TOKENS - 2)"
+        },
+    )
+    chunk_overlap: int = field(
+        default=16,
+        metadata={"help": "tokens consecutive chunks of a document share (less than half a chunk)"},
+    )
+    document_max_chars: int = field(
+        default=1_000_000,
+        metadata={
+            "help": "characters of a document read; a longer one is indexed cut, and says so"
+        },
+    )
+    document_max_chunks: int = field(
+        default=2000,
+        metadata={"help": "chunks of a document at most; the rest is not indexed, and it says so"},
+    )
+    document_claim_size: int = field(
+        default=8,
+        metadata={
+            "help": "documents claimed at once (their chunks are embedded a batch at a time)"
+        },
+    )
+    backfill_batch: int = field(
+        default=5000,
+        metadata={"help": "rows of a new source queued per back-fill step (one short transaction)"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
     # -- the HTTP API's authentication (repr=False: never in a settings dump) --------
@@ -160,7 +192,17 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_schema_name(self.schema)
-        positive = ("batch_size", "claim_size", "token_budget", "max_chars", "max_attempts")
+        positive = (
+            "batch_size",
+            "claim_size",
+            "token_budget",
+            "max_chars",
+            "max_attempts",
+            "document_max_chars",
+            "document_max_chunks",
+            "document_claim_size",
+            "backfill_batch",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{env_name(name)} must be at least 1")
@@ -169,6 +211,17 @@ class Settings:
         for name in ("lease_seconds", "poll_interval", "db_down_timeout", "cache_max_age_days"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{env_name(name)} must be greater than 0")
+        if not 1 <= self.chunk_tokens <= 254:
+            raise ConfigurationError(
+                f"{env_name('chunk_tokens')} must be 1 to 254 (the model reads 256 tokens, "
+                "[CLS] and [SEP] included)"
+            )
+        overlap_limit = max(1, (self.chunk_tokens + 1) // 2)
+        if not 0 <= self.chunk_overlap < overlap_limit:
+            raise ConfigurationError(
+                f"{env_name('chunk_overlap')} must be 0 to {overlap_limit - 1} "
+                f"(less than half of {env_name('chunk_tokens')}={self.chunk_tokens})"
+            )
         if self.threads < 0:
             raise ConfigurationError("INDEXER_THREADS must be 0 (auto) or more")
         if self.model_variant not in ("fp32", "int8"):
