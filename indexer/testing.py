@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import threading
 import uuid
@@ -54,9 +55,45 @@ class FaultInjector:
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return self.inner.tokenize(texts)
 
+    def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
+        return self.inner.token_offsets(text)
+
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         if any(self.marker in t for t in tokenized.texts):
             raise EmbeddingError(f"injected failure: text contains {self.marker!r}")
+        return self.inner.embed_tokenized(tokenized)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.embed_tokenized(self.tokenize(texts))
+
+
+class CountingEmbedder:
+    """A real embedder that records the text of every model input (``texts``)."""
+
+    def __init__(self, inner: TextEmbedder) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def cache_key(self) -> str:
+        return self.inner.cache_key
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        return self.inner.tokenize(texts)
+
+    def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
+        return self.inner.token_offsets(text)
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        self.texts.extend(tokenized.texts)
         return self.inner.embed_tokenized(tokenized)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -79,6 +116,9 @@ class FakeEmbedder:
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         return Tokenized(tuple(texts), tuple(tuple(range(len(t.split()) + 2)) for t in texts))
+
+    def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
+        return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         self.calls.append(tokenized.texts)
@@ -276,6 +316,30 @@ class FakeStore:
             for key in victims:
                 del self.cache[key]
         return len(victims)
+
+    # The document queue: a FakeStore holds no source and no document, so the worker's
+    # document work always finds nothing; anything further is a test's mistake.
+    def claim_documents(self, worker_id: uuid.UUID, limit: int, lease_seconds: float) -> list[Any]:
+        self._enter("claim_documents")
+        return []
+
+    def backfills_due(self) -> list[tuple[int, str]]:
+        self._enter("backfills_due")
+        return []
+
+    def extend_document_lease(
+        self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+    ) -> list[int]:
+        return []
+
+    def release_documents(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
+        return None
+
+    def _no_documents(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("FakeStore holds no documents")
+
+    source_texts = cached_vectors = cache_vectors = _no_documents
+    replace_documents = fail_documents = backfill_source = _no_documents
 
 
 def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:

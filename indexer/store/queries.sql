@@ -160,6 +160,200 @@ UPDATE chunks
 SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
 WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
 
+-- claim_documents --
+-- Lease up to %(limit)s documents of the sources that need work (pending and due, or
+-- claimed under an expired lease), like claim does for rows.
+WITH candidates AS (
+    SELECT id
+    FROM source_documents
+    WHERE state IN ('pending', 'claimed')
+      AND ((state = 'pending' AND (retry_at IS NULL OR retry_at <= now()))
+           OR (state = 'claimed' AND lease_expires_at < now()))
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE source_documents AS d
+SET state = 'claimed',
+    claimed_by = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM candidates
+WHERE d.id = candidates.id
+RETURNING d.id, d.source_id, d.doc_key, d.version, d.attempts;
+
+-- source_texts --
+-- The current text and metadata of documents of one source (migration 0005).
+SELECT doc_key, content, metadata
+FROM source_texts(%(source)s, %(keys)s::text[], %(max_chars)s);
+
+-- cached_vectors --
+-- The vector cache's entries for these hashes under %(cache_key)s; a reused entry's
+-- used_at is refreshed at most hourly, skipping locked entries (as claim does).
+WITH hits AS (
+    SELECT hash, embedding, used_at
+    FROM vector_cache
+    WHERE model = %(cache_key)s::text AND hash = ANY(%(hashes)s::bytea[])
+), touched AS (
+    UPDATE vector_cache AS v
+    SET used_at = now()
+    FROM (SELECT model, hash
+          FROM vector_cache
+          WHERE model = %(cache_key)s::text
+            AND hash IN (SELECT hash FROM hits WHERE used_at < now() - interval '1 hour')
+          FOR UPDATE SKIP LOCKED) AS due
+    WHERE v.model = due.model AND v.hash = due.hash
+)
+SELECT hash, embedding FROM hits;
+
+-- replace_documents --
+-- Replace the chunk sets of documents in one statement: a reader sees each document's
+-- old chunks or its new ones, never a mix.  Guarded like complete_batch: a document
+-- whose version changed (its row was updated), that was deleted, or whose lease passed
+-- to another daemon is left alone, and its chunks are discarded.  The document rows
+-- are locked first (FOR UPDATE), so an application's change to a document waits for
+-- this statement or makes it skip the document; never both.  Fresh vectors (not
+-- reused) enter the vector cache whether or not their document was written: a vector
+-- is right for its hash, and the next version of the document will want most of them.
+WITH docs AS (
+    SELECT *
+    FROM unnest(%(doc_ids)s::bigint[], %(versions)s::integer[], %(chunk_counts)s::integer[],
+                %(truncated)s::boolean[])
+         AS t(id, version, chunk_count, truncated)
+), held AS (
+    SELECT d.id, d.source_id, d.doc_key
+    FROM source_documents AS d
+    JOIN docs ON docs.id = d.id AND docs.version = d.version
+    WHERE d.claimed_by = %(worker_id)s AND d.state = 'claimed'
+    FOR UPDATE OF d
+), input AS (
+    SELECT *
+    FROM unnest(%(chunk_docs)s::bigint[], %(positions)s::integer[], %(starts)s::integer[],
+                %(ends)s::integer[], %(contents)s::text[], %(metadata)s::jsonb[],
+                %(embeddings)b::vector[], %(hashes)s::bytea[], %(reused)s::boolean[])
+         AS t(document_id, position, char_start, char_end, content, metadata, embedding, hash,
+              reused)
+), removed AS (
+    DELETE FROM chunks AS c
+    USING held
+    WHERE c.document_id = held.id
+    RETURNING c.id
+), added AS (
+    INSERT INTO chunks (content, metadata, embedding, embedding_model, embedded_at,
+                        content_hash, document_id, source_id, doc_key, position, char_start,
+                        char_end)
+    SELECT input.content, input.metadata, input.embedding, %(model)s, now(), input.hash,
+           held.id, held.source_id, held.doc_key, input.position, input.char_start,
+           input.char_end
+    FROM input
+    JOIN held ON held.id = input.document_id
+    ORDER BY input.document_id, input.position
+    RETURNING id
+), cached AS (
+    INSERT INTO vector_cache (model, hash, embedding)
+    SELECT DISTINCT ON (input.hash) %(cache_key)s::text, input.hash, input.embedding
+    FROM input
+    WHERE %(cache_key)s::text IS NOT NULL AND NOT input.reused
+    ORDER BY input.hash
+    ON CONFLICT DO NOTHING
+), done AS (
+    UPDATE source_documents AS d
+    SET state = 'indexed',
+        chunk_count = docs.chunk_count,
+        truncated = docs.truncated,
+        indexed_at = now(),
+        attempts = 0,
+        last_error = NULL,
+        retry_at = NULL,
+        claimed_by = NULL,
+        lease_expires_at = NULL
+    FROM docs
+    JOIN held ON held.id = docs.id
+    WHERE d.id = docs.id
+    RETURNING d.id
+)
+INSERT INTO events (kind, worker_id, batch_id, row_count, reused_count, token_count,
+                    claim_ms, embed_ms, write_ms, chunk_ids, detail)
+SELECT 'batch_completed', %(worker_id)s, %(batch_id)s,
+       (SELECT count(*) FROM added),
+       (SELECT count(*) FROM input JOIN held ON held.id = input.document_id
+        WHERE input.reused),
+       %(token_count)s, %(claim_ms)s, %(embed_ms)s,
+       extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000,
+       coalesce((SELECT array_agg(id ORDER BY id) FROM added), '{}'),
+       jsonb_build_object(
+           'documents', coalesce((SELECT jsonb_agg(id ORDER BY id) FROM done), '[]'::jsonb),
+           'stale_documents', cardinality(%(doc_ids)s::bigint[]) - (SELECT count(*) FROM done),
+           'chunks_removed', (SELECT count(*) FROM removed),
+           'model', %(model)s::text)
+RETURNING chunk_ids, reused_count, detail -> 'documents' AS documents;
+
+-- cache_vectors --
+-- Keep vectors computed for documents that could not be written (a stop request, a
+-- document edited meanwhile), so the next attempt reuses them.
+INSERT INTO vector_cache (model, hash, embedding)
+SELECT %(cache_key)s::text, t.hash, t.embedding
+FROM unnest(%(hashes)s::bytea[], %(embeddings)b::vector[]) AS t(hash, embedding)
+ORDER BY t.hash
+ON CONFLICT DO NOTHING;
+
+-- fail_documents --
+-- Documents that could not be indexed (their table could not be read, or the model
+-- failed on one of their chunks): back to pending with a backoff, or parked as failed
+-- after %(max_attempts)s attempts, the error kept in last_error; one batch_failed event
+-- names them (row_count: documents).  Guarded like replace_documents.
+WITH input AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(errors)s::text[])
+         AS t(id, version, error)
+), failed AS (
+    UPDATE source_documents AS d
+    SET attempts = d.attempts + 1,
+        last_error = input.error,
+        state = CASE WHEN d.attempts + 1 >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+        retry_at = CASE WHEN d.attempts + 1 >= %(max_attempts)s THEN NULL
+                        ELSE now() + make_interval(
+                            secs => %(retry_base_seconds)s::float8 * power(2, d.attempts))
+                   END,
+        claimed_by = NULL,
+        lease_expires_at = NULL
+    FROM input
+    WHERE d.id = input.id
+      AND d.version = input.version
+      AND d.claimed_by = %(worker_id)s
+      AND d.state = 'claimed'
+    RETURNING d.id, d.state, input.error
+)
+INSERT INTO events (kind, worker_id, batch_id, row_count, token_count, embed_ms, error, detail)
+SELECT 'batch_failed', %(worker_id)s, %(batch_id)s, count(*), 0, %(embed_ms)s,
+       min(failed.error),
+       jsonb_build_object(
+           'documents', coalesce(jsonb_agg(failed.id ORDER BY failed.id), '[]'::jsonb),
+           'parked', coalesce(jsonb_agg(failed.id) FILTER (WHERE failed.state = 'failed'),
+                              '[]'::jsonb),
+           'errors', coalesce(jsonb_object_agg(failed.id, failed.error), '{}'::jsonb))
+FROM failed
+RETURNING detail -> 'documents' AS documents;
+
+-- extend_document_lease --
+-- The lease keeper's heartbeat for documents; returns those still held.
+UPDATE source_documents
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+RETURNING id;
+
+-- release_documents --
+UPDATE source_documents
+SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
+WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
+
+-- backfills_due --
+SELECT id, name FROM sources WHERE backfill_done_at IS NULL ORDER BY id;
+
+-- backfill_source --
+-- One key range of a source's existing rows (migration 0005); NULL: done, or another
+-- daemon holds it.
+SELECT backfill_source(%(source)s, %(batch)s) AS queued;
+
 -- insert_event --
 INSERT INTO events (kind, worker_id, batch_id, row_count, token_count, chunk_ids, error, detail)
 VALUES (%(kind)s, %(worker_id)s, %(batch_id)s, %(row_count)s, %(token_count)s,

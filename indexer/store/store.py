@@ -24,6 +24,7 @@ from indexer.db import connect as db
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
 from indexer.limits import CONTENT_CHARS
+from indexer.store.documents import DocumentQueries
 from indexer.store.listen import Listener
 from indexer.store.queries import QUERIES
 
@@ -80,7 +81,7 @@ class SearchHit:
     metadata: dict[str, Any]
 
 
-class Store:
+class Store(DocumentQueries):
     """The indexer's tables in ``schema`` of the database at ``dsn``.
 
     ``check`` (default on): the first call makes sure pgvector is there and the schema

@@ -36,6 +36,7 @@ from indexer.exceptions import DatabaseUnavailable, EmbeddingError
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
 from indexer.worker.claim import BatchResult, Claim, PendingWrite
+from indexer.worker.documents import DocumentStore, DocumentWork
 from indexer.worker.lease import LeaseKeeper, LeaseStore
 from indexer.worker.prune import Pruner, PruneStore
 
@@ -52,7 +53,7 @@ class WorkSignal(Protocol):
     def close(self) -> None: ...
 
 
-class WorkStore(LeaseStore, PruneStore, Protocol):
+class WorkStore(LeaseStore, PruneStore, DocumentStore, Protocol):
     """What the worker needs of :class:`indexer.store.Store` (a fake in unit tests)."""
 
     def listener(self) -> WorkSignal: ...
@@ -132,6 +133,18 @@ class Worker:
         self._backoff = 0.5
         self.batches = 0
         self.rows_written = 0
+        self.documents = DocumentWork(
+            settings,
+            store,
+            embedder,
+            self.worker_id,
+            cache_key=self.cache_key,
+            stop_event=self.stop_event,
+            report=self._count,
+        )
+        #: Whether the next idle moment tries documents before rows (they alternate, so
+        #: neither queue starves the other).
+        self._documents_turn = True
 
     @property
     def claim_size(self) -> int:
@@ -150,6 +163,7 @@ class Worker:
         logger.info("worker %s starting", self.worker_id)
         started = False
         self._keeper.start()
+        self.documents.start()
         self.pruner.start()
         try:
             while not self.stop_event.is_set():
@@ -177,8 +191,13 @@ class Worker:
             self.store.release(self.worker_id, self._to_release)
             self._to_release = []
         if self._claim is None:
+            documents_first, self._documents_turn = self._documents_turn, not self._documents_turn
+            if documents_first and self.documents.step():
+                return True
             self._claim = self._next_claim()
             if self._claim is None:
+                if not documents_first and self.documents.step():
+                    return True
                 if once:
                     return False
                 self._idle()
@@ -324,9 +343,13 @@ class Worker:
         self._report(result)
         return result
 
-    def _report(self, result: BatchResult) -> None:
+    def _count(self, result: BatchResult) -> None:
         self.batches += 1
         self.rows_written += len(result.written)
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _report(self, result: BatchResult) -> None:
         logger.info(
             "batch %s: %d rows embedded (%d reused), %d failed, %d stale, %d tokens, embed %.0f ms",
             result.batch_id,
@@ -346,8 +369,7 @@ class Worker:
                 "embed_ms": round(result.embed_ms, 1),
             },
         )
-        if self.on_batch is not None:
-            self.on_batch(result)
+        self._count(result)
 
     def _embed_isolating(
         self, groups: Sequence[list[ClaimedRow]], tokenized: Tokenized
@@ -390,6 +412,7 @@ class Worker:
                 self._to_release.extend(self._claim.ids)
                 self._claim = None
                 self._keeper.drop()
+            self.documents.drop()
         elif now - self._down_since > self.settings.db_down_timeout:
             raise DatabaseUnavailable(
                 f"database unavailable for {now - self._down_since:.0f} s "
@@ -410,6 +433,7 @@ class Worker:
         self._keeper.stop()
         self.pruner.stop()
         try:
+            self.documents.stop()
             # Rows claimed and not written (the rest of a claim when asked to stop, a
             # write cut off by an outage) go back now, or, if the database is still
             # away, when their lease expires.
@@ -448,4 +472,6 @@ class Worker:
             "claim_size": self.claim_size,
             "token_budget": s.token_budget,
             "lease_seconds": s.lease_seconds,
+            "chunk_tokens": s.chunk_tokens,
+            "chunk_overlap": s.chunk_overlap,
         }

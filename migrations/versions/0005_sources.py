@@ -299,7 +299,8 @@ BEGIN
     END IF;
 
     IF text_columns IS NULL OR cardinality(text_columns) = 0 THEN
-        RAISE EXCEPTION 'a source needs at least one text column' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'a source needs at least one text column'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOREACH col IN ARRAY text_columns || metadata_columns || coalesce(ARRAY[metadata_json], '{}')
     LOOP
@@ -366,7 +367,8 @@ BEGIN
                            src.table_schema, src.table_name);
         END LOOP;
     END IF;
-    SELECT coalesce(sum(chunk_count), 0) INTO removed FROM source_documents WHERE source_id = src.id;
+    SELECT coalesce(sum(chunk_count), 0) INTO removed
+    FROM source_documents WHERE source_id = src.id;
     DELETE FROM sources WHERE id = src.id;
     RETURN removed;
 END
@@ -496,6 +498,7 @@ DECLARE
     width integer;
     read_count integer;
     docs integer;
+    iterative boolean;
 BEGIN
     IF wanted = 0 THEN
         RETURN;
@@ -507,10 +510,16 @@ BEGIN
                 USING ERRCODE = 'undefined_object';
         END IF;
     END IF;
+    -- Without pgvector's iterative scan (0.8+, and on) one HNSW scan yields at most
+    -- ef_search rows: widen it with the read, for this transaction only.
+    iterative := EXISTS (
+        SELECT 1 FROM pg_extension
+        WHERE extname = 'vector'
+          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}'
+          AND coalesce(current_setting('hnsw.iterative_scan', true), 'off') <> 'off');
     width := greatest(wanted * 4, 40);
     LOOP
-        -- Without pgvector's iterative scan one HNSW scan yields at most ef_search rows.
-        IF coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off'
+        IF NOT iterative
            AND coalesce(current_setting('hnsw.ef_search', true), '40')::integer < width THEN
             PERFORM set_config('hnsw.ef_search', least(width, 1000)::text, true);
         END IF;

@@ -11,39 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from indexer.app import Indexer
 from indexer.db.connect import Connection
-from indexer.embedding import Embedder, TextEmbedder, Tokenized
+from indexer.embedding import Embedder
 from indexer.settings import Settings
 from indexer.store import ClaimedRow, Store
+from indexer.testing import CountingEmbedder
 from indexer.worker import Worker
 
 from .test_worker import drain, insert, vector_of
-
-
-class Counting:
-    """An embedder that records the texts of every model call."""
-
-    def __init__(self, inner: TextEmbedder) -> None:
-        self.inner = inner
-        self.texts: list[str] = []
-
-    name = property(lambda self: self.inner.name)
-    dim = property(lambda self: self.inner.dim)
-    cache_key = property(lambda self: self.inner.cache_key)
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        return self.inner.tokenize(texts)
-
-    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
-        self.texts.extend(tokenized.texts)
-        return self.inner.embed_tokenized(tokenized)
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self.embed_tokenized(self.tokenize(texts))
 
 
 def sha(text: str) -> bytes:
@@ -68,7 +46,7 @@ def test_a_reinserted_text_reuses_its_vector_exactly(
     first = insert(conn, *texts)
     drain(settings, embedder)
     conn.execute("DELETE FROM chunks WHERE id = ANY(%s)", (first,))
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     again = insert(conn, *texts)
     worker = drain(settings, counting)
     assert counting.texts == []  # no model call at all
@@ -90,7 +68,7 @@ def test_equal_texts_in_one_claim_are_embedded_once(
     settings: Settings, embedder: Embedder, conn: Connection
 ) -> None:
     ids = insert(conn, *(["boilerplate footer"] * 5 + ["a text of its own"]))
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     drain(settings, counting)
     assert sorted(counting.texts) == ["a text of its own", "boilerplate footer"]
     assert all(vector_of(conn, i) is not None for i in ids)
@@ -104,7 +82,7 @@ def test_cached_rows_are_written_first_then_the_rest_is_embedded(
 ) -> None:
     insert(conn, "seen before one", "seen before two")
     drain(settings, embedder)
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     ids = insert(conn, "new text", "seen before two", "another new text", "seen before one")
     drain(settings, counting)
     assert sorted(counting.texts) == ["another new text", "new text"]
@@ -172,7 +150,7 @@ def test_other_models_variants_and_truncations_never_share_a_vector(
     drain(settings, embedder)
     conn.execute("DELETE FROM chunks WHERE id = ANY(%s)", (first,))
     (cid,) = insert(conn, text)
-    counting = Counting(int8)
+    counting = CountingEmbedder(int8)
     drain(with_(settings, model_variant="int8"), counting)
     assert counting.texts == [text]  # the fp32 vector was not reused
     got = vector_of(conn, cid)
@@ -191,12 +169,12 @@ def test_a_different_max_chars_reuses_only_for_the_same_input(
     drain(cut, embedder)
     conn.execute("DELETE FROM chunks WHERE id = ANY(%s)", (first,))
     second = insert(conn, text)
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     drain(with_(settings, max_chars=200), counting)
     assert counting.texts == [text]  # another input: embedded, not reused
     conn.execute("DELETE FROM chunks WHERE id = ANY(%s)", (second,))
     insert(conn, text)
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     drain(cut, counting)
     assert counting.texts == []  # the same 40 characters: reused
 
@@ -213,7 +191,7 @@ def test_the_cache_off_keeps_and_reuses_nothing(
     insert(conn, "private text")
     drain(settings, embedder)
     insert(conn, "private text")
-    counting = Counting(embedder)
+    counting = CountingEmbedder(embedder)
     drain(off, counting)
     assert counting.texts == ["private text"]  # cached, but off means not reused
 

@@ -1,0 +1,244 @@
+"""The daemon's operations on source documents: claim, read, replace, fail, back-fill.
+
+A mixin of :class:`indexer.store.Store` (it runs the named queries through the Store's
+own ``_execute``), kept apart so that the chunk queue and the document queue each read
+as one piece.  Dynamic SQL on users' tables lives in migration 0005's functions
+(``source_texts``, ``backfill_source``), which quote every identifier with
+``format('%I')``; here every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import psycopg
+from psycopg import errors
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from indexer.exceptions import SourceError, first_line
+
+#: Errors of reading a user's table that are the table's (dropped, renamed, rights
+#: revoked), not the database's: the documents fail with that line and are retried.
+_SOURCE_ERRORS = (
+    errors.UndefinedTable,
+    errors.UndefinedColumn,
+    errors.InsufficientPrivilege,
+    errors.InvalidTextRepresentation,
+    errors.UndefinedObject,
+    errors.DatatypeMismatch,
+)
+
+
+@dataclass(frozen=True)
+class ClaimedDocument:
+    """A document leased to this daemon (its text is read after the claim)."""
+
+    id: int
+    source_id: int
+    key: str
+    version: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SourceText:
+    key: str
+    text: str
+    metadata: dict[str, Any]
+
+
+@dataclass
+class ChunkWrite:
+    """One chunk of a document's new set, with its vector."""
+
+    position: int
+    start: int
+    end: int
+    text: str
+    hash: bytes
+    embedding: np.ndarray = field(compare=False)
+    reused: bool = False
+
+
+@dataclass
+class DocumentWrite:
+    """A document's new chunk set (possibly empty), ready to replace the old one."""
+
+    document: ClaimedDocument
+    metadata: dict[str, Any]
+    chunks: list[ChunkWrite]
+    truncated: bool = False
+
+
+class _Executes(Protocol):
+    def _execute(
+        self, name: str, params: dict[str, Any] | None = None, *, binary: bool = False
+    ) -> list[DictRow]: ...
+
+
+class DocumentQueries:
+    """The Store's document queue (see the module docstring)."""
+
+    def claim_documents(
+        self: _Executes, worker_id: uuid.UUID, limit: int, lease_seconds: float
+    ) -> list[ClaimedDocument]:
+        rows = self._execute(
+            "claim_documents",
+            {"worker_id": worker_id, "limit": limit, "lease_seconds": lease_seconds},
+        )
+        docs = [
+            ClaimedDocument(r["id"], r["source_id"], r["doc_key"], r["version"], r["attempts"])
+            for r in rows
+        ]
+        docs.sort(key=lambda d: d.id)
+        return docs
+
+    def source_texts(
+        self: _Executes, source_id: int, keys: Sequence[str], max_chars: int
+    ) -> list[SourceText]:
+        """The documents' current text, cut to ``max_chars`` characters (one more is
+        read, so that a caller can tell a cut text); a deleted key is absent.  Raises
+        SourceError when the table cannot be read (dropped, rights revoked)."""
+        try:
+            rows = self._execute(
+                "source_texts", {"source": source_id, "keys": list(keys), "max_chars": max_chars}
+            )
+        except psycopg.Error as exc:
+            if isinstance(exc, _SOURCE_ERRORS):
+                raise SourceError(f"cannot read source {source_id}: {first_line(exc)}") from None
+            raise
+        return [SourceText(r["doc_key"], r["content"] or "", r["metadata"] or {}) for r in rows]
+
+    def cached_vectors(
+        self: _Executes, cache_key: str, hashes: Sequence[bytes]
+    ) -> dict[bytes, np.ndarray]:
+        if not hashes:
+            return {}
+        rows = self._execute(
+            "cached_vectors", {"cache_key": cache_key, "hashes": list(hashes)}, binary=True
+        )
+        return {bytes(r["hash"]): r["embedding"].to_numpy() for r in rows}
+
+    def replace_documents(
+        self: _Executes,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        writes: Sequence[DocumentWrite],
+        *,
+        model: str,
+        cache_key: str | None,
+        token_count: int,
+        claim_ms: float,
+        embed_ms: float,
+    ) -> tuple[list[int], list[int], int]:
+        """Replace the chunk sets of ``writes``' documents (guarded) and log the batch;
+        return the ids of the documents written, of their new chunk rows, and how many
+        of those reused a vector."""
+        chunks = [(w, c) for w in writes for c in w.chunks]
+        vectors = [c.embedding for _, c in chunks]
+        rows = self._execute(
+            "replace_documents",
+            {
+                "worker_id": worker_id,
+                "batch_id": batch_id,
+                "doc_ids": [w.document.id for w in writes],
+                "versions": [w.document.version for w in writes],
+                "chunk_counts": [len(w.chunks) for w in writes],
+                "truncated": [w.truncated for w in writes],
+                "chunk_docs": [w.document.id for w, _ in chunks],
+                "positions": [c.position for _, c in chunks],
+                "starts": [c.start for _, c in chunks],
+                "ends": [c.end for _, c in chunks],
+                "contents": [c.text for _, c in chunks],
+                "metadata": [Jsonb(w.metadata) for w, _ in chunks],
+                "embeddings": vectors,
+                "hashes": [c.hash for _, c in chunks],
+                "reused": [c.reused for _, c in chunks],
+                "model": model,
+                "cache_key": cache_key,
+                "token_count": token_count,
+                "claim_ms": claim_ms,
+                "embed_ms": embed_ms,
+            },
+        )
+        row = rows[0]
+        return list(row["documents"]), list(row["chunk_ids"]), row["reused_count"]
+
+    def cache_vectors(
+        self: _Executes, cache_key: str, hashes: Sequence[bytes], vectors: Sequence[np.ndarray]
+    ) -> None:
+        if hashes:
+            self._execute(
+                "cache_vectors",
+                {"cache_key": cache_key, "hashes": list(hashes), "embeddings": list(vectors)},
+            )
+
+    def fail_documents(
+        self: _Executes,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        failures: Sequence[tuple[ClaimedDocument, str]],
+        *,
+        max_attempts: int,
+        retry_base_seconds: float,
+        embed_ms: float = 0.0,
+    ) -> list[int]:
+        rows = self._execute(
+            "fail_documents",
+            {
+                "worker_id": worker_id,
+                "batch_id": batch_id,
+                "ids": [d.id for d, _ in failures],
+                "versions": [d.version for d, _ in failures],
+                "errors": [_one_line(e) for _, e in failures],
+                "max_attempts": max_attempts,
+                "retry_base_seconds": retry_base_seconds,
+                "embed_ms": embed_ms,
+            },
+        )
+        return list(rows[0]["documents"])
+
+    def extend_document_lease(
+        self: _Executes, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+    ) -> list[int]:
+        if not ids:
+            return []
+        rows = self._execute(
+            "extend_document_lease",
+            {"worker_id": worker_id, "ids": list(ids), "lease_seconds": lease_seconds},
+        )
+        return sorted(r["id"] for r in rows)
+
+    def release_documents(self: _Executes, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
+        if ids:
+            self._execute("release_documents", {"worker_id": worker_id, "ids": list(ids)})
+
+    def backfills_due(self: _Executes) -> list[tuple[int, str]]:
+        """Sources whose existing rows are not all queued yet: (id, name)."""
+        return [(r["id"], r["name"]) for r in self._execute("backfills_due")]
+
+    def backfill_source(self: _Executes, source_id: int, batch: int) -> int | None:
+        """Queue the next key range of a source's rows: the rows read, or None when its
+        back-fill is done or another daemon is at it.  Raises SourceError when the table
+        cannot be read."""
+        try:
+            rows = self._execute("backfill_source", {"source": source_id, "batch": batch})
+        except psycopg.Error as exc:
+            if isinstance(exc, _SOURCE_ERRORS):
+                raise SourceError(
+                    f"cannot back-fill source {source_id}: {first_line(exc)}"
+                ) from None
+            raise
+        queued = rows[0]["queued"]
+        return None if queued is None else int(queued)
+
+
+def _one_line(message: str) -> str:
+    """One line, bounded, and free of NUL bytes (which text columns reject)."""
+    lines = message.replace("\x00", "").strip().splitlines()
+    return (lines[0] if lines else "indexing failed")[:500]

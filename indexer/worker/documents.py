@@ -1,0 +1,457 @@
+"""The daemon's document work: back-fill sources, claim documents, chunk, embed, replace.
+
+A **document** is a row of a source table (or of the built-in ``documents`` table).
+The triggers of migration 0005 queue a document whenever it changes; the daemon
+claims a few (a lease, as for rows), reads their current text from the source table,
+cuts it into token windows (:func:`indexer.chunking.chunk_text`), takes the vectors of
+chunks whose text was embedded before from the vector cache, embeds the others in
+batches, and replaces each document's chunk set in one guarded statement once all of
+its chunks have a vector.
+
+Why embed first and swap after, instead of writing pending chunk rows for the row
+queue: a reader must see a document's old chunk set or its new one, never a mix or a
+half-embedded set, and an edited paragraph must not cost its neighbours' vectors.
+Chunks whose text did not change hit the cache, so a re-chunked document costs model
+calls only for the windows its edit touched.
+
+Between model batches the leases are renewed and documents no longer held (edited
+again, deleted, or taken over) are dropped, so a document edited mid-embedding stops
+costing model time at once; on a stop request the vectors already computed go to the
+cache and the documents go back to the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, Protocol
+
+import numpy as np
+
+from indexer.chunking import chunk_text
+from indexer.embedding import TextEmbedder
+from indexer.exceptions import EmbeddingError, SourceError
+from indexer.settings import Settings
+from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
+from indexer.worker.claim import BatchResult
+from indexer.worker.lease import LeaseKeeper
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a source whose table cannot be read waits before its back-fill is tried again.
+BACKFILL_RETRY_SECONDS = 60.0
+
+
+class DocumentStore(Protocol):
+    """What the document work needs of :class:`indexer.store.Store`."""
+
+    def claim_documents(
+        self, worker_id: uuid.UUID, limit: int, lease_seconds: float
+    ) -> list[ClaimedDocument]: ...
+
+    def source_texts(
+        self, source_id: int, keys: Sequence[str], max_chars: int
+    ) -> list[SourceText]: ...
+
+    def cached_vectors(
+        self, cache_key: str, hashes: Sequence[bytes]
+    ) -> dict[bytes, np.ndarray]: ...
+
+    def cache_vectors(
+        self, cache_key: str, hashes: Sequence[bytes], vectors: Sequence[np.ndarray]
+    ) -> None: ...
+
+    def replace_documents(
+        self,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        writes: Sequence[DocumentWrite],
+        *,
+        model: str,
+        cache_key: str | None,
+        token_count: int,
+        claim_ms: float,
+        embed_ms: float,
+    ) -> tuple[list[int], list[int], int]: ...
+
+    def fail_documents(
+        self,
+        worker_id: uuid.UUID,
+        batch_id: uuid.UUID,
+        failures: Sequence[tuple[ClaimedDocument, str]],
+        *,
+        max_attempts: int,
+        retry_base_seconds: float,
+        embed_ms: float = 0.0,
+    ) -> list[int]: ...
+
+    def extend_document_lease(
+        self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+    ) -> list[int]: ...
+
+    def release_documents(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None: ...
+
+    def backfills_due(self) -> list[tuple[int, str]]: ...
+
+    def backfill_source(self, source_id: int, batch: int) -> int | None: ...
+
+
+class _DocumentLeases:
+    """The lease keeper's view of the document queue (it renews ids)."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self.store = store
+
+    def extend_lease(
+        self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+    ) -> list[int]:
+        return self.store.extend_document_lease(worker_id, ids, lease_seconds)
+
+
+@dataclass
+class _Planned:
+    """A claimed document, chunked, waiting for its chunks' vectors."""
+
+    document: ClaimedDocument
+    metadata: dict[str, Any]
+    chunks: list[tuple[int, int, int, str, bytes]]  # position, start, end, text, hash
+    tokens: dict[bytes, int]
+    truncated: bool
+
+
+@dataclass
+class _Round:
+    """One claim of documents on its way through the model."""
+
+    planned: list[_Planned]
+    vectors: dict[bytes, np.ndarray]
+    cached: set[bytes]
+    #: hashes embedded in this round and not yet written to the cache by a write.
+    fresh: set[bytes] = field(default_factory=set)
+    bad: dict[bytes, str] = field(default_factory=dict)
+    claim_ms: float = 0.0
+    embed_ms: float = 0.0
+    tokens: int = 0
+
+
+class DocumentWork:
+    """Back-fills sources and indexes documents for one :class:`~indexer.worker.Worker`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: DocumentStore,
+        embedder: TextEmbedder,
+        worker_id: uuid.UUID,
+        *,
+        cache_key: str | None,
+        stop_event: threading.Event,
+        report: Callable[[BatchResult], None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.worker_id = worker_id
+        self.cache_key = cache_key
+        self.stop_event = stop_event
+        self.report = report
+        self.keeper = LeaseKeeper(_DocumentLeases(store), worker_id, settings.lease_seconds)
+        #: Documents claimed and neither written, failed nor released (an outage or a
+        #: stop cut their round short): released first thing next time.
+        self.held: list[int] = []
+        self._backfill_paused: dict[int, float] = {}
+        self.documents_written = 0
+
+    def start(self) -> None:
+        self.keeper.start()
+
+    def stop(self) -> None:
+        """Stop the lease keeper and give back what is held (the worker's shutdown)."""
+        self.keeper.stop()
+        if self.held:
+            self.store.release_documents(self.worker_id, self.held)
+            self.held = []
+
+    def drop(self) -> None:
+        """The database went away: stop renewing leases; release once it is back."""
+        self.keeper.drop()
+
+    def step(self) -> bool:
+        """Back-fill one key range of each source that needs it, then claim and index
+        documents; False when there was nothing to do."""
+        self.keeper.check()
+        if self.held:
+            self.store.release_documents(self.worker_id, self.held)
+            self.held = []
+        queued = self._backfill()
+        start = time.perf_counter()
+        s = self.settings
+        docs = self.store.claim_documents(self.worker_id, s.document_claim_size, s.lease_seconds)
+        if not docs:
+            return queued > 0
+        self.held = [d.id for d in docs]
+        self.keeper.hold(self.held)
+        try:
+            self._index(docs, (time.perf_counter() - start) * 1000)
+        finally:
+            self.keeper.hold(self.held)
+        return True
+
+    # -- back-fill -------------------------------------------------------------------
+
+    def _backfill(self) -> int:
+        queued = 0
+        now = time.monotonic()
+        for source_id, name in self.store.backfills_due():
+            if self._backfill_paused.get(source_id, 0.0) > now:
+                continue
+            try:
+                rows = self.store.backfill_source(source_id, self.settings.backfill_batch)
+            except SourceError as exc:
+                logger.warning(
+                    "back-fill of source %s paused for %.0f s: %s",
+                    name,
+                    BACKFILL_RETRY_SECONDS,
+                    exc,
+                )
+                self._backfill_paused[source_id] = now + BACKFILL_RETRY_SECONDS
+                continue
+            if rows:
+                logger.info("back-fill of source %s: %d rows queued", name, rows)
+                queued += rows
+        return queued
+
+    # -- indexing --------------------------------------------------------------------
+
+    def _index(self, docs: list[ClaimedDocument], claim_ms: float) -> None:
+        failures: list[tuple[ClaimedDocument, str]] = []
+        texts: dict[int, SourceText | None] = {}
+        for source_id, group in groupby(docs, key=lambda d: d.source_id):
+            members = list(group)
+            try:
+                rows = self.store.source_texts(
+                    source_id, [d.key for d in members], self.settings.document_max_chars + 1
+                )
+            except SourceError as exc:
+                failures.extend((d, str(exc)) for d in members)
+                continue
+            by_key = {r.key: r for r in rows}
+            texts.update((d.id, by_key.get(d.key)) for d in members)
+        if failures:
+            self._fail(failures, 0.0)
+        planned = [self._plan(d, texts[d.id]) for d in docs if d.id in texts]
+        hashes = list({h for p in planned for *_, h in p.chunks})
+        cached = self.store.cached_vectors(self.cache_key, hashes) if self.cache_key else {}
+        run = _Round(planned, dict(cached), set(cached), claim_ms=claim_ms)
+        self._write_ready(run)
+        todo = self._misses(run)
+        first = True
+        while todo and run.planned and not self.stop_event.is_set():
+            if not first:
+                if not self._still_held(run):
+                    break
+                wanted = {h for p in run.planned for *_, h in p.chunks}
+                todo = [h for h in todo if h in wanted]
+            first = False
+            batch, todo = todo[: self.settings.batch_size], todo[self.settings.batch_size :]
+            self._embed(run, batch)
+            self._write_ready(run)
+        if run.planned:
+            # Stopped, or no longer held, before every chunk had a vector: keep what was
+            # computed in the cache and give the documents back.
+            self._keep_fresh(run)
+            left = {p.document.id for p in run.planned}
+            self.store.release_documents(self.worker_id, sorted(left))
+            self.held = [i for i in self.held if i not in left]
+
+    def _plan(self, doc: ClaimedDocument, source: SourceText | None) -> _Planned:
+        s = self.settings
+        if source is None:  # deleted since it was queued: the guard will skip it
+            return _Planned(doc, {}, [], {}, False)
+        text = source.text
+        truncated = len(text) > s.document_max_chars
+        if truncated:
+            text = text[: s.document_max_chars]
+        chunking = chunk_text(
+            text,
+            self.embedder,
+            chunk_tokens=s.chunk_tokens,
+            overlap_tokens=s.chunk_overlap,
+            max_chunks=s.document_max_chunks,
+        )
+        chunks = []
+        tokens: dict[bytes, int] = {}
+        for position, chunk in enumerate(chunking.chunks):
+            digest = hashlib.sha256(chunk.text[: s.max_chars].encode("utf-8")).digest()
+            chunks.append((position, chunk.start, chunk.end, chunk.text, digest))
+            tokens[digest] = chunk.tokens + 2
+        return _Planned(doc, source.metadata, chunks, tokens, truncated or chunking.truncated)
+
+    def _misses(self, run: _Round) -> list[bytes]:
+        """Hashes still without a vector, each once, in document order (so documents
+        complete, and are written, one after another)."""
+        seen: set[bytes] = set()
+        order = []
+        for p in run.planned:
+            for *_, digest in p.chunks:
+                if digest not in run.vectors and digest not in seen:
+                    seen.add(digest)
+                    order.append(digest)
+        return order
+
+    def _embed(self, run: _Round, hashes: list[bytes]) -> None:
+        text_of = {h: t for p in run.planned for *_, t, h in p.chunks}
+        texts = [text_of[h] for h in hashes]
+        start = time.perf_counter()
+        try:
+            vectors = list(self.embedder.embed(texts))
+        except Exception:  # a model failure is a property of some text: find it
+            vectors = []
+            for digest, text in zip(hashes, texts, strict=True):
+                try:
+                    vectors.append(self.embedder.embed([text])[0])
+                except Exception as exc:
+                    message = (
+                        str(exc)
+                        if isinstance(exc, EmbeddingError)
+                        else (f"{type(exc).__name__}: {exc}")
+                    )
+                    run.bad[digest] = message
+                    vectors.append(None)
+        run.embed_ms += (time.perf_counter() - start) * 1000
+        for digest, vector in zip(hashes, vectors, strict=True):
+            if vector is not None:
+                run.vectors[digest] = vector
+                run.fresh.add(digest)
+                run.tokens += max((p.tokens.get(digest, 0) for p in run.planned), default=0)
+
+    def _still_held(self, run: _Round) -> bool:
+        ids = [p.document.id for p in run.planned]
+        held = set(
+            self.store.extend_document_lease(self.worker_id, ids, self.settings.lease_seconds)
+        )
+        lost = [p for p in run.planned if p.document.id not in held]
+        if lost:
+            logger.info(
+                "%d documents changed or were taken over while their chunks were embedded; "
+                "dropping them",
+                len(lost),
+            )
+            run.planned = [p for p in run.planned if p.document.id in held]
+            gone = {p.document.id for p in lost}
+            self.held = [i for i in self.held if i not in gone]
+        return bool(run.planned)
+
+    def _write_ready(self, run: _Round) -> None:
+        """Write every document whose chunks all have a vector; fail those with a chunk
+        the model could not embed."""
+        ready = [p for p in run.planned if all(h in run.vectors for *_, h in p.chunks)]
+        broken = [
+            (p.document, f"a chunk failed to embed: {errors[0]}")
+            for p in run.planned
+            if (errors := [run.bad[h] for *_, h in p.chunks if h in run.bad])
+        ]
+        if broken:
+            self._fail(broken, run.embed_ms)
+            failed = {d.id for d, _ in broken}
+            run.planned = [p for p in run.planned if p.document.id not in failed]
+        if not ready:
+            return
+        writes = []
+        for p in ready:
+            chunks = []
+            for position, begin, end, text, digest in p.chunks:
+                was_reused = digest not in run.fresh
+                run.fresh.discard(digest)  # the first chunk carrying it caches it
+                chunks.append(
+                    ChunkWrite(position, begin, end, text, digest, run.vectors[digest], was_reused)
+                )
+            writes.append(DocumentWrite(p.document, p.metadata, chunks, p.truncated))
+        batch_id = uuid.uuid4()
+        written, chunk_ids, reused = self.store.replace_documents(
+            self.worker_id,
+            batch_id,
+            writes,
+            model=self.embedder.name,
+            cache_key=self.cache_key,
+            token_count=run.tokens,
+            claim_ms=run.claim_ms,
+            embed_ms=run.embed_ms,
+        )
+        done = {p.document.id for p in ready}
+        run.planned = [p for p in run.planned if p.document.id not in done]
+        self.held = [i for i in self.held if i not in done]
+        stale = len(ready) - len(written)
+        self._report(batch_id, writes, written, chunk_ids, reused, run, stale)
+        run.claim_ms = run.embed_ms = 0.0
+        run.tokens = 0
+
+    def _keep_fresh(self, run: _Round) -> None:
+        if self.cache_key and run.fresh:
+            fresh = sorted(run.fresh)
+            self.store.cache_vectors(self.cache_key, fresh, [run.vectors[h] for h in fresh])
+            run.fresh.clear()
+
+    def _fail(self, failures: list[tuple[ClaimedDocument, str]], embed_ms: float) -> None:
+        for doc, error in failures:
+            logger.warning("document %s of source %s failed: %s", doc.key, doc.source_id, error)
+        self.store.fail_documents(
+            self.worker_id,
+            uuid.uuid4(),
+            failures,
+            max_attempts=self.settings.max_attempts,
+            retry_base_seconds=self.settings.retry_base_seconds,
+            embed_ms=embed_ms,
+        )
+        gone = {d.id for d, _ in failures}
+        self.held = [i for i in self.held if i not in gone]
+
+    def _report(
+        self,
+        batch_id: uuid.UUID,
+        writes: list[DocumentWrite],
+        written: list[int],
+        chunk_ids: list[int],
+        reused: int,
+        run: _Round,
+        stale: int,
+    ) -> None:
+        self.documents_written += len(written)
+        logger.info(
+            "batch %s: %d documents indexed (%d chunks, %d reused), %d stale, %d tokens, "
+            "embed %.0f ms",
+            batch_id,
+            len(written),
+            len(chunk_ids),
+            reused,
+            stale,
+            run.tokens,
+            run.embed_ms,
+            extra={
+                "batch_id": str(batch_id),
+                "documents": len(written),
+                "rows": len(chunk_ids),
+                "reused": reused,
+                "stale": stale,
+                "tokens": run.tokens,
+                "embed_ms": round(run.embed_ms, 1),
+            },
+        )
+        self.report(
+            BatchResult(
+                batch_id=batch_id,
+                claimed=sum(len(w.chunks) for w in writes),
+                written=chunk_ids,
+                failed=[],
+                tokens=run.tokens,
+                embed_ms=run.embed_ms,
+                stale=stale,
+                reused=reused,
+            )
+        )
