@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from indexer.exceptions import InvalidInput
 
-SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim", "cache")
+SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim", "cache", "documents")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class Plan:
     claim_large: int
     claims: int
     search_copies: int
+    #: Long Python documentation topics indexed as documents (at most: Python 3.11 has 34).
+    documents: int
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -53,6 +55,7 @@ class Plan:
             claim_large=args.claim_rows or (20_000 if quick else 1_000_000),
             claims=60 if quick else 300,
             search_copies=args.search_copies,
+            documents=8 if quick else 1_000,
         )
         if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
             raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")

@@ -209,6 +209,44 @@ def _cache_rows(r: dict[str, Any], results: Results) -> list[Row]:
     ]
 
 
+def _documents_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    s = r["median_run"]
+    u = r["update"]
+    return [
+        (
+            "documents",
+            f"first import, {r['documents']} documents, {r['chunks']} chunks "
+            f"({r['chunk_tokens']}:{r['chunk_overlap']})",
+            f"{r['first_import_rows_per_s']:,.1f} chunk rows/s",
+        ),
+        (
+            "documents",
+            f"raw model, same chunk texts, {r['batch_size']}-text batches",
+            f"{r['raw_texts_per_s']:,.1f} texts/s  (ratio {r['ratio_to_raw']:.1%})",
+        ),
+        (
+            "documents",
+            "  median run: wall/claim/embed/write",
+            f"{s['wall_ms']:.0f} / {s['claim_ms']:.0f} / {s['embed_ms']:.0f} / "
+            f"{s['write_ms']:.0f} ms ({s['batches']} batches; "
+            f"{r['outside_model_share']:.1%} outside the model)",
+        ),
+        (
+            "documents",
+            "re-import of the same documents, all cached",
+            f"{r['reimport_rows_per_s']:,.1f} chunk rows/s  ({r['reimport_speedup']:.1f}x the "
+            f"first import; {r['reimport_reused']} of {r['chunks']} chunks reused)",
+        ),
+        (
+            "documents",
+            f"one-paragraph update of a {u['chunks']}-chunk document",
+            f"{u['model_inputs']} model inputs (allowed {u['allowed_inputs']}: "
+            f"{u['paragraph_chunks']} chunks over the paragraph + 1 each side; "
+            f"{u['reused']} reused)",
+        ),
+    ]
+
+
 #: The sections in the order they are printed, each with its rows.
 ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "model": _model_rows,
@@ -219,6 +257,7 @@ ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "memory": _memory_rows,
     "claim": _claim_rows,
     "cache": _cache_rows,
+    "documents": _documents_rows,
 }
 
 

@@ -1,6 +1,6 @@
 """One bench run: set up, run the chosen sections in order, print the report.
 
-Seven measurements, each the median of several runs, printed as one table (and written
+Nine measurements, each the median of several runs, printed as one table (and written
 as JSON with ``--json``):
 
 1. model throughput (ONNX Runtime, the daemon's :class:`~indexer.embedding.Embedder`);
@@ -10,7 +10,9 @@ as JSON with ``--json``):
 4. INSERT -> vector committed latency of an idle `indexer run` (NOTIFY wake-up);
 5. search latency (query embedding + HNSW top-10) and recall@10 against exact search;
 6. peak RSS of `indexer run --once` draining rows of 1 MB of text each;
-7. the cost of one claim with few and with many already-embedded rows.
+7. the cost of one claim with few and with many already-embedded rows;
+8. the vector cache: re-ingest, duplicates, no repeats, cached INSERT latency, lookups;
+9. chunked documents: ingestion against the raw model, re-import, a paragraph's update.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from indexer.bench.common import say
 from indexer.bench.context import Context
 from indexer.bench.corpus import build_corpus
 from indexer.bench.daemons import stop_children
+from indexer.bench.documents import bench_documents
 from indexer.bench.latency import bench_latency
 from indexer.bench.machine import loadavg, machine_info, versions
 from indexer.bench.memory import bench_memory
@@ -55,6 +58,7 @@ RUNNERS: dict[str, Section] = {
     "memory": bench_memory,
     "claim": bench_claim,
     "cache": bench_cache,
+    "documents": bench_documents,
 }
 
 

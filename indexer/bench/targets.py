@@ -135,6 +135,17 @@ def _latency_note(results: Results) -> str:
     return f"~1 KB chunks; short lines: p50 {short['p50_ms']:.0f} ms, p95 {short['p95_ms']:.0f} ms"
 
 
+def _update_note(results: Results) -> str:
+    update = results["documents"].get("update", {})
+    if "model_inputs" not in update:
+        return ""
+    return (
+        f"{update['model_inputs']} inputs of {update['chunks']} chunks; allowed "
+        f"{update['allowed_inputs']} ({update['paragraph_chunks']} over the paragraph + 1 "
+        "each side)"
+    )
+
+
 SEARCH_SCALE = Scale("rows", 100_000, "100k")
 TARGETS: tuple[TargetSpec, ...] = (
     TargetSpec(
@@ -220,6 +231,24 @@ TARGETS: tuple[TargetSpec, ...] = (
         "cache",
         (Check("large/small", "cache", key("lookup_ratio"), "<=", 1.5, "", 2),),
         scale=Scale("lookup_large_entries", 1_000_000, "1M"),
+    ),
+    TargetSpec(
+        "chunked ingestion vs raw model (same chunk texts)",
+        "documents",
+        (Check("", "documents", key("ratio_to_raw"), ">=", 0.95, "%", 1),),
+    ),
+    TargetSpec(
+        "re-import of unchanged documents vs first import",
+        "documents",
+        (Check("", "documents", key("reimport_speedup"), ">=", 20, "x", 1),),
+    ),
+    TargetSpec(
+        # The allowance is the document's own: the chunks whose span overlaps the edited
+        # paragraph, plus one on each side (the overlap), so the check is the ratio.
+        "one-paragraph update: model inputs vs allowed",
+        "documents",
+        (Check("inputs/allowed", "documents", key("update", "inputs_over_allowed"), "<=", 1),),
+        note=_update_note,
     ),
 )
 
