@@ -186,8 +186,8 @@ BEGIN
     ELSE
         SELECT string_agg(format('o.%1$I::text IS DISTINCT FROM n.%1$I::text', c), ' OR ')
         INTO watched
-        FROM unnest(src.text_columns || src.metadata_columns
-                    || coalesce(ARRAY[src.metadata_json], '{}')) AS c;
+        FROM unnest(array_remove(
+            src.text_columns || src.metadata_columns || ARRAY[src.metadata_json], NULL)) AS c;
         EXECUTE format(
             'SELECT array_agg(n.%1$I::text) FROM new_rows n LEFT JOIN old_rows o '
             'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column, watched)
@@ -302,7 +302,8 @@ BEGIN
         RAISE EXCEPTION 'a source needs at least one text column'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOREACH col IN ARRAY text_columns || metadata_columns || coalesce(ARRAY[metadata_json], '{}')
+    FOREACH col IN ARRAY array_remove(
+        text_columns || metadata_columns || ARRAY[metadata_json], NULL)
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col
                        AND a.attnum > 0 AND NOT a.attisdropped) THEN
