@@ -3,7 +3,10 @@
 No timing is asserted (the machine is shared); only that each figure exists and makes
 sense, that the scratch schemas are gone afterwards, and that the sentence-transformers
 comparison either ran or says why it did not (and the model target still judges the
-GEMM half without it).
+GEMM half without it).  The documents section runs alone too (``--only documents``), with
+the checks that are behaviour, not timing: the daemon's chunks are the texts the raw model
+ran on, a re-import reuses every vector, an edit of one paragraph re-embeds only the
+windows over it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ import psycopg
 
 from tests.helpers import cli_env, run_cli
 
-SECTIONS = ("model", "reference", "backfill", "latency", "search", "memory", "claim")
+SECTIONS = (
+    "model",
+    "reference",
+    "backfill",
+    "latency",
+    "search",
+    "memory",
+    "claim",
+    "cache",
+    "documents",
+)
 
 
 def positive(section: dict[str, Any], *keys: str) -> None:
@@ -114,7 +127,7 @@ def test_quick_bench_reports_every_section(
     assert cache["lookup_large_entries"] > cache["lookup_small_entries"]
 
     targets = {t["name"]: t for t in report["targets"]}
-    assert len(targets) == 12
+    assert len(targets) == 15
     assert all(t["met"] in (True, False, None) for t in targets.values())
     model_target = next(t for name, t in targets.items() if name.startswith("model fp32"))
     checks = {c["label"]: c for c in model_target["checks"]}
@@ -129,6 +142,74 @@ def test_quick_bench_reports_every_section(
         assert "vs sentence-transformers skipped" in model_target["value"]
         assert model_target["verdict"] in ("partly met", "MISSED")
     assert f"{model_target['verdict']:<12} {model_target['name']}" in result.stdout
+
+    with psycopg.connect(database) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'indexer_bench%'"
+        ).fetchall()
+    assert left == []
+
+
+DOCUMENT_TARGETS = (
+    "chunked ingestion vs raw model (same chunk texts)",
+    "re-import of unchanged documents vs first import",
+    "one-paragraph update: model inputs vs allowed",
+)
+
+
+def test_quick_bench_documents_alone(database: str, model_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = cli_env(database, model_cache)
+    result = run_cli(
+        ["bench", "--quick", "--only", "documents", "--json", str(out)], env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"documents"}
+    documents = report["results"]["documents"]
+    assert "error" not in documents, documents
+    positive(
+        documents,
+        "documents",
+        "chunks",
+        "first_import_rows_per_s",
+        "raw_texts_per_s",
+        "ratio_to_raw",
+        "reimport_rows_per_s",
+        "reimport_speedup",
+    )
+    # Long documents (over 2,000 characters each) make several chunks each, at the
+    # default window; the section checked the daemon's chunks against the raw model's.
+    assert documents["chunks"] >= 2 * documents["documents"]
+    assert (documents["chunk_tokens"], documents["chunk_overlap"]) == (128, 16)
+    assert 0 < documents["distinct_chunks"] <= documents["chunks"]
+    assert documents["median_run"]["batches"] >= 1
+    runs = documents["runs_s"]
+    assert len(runs["first"]) == len(runs["raw"]) == len(runs["again"]) == 2
+    # The re-import found every chunk's vector in the cache, in each run.
+    assert documents["reimport_reused"] == documents["chunks"]
+
+    update = documents["update"]
+    assert update["chunks"] >= 50
+    assert update["paragraph_chunks"] >= 1
+    # The edited windows went through the model, nothing far from the edit did, and
+    # every other chunk reused its vector.
+    assert 1 <= update["model_inputs"] <= update["allowed_inputs"]
+    assert update["inputs_away_from_paragraph"] == 0
+    assert update["reused"] + update["model_inputs"] == update["chunks"]
+
+    targets = {t["name"]: t for t in report["targets"]}
+    assert tuple(targets) == DOCUMENT_TARGETS
+    ingestion = targets[DOCUMENT_TARGETS[0]]["checks"][0]
+    assert ingestion["figure"] == documents["ratio_to_raw"]
+    assert ingestion["met"] is (documents["ratio_to_raw"] >= 0.95)
+    paragraph = targets[DOCUMENT_TARGETS[2]]
+    assert paragraph["checks"][0]["figure"] == update["inputs_over_allowed"]
+    assert paragraph["met"] is True
+    assert f"{update['model_inputs']} inputs of {update['chunks']} chunks" in paragraph["note"]
+    for name in DOCUMENT_TARGETS:
+        assert f"{targets[name]['verdict']:<12} {name}" in result.stdout
+    assert "one-paragraph update of a" in result.stdout
 
     with psycopg.connect(database) as conn:
         left = conn.execute(
