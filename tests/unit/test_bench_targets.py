@@ -113,6 +113,42 @@ def good_results() -> dict[str, Any]:
             "lookup_ratio": 1.08,
             "disk_gb_per_million": 2.2,
         },
+        "documents": {
+            "documents": 34,
+            "characters": 240_000,
+            "chunks": 500,
+            "distinct_chunks": 500,
+            "chunk_tokens": 128,
+            "chunk_overlap": 16,
+            "batch_size": 64,
+            "document_claim_size": 8,
+            "first_import_rows_per_s": 40.0,
+            "raw_texts_per_s": 41.0,
+            "ratio_to_raw": 0.97,
+            "outside_model_share": 0.04,
+            "median_run": {
+                "batches": 10,
+                "wall_ms": 12500.0,
+                "claim_ms": 20.0,
+                "embed_ms": 12000.0,
+                "write_ms": 300.0,
+            },
+            "reimport_rows_per_s": 1200.0,
+            "reimport_speedup": 30.0,
+            "reimport_reused": 500,
+            "runs_s": {"first": [12.5], "raw": [12.2], "again": [0.4]},
+            "update": {
+                "chunks_before": 51,
+                "chunks": 51,
+                "paragraph_chars": 400,
+                "paragraph_chunks": 2,
+                "allowed_inputs": 4,
+                "model_inputs": 2,
+                "inputs_away_from_paragraph": 0,
+                "inputs_over_allowed": 0.5,
+                "reused": 49,
+            },
+        },
     }
 
 
@@ -122,7 +158,7 @@ def by_name(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_target_met() -> None:
     targets = by_name(good_results())
-    assert len(targets) == len(TARGETS) == 12
+    assert len(targets) == len(TARGETS) == 15
     assert {t.verdict for t in targets.values()} == {"met"}
     assert all(t.met is True for t in targets.values())
     model = targets[MODEL_TARGET]
@@ -145,6 +181,24 @@ def test_every_target_met() -> None:
         (("search", "recall_at_10"), 0.94, "search recall@10", ""),
         (("memory", "peak_rss_mib"), 1000.0, "daemon peak RSS", ""),
         (("claim", "ratio"), 1.6, "claim cost flat 1k -> 1M rows", "large/small"),
+        (
+            ("documents", "ratio_to_raw"),
+            0.94,
+            "chunked ingestion vs raw model (same chunk texts)",
+            "",
+        ),
+        (
+            ("documents", "reimport_speedup"),
+            19.9,
+            "re-import of unchanged documents vs first import",
+            "",
+        ),
+        (
+            ("documents", "update", "inputs_over_allowed"),
+            1.25,
+            "one-paragraph update: model inputs vs allowed",
+            "inputs/allowed",
+        ),
     ],
 )
 def test_one_figure_past_its_threshold_misses_its_target_only(
@@ -278,3 +332,26 @@ def test_padded_tokens(
     lengths: list[int], claim: int, batch: int, budget: int, expected: int
 ) -> None:
     assert padded_tokens(lengths, claim, batch, budget) == expected
+
+
+def test_the_documents_rows_and_targets() -> None:
+    results = good_results()
+    targets = by_name(results)
+    update = targets["one-paragraph update: model inputs vs allowed"]
+    assert update.value == "inputs/allowed 0.50"
+    assert update.wanted == "inputs/allowed <= 1"
+    assert update.note == "2 inputs of 51 chunks; allowed 4 (2 over the paragraph + 1 each side)"
+    assert targets["chunked ingestion vs raw model (same chunk texts)"].value == "97.0%"
+    assert targets["re-import of unchanged documents vs first import"].value == "30.0x"
+    rows = {r[1]: r[2] for r in table(results) if r[0] == "documents"}
+    assert rows["first import, 34 documents, 500 chunks (128:16)"] == "p50 40.0 chunk rows/s"
+    assert rows["re-import of the same documents, all cached"] == (
+        "p50 1,200.0 chunk rows/s  (30.0x the first import; 500 of 500 chunks reused)"
+    )
+    assert rows["one-paragraph update of a 51-chunk document"] == (
+        "2 model inputs (allowed 4: 2 chunks over the paragraph + 1 each side; 49 reused)"
+    )
+    results["documents"] = {"error": "the worker indexed 3 of 8 documents (5 not indexed)"}
+    update = by_name(results)["one-paragraph update: model inputs vs allowed"]
+    assert update.verdict == "not measured"
+    assert update.note == "documents failed: the worker indexed 3 of 8 documents (5 not indexed)"
