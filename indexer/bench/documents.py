@@ -17,6 +17,9 @@ one run:
   model inputs of the drain that follows (a
   :class:`~indexer.testing.CountingEmbedder` records them), against the chunks whose
   span overlaps the changed paragraph plus one on each side (the overlap).
+
+The vector cache is on in every drain, whatever the settings say: the last two figures
+are what it is for.
 """
 
 from __future__ import annotations
@@ -155,14 +158,16 @@ def drain_documents(
     documents: int,
     embedder: TextEmbedder | None = None,
 ) -> float:
-    """Seconds one Worker takes to index the queued documents (``--once``); the events
-    start empty.  Raises unless ``documents`` documents end up indexed, none left."""
+    """Seconds one Worker takes to index the queued documents (``--once``), with the
+    vector cache on whatever the settings say (re-imports and edits are what it is
+    for); the events start empty.  Raises unless ``documents`` documents end up
+    indexed, none left."""
     from indexer.app import DAEMON_CONNECTIONS
     from indexer.store import Store
     from indexer.worker import Worker
 
     conn.execute("TRUNCATE events")
-    settings = dataclasses.replace(ctx.settings, schema=schema)
+    settings = dataclasses.replace(ctx.settings, schema=schema, cache=True)
     with Store(ctx.dsn, schema, pool_size=DAEMON_CONNECTIONS) as store:
         store.queue_status()  # connect and check the schema before the clock starts
         worker = Worker(settings, store, embedder or ctx.embedder)
@@ -250,6 +255,7 @@ def _paragraph_update(ctx: Context, schema: str, conn: db.Connection) -> dict[st
 
     edit = long_document(ctx.embedder, ctx.settings)
     conn.execute("DELETE FROM documents")
+    conn.execute("TRUNCATE vector_cache")  # only this document's own vectors to reuse
     row = conn.execute(
         "INSERT INTO documents (content) VALUES (%s) RETURNING id", (edit.before,)
     ).fetchone()
