@@ -339,7 +339,7 @@ class FakeStore:
         raise AssertionError("FakeStore holds no documents")
 
     source_texts = cached_vectors = cache_vectors = _no_documents
-    replace_documents = fail_documents = backfill_source = _no_documents
+    replace_documents = fail_documents = forget_documents = backfill_source = _no_documents
 
 
 def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:

@@ -296,6 +296,16 @@ FROM unnest(%(hashes)s::bytea[], %(embeddings)b::vector[]) AS t(hash, embedding)
 ORDER BY t.hash
 ON CONFLICT DO NOTHING;
 
+-- forget_documents --
+-- Documents whose row is gone from their table although they are still queued: the
+-- back-fill read the key just before the application deleted the row.  Guarded like
+-- replace_documents, so a key inserted again meanwhile (a new version) stays queued.
+DELETE FROM source_documents AS d
+USING unnest(%(ids)s::bigint[], %(versions)s::integer[]) AS t(id, version)
+WHERE d.id = t.id AND d.version = t.version AND d.claimed_by = %(worker_id)s
+  AND d.state = 'claimed'
+RETURNING d.id;
+
 -- fail_documents --
 -- Documents that could not be indexed (their table could not be read, or the model
 -- failed on one of their chunks): back to pending with a backoff, or parked as failed
