@@ -152,7 +152,11 @@ BEGIN
     END IF;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
-        PERFORM pg_notify('indexer_chunks', current_schema());
+        -- The indexer's schema, as chunks_notify sends it (not current_schema(): under
+        -- the fixed search_path below, that is pg_catalog).
+        PERFORM pg_notify('indexer_chunks', (
+            SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = 'source_documents'::regclass));
     END IF;
     RETURN queued;
 END
@@ -187,7 +191,7 @@ BEGIN
         SELECT string_agg(format('o.%1$I::text IS DISTINCT FROM n.%1$I::text', c), ' OR ')
         INTO watched
         FROM unnest(src.text_columns || src.metadata_columns
-                    || coalesce(ARRAY[src.metadata_json], '{}')) AS c;
+                    || array_remove(ARRAY[src.metadata_json], NULL)) AS c;
         EXECUTE format(
             'SELECT array_agg(n.%1$I::text) FROM new_rows n LEFT JOIN old_rows o '
             'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column, watched)
@@ -301,7 +305,8 @@ BEGIN
     IF text_columns IS NULL OR cardinality(text_columns) = 0 THEN
         RAISE EXCEPTION 'a source needs at least one text column' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOREACH col IN ARRAY text_columns || metadata_columns || coalesce(ARRAY[metadata_json], '{}')
+    FOREACH col IN ARRAY text_columns || coalesce(metadata_columns, '{}')
+                         || array_remove(ARRAY[metadata_json], NULL)
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col
                        AND a.attnum > 0 AND NOT a.attisdropped) THEN
