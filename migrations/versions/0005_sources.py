@@ -322,7 +322,8 @@ BEGIN
     END IF;
 
     IF text_columns IS NULL OR cardinality(text_columns) = 0 THEN
-        RAISE EXCEPTION 'a source needs at least one text column' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'a source needs at least one text column'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOREACH col IN ARRAY text_columns || coalesce(metadata_columns, '{}')
                          || array_remove(ARRAY[metadata_json], NULL)
@@ -390,7 +391,8 @@ BEGIN
                            src.table_schema, src.table_name);
         END LOOP;
     END IF;
-    SELECT coalesce(sum(chunk_count), 0) INTO removed FROM source_documents WHERE source_id = src.id;
+    SELECT coalesce(sum(chunk_count), 0) INTO removed
+    FROM source_documents WHERE source_id = src.id;
     DELETE FROM sources WHERE id = src.id;
     RETURN removed;
 END

@@ -85,9 +85,7 @@ def test_backfill_of_a_text_key_and_an_empty_table(conn: Connection) -> None:
     assert backfill(conn, 12345, 3) is None
 
 
-def test_backfill_skips_a_source_another_transaction_holds(
-    conn: Connection, database: str
-) -> None:
+def test_backfill_skips_a_source_another_transaction_holds(conn: Connection, database: str) -> None:
     conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO notes SELECT i, 'x' FROM generate_series(1, 5) AS i")
     source = add_source(conn, "notes", None, ["body"])
@@ -132,9 +130,7 @@ def test_backfill_while_the_table_is_written_keeps_exactly_its_keys(
                     elif action == 3:
                         app.execute("DELETE FROM notes WHERE id IN (%s, %s)", (key, key + 1))
                     else:
-                        app.execute(
-                            "UPDATE notes SET id = -id - 1000000 WHERE id = %s", (key,)
-                        )
+                        app.execute("UPDATE notes SET id = -id - 1000000 WHERE id = %s", (key,))
                     writes[0] += 1
         except BaseException as exc:
             errors.append(exc)
@@ -210,9 +206,7 @@ def test_remove_source_drops_its_triggers_documents_and_chunks(
     assert set(documents(conn, again)) == {"4"}
 
 
-def test_remove_source_of_a_dropped_table(
-    conn: Connection, two_sources: tuple[int, int]
-) -> None:
+def test_remove_source_of_a_dropped_table(conn: Connection, two_sources: tuple[int, int]) -> None:
     notes, pages = two_sources
     conn.execute("DROP TABLE notes")
     conn.execute("SELECT remove_source('public.notes')")
@@ -355,7 +349,7 @@ def test_print_the_cost_of_the_triggers(conn: Connection) -> None:
         )
     source = add_source(conn, "watched", None, ["body"])
 
-    def timed(statement: sql.Composable) -> float:
+    def timed(statement: sql.Composed) -> float:
         start = time.perf_counter()
         conn.execute(statement)
         return time.perf_counter() - start

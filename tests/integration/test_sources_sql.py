@@ -47,9 +47,7 @@ def documents(conn: Connection, source: int) -> dict[str, dict[str, Any]]:
 
 
 def keys_of(conn: Connection, table: str, key: str) -> set[str]:
-    query = sql.SQL("SELECT {}::text AS k FROM {}").format(
-        sql.Identifier(key), sql.SQL(table)
-    )
+    query = sql.SQL("SELECT {}::text AS k FROM {}").format(sql.Identifier(key), sql.SQL(table))
     return {r["k"] for r in conn.execute(query).fetchall()}
 
 
@@ -129,9 +127,7 @@ def test_a_multi_row_insert_queues_one_pending_document_per_row(
     docs = documents(conn, source)
     assert set(docs) == keys_of(conn, "notes", "k")
     assert len(docs) == 3
-    assert {(d["state"], d["version"], d["attempts"]) for d in docs.values()} == {
-        ("pending", 1, 0)
-    }
+    assert {(d["state"], d["version"], d["attempts"]) for d in docs.values()} == {("pending", 1, 0)}
 
 
 def test_a_source_whose_schema_table_and_columns_need_quotes(
@@ -171,9 +167,7 @@ def _claim(conn: Connection, source: int, key: str) -> None:
     )
 
 
-def test_an_update_of_a_text_column_requeues_the_document(
-    conn: Connection, tickets: int
-) -> None:
+def test_an_update_of_a_text_column_requeues_the_document(conn: Connection, tickets: int) -> None:
     key = insert_ticket(conn, "Printer on fire", "Third floor.")
     other = insert_ticket(conn, "VPN down")
     _claim(conn, tickets, key)
@@ -202,7 +196,7 @@ def test_an_update_of_other_columns_queues_nothing(conn: Connection, tickets: in
 
 @pytest.mark.parametrize(
     "assignment",
-    ["priority = 2", "tags = '{\"team\": \"ops\"}'", "priority = NULL"],
+    ["priority = 2", 'tags = \'{"team": "ops"}\'', "priority = NULL"],
     ids=["metadata column", "metadata_json column", "metadata column to NULL"],
 )
 def test_an_update_of_a_metadata_column_requeues(
@@ -210,9 +204,7 @@ def test_an_update_of_a_metadata_column_requeues(
 ) -> None:
     key = insert_ticket(conn, "Printer on fire")
     add_chunks(conn, tickets, key, 1)
-    conn.execute(
-        sql.SQL('UPDATE "My App"."Support Tickets" SET {}').format(sql.SQL(assignment))
-    )
+    conn.execute(sql.SQL('UPDATE "My App"."Support Tickets" SET {}').format(sql.SQL(assignment)))
     doc = documents(conn, tickets)[key]
     assert (doc["state"], doc["version"]) == ("pending", 2)
 
@@ -351,8 +343,8 @@ def test_source_texts_joins_cuts_and_builds_metadata(conn: Connection) -> None:
     assert cut["content"] == "Title\n\nSu" and len(cut["content"]) == 9
 
     conn.execute("DELETE FROM pages WHERE id = 3")
-    rows = conn.execute("SELECT doc_key FROM source_texts(%s, %s, 10)", (source, ["3", "1"]))
-    assert [r["doc_key"] for r in rows.fetchall()] == ["1"]
+    left = conn.execute("SELECT doc_key FROM source_texts(%s, %s, 10)", (source, ["3", "1"]))
+    assert [r["doc_key"] for r in left.fetchall()] == ["1"]
     assert conn.execute("SELECT * FROM source_texts(12345, ARRAY['1'], 10)").fetchall() == []
 
 
@@ -374,9 +366,9 @@ def app_writer(conn: Connection, database: str, tickets: int) -> Iterator[str]:
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     conn.execute(sql.SQL('GRANT USAGE ON SCHEMA "My App" TO {}').format(sql.Identifier(role)))
     conn.execute(
-        sql.SQL(
-            'GRANT SELECT, INSERT, UPDATE, DELETE ON "My App"."Support Tickets" TO {}'
-        ).format(sql.Identifier(role))
+        sql.SQL('GRANT SELECT, INSERT, UPDATE, DELETE ON "My App"."Support Tickets" TO {}').format(
+            sql.Identifier(role)
+        )
     )
     info = psycopg.conninfo.conninfo_to_dict(database)
     info["user"] = role
@@ -431,7 +423,7 @@ def test_a_hostile_search_path_does_not_redirect_the_trigger(
 def _notifications(listener: psycopg.Connection[Any], writer: Connection) -> list[str]:
     """Payloads received on indexer_chunks up to a marker the writer sends last."""
     writer.execute("SELECT pg_notify('indexer_chunks', 'marker')")
-    payloads = []
+    payloads: list[str] = []
     for note in listener.notifies(timeout=30):
         if note.payload == "marker":
             return payloads
