@@ -126,7 +126,9 @@ COMMENT ON COLUMN chunks.char_end IS 'Where it ends (exclusive)';
 CREATE INDEX chunks_document_idx ON chunks (document_id, position)
     WHERE document_id IS NOT NULL;
 
--- Queue documents by key: new ones pending, known ones pending again with their
+-- Queue documents by key (in key order, as the triggers insert the keys they delete:
+-- two transactions wait for each other's keys in the same order, not in a cycle):
+-- new ones pending, known ones pending again with their
 -- version bumped (a daemon embedding the old version will then write nothing), unless
 -- ``requeue`` is false (the back-fill: a document already queued is left alone).
 -- Wakes the daemons.  Returns how many documents were queued.
@@ -141,18 +143,22 @@ BEGIN
     END IF;
     IF requeue THEN
         INSERT INTO source_documents AS d (source_id, doc_key)
-        SELECT DISTINCT source, k FROM unnest(keys) AS k
+        SELECT DISTINCT source, k FROM unnest(keys) AS k ORDER BY k
         ON CONFLICT (source_id, doc_key) DO UPDATE
         SET version = d.version + 1, state = 'pending', attempts = 0, last_error = NULL,
             retry_at = NULL, claimed_by = NULL, lease_expires_at = NULL, queued_at = now();
     ELSE
         INSERT INTO source_documents (source_id, doc_key)
-        SELECT DISTINCT source, k FROM unnest(keys) AS k
+        SELECT DISTINCT source, k FROM unnest(keys) AS k ORDER BY k
         ON CONFLICT (source_id, doc_key) DO NOTHING;
     END IF;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
-        PERFORM pg_notify('indexer_chunks', current_schema());
+        -- The indexer's schema, as chunks_notify sends it (not current_schema(): under
+        -- the fixed search_path below, that is pg_catalog).
+        PERFORM pg_notify('indexer_chunks', (
+            SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = 'source_documents'::regclass));
     END IF;
     RETURN queued;
 END
@@ -186,8 +192,8 @@ BEGIN
     ELSE
         SELECT string_agg(format('o.%1$I::text IS DISTINCT FROM n.%1$I::text', c), ' OR ')
         INTO watched
-        FROM unnest(array_remove(
-            src.text_columns || src.metadata_columns || ARRAY[src.metadata_json], NULL)) AS c;
+        FROM unnest(src.text_columns || src.metadata_columns
+                    || array_remove(ARRAY[src.metadata_json], NULL)) AS c;
         EXECUTE format(
             'SELECT array_agg(n.%1$I::text) FROM new_rows n LEFT JOIN old_rows o '
             'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column, watched)
@@ -198,6 +204,12 @@ BEGIN
             INTO gone;
     END IF;
     IF gone IS NOT NULL THEN
+        -- A back-fill may have queued these keys in a transaction not committed yet,
+        -- which this DELETE would not see: inserting the same keys first waits for it
+        -- (the unique index), and the DELETE, a new statement, then sees its rows.
+        INSERT INTO source_documents (source_id, doc_key)
+        SELECT DISTINCT src.id, k FROM unnest(gone) AS k ORDER BY k
+        ON CONFLICT (source_id, doc_key) DO NOTHING;
         DELETE FROM source_documents WHERE source_id = src.id AND doc_key = ANY(gone);
     END IF;
     PERFORM queue_documents(src.id, keys);
@@ -243,7 +255,8 @@ DECLARE
 BEGIN
     BEGIN
         rel := to_regclass(source_table);
-    EXCEPTION WHEN invalid_name OR invalid_parameter_value OR syntax_error THEN
+    EXCEPTION WHEN invalid_name OR invalid_parameter_value OR syntax_error
+                   OR feature_not_supported THEN
         RAISE EXCEPTION '% is not a table name', source_table USING ERRCODE = 'invalid_name';
     END;
     IF rel IS NULL THEN
@@ -258,6 +271,16 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM sources s WHERE s.table_schema = nsp AND s.table_name = relname) THEN
         RAISE EXCEPTION '% is already a source', qualified USING ERRCODE = 'duplicate_object';
+    END IF;
+    -- Its triggers would queue the indexer's own writes (chunks: without end).
+    IF nsp = current_schema() AND relname IN ('chunks', 'events', 'sources', 'source_documents',
+                                              'vector_cache', 'alembic_version') THEN
+        RAISE EXCEPTION '% is the indexer''s own table, not a source', qualified
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM sources s WHERE s.name = coalesce(source_name, qualified)) THEN
+        RAISE EXCEPTION 'a source named % already exists', coalesce(source_name, qualified)
+            USING ERRCODE = 'duplicate_object';
     END IF;
     IF NOT has_table_privilege(rel, 'SELECT') OR NOT has_table_privilege(rel, 'TRIGGER') THEN
         RAISE EXCEPTION 'role % may not read % or create triggers on it: GRANT SELECT, TRIGGER '
@@ -302,8 +325,8 @@ BEGIN
         RAISE EXCEPTION 'a source needs at least one text column'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOREACH col IN ARRAY array_remove(
-        text_columns || metadata_columns || ARRAY[metadata_json], NULL)
+    FOREACH col IN ARRAY text_columns || coalesce(metadata_columns, '{}')
+                         || array_remove(ARRAY[metadata_json], NULL)
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col
                        AND a.attnum > 0 AND NOT a.attisdropped) THEN
@@ -389,7 +412,7 @@ DECLARE
 BEGIN
     SELECT * INTO src FROM sources
     WHERE id = source AND backfill_done_at IS NULL
-    FOR UPDATE SKIP LOCKED;
+    FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -397,11 +420,22 @@ BEGIN
         'WITH b AS (SELECT t.%1$I AS k FROM %2$I.%3$I t '
         '           WHERE $1::text IS NULL OR t.%1$I > $1::text::%4$s '
         '           ORDER BY t.%1$I LIMIT $2) '
-        'SELECT array_agg(k::text), (SELECT k::text FROM b ORDER BY k DESC LIMIT 1) FROM b',
+        'SELECT array_agg(k::text), (SELECT k::text FROM b ORDER BY b.k DESC LIMIT 1) FROM b',
         src.key_column, src.table_schema, src.table_name, src.key_type)
         INTO keys, last_key USING src.backfill_after, batch;
     n := coalesce(cardinality(keys), 0);
     PERFORM queue_documents(src.id, keys, false);
+    -- A row deleted (or its key changed) after this range was read, by a transaction
+    -- whose trigger ran first, leaves no document: the insert above waited for that
+    -- transaction (its trigger inserts the keys it deletes), and this look, with a new
+    -- snapshot, sees the row gone.
+    IF n > 0 THEN
+        EXECUTE format(
+            'DELETE FROM source_documents d WHERE d.source_id = $1 AND d.doc_key = ANY($2) '
+            'AND NOT EXISTS (SELECT 1 FROM %2$I.%3$I t WHERE t.%1$I = d.doc_key::%4$s)',
+            src.key_column, src.table_schema, src.table_name, src.key_type)
+            USING src.id, keys;
+    END IF;
     UPDATE sources
     SET backfill_after = coalesce(last_key, backfill_after),
         backfilled = backfilled + n,
