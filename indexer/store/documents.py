@@ -244,6 +244,8 @@ class DocumentQueries:
         cannot be read."""
         try:
             rows = self._execute("backfill_source", {"source": source_id, "batch": batch})
+        except errors.LockNotAvailable:
+            return None  # an application is writing rows of this range: next step
         except psycopg.Error as exc:
             if isinstance(exc, _SOURCE_ERRORS):
                 raise SourceError(

@@ -210,8 +210,11 @@ SELECT hash, embedding FROM hits;
 -- old chunks or its new ones, never a mix.  Guarded like complete_batch: a document
 -- whose version changed (its row was updated), that was deleted, or whose lease passed
 -- to another daemon is left alone, and its chunks are discarded.  The document rows
--- are locked first (FOR UPDATE), so an application's change to a document waits for
--- this statement or makes it skip the document; never both.  Fresh vectors (not
+-- are locked first, skipping those an application's transaction is changing right now
+-- (its trigger holds the row: the document is about to be queued again), so the daemon
+-- never waits on the application and an application's change waits at most for this
+-- one statement.  Every document statement of the daemon skips locked documents the
+-- same way, for the same reason.  Fresh vectors (not
 -- reused) enter the vector cache whether or not their document was written: a vector
 -- is right for its hash, and the next version of the document will want most of them.
 WITH docs AS (
@@ -224,7 +227,7 @@ WITH docs AS (
     FROM source_documents AS d
     JOIN docs ON docs.id = d.id AND docs.version = d.version
     WHERE d.claimed_by = %(worker_id)s AND d.state = 'claimed'
-    FOR UPDATE OF d
+    FOR UPDATE OF d SKIP LOCKED
 ), input AS (
     SELECT *
     FROM unnest(%(chunk_docs)s::bigint[], %(positions)s::integer[], %(starts)s::integer[],
@@ -301,9 +304,13 @@ ON CONFLICT DO NOTHING;
 -- back-fill read the key just before the application deleted the row.  Guarded like
 -- replace_documents, so a key inserted again meanwhile (a new version) stays queued.
 DELETE FROM source_documents AS d
-USING unnest(%(ids)s::bigint[], %(versions)s::integer[]) AS t(id, version)
-WHERE d.id = t.id AND d.version = t.version AND d.claimed_by = %(worker_id)s
-  AND d.state = 'claimed'
+USING (SELECT s.id
+       FROM source_documents AS s
+       JOIN unnest(%(ids)s::bigint[], %(versions)s::integer[]) AS t(id, version)
+         ON t.id = s.id AND t.version = s.version
+       WHERE s.claimed_by = %(worker_id)s AND s.state = 'claimed'
+       FOR UPDATE OF s SKIP LOCKED) AS held
+WHERE d.id = held.id
 RETURNING d.id;
 
 -- fail_documents --
@@ -315,6 +322,12 @@ WITH input AS (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(errors)s::text[])
          AS t(id, version, error)
+), locked AS (
+    SELECT d.id
+    FROM source_documents AS d
+    JOIN input ON input.id = d.id AND input.version = d.version
+    WHERE d.claimed_by = %(worker_id)s AND d.state = 'claimed'
+    FOR UPDATE OF d SKIP LOCKED
 ), failed AS (
     UPDATE source_documents AS d
     SET attempts = d.attempts + 1,
@@ -327,10 +340,8 @@ WITH input AS (
         claimed_by = NULL,
         lease_expires_at = NULL
     FROM input
+    JOIN locked ON locked.id = input.id
     WHERE d.id = input.id
-      AND d.version = input.version
-      AND d.claimed_by = %(worker_id)s
-      AND d.state = 'claimed'
     RETURNING d.id, d.state, input.error
 )
 INSERT INTO events (kind, worker_id, batch_id, row_count, token_count, embed_ms, error, detail)
@@ -345,16 +356,23 @@ FROM failed
 RETURNING detail -> 'documents' AS documents;
 
 -- extend_document_lease --
--- The lease keeper's heartbeat for documents; returns those still held.
-UPDATE source_documents
+-- The lease keeper's heartbeat for documents; returns those still held (one that an
+-- application is changing right now is not: it is being queued again).
+UPDATE source_documents AS d
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
-RETURNING id;
+FROM (SELECT id FROM source_documents
+      WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+      FOR UPDATE SKIP LOCKED) AS held
+WHERE d.id = held.id
+RETURNING d.id;
 
 -- release_documents --
-UPDATE source_documents
+UPDATE source_documents AS d
 SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
+FROM (SELECT id FROM source_documents
+      WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+      FOR UPDATE SKIP LOCKED) AS held
+WHERE d.id = held.id;
 
 -- backfills_due --
 SELECT id, name FROM sources WHERE backfill_done_at IS NULL ORDER BY id;

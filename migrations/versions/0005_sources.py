@@ -366,17 +366,17 @@ BEGIN
 END
 $$;
 
--- Unregister a source (by name): drop its triggers (if its table still exists) and
--- delete its documents and their chunks.  Returns the number of chunks deleted.
-CREATE FUNCTION remove_source(source_name text) RETURNS bigint
+-- Stop following a source's table (by name): drop its triggers, if the table still
+-- exists.  DROP TRIGGER locks the table until the transaction ends, so run this in a
+-- transaction of its own before remove_source (the indexer's CLI and API do): the
+-- deletion of the source's chunks then holds no lock on the application's table.
+CREATE FUNCTION detach_source(source_name text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     src sources;
-    rel regclass;
     op text;
-    removed bigint;
 BEGIN
-    SELECT * INTO src FROM sources WHERE name = source_name FOR UPDATE;
+    SELECT * INTO src FROM sources WHERE name = source_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no source named %', source_name USING ERRCODE = 'undefined_object';
     END IF;
@@ -384,16 +384,30 @@ BEGIN
         RAISE EXCEPTION 'documents is the built-in source: delete its rows instead'
             USING ERRCODE = 'feature_not_supported';
     END IF;
-    rel := to_regclass(format('%I.%I', src.table_schema, src.table_name));
-    IF rel IS NOT NULL THEN
+    IF to_regclass(format('%I.%I', src.table_schema, src.table_name)) IS NOT NULL THEN
         FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I.%I', 'indexer_source_' || op,
                            src.table_schema, src.table_name);
         END LOOP;
     END IF;
+END
+$$;
+
+-- Unregister a source (by name): detach it (above), then delete its documents and
+-- their chunks.  Returns the number of chunks deleted.  The triggers are dropped
+-- before the source's row is touched, so a write of the application in flight (its
+-- trigger holds a share lock on that row) finishes first, and none waits on this.
+CREATE FUNCTION remove_source(source_name text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    src_id integer;
+    removed bigint;
+BEGIN
+    PERFORM detach_source(source_name);
+    SELECT id INTO src_id FROM sources WHERE name = source_name;
     SELECT coalesce(sum(chunk_count), 0) INTO removed
-    FROM source_documents WHERE source_id = src.id;
-    DELETE FROM sources WHERE id = src.id;
+    FROM source_documents WHERE source_id = src_id;
+    DELETE FROM sources WHERE id = src_id;
     RETURN removed;
 END
 $$;
@@ -410,6 +424,10 @@ DECLARE
     last_key text;
     n integer;
 BEGIN
+    -- Never make the application wait: a range that would wait on a lock of an
+    -- application's transaction (a row it is writing) gives up at once, to be tried at
+    -- the daemon's next step.
+    PERFORM set_config('lock_timeout', '200ms', true);
     SELECT * INTO src FROM sources
     WHERE id = source AND backfill_done_at IS NULL
     FOR NO KEY UPDATE SKIP LOCKED;
@@ -545,13 +563,17 @@ BEGIN
                 USING ERRCODE = 'undefined_object';
         END IF;
     END IF;
-    -- Without pgvector's iterative scan (0.8+, and on) one HNSW scan yields at most
-    -- ef_search rows: widen it with the read, for this transaction only.
+    -- pgvector 0.8+: the iterative scan keeps reading the index until enough chunks
+    -- pass the conditions (for this transaction only, if the session has it off).
+    -- pgvector 0.7 has none, and one HNSW scan yields at most ef_search rows: widen
+    -- ef_search with the read instead (a filter can then still leave fewer than k).
     iterative := EXISTS (
         SELECT 1 FROM pg_extension
         WHERE extname = 'vector'
-          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}'
-          AND coalesce(current_setting('hnsw.iterative_scan', true), 'off') <> 'off');
+          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}');
+    IF iterative AND coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off' THEN
+        PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+    END IF;
     width := greatest(wanted * 4, 40);
     LOOP
         IF NOT iterative
@@ -635,6 +657,7 @@ BEGIN
 END
 $$;
 DROP FUNCTION remove_source(text);
+DROP FUNCTION detach_source(text);
 DROP FUNCTION add_source(text, text, text[], text[], text, text);
 DROP FUNCTION source_changed();
 DROP FUNCTION queue_documents(integer, text[], boolean);
