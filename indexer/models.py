@@ -36,8 +36,8 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     ARRAY,
     BigInteger,
-    CheckConstraint,
     Boolean,
+    CheckConstraint,
     DateTime,
     Double,
     ForeignKey,
@@ -161,8 +161,7 @@ class Chunk(Base):
     document_id: Mapped[int | None] = mapped_column(
         BigInteger,
         ForeignKey("source_documents.id", ondelete="CASCADE"),
-        comment="The source document this row is a passage of (NULL: a row inserted straight"
-        " here)",
+        comment="The source document this row is a passage of (NULL: a row inserted straight here)",
     )
     source_id: Mapped[int | None] = mapped_column(Integer)
     doc_key: Mapped[str | None] = mapped_column(Text)
@@ -343,9 +342,7 @@ class SourceDocument(Base):
     id: Mapped[int] = mapped_column(
         BigInteger, Identity(always=True), primary_key=True, autoincrement=True
     )
-    source_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("sources.id", ondelete="CASCADE")
-    )
+    source_id: Mapped[int] = mapped_column(Integer, ForeignKey("sources.id", ondelete="CASCADE"))
     doc_key: Mapped[str] = mapped_column(Text)
     state: Mapped[DocumentState] = mapped_column(Text, server_default=text("'pending'::text"))
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
@@ -361,9 +358,7 @@ class SourceDocument(Base):
         comment="The document was longer than INDEXER_DOCUMENT_MAX_CHARS or made more than "
         "INDEXER_DOCUMENT_MAX_CHUNKS chunks: only its beginning is indexed",
     )
-    queued_at: Mapped[datetime.datetime] = mapped_column(
-        _TIMESTAMPTZ, server_default=text("now()")
-    )
+    queued_at: Mapped[datetime.datetime] = mapped_column(_TIMESTAMPTZ, server_default=text("now()"))
     indexed_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
 
     __table_args__ = (
