@@ -415,3 +415,30 @@ def test_metrics_count_indexed_documents_and_lag(
     assert documents[(("source", "documents"), ("state", "indexed"))] == 1
     assert documents[(("source", "documents"), ("state", "pending"))] == 1
     assert 3500 < _samples(text, "indexer_source_lag_seconds")[(("source", "documents"),)] < 7200
+
+
+def test_the_application_role_needs_no_rights_on_the_indexer_tables(
+    ix: Indexer, database: str, conn: Connection
+) -> None:
+    make_notes(conn, rows=1)
+    ix.add_source("notes", text=["body"], metadata=["lang"])
+    role = "a_" + uuid.uuid4().hex[:12]
+    ident = sql.Identifier(role)
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {}").format(ident))
+    try:
+        with psycopg.connect(make_conninfo(database, user=role), autocommit=True) as app:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("SELECT 1 FROM source_documents")
+            app.execute("INSERT INTO notes (id, body) VALUES (2, 'two'), (3, 'three')")
+            app.execute("UPDATE notes SET lang = 'de' WHERE id = 2")  # metadata: queued
+            app.execute("UPDATE notes SET title = 'x' WHERE id = 3")  # not watched: nothing
+            app.execute("DELETE FROM notes WHERE id = 1")
+        rows = conn.execute(
+            "SELECT doc_key, version FROM source_documents d JOIN sources s "
+            "ON s.id = d.source_id WHERE s.name = 'public.notes' ORDER BY doc_key"
+        ).fetchall()
+        assert [(r["doc_key"], r["version"]) for r in rows] == [("2", 2), ("3", 1)]
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        conn.execute(sql.SQL("DROP ROLE {}").format(ident))
