@@ -524,3 +524,77 @@ SELECT count(*) AS purged FROM deleted;
 -- cache_clear --
 -- Every cached vector (TRUNCATE: instant at any size; it waits for claims in flight).
 TRUNCATE vector_cache;
+
+-- Sources: the front door (CLI, Python API, HTTP).  Everything below calls the SQL
+-- functions of migration 0005, so each way in runs what a SQL user runs.
+
+-- add_source --
+-- Register a table (add_source() checks it and RAISEs one clear line otherwise), and
+-- the planner's estimate of its rows (NULL when the table was never analyzed): what
+-- the daemon's back-fill will queue.
+SELECT s.name, s.table_schema, s.table_name, s.key_column, s.key_type, s.text_columns,
+       s.metadata_columns, s.metadata_json,
+       (SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = s.table_schema AND c.relname = s.table_name) AS estimated_rows
+FROM add_source(%(table)s, %(key)s, %(text)s::text[], %(metadata)s::text[],
+                %(metadata_json)s, %(name)s) AS s;
+
+-- detach_source --
+-- Drop a source's triggers, in a transaction of its own (DROP TRIGGER locks the
+-- application's table until the transaction ends; see remove_source).
+SELECT detach_source(%(name)s) AS detached;
+
+-- remove_source --
+SELECT remove_source(%(name)s) AS removed;
+
+-- source_status --
+SELECT * FROM indexer_source_status ORDER BY source;
+
+-- source_queue_status --
+-- What /metrics reads per source on every scrape.  Pending, in flight and the lag come
+-- from the partial index source_documents_queue_idx, failed from
+-- source_documents_failed_idx: their cost follows the backlog, not the table.  Indexed
+-- is not read from indexer_source_status, which reads every document's heap row and
+-- sums its chunk_count: it is the source's documents counted on the (source_id,
+-- doc_key) unique index (an index-only scan once vacuum has marked the pages visible)
+-- less the queued and failed ones.  That is the one term that grows with the table,
+-- and it touches the index alone.
+WITH queued AS (
+    SELECT source_id,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'claimed') AS in_flight,
+           min(queued_at) AS oldest_queued_at
+    FROM source_documents
+    WHERE state IN ('pending', 'claimed')
+    GROUP BY source_id
+), failed AS (
+    SELECT source_id, count(*) AS failed
+    FROM source_documents
+    WHERE state = 'failed'
+    GROUP BY source_id
+)
+SELECT s.name AS source,
+       coalesce(q.pending, 0) AS pending,
+       coalesce(q.in_flight, 0) AS in_flight,
+       coalesce(f.failed, 0) AS failed,
+       (SELECT count(*) FROM source_documents d WHERE d.source_id = s.id)
+           - coalesce(q.pending, 0) - coalesce(q.in_flight, 0) - coalesce(f.failed, 0)
+           AS indexed,
+       now() - q.oldest_queued_at AS lag
+FROM sources s
+LEFT JOIN queued q ON q.source_id = s.id
+LEFT JOIN failed f ON f.source_id = s.id
+ORDER BY s.name;
+
+-- search_documents --
+-- The k documents nearest to a query vector: search_documents() (migration 0005) is
+-- the one definition, the same a user runs in SQL.
+SELECT source, key, score, content, position, char_start, char_end, metadata, passages
+FROM search_documents(%(query)s, %(k)s, %(filter)s::jsonb, %(source)s, %(passages)s);
+
+-- insert_documents --
+-- Rows of the built-in documents table (its trigger queues them for the daemon).
+INSERT INTO documents (content, metadata)
+SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[])
+RETURNING id;
