@@ -342,7 +342,7 @@ class SourceDocument(Base):
     id: Mapped[int] = mapped_column(
         BigInteger, Identity(always=True), primary_key=True, autoincrement=True
     )
-    source_id: Mapped[int] = mapped_column(Integer, ForeignKey("sources.id", ondelete="CASCADE"))
+    source_id: Mapped[int] = mapped_column(Integer)  # no foreign key: see migration 0005
     doc_key: Mapped[str] = mapped_column(Text)
     state: Mapped[DocumentState] = mapped_column(Text, server_default=text("'pending'::text"))
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
