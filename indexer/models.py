@@ -10,9 +10,9 @@ the sources of migration 0005: the registered tables, the queue of their documen
 the built-in ``documents`` table.  Register a table with ``SELECT add_source(...)``
 (or ``indexer sources add``), not by inserting into ``sources``: that also installs its
 triggers.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
-(read them with ``select * from ...``) and the triggers and functions.  The foreign keys
-(``chunks.document_id`` to ``source_documents``, ``source_documents.source_id`` to
-``sources``) are declared, without relationships; ``Event.chunk_ids`` is an array of
+(read them with ``select * from ...``) and the triggers and functions.  The foreign key
+``chunks.document_id`` to ``source_documents`` is declared, without a relationship
+(``source_documents.source_id`` has none in the schema: see migration 0005); ``Event.chunk_ids`` is an array of
 ids, not a reference, since events outlive the rows they name.
 
 The tables carry no schema, so the same classes serve any ``INDEXER_SCHEMA``.  For a
