@@ -12,8 +12,9 @@ the built-in ``documents`` table.  Register a table with ``SELECT add_source(...
 triggers.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
 (read them with ``select * from ...``) and the triggers and functions.  The foreign key
 ``chunks.document_id`` to ``source_documents`` is declared, without a relationship
-(``source_documents.source_id`` has none in the schema: see migration 0005); ``Event.chunk_ids`` is an array of
-ids, not a reference, since events outlive the rows they name.
+(``source_documents.source_id`` has none in the schema: see migration 0005);
+``Event.chunk_ids`` is an array of ids, not a reference, since events outlive the rows
+they name.
 
 The tables carry no schema, so the same classes serve any ``INDEXER_SCHEMA``.  For a
 schema other than ``public``, map it per connection::

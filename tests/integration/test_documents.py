@@ -14,13 +14,13 @@ import pytest
 
 from indexer.chunking import chunk_text
 from indexer.db.connect import Connection, connect
-from indexer.embedding import Embedder, TextEmbedder
+from indexer.embedding import Embedder
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.testing import CountingEmbedder
 from indexer.worker import Worker
 
-from .test_worker import insert
+from .test_worker import drain, insert
 
 #: Paragraphs of distinct prose, so that chunks (and their hashes) differ.
 WORDS = [
@@ -59,14 +59,6 @@ def paragraph(n: int, words: int = 70) -> str:
 
 def document(paragraphs: Sequence[int]) -> str:
     return "\n\n".join(paragraph(n) for n in paragraphs)
-
-
-def drain(settings: Settings, embedder: TextEmbedder) -> Worker:
-    assert settings.database_url is not None
-    with Store(settings.database_url, settings.schema) as store:
-        worker = Worker(settings, store, embedder)
-        worker.run(once=True)
-    return worker
 
 
 def add_document(conn: Connection, text: str, metadata: str = "{}") -> int:
