@@ -15,11 +15,12 @@ if TYPE_CHECKING:
     from indexer.embedding import Embedder
     from indexer.exceptions import IndexerError
     from indexer.settings import Settings
-    from indexer.store import SearchHit
+    from indexer.store import DocumentHit, SearchHit
 
-__all__ = ["Embedder", "Indexer", "IndexerError", "SearchHit", "Settings"]
+__all__ = ["DocumentHit", "Embedder", "Indexer", "IndexerError", "SearchHit", "Settings"]
 
 _HOMES = {
+    "DocumentHit": "indexer.store",
     "Embedder": "indexer.embedding",
     "Indexer": "indexer.app",
     "IndexerError": "indexer.exceptions",

@@ -4,6 +4,8 @@
 >>> with Indexer() as ix:                      # DATABASE_URL, or the embedded server
 ...     ix.add(["PostgreSQL is a database"])   # rows for the daemon to embed
 ...     hits = ix.search("which database?", k=5)
+...     ix.add_documents(["A long report ..."])          # chunked by the daemon
+...     docs = ix.search_documents("which report?", k=3)
 
 ``Indexer`` opens its database connections and loads the model only when first
 needed, and closes them in ``close()`` (or at the end of a ``with`` block).  Once it
@@ -27,12 +29,12 @@ from indexer.db import server
 from indexer.db.connect import redact, resolve_dsn
 from indexer.embedding import TextEmbedder, load_embedder
 from indexer.exceptions import DatabaseUnavailable, InvalidInput
-from indexer.limits import CONTENT_CHARS, check_k
+from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
 from indexer.settings import Settings
 from indexer.signals import stop_on_signals
-from indexer.store import CacheStats, SearchHit, Store
+from indexer.store import CacheStats, DocumentHit, SearchHit, Store
 from indexer.worker import BatchResult, Worker
 from indexer.worker.prune import Pruner
 
@@ -102,6 +104,75 @@ class Indexer:
             raise InvalidInput("the query is empty")
         vector = self.embed([query])[0]
         return self.store.search(vector, k, metadata_filter=metadata_filter, max_chars=max_chars)
+
+    def add_documents(
+        self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Insert documents of any length into the built-in ``documents`` table (the
+        daemon chunks and embeds them); return their ids, the documents' keys."""
+        if isinstance(texts, str):
+            raise InvalidInput("texts must be a list of strings, not one string")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInput(f"text {i} is {type(text).__name__}, not a string")
+        if metadata is not None and len(metadata) != len(texts):
+            raise InvalidInput("texts and metadata must have the same length")
+        for i, meta in enumerate(metadata or []):
+            if not isinstance(meta, dict):
+                raise InvalidInput(f"metadata {i} is {type(meta).__name__}, not a dict")
+        metas = [json.dumps(m) for m in (metadata or [{}] * len(texts))]
+        return self.store.insert_documents(list(texts), metas)
+
+    def add_source(
+        self,
+        table: str,
+        *,
+        key: str | None = None,
+        text: Sequence[str],
+        metadata: Sequence[str] = (),
+        metadata_json: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Register your own table as a source: ``text`` columns are the document's text
+        (joined by a blank line), ``metadata`` columns (and the jsonb ``metadata_json``
+        column's object) its metadata; ``key`` (default: the single-column primary key)
+        a unique NOT NULL column.  Its triggers queue every change; the daemon
+        back-fills the rows already there.  Returns the source's row (``name``, ...,
+        ``estimated_rows``); raises SourceError with the reason otherwise."""
+        return self.store.add_source(
+            table, key=key, text=text, metadata=metadata, metadata_json=metadata_json, name=name
+        )
+
+    def remove_source(self, name: str) -> int:
+        """Unregister a source (its triggers, documents and chunks go; the table stays);
+        return the number of chunks deleted."""
+        return self.store.remove_source(name)
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Per source (the ``indexer_source_status`` view): documents indexed, pending,
+        in flight, failed, truncated; chunks; lag; back-fill progress."""
+        return self.store.source_status()
+
+    def search_documents(
+        self,
+        text: str,
+        k: int = 10,
+        *,
+        filter: dict[str, Any] | None = None,
+        source: str | None = None,
+        passages: int = 3,
+    ) -> list[DocumentHit]:
+        """The k documents (of every source, or of ``source``) whose best passage is
+        nearest to ``text`` (cosine), best first, each with its ``passages`` best
+        passages; only passages whose metadata contains ``filter``."""
+        check_k(k)
+        check_passages(passages)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("the query is empty")
+        vector = self.embed([text])[0]
+        return self.store.search_documents(
+            vector, k, filter=filter, source=source, passages=passages
+        )
 
     def status(self) -> dict[str, Any]:
         """The ``indexer_status`` view: backlog, in flight, embedded, failed, rate, ETA."""

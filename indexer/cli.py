@@ -22,11 +22,12 @@ from indexer.db import migrate, server
 from indexer.db.connect import connect, redact, resolve_dsn
 from indexer.embedding import load_embedder
 from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput
-from indexer.limits import check_k
+from indexer.limits import check_k, check_passages
 from indexer.settings import FIELDS, Settings, env_name, value_parser
 from indexer.store import CacheStats
 
 EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
+DOCUMENTS_CHUNK = 256  # JSON lines inserted per statement in `indexer documents add`
 
 Command = Callable[[argparse.Namespace, Settings, EmbedderLoader], int]
 
@@ -54,6 +55,8 @@ USES: dict[str, tuple[str, ...]] = {
     "retry": (*_DATABASE, *_LOGS),
     "events": (*_DATABASE, "events_retention_days", *_LOGS),
     "cache": (*_DATABASE, "max_chars", "cache_max_entries", "cache_max_age_days", *_LOGS),
+    "sources": (*_DATABASE, *_LOGS),
+    "documents": (*_DATABASE, *_LOGS),
     "server": ("data_dir", *_LOGS),
     "bench": _ALL,
 }
@@ -138,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "just created), server PID, schema revision",
     )
     add("embed", 'embed JSON lines from stdin ({"text": ...}) to stdout, adding "embedding"')
-    search = add("search", "print the rows nearest to a text")
+    search = add("search", "print the rows (or, with --documents, the documents) nearest to a text")
     search.add_argument("text", help="the text to find rows like")
     search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
     search.add_argument(
@@ -147,7 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
         help='only rows whose metadata contains this JSON object, e.g. \'{"lang": "en"}\'',
     )
     search.add_argument("--json", action="store_true", help="one JSON object per line")
-    status = add("status", "backlog, in flight, embedded, failed, rate and ETA")
+    search.add_argument(
+        "--documents",
+        action="store_true",
+        help="the k nearest documents of the sources, each scored by its best passage",
+    )
+    search.add_argument(
+        "--source", metavar="NAME", help="with --documents: only this source's documents"
+    )
+    search.add_argument(
+        "--passages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --documents: the best passages each document carries in --json (default 3)",
+    )
+    status = add("status", "backlog, in flight, embedded, failed, rate and ETA; per source")
     status.add_argument("--json", action="store_true", help="one JSON object, durations in s")
     retry = add("retry", "re-queue rows parked as failed (all of them, or those given by --id)")
     retry.add_argument("--failed", action="store_true", help="every failed row")
@@ -178,6 +196,76 @@ def build_parser() -> argparse.ArgumentParser:
         "--hash", action="append", dest="hashes", default=[], help="this sha256, in hex"
     )
     purge.add_argument("--all", action="store_true", help="every cached vector")
+    sources_help = "register your own tables as sources, list them, remove them"
+    sources = sub.add_parser("sources", help=sources_help, description=sources_help)
+    source_actions = sources.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common = settings_of["sources"]
+    source_add = source_actions.add_parser(
+        "add",
+        help="register a table: its triggers queue every change, the daemon back-fills "
+        "the rows already there",
+        parents=[common],
+    )
+    source_add.add_argument("table", metavar="TABLE", help="the table, e.g. notes or app.notes")
+    source_add.add_argument(
+        "--id",
+        dest="key",
+        metavar="COL",
+        help="the document key: a unique NOT NULL column (default: the primary key)",
+    )
+    source_add.add_argument(
+        "--text",
+        action="append",
+        required=True,
+        metavar="COL",
+        help="a text column (repeatable; joined by a blank line in this order)",
+    )
+    source_add.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="columns copied into each chunk's metadata (comma-separated, repeatable)",
+    )
+    source_add.add_argument(
+        "--metadata-json",
+        metavar="COL",
+        help="a jsonb column whose object is merged into each chunk's metadata",
+    )
+    source_add.add_argument(
+        "--name", help="the source's name (default: the table's schema-qualified name)"
+    )
+    source_actions.add_parser(
+        "list",
+        help="per source: documents indexed, pending, in flight, failed; chunks; lag; back-fill",
+        parents=[common],
+    ).add_argument("--json", action="store_true", help="one JSON object per line")
+    source_actions.add_parser(
+        "remove",
+        help="unregister a source: drop its triggers, delete its documents' chunks "
+        "(the table and its rows stay)",
+        parents=[common],
+    ).add_argument("name", metavar="NAME", help="the source's name (`indexer sources list`)")
+    documents_help = "add documents of any length to the built-in documents table"
+    documents = sub.add_parser("documents", help=documents_help, description=documents_help)
+    document_actions = documents.add_subparsers(dest="action", required=True, metavar="ACTION")
+    documents_add = document_actions.add_parser(
+        "add",
+        help='insert documents: JSON lines on stdin ({"text": ..., "metadata": {...}}), or '
+        "the --text values; print their ids (the daemon chunks and embeds them)",
+        parents=[settings_of["documents"]],
+    )
+    documents_add.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        help="a document's text instead of stdin (repeatable: one document each)",
+    )
+    documents_add.add_argument(
+        "--metadata",
+        metavar="JSON",
+        help="with --text: the metadata (a JSON object) of every document given",
+    )
     events = add("events", "maintain the events table")
     events.add_argument("action", choices=["prune"], help="prune: delete events past retention")
     from indexer import bench  # light at import; heavy parts load when it runs
@@ -356,6 +444,11 @@ def _parse_line(line: str, number: int) -> dict[str, Any]:
 def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     check_k(args.k, "-k")
     metadata_filter = _json_object(args.filter, "--filter") if args.filter else None
+    if args.documents:
+        return _search_documents(args, settings, load, metadata_filter)
+    for option, value in (("--source", args.source), ("--passages", args.passages)):
+        if value is not None:
+            raise InvalidInput(f"{option} goes with --documents")
     with Indexer(settings, embedder=load(settings)) as ix:
         hits = ix.search(args.text, args.k, metadata_filter=metadata_filter)
     for hit in hits:
@@ -373,6 +466,137 @@ def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
             print(f"{hit.id:>8}  {hit.score:.4f}  {snippet}")
     if not hits and not args.json:
         print("no embedded rows yet", file=sys.stderr)
+    return 0
+
+
+def _search_documents(
+    args: argparse.Namespace,
+    settings: Settings,
+    load: EmbedderLoader,
+    metadata_filter: dict[str, Any] | None,
+) -> int:
+    passages = check_passages(3 if args.passages is None else args.passages, "--passages")
+    with Indexer(settings, embedder=load(settings)) as ix:
+        hits = ix.search_documents(
+            args.text, args.k, filter=metadata_filter, source=args.source, passages=passages
+        )
+    for hit in hits:
+        if args.json:
+            record = {
+                "source": hit.source,
+                "key": hit.key,
+                "score": round(hit.score, 6),
+                "content": hit.content,
+                "position": hit.position,
+                "char_start": hit.char_start,
+                "char_end": hit.char_end,
+                "metadata": hit.metadata,
+                "passages": hit.passages,
+            }
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(
+                f"{hit.score:.4f}  {hit.source}  {hit.key}  {_snippet(hit.content, 80)}  "
+                f"[{hit.char_start}:{hit.char_end}]"
+            )
+    if not hits and not args.json:
+        print("no indexed documents yet", file=sys.stderr)
+    return 0
+
+
+def _snippet(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters (an ellipsis marks the cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def cmd_sources(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    with Indexer(settings) as ix:
+        if args.action == "add":
+            metadata = [c.strip() for part in args.metadata for c in part.split(",")]
+            if any(not c for c in metadata):
+                raise InvalidInput("--metadata: give column names separated by commas, e.g. a,b")
+            source = ix.add_source(
+                args.table,
+                key=args.key,
+                text=args.text,
+                metadata=metadata,
+                metadata_json=args.metadata_json,
+                name=args.name,
+            )
+            print(_added_source(source))
+        elif args.action == "list":
+            for row in ix.sources():
+                if args.json:
+                    print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
+                else:
+                    print(_source_line(row))
+        else:
+            removed = ix.remove_source(args.name)
+            print(f"removed source {args.name} and {plural(removed, 'chunk')} of its documents")
+    return 0
+
+
+def _added_source(source: dict[str, Any]) -> str:
+    texts = ", ".join(source["text_columns"])
+    estimate = source.get("estimated_rows")
+    rows = f"the {plural(estimate, 'row')} (estimated)" if estimate else "the rows"
+    return (
+        f"added source {source['name']}: key {source['key_column']} ({source['key_type']}), "
+        f"text {texts}; the daemon back-fills {rows} already there"
+    )
+
+
+def _source_line(row: dict[str, Any]) -> str:
+    """One source of ``indexer_source_status`` on one line."""
+    lag = row["lag"]
+    backfill = (
+        "back-fill done"
+        if row["backfilled"]
+        else f"back-fill: {plural(row['backfilled_rows'], 'row')} so far"
+    )
+    return (
+        f"{row['source']}: {row['indexed']} indexed, {row['pending']} pending, "
+        f"{row['in_flight']} in flight, {row['failed']} failed, {row['truncated']} truncated; "
+        f"{plural(row['chunks'], 'chunk')}; lag {_duration(lag)}; {backfill}"
+    )
+
+
+def _duration(value: Any) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cmd_documents(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    if args.text:
+        metadata = _json_object(args.metadata, "--metadata") if args.metadata else {}
+        batches: Iterator[list[dict[str, Any]]] = iter(
+            [[{"text": t, "metadata": metadata} for t in args.text]]
+        )
+    elif args.metadata:
+        raise InvalidInput('--metadata goes with --text (on stdin, each line has "metadata")')
+    else:
+        batches = _json_lines(sys.stdin, DOCUMENTS_CHUNK)
+    added = 0
+    with Indexer(settings) as ix:
+        for records in batches:
+            for number, record in enumerate(records, start=added + 1):
+                if not isinstance(record.get("metadata", {}), dict):
+                    raise InvalidInput(f'document {number}: "metadata" must be a JSON object')
+            ids = ix.add_documents(
+                [r["text"] for r in records], [r.get("metadata", {}) for r in records]
+            )
+            added += len(ids)
+            for doc_id in ids:
+                print(doc_id)
+            sys.stdout.flush()
+    print(f"added {plural(added, 'document')}", file=sys.stderr)
     return 0
 
 
@@ -394,9 +618,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
     with Indexer(settings) as ix:
         status = ix.status()
         failed = ix.failed_rows(10) if status["failed"] else []
+        sources = ix.sources()
     if args.json:
         out = {k: _jsonable(v) for k, v in status.items()}
         out["failed_rows"] = [{k: _jsonable(v) for k, v in r.items()} for r in failed]
+        out["sources"] = [{k: _jsonable(v) for k, v in r.items()} for r in sources]
         print(json.dumps(out))
         return 0
     for key in STATUS_FIELDS:
@@ -406,6 +632,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
         print(f"failed row {row['id']} after {row['attempts']} attempts: {row['last_error']}")
     if len(failed) == 10:
         print("(first 10 failed rows; `indexer retry --failed` re-queues them)")
+    for row in sources:
+        print(f"{'source':<20}{_source_line(row)}")
     return 0
 
 
@@ -529,6 +757,8 @@ COMMANDS: dict[str, Command] = {
     "retry": cmd_retry,
     "events": cmd_events,
     "cache": cmd_cache,
+    "sources": cmd_sources,
+    "documents": cmd_documents,
     "server": cmd_server,
     "bench": cmd_bench,
 }

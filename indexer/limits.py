@@ -24,3 +24,18 @@ def check_k(k: int, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidInput(f"{name} must be an integer between 1 and {MAX_K}")
     return k
+
+
+#: Passages (best chunks) each document of a document search may carry.
+MAX_PASSAGES = 20
+
+
+def check_passages(passages: int, name: str = "passages") -> int:
+    """``passages`` itself, or InvalidInput naming the option (``--passages`` in the CLI)."""
+    if (
+        isinstance(passages, bool)
+        or not isinstance(passages, int)
+        or not 1 <= passages <= MAX_PASSAGES
+    ):
+        raise InvalidInput(f"{name} must be an integer between 1 and {MAX_PASSAGES}")
+    return passages

@@ -3,11 +3,13 @@
 Batch counters are fed by the worker's ``on_batch`` callback; the backlog and claim
 lag gauges are read from the database's status view when /metrics is scraped
 (:meth:`Metrics.observe_status`), so they are true for the whole table, not only
-this daemon's share.
+this daemon's share.  So are the per-source gauges (:meth:`Metrics.observe_sources`):
+documents by state and lag, one labelled series per source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +23,9 @@ from prometheus_client import (
 from indexer.worker.claim import BatchResult
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: The ``state`` label values of indexer_source_documents.
+SOURCE_STATES = ("pending", "in_flight", "failed", "indexed")
 
 
 class Metrics:
@@ -70,6 +75,19 @@ class Metrics:
             "Age of the oldest row waiting to be embedded (0 when none)",
             registry=r,
         )
+        self.source_documents = Gauge(
+            "indexer_source_documents",
+            "Documents of each source by state (pending, in_flight, failed, indexed)",
+            ["source", "state"],
+            registry=r,
+        )
+        self.source_lag = Gauge(
+            "indexer_source_lag_seconds",
+            "Age of the oldest document of each source waiting to be indexed (0 when none)",
+            ["source"],
+            registry=r,
+        )
+        self._sources: set[str] = set()
         for outcome in ("completed", "failed"):
             self.batches.labels(outcome=outcome)
         # The HTTP API (`indexer run --http`); endpoint is one of its paths or "other",
@@ -111,6 +129,23 @@ class Metrics:
         self.failed_rows.set(status["failed"])
         age = status.get("oldest_pending_age")
         self.claim_lag.set(age.total_seconds() if age is not None else 0.0)
+
+    def observe_sources(self, sources: Sequence[dict[str, Any]]) -> None:
+        """Set the per-source gauges from ``Store.source_queue_status()`` rows; a source
+        removed since the last scrape loses its series."""
+        seen = set()
+        for row in sources:
+            name = str(row["source"])
+            seen.add(name)
+            for state in SOURCE_STATES:
+                self.source_documents.labels(source=name, state=state).set(row[state])
+            lag = row.get("lag")
+            self.source_lag.labels(source=name).set(lag.total_seconds() if lag is not None else 0.0)
+        for gone in self._sources - seen:
+            for state in SOURCE_STATES:
+                self.source_documents.remove(gone, state)
+            self.source_lag.remove(gone)
+        self._sources = seen
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.http_requests.labels(endpoint=endpoint, status=str(status)).inc()

@@ -5,10 +5,16 @@ classes describe it so an application can use the ORM on it.  A test compares th
 a freshly migrated database (Alembic's autogenerate comparison, and every constraint
 and index definition in the catalog), so the two cannot drift apart.
 
-``VectorCache`` is the vector cache.  Not modelled: ``indexer_status`` (a view, read it
-with ``select * from indexer_status``) and the triggers and functions.  There are no
-foreign keys, hence no relationships: ``Event.chunk_ids`` is an array of ids, not a
-reference, since events outlive the rows they name.
+``VectorCache`` is the vector cache.  ``Source``, ``SourceDocument`` and ``Document`` are
+the sources of migration 0005: the registered tables, the queue of their documents, and
+the built-in ``documents`` table.  Register a table with ``SELECT add_source(...)``
+(or ``indexer sources add``), not by inserting into ``sources``: that also installs its
+triggers.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
+(read them with ``select * from ...``) and the triggers and functions.  The foreign key
+``chunks.document_id`` to ``source_documents`` is declared, without a relationship
+(``source_documents.source_id`` has none in the schema: see migration 0005);
+``Event.chunk_ids`` is an array of ids, not a reference, since events outlive the rows
+they name.
 
 The tables carry no schema, so the same classes serve any ``INDEXER_SCHEMA``.  For a
 schema other than ``public``, map it per connection::
@@ -31,9 +37,11 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -41,6 +49,7 @@ from sqlalchemy import (
     MetaData,
     Text,
     TextClause,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -53,6 +62,10 @@ DIMENSIONS: Final = 384
 State = Literal["pending", "claimed", "embedded", "failed"]
 #: ``chunks.state``: a text column with a CHECK constraint (not a PostgreSQL enum).
 STATES: Final[tuple[State, ...]] = ("pending", "claimed", "embedded", "failed")
+
+DocumentState = Literal["pending", "claimed", "indexed", "failed"]
+#: ``source_documents.state``: a text column with a CHECK constraint.
+DOCUMENT_STATES: Final[tuple[DocumentState, ...]] = ("pending", "claimed", "indexed", "failed")
 
 EventKind = Literal["worker_started", "worker_stopped", "batch_completed", "batch_failed"]
 EVENT_KINDS: Final[tuple[EventKind, ...]] = (
@@ -145,6 +158,21 @@ class Chunk(Base):
         comment="sha256 of the text the model read for the stored embedding (the first "
         "INDEXER_MAX_CHARS characters, UTF-8); NULL while not embedded",
     )
+    # A source document's passage (written by the daemon); NULL for a row inserted here.
+    document_id: Mapped[int | None] = mapped_column(
+        BigInteger,
+        ForeignKey("source_documents.id", ondelete="CASCADE"),
+        comment="The source document this row is a passage of (NULL: a row inserted straight here)",
+    )
+    source_id: Mapped[int | None] = mapped_column(Integer)
+    doc_key: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int | None] = mapped_column(
+        Integer, comment="The passage's place in its document, from 0"
+    )
+    char_start: Mapped[int | None] = mapped_column(
+        Integer, comment="Where the passage starts in the document's text (0-based, characters)"
+    )
+    char_end: Mapped[int | None] = mapped_column(Integer, comment="Where it ends (exclusive)")
 
     __table_args__ = (
         CheckConstraint(
@@ -160,6 +188,13 @@ class Chunk(Base):
             postgresql_using="hnsw",
             postgresql_with={"m": 16, "ef_construction": 64},
             postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        # A document's passages in order.
+        Index(
+            "chunks_document_idx",
+            "document_id",
+            "position",
+            postgresql_where=text("document_id IS NOT NULL"),
         ),
         {
             "comment": "Text to embed. Insert content (and metadata); the indexer daemon fills"
@@ -248,15 +283,154 @@ class VectorCache(Base):
         return f"VectorCache(model={self.model!r}, hash={self.hash.hex()[:12]!r})"
 
 
+class Source(Base):
+    """A row of ``sources``: a table whose rows the indexer keeps chunked and embedded.
+
+    Written by ``add_source()`` / ``remove_source()`` (which also install and drop the
+    table's triggers) and by the daemon's back-fill; read it, do not insert into it.
+    """
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(
+        Integer, Identity(always=True), primary_key=True, autoincrement=True
+    )
+    name: Mapped[str] = mapped_column(Text)
+    table_schema: Mapped[str] = mapped_column(Text)
+    table_name: Mapped[str] = mapped_column(Text)
+    key_column: Mapped[str] = mapped_column(Text)
+    key_type: Mapped[str] = mapped_column(Text, comment="format_type() of the key column")
+    text_columns: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    metadata_columns: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]")
+    )
+    metadata_json: Mapped[str | None] = mapped_column(
+        Text, comment="A jsonb column whose object is merged into every chunk's metadata"
+    )
+    builtin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    backfill_after: Mapped[str | None] = mapped_column(
+        Text, comment="The last key the back-fill queued (text); NULL before the first range"
+    )
+    backfilled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    backfill_done_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+
+    __table_args__ = (
+        CheckConstraint("cardinality(text_columns) > 0", name="sources_text_columns_check"),
+        UniqueConstraint("name", name="sources_name_key"),
+        UniqueConstraint("table_schema", "table_name", name="sources_table_schema_table_name_key"),
+        {
+            "comment": "Tables whose rows the indexer keeps chunked and embedded (add_source /"
+            " remove_source)"
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"Source(id={self.id!r}, name={self.name!r})"
+
+
+class SourceDocument(Base):
+    """A row of ``source_documents``: one document of a source, and its queue state.
+
+    Written by the source's triggers and the daemon; ``doc_key`` is the key column's
+    value as text.  Its chunks are the rows of ``chunks`` with this ``document_id``.
+    """
+
+    __tablename__ = "source_documents"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(always=True), primary_key=True, autoincrement=True
+    )
+    source_id: Mapped[int] = mapped_column(Integer)  # no foreign key: see migration 0005
+    doc_key: Mapped[str] = mapped_column(Text)
+    state: Mapped[DocumentState] = mapped_column(Text, server_default=text("'pending'::text"))
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    retry_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    claimed_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lease_expires_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    chunk_count: Mapped[int | None] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(
+        Boolean,
+        server_default=text("false"),
+        comment="The document was longer than INDEXER_DOCUMENT_MAX_CHARS or made more than "
+        "INDEXER_DOCUMENT_MAX_CHUNKS chunks: only its beginning is indexed",
+    )
+    queued_at: Mapped[datetime.datetime] = mapped_column(_TIMESTAMPTZ, server_default=text("now()"))
+    indexed_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('pending', 'claimed', 'indexed', 'failed')",
+            name="source_documents_state_check",
+        ),
+        UniqueConstraint("source_id", "doc_key", name="source_documents_source_id_doc_key_key"),
+        Index(
+            "source_documents_queue_idx",
+            "id",
+            postgresql_where=text("state IN ('pending', 'claimed')"),
+        ),
+        Index(
+            "source_documents_failed_idx", "source_id", postgresql_where=text("state = 'failed'")
+        ),
+        {
+            "comment": "Every document of every source: its queue state, version, chunk count,"
+            " last error"
+        },
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"SourceDocument(id={self.id!r}, source_id={self.source_id!r}, "
+            f"doc_key={self.doc_key!r}, state={self.state!r})"
+        )
+
+
+class Document(Base):
+    """A row of the built-in ``documents`` table: insert ``content`` (any length) and
+    ``metadata_``; the daemon chunks, embeds and indexes it (``search_documents``)."""
+
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(always=False), primary_key=True, autoincrement=True
+    )
+    content: Mapped[str] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+
+    __table_args__ = (
+        {
+            "comment": "Documents of any length: insert content (and metadata); the indexer "
+            "chunks, embeds and indexes them (search_documents)"
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"Document(id={self.id!r}, content={self.content[:40]!r})"
+
+
 __all__ = [
     "DIMENSIONS",
+    "DOCUMENT_STATES",
     "EF_SEARCH",
     "EVENT_KINDS",
     "STATES",
     "Base",
     "Chunk",
+    "Document",
+    "DocumentState",
     "Event",
     "EventKind",
+    "Source",
+    "SourceDocument",
     "State",
     "VectorCache",
     "search_settings",

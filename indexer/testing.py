@@ -33,12 +33,11 @@ from indexer.store import ClaimedRow
 FAIL_MARKER_ENV = "INDEXER_TEST_FAIL_MARKER"
 
 
-class FaultInjector:
-    """An embedder whose model calls fail when any of their texts contains ``marker``."""
+class EmbedderWrapper:
+    """An embedder that passes everything to ``inner``; subclasses change one thing."""
 
-    def __init__(self, inner: TextEmbedder, marker: str) -> None:
+    def __init__(self, inner: TextEmbedder) -> None:
         self.inner = inner
-        self.marker = marker
 
     @property
     def name(self) -> str:
@@ -57,47 +56,37 @@ class FaultInjector:
 
     def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
         return self.inner.token_offsets(text)
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        return self.inner.embed_tokenized(tokenized)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.embed_tokenized(self.tokenize(texts))
+
+
+class FaultInjector(EmbedderWrapper):
+    """An embedder whose model calls fail when any of their texts contains ``marker``."""
+
+    def __init__(self, inner: TextEmbedder, marker: str) -> None:
+        super().__init__(inner)
+        self.marker = marker
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         if any(self.marker in t for t in tokenized.texts):
             raise EmbeddingError(f"injected failure: text contains {self.marker!r}")
         return self.inner.embed_tokenized(tokenized)
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self.embed_tokenized(self.tokenize(texts))
 
-
-class CountingEmbedder:
+class CountingEmbedder(EmbedderWrapper):
     """A real embedder that records the text of every model input (``texts``)."""
 
     def __init__(self, inner: TextEmbedder) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.texts: list[str] = []
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def cache_key(self) -> str:
-        return self.inner.cache_key
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        return self.inner.tokenize(texts)
-
-    def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
-        return self.inner.token_offsets(text)
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         self.texts.extend(tokenized.texts)
         return self.inner.embed_tokenized(tokenized)
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self.embed_tokenized(self.tokenize(texts))
 
 
 class FakeEmbedder:
@@ -339,7 +328,7 @@ class FakeStore:
         raise AssertionError("FakeStore holds no documents")
 
     source_texts = cached_vectors = cache_vectors = _no_documents
-    replace_documents = fail_documents = backfill_source = _no_documents
+    replace_documents = fail_documents = forget_documents = backfill_source = _no_documents
 
 
 def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:

@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -47,28 +47,40 @@ MODEL_CALLS = 2
 
 
 class Probe:
-    """``Store.queue_status()`` for /health and /metrics, with a deadline.
+    """``Store.queue_status()`` for /health and /metrics, and
+    ``Store.source_queue_status()`` for /metrics, with a deadline.
 
-    Each check runs on a daemon thread of its own, one check at a time.  Callers wait
-    at most PROBE_TIMEOUT; a check still running (a hung connection) is shared by the
-    next callers instead of piling up new ones, and cannot keep the process from
-    exiting.
+    Each check runs on a daemon thread of its own, one check of each kind at a time.
+    Callers wait at most PROBE_TIMEOUT; a check still running (a hung connection) is
+    shared by the next callers instead of piling up new ones, and cannot keep the
+    process from exiting.
     """
 
     def __init__(self, dsn: str, schema: str, outage: OutageLog | None = None) -> None:
         self._store = Store(dsn, schema, pool_size=1, timeout=PROBE_TIMEOUT, name="http-probe")
         self._outage = outage
         self._lock = threading.Lock()
-        self._running: concurrent.futures.Future[dict[str, Any]] | None = None
+        self._running: dict[str, concurrent.futures.Future[Any]] = {}
         self._closed = False
 
     async def status(self, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
+        """pending, in_flight, backlog, failed, oldest_pending_age (whole table)."""
+        result: dict[str, Any] = await self._check("queue", self._store.queue_status, timeout)
+        return result
+
+    async def sources(self, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:
+        """Per source: pending, in_flight, failed, indexed, lag."""
+        check = self._store.source_queue_status
+        result: list[dict[str, Any]] = await self._check("sources", check, timeout)
+        return result
+
+    async def _check(self, kind: str, check: Callable[[], Any], timeout: float) -> Any:
         with self._lock:
             if self._closed:
                 raise DatabaseUnavailable("the HTTP API is shutting down")
-            if self._running is None or self._running.done():
-                self._running = self._start()
-            running = self._running
+            running = self._running.get(kind)
+            if running is None or running.done():
+                running = self._running[kind] = self._start(check)
         try:
             # shield: a caller that gives up must not cancel the check the next one shares.
             result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout)
@@ -85,17 +97,17 @@ class Probe:
             self._outage.up()
         return result
 
-    def _start(self) -> concurrent.futures.Future[dict[str, Any]]:
-        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+    def _start(self, check: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-        def check() -> None:
+        def run() -> None:
             future.set_running_or_notify_cancel()
             try:
-                future.set_result(self._store.queue_status())
+                future.set_result(check())
             except BaseException as exc:  # handed to the waiting request
                 future.set_exception(exc)
 
-        threading.Thread(target=check, name="http-probe", daemon=True).start()
+        threading.Thread(target=run, name="http-probe", daemon=True).start()
         return future
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ from indexer.exceptions import (
     IndexerError,
     InvalidInput,
     SchemaNotMigrated,
+    SourceError,
     first_line,
 )
 from indexer.http.bounds import HttpLimits
@@ -56,6 +57,8 @@ from indexer.http.middleware import (
 from indexer.http.parse import BodyError, parse_body, validation_message
 from indexer.http.resources import Resources
 from indexer.http.schemas import (
+    DocumentResult,
+    DocumentSearchResponse,
     EmbedChunksResponse,
     EmbedRequest,
     EmbedTextsResponse,
@@ -237,7 +240,7 @@ def _add_error_handlers(app: FastAPI, res: Resources) -> None:
 def _status_code(exc: IndexerError) -> int:
     if isinstance(exc, DatabaseUnavailable | SchemaNotMigrated | ExtensionMissing):
         return 503
-    if isinstance(exc, InvalidInput):
+    if isinstance(exc, InvalidInput | SourceError):
         return 422
     return 500
 
@@ -299,9 +302,11 @@ def _add_metrics(app: FastAPI, res: Resources) -> None:
         responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
     )
     async def metrics_text() -> Response:
-        """Prometheus metrics; the backlog gauges are read from the database first."""
+        """Prometheus metrics; the backlog and per-source gauges are read from the database
+        first."""
         try:
             res.metrics.observe_status(await res.probe.status())
+            res.metrics.observe_sources(await res.probe.sources())
             res.metrics.database_up.set(1)
         except (IndexerError, psycopg.Error) as exc:
             logger.debug("metrics: database gauges not refreshed: %s", exc)
@@ -368,12 +373,13 @@ def _rounded(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
 def _add_search(app: FastAPI, res: Resources) -> None:
     @app.post(
         "/search",
-        response_model=SearchResponse,
+        response_model=SearchResponse | DocumentSearchResponse,
         responses=_ERRORS,
         openapi_extra=_body_schema(SearchRequest),
     )
     async def search(request: Request) -> Response:
-        """The k embedded rows nearest to the query (cosine), best first."""
+        """The k embedded rows nearest to the query (cosine), best first; with
+        ``"group": "document"``, the k nearest documents of the sources instead."""
         _require_json(request)
         raw = await request.body()
         deadline = res.limits.search_deadline
@@ -398,10 +404,25 @@ def _search(res: Resources, raw: bytes) -> Response:
     _check_filter(body.filter, res.limits.max_filter_bytes)
     _check_texts([body.query], "query")
     vector = res.embed([body.query])[0]
+    found: SearchResponse | DocumentSearchResponse
     try:
-        hits = res.store.search(
-            vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS
-        )
+        if body.group == "document":
+            docs = res.store.search_documents(
+                vector, body.k, filter=body.filter, source=body.source, passages=body.passages
+            )
+            found = DocumentSearchResponse(
+                results=[DocumentResult.model_validate(d, from_attributes=True) for d in docs]
+            )
+        else:
+            hits = res.store.search(
+                vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS
+            )
+            found = SearchResponse(
+                results=[
+                    SearchResult(id=h.id, score=h.score, content=h.content, metadata=h.metadata)
+                    for h in hits
+                ]
+            )
     except DatabaseUnavailable as exc:
         if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
             raise DatabaseUnavailable(
@@ -409,12 +430,6 @@ def _search(res: Resources, raw: bytes) -> Response:
             ) from exc
         raise
     res.outage.up()
-    found = SearchResponse(
-        results=[
-            SearchResult(id=h.id, score=h.score, content=h.content, metadata=h.metadata)
-            for h in hits
-        ]
-    )
     return Response(found.model_dump_json(), media_type="application/json")
 
 

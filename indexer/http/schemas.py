@@ -8,12 +8,12 @@ and lengths themselves are checked by the routes, to answer 413 rather than 422.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from indexer.http.bounds import HttpLimits
-from indexer.limits import CONTENT_CHARS, MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
+from indexer.limits import CONTENT_CHARS, MAX_K, MAX_PASSAGES, MAX_TEXT_CHARS, MAX_TEXTS
 
 
 class _Body(BaseModel):
@@ -78,6 +78,28 @@ class SearchRequest(_Body):
         description="only rows whose metadata contains this JSON object (jsonb @>); "
         f"at most {HttpLimits.max_filter_bytes} bytes as compact JSON",
     )
+    group: Literal["chunk", "document"] = Field(
+        default="chunk",
+        description='"chunk": the k nearest rows of chunks; "document": the k nearest '
+        "documents of the sources (each scored by its best passage)",
+    )
+    source: str | None = Field(
+        default=None, description='with "group": "document": only this source\'s documents'
+    )
+    passages: int = Field(
+        default=3,
+        ge=1,
+        le=MAX_PASSAGES,
+        description='with "group": "document": the best passages each document carries',
+    )
+
+    @model_validator(mode="after")
+    def _document_options(self) -> SearchRequest:
+        if self.group == "chunk":
+            given = [f for f in ("source", "passages") if f in self.model_fields_set]
+            if given:
+                raise ValueError(f'"{given[0]}" goes with "group": "document"')
+        return self
 
     @field_validator("query")
     @classmethod
@@ -122,6 +144,30 @@ class SearchResult(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
+
+
+class Passage(BaseModel):
+    content: str
+    score: float
+    position: int
+    char_start: int
+    char_end: int
+
+
+class DocumentResult(BaseModel):
+    source: str
+    key: str = Field(description="the document's key in its source table, as text")
+    score: float = Field(description="the cosine similarity of its best passage")
+    content: str = Field(description="its best passage")
+    position: int = Field(description="the passage's place in the document, from 0")
+    char_start: int = Field(description="where the passage starts in the document's text")
+    char_end: int = Field(description="where it ends (exclusive; 0-based characters)")
+    metadata: dict[str, Any]
+    passages: list[Passage] = Field(description="its best passages, best first")
+
+
+class DocumentSearchResponse(BaseModel):
+    results: list[DocumentResult]
 
 
 class Health(BaseModel):

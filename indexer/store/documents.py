@@ -178,6 +178,22 @@ class DocumentQueries:
                 {"cache_key": cache_key, "hashes": list(hashes), "embeddings": list(vectors)},
             )
 
+    def forget_documents(
+        self: _Executes, worker_id: uuid.UUID, docs: Sequence[ClaimedDocument]
+    ) -> list[int]:
+        """Delete queued documents whose row no longer exists (guarded); their ids."""
+        if not docs:
+            return []
+        rows = self._execute(
+            "forget_documents",
+            {
+                "worker_id": worker_id,
+                "ids": [d.id for d in docs],
+                "versions": [d.version for d in docs],
+            },
+        )
+        return sorted(r["id"] for r in rows)
+
     def fail_documents(
         self: _Executes,
         worker_id: uuid.UUID,
@@ -228,6 +244,8 @@ class DocumentQueries:
         cannot be read."""
         try:
             rows = self._execute("backfill_source", {"source": source_id, "batch": batch})
+        except errors.LockNotAvailable:
+            return None  # an application is writing rows of this range: next step
         except psycopg.Error as exc:
             if isinstance(exc, _SOURCE_ERRORS):
                 raise SourceError(

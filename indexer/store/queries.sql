@@ -210,8 +210,11 @@ SELECT hash, embedding FROM hits;
 -- old chunks or its new ones, never a mix.  Guarded like complete_batch: a document
 -- whose version changed (its row was updated), that was deleted, or whose lease passed
 -- to another daemon is left alone, and its chunks are discarded.  The document rows
--- are locked first (FOR UPDATE), so an application's change to a document waits for
--- this statement or makes it skip the document; never both.  Fresh vectors (not
+-- are locked first, skipping those an application's transaction is changing right now
+-- (its trigger holds the row: the document is about to be queued again), so the daemon
+-- never waits on the application and an application's change waits at most for this
+-- one statement.  Every document statement of the daemon skips locked documents the
+-- same way, for the same reason.  Fresh vectors (not
 -- reused) enter the vector cache whether or not their document was written: a vector
 -- is right for its hash, and the next version of the document will want most of them.
 WITH docs AS (
@@ -224,7 +227,7 @@ WITH docs AS (
     FROM source_documents AS d
     JOIN docs ON docs.id = d.id AND docs.version = d.version
     WHERE d.claimed_by = %(worker_id)s AND d.state = 'claimed'
-    FOR UPDATE OF d
+    FOR UPDATE OF d SKIP LOCKED
 ), input AS (
     SELECT *
     FROM unnest(%(chunk_docs)s::bigint[], %(positions)s::integer[], %(starts)s::integer[],
@@ -296,6 +299,20 @@ FROM unnest(%(hashes)s::bytea[], %(embeddings)b::vector[]) AS t(hash, embedding)
 ORDER BY t.hash
 ON CONFLICT DO NOTHING;
 
+-- forget_documents --
+-- Documents whose row is gone from their table although they are still queued: the
+-- back-fill read the key just before the application deleted the row.  Guarded like
+-- replace_documents, so a key inserted again meanwhile (a new version) stays queued.
+DELETE FROM source_documents AS d
+USING (SELECT s.id
+       FROM source_documents AS s
+       JOIN unnest(%(ids)s::bigint[], %(versions)s::integer[]) AS t(id, version)
+         ON t.id = s.id AND t.version = s.version
+       WHERE s.claimed_by = %(worker_id)s AND s.state = 'claimed'
+       FOR UPDATE OF s SKIP LOCKED) AS held
+WHERE d.id = held.id
+RETURNING d.id;
+
 -- fail_documents --
 -- Documents that could not be indexed (their table could not be read, or the model
 -- failed on one of their chunks): back to pending with a backoff, or parked as failed
@@ -305,6 +322,12 @@ WITH input AS (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(versions)s::integer[], %(errors)s::text[])
          AS t(id, version, error)
+), locked AS (
+    SELECT d.id
+    FROM source_documents AS d
+    JOIN input ON input.id = d.id AND input.version = d.version
+    WHERE d.claimed_by = %(worker_id)s AND d.state = 'claimed'
+    FOR UPDATE OF d SKIP LOCKED
 ), failed AS (
     UPDATE source_documents AS d
     SET attempts = d.attempts + 1,
@@ -317,10 +340,8 @@ WITH input AS (
         claimed_by = NULL,
         lease_expires_at = NULL
     FROM input
+    JOIN locked ON locked.id = input.id
     WHERE d.id = input.id
-      AND d.version = input.version
-      AND d.claimed_by = %(worker_id)s
-      AND d.state = 'claimed'
     RETURNING d.id, d.state, input.error
 )
 INSERT INTO events (kind, worker_id, batch_id, row_count, token_count, embed_ms, error, detail)
@@ -335,16 +356,23 @@ FROM failed
 RETURNING detail -> 'documents' AS documents;
 
 -- extend_document_lease --
--- The lease keeper's heartbeat for documents; returns those still held.
-UPDATE source_documents
+-- The lease keeper's heartbeat for documents; returns those still held (one that an
+-- application is changing right now is not: it is being queued again).
+UPDATE source_documents AS d
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
-RETURNING id;
+FROM (SELECT id FROM source_documents
+      WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+      FOR UPDATE SKIP LOCKED) AS held
+WHERE d.id = held.id
+RETURNING d.id;
 
 -- release_documents --
-UPDATE source_documents
+UPDATE source_documents AS d
 SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
+FROM (SELECT id FROM source_documents
+      WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+      FOR UPDATE SKIP LOCKED) AS held
+WHERE d.id = held.id;
 
 -- backfills_due --
 SELECT id, name FROM sources WHERE backfill_done_at IS NULL ORDER BY id;
@@ -496,3 +524,77 @@ SELECT count(*) AS purged FROM deleted;
 -- cache_clear --
 -- Every cached vector (TRUNCATE: instant at any size; it waits for claims in flight).
 TRUNCATE vector_cache;
+
+-- Sources: the front door (CLI, Python API, HTTP).  Everything below calls the SQL
+-- functions of migration 0005, so each way in runs what a SQL user runs.
+
+-- add_source --
+-- Register a table (add_source() checks it and RAISEs one clear line otherwise), and
+-- the planner's estimate of its rows (NULL when the table was never analyzed): what
+-- the daemon's back-fill will queue.
+SELECT s.name, s.table_schema, s.table_name, s.key_column, s.key_type, s.text_columns,
+       s.metadata_columns, s.metadata_json,
+       (SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = s.table_schema AND c.relname = s.table_name) AS estimated_rows
+FROM add_source(%(table)s, %(key)s, %(text)s::text[], %(metadata)s::text[],
+                %(metadata_json)s, %(name)s) AS s;
+
+-- detach_source --
+-- Drop a source's triggers, in a transaction of its own (DROP TRIGGER locks the
+-- application's table until the transaction ends; see remove_source).
+SELECT detach_source(%(name)s) AS detached;
+
+-- remove_source --
+SELECT remove_source(%(name)s) AS removed;
+
+-- source_status --
+SELECT * FROM indexer_source_status ORDER BY source;
+
+-- source_queue_status --
+-- What /metrics reads per source on every scrape.  Pending, in flight and the lag come
+-- from the partial index source_documents_queue_idx, failed from
+-- source_documents_failed_idx: their cost follows the backlog, not the table.  Indexed
+-- is not read from indexer_source_status, which reads every document's heap row and
+-- sums its chunk_count: it is the source's documents counted on the (source_id,
+-- doc_key) unique index (an index-only scan once vacuum has marked the pages visible)
+-- less the queued and failed ones.  That is the one term that grows with the table,
+-- and it touches the index alone.
+WITH queued AS (
+    SELECT source_id,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'claimed') AS in_flight,
+           min(queued_at) AS oldest_queued_at
+    FROM source_documents
+    WHERE state IN ('pending', 'claimed')
+    GROUP BY source_id
+), failed AS (
+    SELECT source_id, count(*) AS failed
+    FROM source_documents
+    WHERE state = 'failed'
+    GROUP BY source_id
+)
+SELECT s.name AS source,
+       coalesce(q.pending, 0) AS pending,
+       coalesce(q.in_flight, 0) AS in_flight,
+       coalesce(f.failed, 0) AS failed,
+       (SELECT count(*) FROM source_documents d WHERE d.source_id = s.id)
+           - coalesce(q.pending, 0) - coalesce(q.in_flight, 0) - coalesce(f.failed, 0)
+           AS indexed,
+       now() - q.oldest_queued_at AS lag
+FROM sources s
+LEFT JOIN queued q ON q.source_id = s.id
+LEFT JOIN failed f ON f.source_id = s.id
+ORDER BY s.name;
+
+-- search_documents --
+-- The k documents nearest to a query vector: search_documents() (migration 0005) is
+-- the one definition, the same a user runs in SQL.
+SELECT source, key, score, content, position, char_start, char_end, metadata, passages
+FROM search_documents(%(query)s, %(k)s, %(filter)s::jsonb, %(source)s, %(passages)s);
+
+-- insert_documents --
+-- Rows of the built-in documents table (its trigger queues them for the daemon).
+INSERT INTO documents (content, metadata)
+SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[])
+RETURNING id;

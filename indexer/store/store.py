@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import numpy as np
+import psycopg
 from psycopg.rows import DictRow
 
 from indexer.db import connect as db
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
-from indexer.limits import CONTENT_CHARS
+from indexer.exceptions import SourceError, first_line
+from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.store.documents import DocumentQueries
 from indexer.store.listen import Listener
 from indexer.store.queries import QUERIES
@@ -79,6 +81,37 @@ class SearchHit:
     score: float
     content: str
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DocumentHit:
+    """One document of a document search: its source and key, the score of its best
+    passage, that passage (``content``, its ``position`` in the document from 0, and
+    its span ``char_start``:``char_end`` in the document's text, 0-based characters),
+    the passage's metadata, and the document's best ``passages`` (dicts of content,
+    score, position, char_start, char_end), best first."""
+
+    source: str
+    key: str
+    score: float
+    content: str
+    position: int
+    char_start: int
+    char_end: int
+    metadata: dict[str, Any]
+    passages: list[dict[str, Any]]
+
+
+#: The errors add_source() and remove_source() raise on purpose (a missing table or
+#: column, a bad key, no privilege, ...): SourceError with their first line.  Connection
+#: errors (OperationalError) stay DatabaseUnavailable.
+_SOURCE_ERRORS: tuple[type[psycopg.Error], ...] = (
+    psycopg.errors.ProgrammingError,
+    psycopg.errors.DataError,
+    psycopg.errors.NotSupportedError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.InternalError,
+)
 
 
 class Store(DocumentQueries):
@@ -409,6 +442,109 @@ class Store(DocumentQueries):
                     conn.execute(QUERIES["search_width"], {"ef_search": str(k), "local": True})
                     rows = conn.execute(QUERIES["search"], params).fetchall()
         return [SearchHit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
+
+    # -- sources (the front door) -----------------------------------------------------
+
+    def _source_call(self, name: str, params: dict[str, Any]) -> DictRow:
+        try:
+            return self._one(name, params)
+        except _SOURCE_ERRORS as exc:
+            raise SourceError(first_line(exc)) from exc
+
+    def add_source(
+        self,
+        table: str,
+        *,
+        key: str | None = None,
+        text: Sequence[str],
+        metadata: Sequence[str] = (),
+        metadata_json: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Register ``table`` (its triggers installed; its rows back-filled by the
+        daemon); the source's row, with ``estimated_rows`` (None: unknown).  SourceError
+        with the database's one line when the table cannot be a source."""
+        if isinstance(text, str) or isinstance(metadata, str):
+            raise SourceError("text and metadata columns must be lists of names, not one string")
+        params = {
+            "table": table,
+            "key": key,
+            "text": list(text),
+            "metadata": list(metadata),
+            "metadata_json": metadata_json,
+            "name": name,
+        }
+        return dict(self._source_call("add_source", params))
+
+    def remove_source(self, name: str) -> int:
+        """Unregister a source: its triggers dropped, its documents and chunks deleted;
+        the number of chunks deleted.  Two transactions: the triggers are dropped (and
+        the application's table unlocked) before the chunks are deleted."""
+        self._source_call("detach_source", {"name": name})
+        return int(self._source_call("remove_source", {"name": name})["removed"])
+
+    def source_status(self) -> list[dict[str, Any]]:
+        """The ``indexer_source_status`` view, one row per source, by name."""
+        return [dict(r) for r in self._execute("source_status")]
+
+    def source_queue_status(self) -> list[dict[str, Any]]:
+        """Per source: pending, in_flight, failed, indexed, lag (cheap; for /metrics)."""
+        return [dict(r) for r in self._execute("source_queue_status")]
+
+    def search_documents(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        filter: dict[str, Any] | None = None,
+        source: str | None = None,
+        passages: int = 3,
+    ) -> list[DocumentHit]:
+        """The k documents whose best chunk is nearest to ``query`` (cosine), best first;
+        only chunks whose metadata contains ``filter``, of ``source`` (None: all)."""
+        check_k(k)
+        check_passages(passages)
+        params = {
+            "query": query,
+            "k": k,
+            "filter": json.dumps(filter or {}),
+            "source": source,
+            "passages": passages,
+        }
+        try:
+            with self._connection("searching documents") as conn:
+                if k <= EF_SEARCH:
+                    rows = conn.execute(QUERIES["search_documents"], params).fetchall()
+                else:
+                    # As in search(): one HNSW scan returns at most ef_search rows, so
+                    # widen it for this statement only.
+                    with conn.transaction():
+                        width = {"ef_search": str(k), "local": True}
+                        conn.execute(QUERIES["search_width"], width)
+                        rows = conn.execute(QUERIES["search_documents"], params).fetchall()
+        except psycopg.errors.UndefinedObject as exc:  # no source of that name
+            raise SourceError(first_line(exc)) from exc
+        return [
+            DocumentHit(
+                source=r["source"],
+                key=r["key"],
+                score=float(r["score"]),
+                content=r["content"],
+                position=r["position"],
+                char_start=r["char_start"],
+                char_end=r["char_end"],
+                metadata=r["metadata"],
+                passages=list(r["passages"]),
+            )
+            for r in rows
+        ]
+
+    def insert_documents(self, contents: Sequence[str], metadata: Sequence[str]) -> list[int]:
+        """Rows of the built-in documents table (metadata as JSON text); their ids."""
+        rows = self._execute(
+            "insert_documents", {"contents": list(contents), "metadata": list(metadata)}
+        )
+        return [r["id"] for r in rows]
 
 
 def _clean_error(message: str) -> str:

@@ -80,6 +80,10 @@ class DocumentStore(Protocol):
         embed_ms: float,
     ) -> tuple[list[int], list[int], int]: ...
 
+    def forget_documents(
+        self, worker_id: uuid.UUID, docs: Sequence[ClaimedDocument]
+    ) -> list[int]: ...
+
     def fail_documents(
         self,
         worker_id: uuid.UUID,
@@ -245,7 +249,13 @@ class DocumentWork:
             texts.update((d.id, by_key.get(d.key)) for d in members)
         if failures:
             self._fail(failures, 0.0)
-        planned = [self._plan(d, texts[d.id]) for d in docs if d.id in texts]
+        gone = [d for d in docs if d.id in texts and texts[d.id] is None]
+        if gone:
+            # Normally a deleted row's document is deleted with it, by the trigger; one
+            # still queued was back-filled in a race with the delete.
+            self.store.forget_documents(self.worker_id, gone)
+            self.held = [i for i in self.held if i not in {d.id for d in gone}]
+        planned = [self._plan(d, source) for d in docs if (source := texts.get(d.id)) is not None]
         hashes = list({h for p in planned for *_, h in p.chunks})
         cached = self.store.cached_vectors(self.cache_key, hashes) if self.cache_key else {}
         run = _Round(planned, dict(cached), set(cached), claim_ms=claim_ms)
@@ -270,10 +280,8 @@ class DocumentWork:
             self.store.release_documents(self.worker_id, sorted(left))
             self.held = [i for i in self.held if i not in left]
 
-    def _plan(self, doc: ClaimedDocument, source: SourceText | None) -> _Planned:
+    def _plan(self, doc: ClaimedDocument, source: SourceText) -> _Planned:
         s = self.settings
-        if source is None:  # deleted since it was queued: the guard will skip it
-            return _Planned(doc, {}, [], {}, False)
         text = source.text
         truncated = len(text) > s.document_max_chars
         if truncated:

@@ -84,7 +84,10 @@ COMMENT ON COLUMN sources.backfill_after IS
 
 CREATE TABLE source_documents (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    source_id        integer NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+    -- No foreign key to sources: every row the triggers queue would pay its check
+    -- (40% of what a trigger adds to a bulk INSERT, measured), and hold a share lock on
+    -- the source's row until the application commits.  remove_source deletes them.
+    source_id        integer NOT NULL,
     doc_key          text NOT NULL,
     state            text NOT NULL DEFAULT 'pending'
                      CHECK (state IN ('pending', 'claimed', 'indexed', 'failed')),
@@ -126,7 +129,9 @@ COMMENT ON COLUMN chunks.char_end IS 'Where it ends (exclusive)';
 CREATE INDEX chunks_document_idx ON chunks (document_id, position)
     WHERE document_id IS NOT NULL;
 
--- Queue documents by key: new ones pending, known ones pending again with their
+-- Queue documents by key (in key order, as the triggers insert the keys they delete:
+-- two transactions wait for each other's keys in the same order, not in a cycle):
+-- new ones pending, known ones pending again with their
 -- version bumped (a daemon embedding the old version will then write nothing), unless
 -- ``requeue`` is false (the back-fill: a document already queued is left alone).
 -- Wakes the daemons.  Returns how many documents were queued.
@@ -141,18 +146,22 @@ BEGIN
     END IF;
     IF requeue THEN
         INSERT INTO source_documents AS d (source_id, doc_key)
-        SELECT DISTINCT source, k FROM unnest(keys) AS k
+        SELECT DISTINCT source, k FROM unnest(keys) AS k ORDER BY k
         ON CONFLICT (source_id, doc_key) DO UPDATE
         SET version = d.version + 1, state = 'pending', attempts = 0, last_error = NULL,
             retry_at = NULL, claimed_by = NULL, lease_expires_at = NULL, queued_at = now();
     ELSE
         INSERT INTO source_documents (source_id, doc_key)
-        SELECT DISTINCT source, k FROM unnest(keys) AS k
+        SELECT DISTINCT source, k FROM unnest(keys) AS k ORDER BY k
         ON CONFLICT (source_id, doc_key) DO NOTHING;
     END IF;
     GET DIAGNOSTICS queued = ROW_COUNT;
     IF queued > 0 THEN
-        PERFORM pg_notify('indexer_chunks', current_schema());
+        -- The indexer's schema, as chunks_notify sends it (not current_schema(): under
+        -- the fixed search_path below, that is pg_catalog).
+        PERFORM pg_notify('indexer_chunks', (
+            SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = 'source_documents'::regclass));
     END IF;
     RETURN queued;
 END
@@ -186,8 +195,8 @@ BEGIN
     ELSE
         SELECT string_agg(format('o.%1$I::text IS DISTINCT FROM n.%1$I::text', c), ' OR ')
         INTO watched
-        FROM unnest(array_remove(
-            src.text_columns || src.metadata_columns || ARRAY[src.metadata_json], NULL)) AS c;
+        FROM unnest(src.text_columns || src.metadata_columns
+                    || array_remove(ARRAY[src.metadata_json], NULL)) AS c;
         EXECUTE format(
             'SELECT array_agg(n.%1$I::text) FROM new_rows n LEFT JOIN old_rows o '
             'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column, watched)
@@ -198,6 +207,12 @@ BEGIN
             INTO gone;
     END IF;
     IF gone IS NOT NULL THEN
+        -- A back-fill may have queued these keys in a transaction not committed yet,
+        -- which this DELETE would not see: inserting the same keys first waits for it
+        -- (the unique index), and the DELETE, a new statement, then sees its rows.
+        INSERT INTO source_documents (source_id, doc_key)
+        SELECT DISTINCT src.id, k FROM unnest(gone) AS k ORDER BY k
+        ON CONFLICT (source_id, doc_key) DO NOTHING;
         DELETE FROM source_documents WHERE source_id = src.id AND doc_key = ANY(gone);
     END IF;
     PERFORM queue_documents(src.id, keys);
@@ -243,7 +258,8 @@ DECLARE
 BEGIN
     BEGIN
         rel := to_regclass(source_table);
-    EXCEPTION WHEN invalid_name OR invalid_parameter_value OR syntax_error THEN
+    EXCEPTION WHEN invalid_name OR invalid_parameter_value OR syntax_error
+                   OR feature_not_supported THEN
         RAISE EXCEPTION '% is not a table name', source_table USING ERRCODE = 'invalid_name';
     END;
     IF rel IS NULL THEN
@@ -258,6 +274,16 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM sources s WHERE s.table_schema = nsp AND s.table_name = relname) THEN
         RAISE EXCEPTION '% is already a source', qualified USING ERRCODE = 'duplicate_object';
+    END IF;
+    -- Its triggers would queue the indexer's own writes (chunks: without end).
+    IF nsp = current_schema() AND relname IN ('chunks', 'events', 'sources', 'source_documents',
+                                              'vector_cache', 'alembic_version') THEN
+        RAISE EXCEPTION '% is the indexer''s own table, not a source', qualified
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM sources s WHERE s.name = coalesce(source_name, qualified)) THEN
+        RAISE EXCEPTION 'a source named % already exists', coalesce(source_name, qualified)
+            USING ERRCODE = 'duplicate_object';
     END IF;
     IF NOT has_table_privilege(rel, 'SELECT') OR NOT has_table_privilege(rel, 'TRIGGER') THEN
         RAISE EXCEPTION 'role % may not read % or create triggers on it: GRANT SELECT, TRIGGER '
@@ -302,8 +328,8 @@ BEGIN
         RAISE EXCEPTION 'a source needs at least one text column'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOREACH col IN ARRAY array_remove(
-        text_columns || metadata_columns || ARRAY[metadata_json], NULL)
+    FOREACH col IN ARRAY text_columns || coalesce(metadata_columns, '{}')
+                         || array_remove(ARRAY[metadata_json], NULL)
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col
                        AND a.attnum > 0 AND NOT a.attisdropped) THEN
@@ -343,17 +369,17 @@ BEGIN
 END
 $$;
 
--- Unregister a source (by name): drop its triggers (if its table still exists) and
--- delete its documents and their chunks.  Returns the number of chunks deleted.
-CREATE FUNCTION remove_source(source_name text) RETURNS bigint
+-- Stop following a source's table (by name): drop its triggers, if the table still
+-- exists.  DROP TRIGGER locks the table until the transaction ends, so run this in a
+-- transaction of its own before remove_source (the indexer's CLI and API do): the
+-- deletion of the source's chunks then holds no lock on the application's table.
+CREATE FUNCTION detach_source(source_name text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     src sources;
-    rel regclass;
     op text;
-    removed bigint;
 BEGIN
-    SELECT * INTO src FROM sources WHERE name = source_name FOR UPDATE;
+    SELECT * INTO src FROM sources WHERE name = source_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no source named %', source_name USING ERRCODE = 'undefined_object';
     END IF;
@@ -361,16 +387,33 @@ BEGIN
         RAISE EXCEPTION 'documents is the built-in source: delete its rows instead'
             USING ERRCODE = 'feature_not_supported';
     END IF;
-    rel := to_regclass(format('%I.%I', src.table_schema, src.table_name));
-    IF rel IS NOT NULL THEN
+    IF to_regclass(format('%I.%I', src.table_schema, src.table_name)) IS NOT NULL THEN
         FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I.%I', 'indexer_source_' || op,
                            src.table_schema, src.table_name);
         END LOOP;
     END IF;
+END
+$$;
+
+-- Unregister a source (by name): detach it (above), then delete its documents and
+-- their chunks.  Returns the number of chunks deleted.  The triggers are dropped
+-- before the source's row is touched, so a write of the application in flight (its
+-- trigger holds a share lock on that row) finishes first, and none waits on this.
+CREATE FUNCTION remove_source(source_name text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    src_id integer;
+    removed bigint;
+BEGIN
+    PERFORM detach_source(source_name);
+    SELECT id INTO src_id FROM sources WHERE name = source_name;
+    -- The source's row first: that waits for a back-fill in flight (it holds the row),
+    -- so no document of this source can be queued after the next statement.
+    DELETE FROM sources WHERE id = src_id;
     SELECT coalesce(sum(chunk_count), 0) INTO removed
-    FROM source_documents WHERE source_id = src.id;
-    DELETE FROM sources WHERE id = src.id;
+    FROM source_documents WHERE source_id = src_id;
+    DELETE FROM source_documents WHERE source_id = src_id;  -- and their chunks (cascade)
     RETURN removed;
 END
 $$;
@@ -387,9 +430,13 @@ DECLARE
     last_key text;
     n integer;
 BEGIN
+    -- Never make the application wait: a range that would wait on a lock of an
+    -- application's transaction (a row it is writing) gives up at once, to be tried at
+    -- the daemon's next step.
+    PERFORM set_config('lock_timeout', '200ms', true);
     SELECT * INTO src FROM sources
     WHERE id = source AND backfill_done_at IS NULL
-    FOR UPDATE SKIP LOCKED;
+    FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -397,11 +444,22 @@ BEGIN
         'WITH b AS (SELECT t.%1$I AS k FROM %2$I.%3$I t '
         '           WHERE $1::text IS NULL OR t.%1$I > $1::text::%4$s '
         '           ORDER BY t.%1$I LIMIT $2) '
-        'SELECT array_agg(k::text), (SELECT k::text FROM b ORDER BY k DESC LIMIT 1) FROM b',
+        'SELECT array_agg(k::text), (SELECT k::text FROM b ORDER BY b.k DESC LIMIT 1) FROM b',
         src.key_column, src.table_schema, src.table_name, src.key_type)
         INTO keys, last_key USING src.backfill_after, batch;
     n := coalesce(cardinality(keys), 0);
     PERFORM queue_documents(src.id, keys, false);
+    -- A row deleted (or its key changed) after this range was read, by a transaction
+    -- whose trigger ran first, leaves no document: the insert above waited for that
+    -- transaction (its trigger inserts the keys it deletes), and this look, with a new
+    -- snapshot, sees the row gone.
+    IF n > 0 THEN
+        EXECUTE format(
+            'DELETE FROM source_documents d WHERE d.source_id = $1 AND d.doc_key = ANY($2) '
+            'AND NOT EXISTS (SELECT 1 FROM %2$I.%3$I t WHERE t.%1$I = d.doc_key::%4$s)',
+            src.key_column, src.table_schema, src.table_name, src.key_type)
+            USING src.id, keys;
+    END IF;
     UPDATE sources
     SET backfill_after = coalesce(last_key, backfill_after),
         backfilled = backfilled + n,
@@ -511,13 +569,17 @@ BEGIN
                 USING ERRCODE = 'undefined_object';
         END IF;
     END IF;
-    -- Without pgvector's iterative scan (0.8+, and on) one HNSW scan yields at most
-    -- ef_search rows: widen it with the read, for this transaction only.
+    -- pgvector 0.8+: the iterative scan keeps reading the index until enough chunks
+    -- pass the conditions (for this transaction only, if the session has it off).
+    -- pgvector 0.7 has none, and one HNSW scan yields at most ef_search rows: widen
+    -- ef_search with the read instead (a filter can then still leave fewer than k).
     iterative := EXISTS (
         SELECT 1 FROM pg_extension
         WHERE extname = 'vector'
-          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}'
-          AND coalesce(current_setting('hnsw.iterative_scan', true), 'off') <> 'off');
+          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}');
+    IF iterative AND coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off' THEN
+        PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+    END IF;
     width := greatest(wanted * 4, 40);
     LOOP
         IF NOT iterative
@@ -601,6 +663,7 @@ BEGIN
 END
 $$;
 DROP FUNCTION remove_source(text);
+DROP FUNCTION detach_source(text);
 DROP FUNCTION add_source(text, text, text[], text[], text, text);
 DROP FUNCTION source_changed();
 DROP FUNCTION queue_documents(integer, text[], boolean);

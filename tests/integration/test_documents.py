@@ -14,13 +14,13 @@ import pytest
 
 from indexer.chunking import chunk_text
 from indexer.db.connect import Connection, connect
-from indexer.embedding import Embedder, TextEmbedder
+from indexer.embedding import Embedder
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.testing import CountingEmbedder
 from indexer.worker import Worker
 
-from .test_worker import insert
+from .test_worker import drain, insert
 
 #: Paragraphs of distinct prose, so that chunks (and their hashes) differ.
 WORDS = [
@@ -59,14 +59,6 @@ def paragraph(n: int, words: int = 70) -> str:
 
 def document(paragraphs: Sequence[int]) -> str:
     return "\n\n".join(paragraph(n) for n in paragraphs)
-
-
-def drain(settings: Settings, embedder: TextEmbedder) -> Worker:
-    assert settings.database_url is not None
-    with Store(settings.database_url, settings.schema) as store:
-        worker = Worker(settings, store, embedder)
-        worker.run(once=True)
-    return worker
 
 
 def add_document(conn: Connection, text: str, metadata: str = "{}") -> int:
@@ -372,3 +364,24 @@ def test_stopping_mid_document_keeps_its_vectors_for_the_next_attempt(
     drain(small, second)
     total = len(chunks_of(conn, key))
     assert len(second.texts) == total - 8
+
+
+def test_rows_and_documents_take_turns(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    insert(conn, *(f"row number {n} of the direct queue" for n in range(96)))
+    for n in range(4):
+        add_document(conn, document(range(10 * n, 10 * n + 2)))
+    drain(
+        dataclasses.replace(settings, claim_size=32, batch_size=32, document_claim_size=1), embedder
+    )
+    kinds = [
+        "document" if r["documents"] is not None else "rows"
+        for r in conn.execute(
+            "SELECT detail->'documents' AS documents FROM events"
+            " WHERE kind = 'batch_completed' ORDER BY id"
+        )
+    ]
+    assert kinds.count("rows") == 3 and kinds.count("document") == 4
+    # Neither queue waits for the other to drain: they alternate, claim by claim.
+    assert kinds[:6] in (["document", "rows"] * 3, ["rows", "document"] * 3)

@@ -54,9 +54,12 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = :schema AND c.relkind = 'r' AND c.relname = ANY(:tables)
 ORDER BY 1
 """
+# A foreign key names the table it references with its schema (unless on the
+# search_path): cut too, as for the indexes below.
 _CONSTRAINTS = """
 SELECT c.relname AS table_name, con.conname AS name, con.contype AS kind,
-       pg_get_constraintdef(con.oid) AS definition
+       replace(pg_get_constraintdef(con.oid), ' REFERENCES ' || quote_ident(:schema) || '.',
+               ' REFERENCES ') AS definition
 FROM pg_constraint con
 JOIN pg_class c ON c.oid = con.conrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
