@@ -272,10 +272,10 @@ class DocumentWork:
             batch, todo = todo[: self.settings.batch_size], todo[self.settings.batch_size :]
             self._embed(run, batch)
             self._write_ready(run)
+        # Vectors computed for documents not written (a stop request, documents edited
+        # or taken over meanwhile) go to the cache: their next version wants most of them.
+        self._keep_fresh(run)
         if run.planned:
-            # Stopped, or no longer held, before every chunk had a vector: keep what was
-            # computed in the cache and give the documents back.
-            self._keep_fresh(run)
             left = {p.document.id for p in run.planned}
             self.store.release_documents(self.worker_id, sorted(left))
             self.held = [i for i in self.held if i not in left]

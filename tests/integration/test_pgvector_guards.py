@@ -21,9 +21,16 @@ GUARDED = [u for u in shipped_uses() if u.checks_version]
 VERSION_TABLE = "(VALUES ('vector', '{}')) AS pg_extension(extname, extversion)"
 
 
+#: How to run the functions whose body holds a guarded setting (the function sets it
+#: when called, for its transaction).
+CALLS = {"search_documents": "SELECT count(*) FROM search_documents('[1,0,0]'::vector, 1)"}
+_FUNCTION = re.compile(r"CREATE FUNCTION (\w+)\(")
+
+
 def run(database: str, use: Use, version: str | None) -> str:
     """Run ``use`` (as if pgvector ``version`` were installed; None: as it is); the
-    iterative scan setting then, in the same transaction."""
+    iterative scan setting then, in the same transaction.  A function is replaced by
+    ``use``'s definition and called."""
     statement = use.statement
     params = {"ef_search": "100"} if ":ef_search" in statement else {}
     if version is not None:
@@ -32,7 +39,13 @@ def run(database: str, use: Use, version: str | None) -> str:
         statement = statement.replace("FROM pg_extension", f"FROM {VERSION_TABLE.format(version)}")
     with engine_for(database) as engine, engine.connect() as conn:
         conn.execute(text("SELECT '[1]'::vector"))  # loads pgvector, hence its settings
-        conn.execute(text(statement), params)
+        function = _FUNCTION.match(statement)
+        if function is None:
+            conn.execute(text(statement), params)
+        else:
+            replace = statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+            conn.exec_driver_sql(replace.replace("%", "%%"))
+            conn.execute(text(CALLS[function.group(1)]))
         return str(conn.scalar(text("SHOW hnsw.iterative_scan")))
 
 
