@@ -39,16 +39,14 @@ from indexer.embedding import TextEmbedder
 from indexer.exceptions import EmbeddingError, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
+from indexer.worker.backfill import Backfill, BackfillStore
 from indexer.worker.claim import BatchResult
 from indexer.worker.lease import LeaseKeeper
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a source whose table cannot be read waits before its back-fill is tried again.
-BACKFILL_RETRY_SECONDS = 60.0
 
-
-class DocumentStore(Protocol):
+class DocumentStore(BackfillStore, Protocol):
     """What the document work needs of :class:`indexer.store.Store`."""
 
     def claim_documents(
@@ -100,10 +98,6 @@ class DocumentStore(Protocol):
     ) -> list[int]: ...
 
     def release_documents(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None: ...
-
-    def backfills_due(self) -> list[tuple[int, str]]: ...
-
-    def backfill_source(self, source_id: int, batch: int) -> int | None: ...
 
 
 class _DocumentLeases:
@@ -169,7 +163,7 @@ class DocumentWork:
         #: Documents claimed and neither written, failed nor released (an outage or a
         #: stop cut their round short): released first thing next time.
         self.held: list[int] = []
-        self._backfill_paused: dict[int, float] = {}
+        self.backfill = Backfill(store, settings.backfill_batch)
         self.documents_written = 0
 
     def start(self) -> None:
@@ -193,7 +187,7 @@ class DocumentWork:
         if self.held:
             self.store.release_documents(self.worker_id, self.held)
             self.held = []
-        queued = self._backfill()
+        queued = self.backfill.step()
         start = time.perf_counter()
         s = self.settings
         docs = self.store.claim_documents(self.worker_id, s.document_claim_size, s.lease_seconds)
@@ -206,30 +200,6 @@ class DocumentWork:
         finally:
             self.keeper.hold(self.held)
         return True
-
-    # -- back-fill -------------------------------------------------------------------
-
-    def _backfill(self) -> int:
-        queued = 0
-        now = time.monotonic()
-        for source_id, name in self.store.backfills_due():
-            if self._backfill_paused.get(source_id, 0.0) > now:
-                continue
-            try:
-                rows = self.store.backfill_source(source_id, self.settings.backfill_batch)
-            except SourceError as exc:
-                logger.warning(
-                    "back-fill of source %s paused for %.0f s: %s",
-                    name,
-                    BACKFILL_RETRY_SECONDS,
-                    exc,
-                )
-                self._backfill_paused[source_id] = now + BACKFILL_RETRY_SECONDS
-                continue
-            if rows:
-                logger.info("back-fill of source %s: %d rows queued", name, rows)
-                queued += rows
-        return queued
 
     # -- indexing --------------------------------------------------------------------
 
