@@ -22,16 +22,10 @@ from psycopg.types.json import Jsonb
 
 from indexer.exceptions import SourceError, first_line
 
-#: Errors of reading a user's table that are the table's (dropped, renamed, rights
-#: revoked), not the database's: the documents fail with that line and are retried.
-_SOURCE_ERRORS = (
-    errors.UndefinedTable,
-    errors.UndefinedColumn,
-    errors.InsufficientPrivilege,
-    errors.InvalidTextRepresentation,
-    errors.UndefinedObject,
-    errors.DatatypeMismatch,
-)
+#: Reading a user's table can fail for reasons of that table (dropped, a column renamed,
+#: rights revoked, a statement timeout): any driver error that reaches here (a lost
+#: connection has become DatabaseUnavailable already) is the source's, and its
+#: documents fail with that line and are retried; the daemon goes on with the others.
 
 
 @dataclass(frozen=True)
@@ -109,9 +103,7 @@ class DocumentQueries:
                 "source_texts", {"source": source_id, "keys": list(keys), "max_chars": max_chars}
             )
         except psycopg.Error as exc:
-            if isinstance(exc, _SOURCE_ERRORS):
-                raise SourceError(f"cannot read source {source_id}: {first_line(exc)}") from None
-            raise
+            raise SourceError(f"cannot read source {source_id}: {first_line(exc)}") from None
         return [SourceText(r["doc_key"], r["content"] or "", r["metadata"] or {}) for r in rows]
 
     def cached_vectors(
@@ -247,11 +239,7 @@ class DocumentQueries:
         except errors.LockNotAvailable:
             return None  # an application is writing rows of this range: next step
         except psycopg.Error as exc:
-            if isinstance(exc, _SOURCE_ERRORS):
-                raise SourceError(
-                    f"cannot back-fill source {source_id}: {first_line(exc)}"
-                ) from None
-            raise
+            raise SourceError(f"cannot back-fill source {source_id}: {first_line(exc)}") from None
         queued = rows[0]["queued"]
         return None if queued is None else int(queued)
 

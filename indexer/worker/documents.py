@@ -206,7 +206,9 @@ class DocumentWork:
     def _index(self, docs: list[ClaimedDocument], claim_ms: float) -> None:
         failures: list[tuple[ClaimedDocument, str]] = []
         texts: dict[int, SourceText | None] = {}
-        for source_id, group in groupby(docs, key=lambda d: d.source_id):
+        for source_id, group in groupby(
+            sorted(docs, key=lambda d: d.source_id), key=lambda d: d.source_id
+        ):
             members = list(group)
             try:
                 rows = self.store.source_texts(
@@ -225,7 +227,18 @@ class DocumentWork:
             # still queued was back-filled in a race with the delete.
             self.store.forget_documents(self.worker_id, gone)
             self.held = [i for i in self.held if i not in {d.id for d in gone}]
-        planned = [self._plan(d, source) for d in docs if (source := texts.get(d.id)) is not None]
+        planned = []
+        unplannable: list[tuple[ClaimedDocument, str]] = []
+        for doc in docs:
+            source = texts.get(doc.id)
+            if source is None:
+                continue
+            try:
+                planned.append(self._plan(doc, source))
+            except Exception as exc:  # a property of this document: it must not stop the rest
+                unplannable.append((doc, f"could not be chunked: {type(exc).__name__}: {exc}"))
+        if unplannable:
+            self._fail(unplannable, 0.0)
         hashes = list({h for p in planned for *_, h in p.chunks})
         cached = self.store.cached_vectors(self.cache_key, hashes) if self.cache_key else {}
         run = _Round(planned, dict(cached), set(cached), claim_ms=claim_ms)

@@ -385,3 +385,21 @@ def test_rows_and_documents_take_turns(
     assert kinds.count("rows") == 3 and kinds.count("document") == 4
     # Neither queue waits for the other to drain: they alternate, claim by claim.
     assert kinds[:6] in (["document", "rows"] * 3, ["rows", "document"] * 3)
+
+
+def test_a_document_the_chunker_fails_on_fails_alone(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    class FailsOnPoison(CountingEmbedder):
+        def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
+            if "POISON" in text:
+                raise ValueError("the tokenizer gave up")
+            return super().token_offsets(text)
+
+    bad = add_document(conn, "a POISON document")
+    good = add_document(conn, "a fine document")
+    drain(dataclasses.replace(settings, max_attempts=1), FailsOnPoison(embedder))
+    failed = doc_row(conn, bad)
+    assert failed["state"] == "failed"
+    assert failed["last_error"] == "could not be chunked: ValueError: the tokenizer gave up"
+    assert doc_row(conn, good)["state"] == "indexed"
