@@ -50,12 +50,12 @@ from chunking_quality import (
     purpose_queries,
     summary_queries,
 )
-from psycopg import sql
 
 from indexer.app import DAEMON_CONNECTIONS
+from indexer.bench.scratch import connect_admin, migrated_schema
 from indexer.db import connect as db
-from indexer.db import migrate
 from indexer.embedding import Embedder
+from indexer.exceptions import InvalidInput
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.store.store import EF_SEARCH
@@ -72,36 +72,16 @@ def _say(message: str) -> None:
 
 @contextlib.contextmanager
 def scratch(dsn: str, schema: str) -> Iterator[db.Connection]:
-    """A freshly migrated schema (and an autocommit connection into it), dropped after."""
-    admin = db.connect(dsn, "public", autocommit=True, vector=False)
-    admin.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
-
-    def drop() -> None:
-        row = admin.execute(
-            "SELECT obj_description(oid, 'pg_namespace') AS comment FROM pg_namespace"
-            " WHERE nspname = %s",
-            (schema,),
-        ).fetchone()
-        if row is None:
-            return
-        if row["comment"] != MARKER:
-            raise SystemExit(f"schema {schema!r} exists and is not this script's: not dropping it")
-        admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-    drop()
-    admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    admin.execute(
-        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(schema), sql.Literal(MARKER))
-    )
-    conn: db.Connection | None = None
+    """A freshly migrated schema (and an autocommit connection into it), dropped after:
+    the bench's own mechanism, under this script's marker."""
+    admin = connect_admin(dsn)
+    hint = "this script; choose another prefix with --schema-prefix"
     try:
-        migrate.upgrade(dsn, schema)
-        conn = db.connect(dsn, schema, autocommit=True)
-        yield conn
+        with migrated_schema(dsn, admin, schema, marker=MARKER, hint=hint) as conn:
+            yield conn
+    except InvalidInput as exc:  # a schema not this script's: one line, nothing dropped
+        raise SystemExit(f"document_quality: {exc}") from None
     finally:
-        if conn is not None:
-            conn.close()
-        drop()
         admin.close()
 
 

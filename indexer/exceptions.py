@@ -69,3 +69,10 @@ def first_line(exc: BaseException) -> str:
     and runtime errors can span many lines, and a user's error is one line."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def stored_error(message: str, default: str) -> str:
+    """An error as a text column keeps it: its first line, at most 500 characters, no
+    NUL byte (text columns reject it); ``default`` when there is no line at all."""
+    lines = message.replace("\x00", "").strip().splitlines()
+    return (lines[0] if lines else default)[:500]

@@ -48,7 +48,7 @@ def connect_admin(dsn: str) -> db.Connection:
     return db.connect(dsn, "public", autocommit=True)
 
 
-def _drop_scratch(admin: db.Connection, schema: str) -> None:
+def _drop_scratch(admin: db.Connection, schema: str, marker: str, hint: str) -> None:
     row = admin.execute(
         "SELECT obj_description(oid, 'pg_namespace') AS comment FROM pg_namespace"
         " WHERE nspname = %s",
@@ -56,11 +56,8 @@ def _drop_scratch(admin: db.Connection, schema: str) -> None:
     ).fetchone()
     if row is None:
         return
-    if row["comment"] != SCHEMA_MARKER:
-        raise InvalidInput(
-            f"schema {schema!r} exists and was not made by `indexer bench`; "
-            "choose another prefix with --bench-schema"
-        )
+    if row["comment"] != marker:
+        raise InvalidInput(f"schema {schema!r} exists and was not made by {hint}")
     home = one(
         admin,
         "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
@@ -72,26 +69,38 @@ def _drop_scratch(admin: db.Connection, schema: str) -> None:
 
 
 @contextlib.contextmanager
+def migrated_schema(
+    dsn: str, admin: db.Connection, schema: str, *, marker: str, hint: str
+) -> Iterator[db.Connection]:
+    """A freshly migrated schema marked by the comment ``marker`` (and an autocommit
+    connection into it), dropped afterwards.  A schema of that name not so marked is
+    refused (``hint``: who would have made it, and what to do instead)."""
+    _drop_scratch(admin, schema, marker, hint)
+    admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    admin.execute(
+        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(schema), sql.Literal(marker))
+    )
+    conn: db.Connection | None = None
+    try:
+        migrate.upgrade(dsn, schema)
+        conn = db.connect(dsn, schema, autocommit=True)
+        yield conn
+    finally:
+        if conn is not None:
+            conn.close()
+        _drop_scratch(admin, schema, marker, hint)
+
+
+@contextlib.contextmanager
 def scratch_schema(ctx: Context, section: str) -> Iterator[tuple[str, db.Connection]]:
     """A freshly migrated schema (and a connection into it), dropped afterwards.
 
     Daemons started meanwhile are stopped first: they hold connections into it.
     """
     schema = ctx.schema(section)
-    _drop_scratch(ctx.admin, schema)
-    ctx.admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    ctx.admin.execute(
-        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
-            sql.Identifier(schema), sql.Literal(SCHEMA_MARKER)
-        )
-    )
-    conn: db.Connection | None = None
-    try:
-        migrate.upgrade(ctx.dsn, schema)
-        conn = db.connect(ctx.dsn, schema, autocommit=True)
-        yield schema, conn
-    finally:
-        stop_children(ctx.children)
-        if conn is not None:
-            conn.close()
-        _drop_scratch(ctx.admin, schema)
+    hint = "`indexer bench`; choose another prefix with --bench-schema"
+    with migrated_schema(ctx.dsn, ctx.admin, schema, marker=SCHEMA_MARKER, hint=hint) as conn:
+        try:
+            yield schema, conn
+        finally:
+            stop_children(ctx.children)

@@ -20,7 +20,7 @@ from psycopg import errors
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from indexer.exceptions import SourceError, first_line
+from indexer.exceptions import SourceError, first_line, stored_error
 
 #: Reading a user's table can fail for reasons of that table (dropped, a column renamed,
 #: rights revoked, a statement timeout): any driver error that reaches here (a lost
@@ -203,7 +203,7 @@ class DocumentQueries:
                 "batch_id": batch_id,
                 "ids": [d.id for d, _ in failures],
                 "versions": [d.version for d, _ in failures],
-                "errors": [_one_line(e) for _, e in failures],
+                "errors": [stored_error(e, "indexing failed") for _, e in failures],
                 "max_attempts": max_attempts,
                 "retry_base_seconds": retry_base_seconds,
                 "embed_ms": embed_ms,
@@ -242,9 +242,3 @@ class DocumentQueries:
             raise SourceError(f"cannot back-fill source {source_id}: {first_line(exc)}") from None
         queued = rows[0]["queued"]
         return None if queued is None else int(queued)
-
-
-def _one_line(message: str) -> str:
-    """One line, bounded, and free of NUL bytes (which text columns reject)."""
-    lines = message.replace("\x00", "").strip().splitlines()
-    return (lines[0] if lines else "indexing failed")[:500]

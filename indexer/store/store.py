@@ -24,7 +24,7 @@ from psycopg.rows import DictRow
 from indexer.db import connect as db
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
-from indexer.exceptions import SourceError, first_line
+from indexer.exceptions import SourceError, first_line, stored_error
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.store.documents import DocumentQueries
 from indexer.store.listen import Listener
@@ -291,7 +291,7 @@ class Store(DocumentQueries):
                 "batch_id": batch_id,
                 "ids": [r.id for r, _ in failures],
                 "versions": [r.content_version for r, _ in failures],
-                "errors": [_clean_error(e) for _, e in failures],
+                "errors": [stored_error(e, "embedding failed") for _, e in failures],
                 "max_attempts": max_attempts,
                 "retry_base_seconds": retry_base_seconds,
                 "embed_ms": embed_ms,
@@ -545,9 +545,3 @@ class Store(DocumentQueries):
             "insert_documents", {"contents": list(contents), "metadata": list(metadata)}
         )
         return [r["id"] for r in rows]
-
-
-def _clean_error(message: str) -> str:
-    """One line, bounded, and free of NUL bytes (which text columns reject)."""
-    line = message.replace("\x00", "").strip().splitlines()
-    return (line[0] if line else "embedding failed")[:500]
