@@ -53,7 +53,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, REGCLASS
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: Dimensions of the vectors all-MiniLM-L6-v2 writes.
@@ -315,6 +315,9 @@ class Source(Base):
     backfill_done_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
     created_at: Mapped[datetime.datetime] = mapped_column(
         _TIMESTAMPTZ, server_default=text("now()")
+    )
+    relation: Mapped[str | None] = mapped_column(
+        REGCLASS, comment="The source's table (follows a rename; NULL once the table is dropped)"
     )
 
     __table_args__ = (

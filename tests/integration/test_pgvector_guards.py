@@ -24,14 +24,16 @@ VERSION_TABLE = "(VALUES ('vector', '{}')) AS pg_extension(extname, extversion)"
 #: How to run the functions whose body holds a guarded setting (the function sets it
 #: when called, for its transaction).
 CALLS = {"search_documents": "SELECT count(*) FROM search_documents('[1,0,0]'::vector, 1)"}
-_FUNCTION = re.compile(r"CREATE FUNCTION (\w+)\(")
+_FUNCTION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION (?:public\.)?(\w+)\(")
 
 
 def run(database: str, use: Use, version: str | None) -> str:
     """Run ``use`` (as if pgvector ``version`` were installed; None: as it is); the
     iterative scan setting then, in the same transaction.  A function is replaced by
     ``use``'s definition and called."""
-    statement = use.statement
+    # Migrations from 0006 on name the indexer's schema and pgvector's with
+    # placeholders; the test database has both in public.
+    statement = use.statement.replace("@s.", "public.").replace("@v.", "public.")
     params = {"ef_search": "100"} if ":ef_search" in statement else {}
     if version is not None:
         assert "FROM pg_extension" in statement
@@ -43,7 +45,9 @@ def run(database: str, use: Use, version: str | None) -> str:
         if function is None:
             conn.execute(text(statement), params)
         else:
-            replace = statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+            replace = re.sub(
+                r"^CREATE (OR REPLACE )?FUNCTION", "CREATE OR REPLACE FUNCTION", statement
+            )
             conn.exec_driver_sql(replace.replace("%", "%%"))
             conn.execute(text(CALLS[function.group(1)]))
         return str(conn.scalar(text("SHOW hnsw.iterative_scan")))
