@@ -36,6 +36,10 @@ class SchemaNotMigrated(IndexerError):
     """The database schema is missing or behind: run `indexer migrate`."""
 
 
+class InsufficientPrivilege(IndexerError):
+    """The role lacks a privilege; the message says which, and what to grant."""
+
+
 class ModelNotFound(IndexerError):
     """The embedding model files are missing.
 

@@ -204,7 +204,8 @@ def wrap_errors(what: str) -> Iterator[None]:
     """Turn connection-level driver errors into DatabaseUnavailable."""
     try:
         yield
-    except IndexerError:
+    except (IndexerError, psycopg.errors.LockNotAvailable):
+        # A lock timeout is the statement's (its caller retries or gives up), not an outage.
         raise
     except TRANSIENT_ERRORS as exc:
         raise DatabaseUnavailable(f"lost the database while {what}: {first_line(exc)}") from exc

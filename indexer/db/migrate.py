@@ -36,6 +36,7 @@ from indexer.db.connect import (
 )
 from indexer.exceptions import (
     DatabaseUnavailable,
+    InsufficientPrivilege,
     SchemaNotMigrated,
     UnsupportedDatabase,
     first_line,
@@ -153,18 +154,38 @@ def check_encoding(conn: psycopg.Connection[Any]) -> None:
 
 
 def current_revision(conn: Connection, schema: str) -> str | None:
+    """The schema's revision (None: no indexer tables).  Raises InsufficientPrivilege
+    (one line, with what to grant) when the tables exist but this role may not read them."""
     with wrap_errors("checking the schema"):
-        exists = conn.execute(
-            "SELECT 1 FROM information_schema.tables"
-            " WHERE table_schema = %s AND table_name = 'alembic_version'",
-            (schema,),
-        ).fetchone()
-        if exists is None:
+        table = sql.SQL("{}.alembic_version").format(sql.Identifier(schema)).as_string(conn)
+        found = (
+            conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS present,"
+                " has_schema_privilege(current_user, %s, 'USAGE')"
+                " AND coalesce(has_table_privilege(to_regclass(%s), 'SELECT'), false) AS readable",
+                (table, schema, table),
+            ).fetchone()
+            if _schema_exists(conn, schema)
+            else None
+        )
+        if found is None or not found["present"]:
             return None
+        if not found["readable"]:
+            role = conn.info.parameter_status("session_authorization") or "this role"
+            raise InsufficientPrivilege(
+                f"role {role} may not use the indexer's tables in schema {schema!r}: ask its "
+                f"owner to run SELECT {sql.Identifier(schema).as_string(conn)}.grant_search("
+                f"'{role}') (to search) or grant_write (to write rows and documents)"
+            )
         row = conn.execute(
             sql.SQL("SELECT version_num FROM {}.alembic_version").format(sql.Identifier(schema))
         ).fetchone()
     return None if row is None else str(row["version_num"])
+
+
+def _schema_exists(conn: Connection, schema: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    return row is not None
 
 
 def check_schema(conn: Connection, schema: str) -> None:

@@ -538,12 +538,13 @@ SELECT s.name, s.table_schema, s.table_name, s.key_column, s.key_type, s.text_co
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = s.table_schema AND c.relname = s.table_name) AS estimated_rows
 FROM add_source(%(table)s, %(key)s, %(text)s::text[], %(metadata)s::text[],
-                %(metadata_json)s, %(name)s) AS s;
+                %(metadata_json)s, %(name)s, %(lock_wait)s::interval) AS s;
 
 -- detach_source --
 -- Drop a source's triggers, in a transaction of its own (DROP TRIGGER locks the
--- application's table until the transaction ends; see remove_source).
-SELECT detach_source(%(name)s) AS detached;
+-- application's table until the transaction ends; see remove_source).  NULL, or the
+-- line that says which triggers stay and who may drop them.
+SELECT detach_source(%(name)s, %(lock_wait)s::interval) AS detached;
 
 -- remove_source --
 SELECT remove_source(%(name)s) AS removed;

@@ -10,7 +10,9 @@ at most ``timeout`` seconds for a connection); the pool reconnects on its own.
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +114,16 @@ _SOURCE_ERRORS: tuple[type[psycopg.Error], ...] = (
     psycopg.errors.IntegrityError,
     psycopg.errors.InternalError,
 )
+
+
+#: add_source and remove_source take a lock on the application's table (CREATE / DROP
+#: TRIGGER).  Each try waits at most LOCK_WAIT in the table's lock queue, so the
+#: application's statements never queue behind it for longer; then it steps aside and
+#: tries again, LOCK_TRIES times (about ten seconds in all), before giving up.
+LOCK_WAIT = "200ms"
+LOCK_TRIES = 25
+
+log = logging.getLogger(__name__)
 
 
 class Store(DocumentQueries):
@@ -451,6 +463,19 @@ class Store(DocumentQueries):
         except _SOURCE_ERRORS as exc:
             raise SourceError(first_line(exc)) from exc
 
+    def _locking_call(self, name: str, params: dict[str, Any], doing: str) -> DictRow:
+        """A source call that takes a lock on the application's table (see LOCK_WAIT)."""
+        for attempt in range(LOCK_TRIES):
+            try:
+                return self._source_call(name, {**params, "lock_wait": LOCK_WAIT})
+            except psycopg.errors.LockNotAvailable:
+                time.sleep(min(0.05 * 2**attempt, 0.5))
+        raise SourceError(
+            f"cannot {doing}: a transaction of the application holds a lock on the table "
+            f"({LOCK_TRIES} tries, each waiting at most {LOCK_WAIT} so as not to hold up its "
+            "other statements); try again once it ends"
+        )
+
     def add_source(
         self,
         table: str,
@@ -474,13 +499,15 @@ class Store(DocumentQueries):
             "metadata_json": metadata_json,
             "name": name,
         }
-        return dict(self._source_call("add_source", params))
+        return dict(self._locking_call("add_source", params, f"add source {table}"))
 
     def remove_source(self, name: str) -> int:
         """Unregister a source: its triggers dropped, its documents and chunks deleted;
         the number of chunks deleted.  Two transactions: the triggers are dropped (and
         the application's table unlocked) before the chunks are deleted."""
-        self._source_call("detach_source", {"name": name})
+        left = self._locking_call("detach_source", {"name": name}, f"remove source {name}")
+        if left["detached"] is not None:
+            log.warning("%s", left["detached"])
         return int(self._source_call("remove_source", {"name": name})["removed"])
 
     def source_status(self) -> list[dict[str, Any]]:

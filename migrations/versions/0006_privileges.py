@@ -490,7 +490,7 @@ BEGIN
     END IF;
     why := @s.source_unreadable(src);
     IF why IS NOT NULL THEN
-        RAISE EXCEPTION '%', why USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION '%', why USING ERRCODE = 'invalid_table_definition';
     END IF;
     EXECUTE format(
         'WITH b AS (SELECT t.%1$I AS k FROM %2$s t '
@@ -534,7 +534,7 @@ BEGIN
     END IF;
     why := @s.source_unreadable(src);
     IF why IS NOT NULL THEN
-        RAISE EXCEPTION '%', why USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION '%', why USING ERRCODE = 'invalid_table_definition';
     END IF;
     SELECT string_agg(format('nullif(%s, %L)', coalesce(@s.source_column(src.relation, c, true),
                                                          format('t.%I', c)), ''), ', ')
@@ -735,7 +735,7 @@ CREATE FUNCTION @s.grant_search(role regrole) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', @schema_ident_literal, role);
-    EXECUTE format('GRANT SELECT ON %1$s.chunks, %1$s.sources TO %2$s',
+    EXECUTE format('GRANT SELECT ON %1$s.chunks, %1$s.sources, %1$s.alembic_version TO %2$s',
                    @schema_ident_literal, role);
     EXECUTE format(
         'GRANT EXECUTE ON FUNCTION %1$s.search_chunks(%3$s.vector, integer, jsonb), '
