@@ -287,6 +287,7 @@ def _add_health(app: FastAPI, res: Resources) -> None:
             pending=status.get("pending"),
             failed=status.get("failed"),
             oldest_pending_age_seconds=_seconds(status.get("oldest_pending_age")),
+            search_role=status.get("search_role"),
         )
         return JSONResponse(body.model_dump(), status_code=200 if reason is None else 503)
 

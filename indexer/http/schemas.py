@@ -182,6 +182,10 @@ class Health(BaseModel):
     pending: int | None
     failed: int | None
     oldest_pending_age_seconds: float | None
+    search_role: str | None = Field(
+        default=None,
+        description="the database role searches run as: they find the passages it may read",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -397,12 +397,14 @@ SELECT * FROM indexer_status;
 
 -- queue_status --
 -- What /health and /metrics read on every scrape: only unfinished and failed rows, via
--- the partial indexes, so the cost follows the backlog, not the table size.
+-- the partial indexes, so the cost follows the backlog, not the table size; and the
+-- role searches run as (what it may read: see chunks' row-level security).
 SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
        count(*) FILTER (WHERE state = 'claimed') AS in_flight,
        count(*) AS backlog,
        now() - min(updated_at) AS oldest_pending_age,
-       (SELECT count(*) FROM chunks WHERE state = 'failed') AS failed
+       (SELECT count(*) FROM chunks WHERE state = 'failed') AS failed,
+       current_user AS search_role
 FROM chunks
 WHERE state IN ('pending', 'claimed');
 

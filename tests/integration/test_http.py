@@ -162,6 +162,8 @@ def test_health_reports_the_backlog(api: Api, conn: Connection, embedder: Embedd
     assert (body["model"], body["dim"]) == (embedder.name, 384)
     assert (body["backlog"], body["pending"], body["failed"]) == (2, 2, 0)
     assert body["oldest_pending_age_seconds"] >= 0
+    role = conn.execute("SELECT current_user AS r").fetchone()
+    assert role is not None and body["search_role"] == role["r"]
 
 
 def test_health_is_503_when_the_database_is_unreachable(

@@ -1,0 +1,436 @@
+"""What chunks' row-level security (migration 0006) costs document search.
+
+    .venv/bin/python benchmarks/search_access.py [--rows 20000] [--queries 200] [--k 10,100]
+                                                 [--json PATH]
+
+Starts an embedded PostgreSQL of its own (``.tmp/bench-access-pgdata``), creates a
+migrated database, a source table ``tickets(id, tenant, body)`` of ``--rows`` rows
+registered with ``add_source``, and 1 to 3 passages per document written straight into
+``chunks`` with random unit vectors (dimension 384, fixed seed; the HNSW index is built
+on them).  A copy of that database (``CREATE DATABASE ... TEMPLATE``: the same rows, the
+same index) gets row-level security on ``tickets``: ``USING (tenant = current_user)``,
+one tenant owning every third row.  Then ``SELECT * FROM search_documents(query, k)`` is
+timed, with the same random query vectors, for each case:
+
+* owner: the superuser that migrated the database (chunks' policy does not apply), in
+  each database;
+* readable_sources: a role given ``grant_search`` and SELECT on ``tickets``, which has
+  no row-level security: the policy's per-statement path;
+* passage_visible, 1/3 visible: the tenant role on the copy with row-level security:
+  the policy's per-row path (each passage's key looked up in ``tickets`` as that role),
+  which also has to read about three passages for each one it may see;
+* passage_visible, all visible: a role on the same copy that a second policy lets read
+  every row: the per-row path's own cost, without the selectivity.
+
+Queries run interleaved (each query in every case, the order rotated), so a load that
+drifts on shared cores hits every case alike.  Printed per case: p50 and p95 in ms, and
+each divided by the p50 of the owner in the same database; then a summary, and the cost
+of one ``passage_visible`` call measured on its own.  Timings are figures to read, not
+checks; the script fails only if a role is shown a passage it may not read.  The roles
+and databases are dropped and the server stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from indexer.db import migrate, server
+
+ROOT = Path(__file__).resolve().parent.parent
+DIM = 384
+SOURCE = "public.tickets"
+PLAIN_DB = "bench_access_plain"
+RLS_DB = "bench_access_rls"
+SEARCH = "SELECT * FROM search_documents(%s::vector, %s)"
+FILLER = " ".join(["lorem ipsum dolor sit amet"] * 12)  # a passage of ~330 characters
+
+
+@dataclass
+class Case:
+    name: str
+    label: str
+    database: str  # PLAIN_DB or RLS_DB
+    baseline: str  # the owner case of the same database
+    role: str | None  # None: the superuser (the owner)
+
+
+@dataclass
+class Result:
+    case: str
+    label: str
+    k: int
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    p50_x_owner: float
+    p95_x_owner: float
+    docs_mean: float
+    samples: list[float] = field(repr=False)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def with_database(dsn: str, database: str) -> str:
+    info = conninfo_to_dict(dsn)
+    info["dbname"] = database
+    return make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
+def create_database(admin: str, name: str, template: str | None = None) -> str:
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        drop_database(conn, name)
+        conn.execute(statement)
+    return with_database(admin, name)
+
+
+def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def vector_text(v: np.ndarray[Any, np.dtype[np.float32]]) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in v.tolist()) + "]"
+
+
+def populate(dsn: str, rows: int, tenant: str, rng: np.random.Generator) -> tuple[int, float]:
+    """The source table, its documents, their passages and the HNSW index; the number
+    of passages and the seconds the index took to build."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tickets (id bigint PRIMARY KEY, tenant text, body text)")
+        conn.execute("SELECT add_source('tickets', NULL, ARRAY['body'])")
+        # Every third row is the tenant's (its role, on the copy with row-level security).
+        conn.execute(
+            "INSERT INTO tickets SELECT g, CASE WHEN g %% 3 = 0 THEN %s"
+            " ELSE 'tenant_' || (g %% 3) END, 'ticket ' || g FROM generate_series(1, %s) g",
+            (tenant, rows),
+        )
+        documents = conn.execute(
+            "SELECT d.id, d.source_id, d.doc_key FROM source_documents d"
+            " JOIN sources s ON s.id = d.source_id WHERE s.name = %s ORDER BY d.id",
+            (SOURCE,),
+        ).fetchall()
+        counts = rng.integers(1, 4, size=len(documents))
+        vectors = unit_vectors(rng, int(counts.sum()))
+        # Built after the load (as a restore would): much faster than row by row, and the
+        # same index.
+        (index_def,) = conn.execute(
+            "SELECT pg_get_indexdef('chunks_embedding_idx'::regclass)"
+        ).fetchone() or ("",)
+        conn.execute("DROP INDEX chunks_embedding_idx")
+        register_vector(conn)
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY chunks (content, embedding, document_id, source_id, doc_key, position,"
+                " char_start, char_end) FROM STDIN WITH (FORMAT BINARY)"
+            ) as copy,
+        ):
+            copy.set_types(["text", "vector", "int8", "int4", "text", "int4", "int4", "int4"])
+            n = 0
+            for (document_id, source_id, key), count in zip(documents, counts, strict=True):
+                for position in range(int(count)):
+                    content = f"passage {position} of ticket {key}: {FILLER}"
+                    start = position * len(content)
+                    copy.write_row(
+                        (
+                            content,
+                            vectors[n],
+                            document_id,
+                            source_id,
+                            key,
+                            position,
+                            start,
+                            start + len(content),
+                        )
+                    )
+                    n += 1
+        # As the daemon leaves them once their passages are written.
+        conn.execute(
+            "UPDATE source_documents d SET state = 'indexed', indexed_at = now(),"
+            " chunk_count = (SELECT count(*) FROM chunks c WHERE c.document_id = d.id)"
+        )
+        conn.execute("SET maintenance_work_mem = '512MB'")
+        started = time.perf_counter()
+        conn.execute(index_def)
+        built = time.perf_counter() - started
+        conn.execute("VACUUM ANALYZE chunks, tickets, source_documents, sources")
+    return n, built
+
+
+@contextmanager
+def roles(admin: str, names: list[str]) -> Iterator[None]:
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for database in (PLAIN_DB, RLS_DB):
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+                ).fetchone()
+                if exists is not None:
+                    with psycopg.connect(with_database(admin, database), autocommit=True) as db:
+                        for name in names:
+                            db.execute(
+                                sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name))
+                            )
+                drop_database(conn, database)
+            for name in names:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def grant(conn: psycopg.Connection[Any], role: str) -> None:
+    conn.execute("SELECT grant_search(%s)", (role,))
+    conn.execute(sql.SQL("GRANT SELECT ON tickets TO {}").format(sql.Identifier(role)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def measure(
+    conns: dict[str, psycopg.Connection[Any]],
+    queries: list[str],
+    k: int,
+    warmup: int,
+) -> tuple[dict[str, list[float]], dict[str, list[list[str]]]]:
+    """Milliseconds per query for each case (warm-up left out), and the keys found."""
+    names = list(conns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    keys: dict[str, list[list[str]]] = {name: [] for name in names}
+    for i, query in enumerate(queries):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            rows = conns[name].execute(SEARCH, (query, k)).fetchall()
+            elapsed = (time.perf_counter() - started) * 1000
+            if i >= warmup:
+                times[name].append(elapsed)
+                keys[name].append([str(r[1]) for r in rows])
+    return times, keys
+
+
+def passage_visible_cost(dsn: str, calls: int) -> float:
+    """Microseconds per ``passage_visible`` call, as the role of ``dsn``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT id FROM sources WHERE name = %s", (SOURCE,)).fetchone()
+        assert row is not None
+        statement = (
+            "SELECT count(*) FILTER (WHERE passage_visible(%s, g::text))"
+            " FROM generate_series(1, %s) g"
+        )
+        conn.execute(statement, (row[0], 200)).fetchone()  # warm the plan caches
+        started = time.perf_counter()
+        conn.execute(statement, (row[0], calls)).fetchone()
+        return (time.perf_counter() - started) * 1e6 / calls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, default=20_000, help="rows of the source table")
+    parser.add_argument("--queries", type=int, default=200, help="timed queries per case")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed queries first")
+    parser.add_argument("--k", default="10,100", help="comma-separated values of k")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT / ".tmp" / "bench-access-pgdata", help="(its own)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.k.split(",") if k.strip()]
+
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A server started by root runs as its own system user, which must reach the directory.
+    data_dir.parent.chmod(0o755)
+    rng = np.random.default_rng(args.seed)
+    tag = uuid.uuid4().hex[:8]
+    reader, tenant, everyone = (f"bench_{tag}_{r}" for r in ("reader", "tenant", "all"))
+    cases = [
+        Case("owner", "owner (no RLS on chunks)", PLAIN_DB, "owner", None),
+        Case("readable", "readable_sources (table without RLS)", PLAIN_DB, "owner", reader),
+        Case("owner_rls", "owner, copy with RLS on tickets", RLS_DB, "owner_rls", None),
+        Case("tenant", "passage_visible, 1/3 of rows visible", RLS_DB, "owner_rls", tenant),
+        Case("all_rls", "passage_visible, every row visible", RLS_DB, "owner_rls", everyone),
+    ]
+
+    dsn = server.start(data_dir)
+    admin = with_database(dsn, "postgres")
+    out: dict[str, Any] = {}
+    try:
+        with roles(admin, [reader, tenant, everyone]):
+            plain = create_database(admin, PLAIN_DB)
+            started = time.perf_counter()
+            migrate.upgrade(plain, "public")
+            migrated = time.perf_counter() - started
+            started = time.perf_counter()
+            passages, index_s = populate(plain, args.rows, tenant, rng)
+            loaded = time.perf_counter() - started
+            rls = create_database(admin, RLS_DB, template=PLAIN_DB)
+            with psycopg.connect(plain, autocommit=True) as conn:
+                grant(conn, reader)
+                versions = conn.execute(
+                    "SELECT current_setting('server_version'),"
+                    " (SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+                ).fetchone()
+                assert versions is not None
+            with psycopg.connect(rls, autocommit=True) as conn:
+                conn.execute("ALTER TABLE tickets ENABLE ROW LEVEL SECURITY")
+                conn.execute("CREATE POLICY own ON tickets USING (tenant = current_user)")
+                conn.execute(
+                    sql.SQL("CREATE POLICY everything ON tickets TO {} USING (true)").format(
+                        sql.Identifier(everyone)
+                    )
+                )
+                grant(conn, tenant)
+                grant(conn, everyone)
+
+            print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)")
+            print(
+                f"PostgreSQL {versions[0]}, pgvector {versions[1]}, Python {sys.version.split()[0]}"
+            )
+            print(
+                f"rows {args.rows}, passages {passages} (1-3 per document), dim {DIM}, "
+                f"{args.queries} queries after {args.warmup} warm-up per case and k, "
+                f"seed {args.seed}"
+            )
+            print(
+                f"setup: migrate {migrated:.1f} s, load {loaded:.1f} s "
+                f"(HNSW index build {index_s:.1f} s)"
+            )
+            out = {
+                "cpu": cpu_model(),
+                "cpus": os.cpu_count(),
+                "postgres": versions[0],
+                "pgvector": versions[1],
+                "rows": args.rows,
+                "passages": passages,
+                "queries": args.queries,
+                "warmup": args.warmup,
+                "seed": args.seed,
+                "results": [],
+            }
+
+            dsns = {
+                c.name: (
+                    with_database(dsn, c.database)
+                    if c.role is None
+                    else make_conninfo(with_database(dsn, c.database), user=c.role)
+                )
+                for c in cases
+            }
+            conns = {name: psycopg.connect(d, autocommit=True) for name, d in dsns.items()}
+            violations: list[str] = []
+            summary: list[str] = []
+            try:
+                for k in ks:
+                    queries = [
+                        vector_text(v) for v in unit_vectors(rng, args.warmup + args.queries)
+                    ]
+                    started = time.perf_counter()
+                    times, keys = measure(conns, queries, k, args.warmup)
+                    took = time.perf_counter() - started
+                    print(f"\nk={k} ({took:.0f} s)")
+                    print(
+                        f"{'case':<40} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}"
+                        f" {'p50/own':>8} {'p95/own':>8} {'docs':>6}"
+                    )
+                    results: dict[str, Result] = {}
+                    for c in cases:
+                        owner_p50 = percentile(times[c.baseline], 50)
+                        p50 = percentile(times[c.name], 50)
+                        p95 = percentile(times[c.name], 95)
+                        r = Result(
+                            c.name,
+                            c.label,
+                            k,
+                            p50,
+                            p95,
+                            float(np.mean(times[c.name])),
+                            p50 / owner_p50,
+                            p95 / owner_p50,
+                            float(np.mean([len(found) for found in keys[c.name]])),
+                            times[c.name],
+                        )
+                        results[c.name] = r
+                        out["results"].append(asdict(r))
+                        print(
+                            f"{c.label:<40} {p50:8.2f} {p95:8.2f} {r.mean_ms:8.2f}"
+                            f" {r.p50_x_owner:7.2f}x {r.p95_x_owner:7.2f}x {r.docs_mean:6.1f}"
+                        )
+                    # Not timing: who was shown what.
+                    if keys["readable"] != keys["owner"]:
+                        violations.append(f"k={k}: the reader did not see what the owner saw")
+                    if any(int(key) % 3 for found in keys["tenant"] for key in found):
+                        violations.append(f"k={k}: the tenant was shown another tenant's rows")
+                    if keys["all_rls"] != keys["owner_rls"]:
+                        violations.append(f"k={k}: the all-rows role did not see all rows")
+                    own, rls_own = results["owner"], results["owner_rls"]
+                    summary.append(
+                        f"k={k}: readable_sources path "
+                        f"{results['readable'].p50_ms - own.p50_ms:+.2f} ms p50 "
+                        f"({results['readable'].p50_x_owner:.2f}x); per-row passage_visible "
+                        f"{results['all_rls'].p50_ms - rls_own.p50_ms:+.2f} ms "
+                        f"({results['all_rls'].p50_x_owner:.2f}x) with every row visible, "
+                        f"{results['tenant'].p50_ms - rls_own.p50_ms:+.2f} ms "
+                        f"({results['tenant'].p50_x_owner:.2f}x) with 1/3 visible"
+                    )
+            finally:
+                for conn in conns.values():
+                    conn.close()
+
+            per_call = passage_visible_cost(dsns["tenant"], 5000)
+            out["passage_visible_us"] = per_call
+            print("\nsummary (p50 against the owner's p50 in the same database):")
+            for line in summary:
+                print("  " + line)
+            print(f"  one passage_visible() call as the tenant: {per_call:.1f} us")
+            for line in violations:
+                print("VISIBILITY: " + line)
+            out["violations"] = violations
+    finally:
+        server.stop(data_dir)
+
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 1 if out.get("violations") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
