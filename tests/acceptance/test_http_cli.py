@@ -119,3 +119,23 @@ def test_cli_refuses_an_unreadable_token_file(
         "No such file or directory"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        ([], {"INDEXER_HTTP_TOKEN": " "}, "INDEXER_HTTP_TOKEN"),
+        ([], {"INDEXER_HTTP_TOKEN": "\n"}, "INDEXER_HTTP_TOKEN"),
+        (["--http-token", "\t"], {}, "--http-token"),
+    ],
+)
+def test_cli_refuses_a_blank_token(
+    database: str, model_cache: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    command = ["run", "--http", f"127.0.0.1:{free_port()}", *args]
+    result = run_cli(command, cli_env(database, model_cache, **env))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"indexer: error: {named} is blank (only whitespace): set it to a secret, "
+        "or unset it for an HTTP API without authentication"
+    ]
