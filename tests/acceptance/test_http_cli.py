@@ -56,7 +56,9 @@ def test_cli_serves_http_and_stops_on_sigterm(
             daemon.wait(10)
     text = log.read_text()
     assert "Traceback" not in text
-    assert f"HTTP API on http://127.0.0.1:{port}" in text
+    assert (
+        f"HTTP API on http://127.0.0.1:{port}, authentication off (set INDEXER_HTTP_TOKEN" in text
+    )
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/health", timeout=5)
 
@@ -104,7 +106,12 @@ def test_cli_with_a_token_guards_the_api_and_never_logs_it(
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait(10)
-    assert token not in log.read_text()
+    text = log.read_text()
+    assert token not in text
+    start = [line for line in text.splitlines() if "HTTP API on" in line]
+    assert len(start) == 1 and start[0].endswith(
+        f"HTTP API on {url}, authentication on (1 bearer token accepted)"
+    ), start
 
 
 def test_cli_refuses_an_unreadable_token_file(
