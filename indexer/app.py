@@ -323,7 +323,7 @@ class Daemon:
         app = create_app(self.settings, dsn=dsn, embedder=embedder, metrics=metrics)
         api = HttpServer(app, host, port)
         api.start()
-        logger.info("HTTP API on %s", api.url)
+        logger.info("HTTP API on %s, authentication %s", api.url, app.state.authentication)
         try:
             yield
         finally:

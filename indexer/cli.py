@@ -11,6 +11,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING
@@ -25,6 +26,32 @@ from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput
 from indexer.limits import check_k, check_passages
 from indexer.settings import FIELDS, Settings, env_name, value_parser
 from indexer.store import CacheStats
+
+#: What a terminal would act on rather than show, or that would reorder what it shows:
+#: C0 and C1 controls and DEL (ESC, CR, NEL...), the line and paragraph separators, the
+#: bidirectional marks, embeddings, overrides and isolates; and lone surrogates, which
+#: cannot even be written out as UTF-8.
+_UNSHOWN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` for a line of plain-text output: each character a terminal would act on
+    (see ``_UNSHOWN``) written as an escape instead (``\\n``, ``\\x1b``, ``\\u202e``), so
+    that a key, a name or an error from the database is always shown on the one line it
+    is printed on and cannot move the cursor, recolour or reorder the text.  Every
+    plain-text line that holds user-supplied text goes through it (``--json`` does not:
+    its strings are JSON-escaped)."""
+    return _UNSHOWN.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
 
 EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
 DOCUMENTS_CHUNK = 256  # JSON lines inserted per statement in `indexer documents add`
@@ -287,7 +314,7 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
         logs.configure(settings.log_level, settings.log_format)
         return COMMANDS[args.command](args, settings, load)
     except IndexerError as exc:
-        print(f"indexer: error: {exc}", file=sys.stderr)
+        print(f"indexer: error: {visible(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("indexer: interrupted", file=sys.stderr)
@@ -312,7 +339,7 @@ def cmd_dsn(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) 
     print(dsn, flush=True)
     if args.verbose:
         for key, value in _dsn_details(dsn, settings, info):
-            print(f"{key:<16}{value}", file=sys.stderr)
+            print(f"{key:<16}{visible(value)}", file=sys.stderr)
     return 0
 
 
@@ -461,9 +488,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
             }
             print(json.dumps(record, ensure_ascii=False))
         else:
-            snippet = " ".join(hit.content.split())
-            snippet = snippet if len(snippet) <= 100 else snippet[:99] + "…"
-            print(f"{hit.id:>8}  {hit.score:.4f}  {snippet}")
+            print(f"{hit.id:>8}  {hit.score:.4f}  {_snippet(hit.content, 100)}")
     if not hits and not args.json:
         print("no embedded rows yet", file=sys.stderr)
     return 0
@@ -496,7 +521,8 @@ def _search_documents(
             print(json.dumps(record, ensure_ascii=False))
         else:
             print(
-                f"{hit.score:.4f}  {hit.source}  {hit.key}  {_snippet(hit.content, 80)}  "
+                f"{hit.score:.4f}  {visible(hit.source)}  {visible(hit.key)}  "
+                f"{_snippet(hit.content, 80)}  "
                 f"[{hit.char_start}:{hit.char_end}]"
             )
     if not hits and not args.json:
@@ -505,9 +531,10 @@ def _search_documents(
 
 
 def _snippet(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters (an ellipsis marks the cut)."""
+    """``text`` on one line, its runs of whitespace (newlines included) made one space,
+    cut to ``width`` characters (an ellipsis marks the cut), then :func:`visible`."""
     line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return visible(line if len(line) <= width else line[: width - 1] + "…")
 
 
 def cmd_sources(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
@@ -533,16 +560,20 @@ def cmd_sources(args: argparse.Namespace, settings: Settings, load: EmbedderLoad
                     print(_source_line(row))
         else:
             removed = ix.remove_source(args.name)
-            print(f"removed source {args.name} and {plural(removed, 'chunk')} of its documents")
+            print(
+                f"removed source {visible(args.name)} and {plural(removed, 'chunk')} "
+                "of its documents"
+            )
     return 0
 
 
 def _added_source(source: dict[str, Any]) -> str:
-    texts = ", ".join(source["text_columns"])
+    texts = visible(", ".join(source["text_columns"]))
     estimate = source.get("estimated_rows")
     rows = f"the {plural(estimate, 'row')} (estimated)" if estimate else "the rows"
+    key = f"{source['key_column']} ({source['key_type']})"
     return (
-        f"added source {source['name']}: key {source['key_column']} ({source['key_type']}), "
+        f"added source {visible(source['name'])}: key {visible(key)}, "
         f"text {texts}; the daemon back-fills {rows} already there"
     )
 
@@ -556,7 +587,7 @@ def _source_line(row: dict[str, Any]) -> str:
         else f"back-fill: {plural(row['backfilled_rows'], 'row')} so far"
     )
     return (
-        f"{row['source']}: {row['indexed']} indexed, {row['pending']} pending, "
+        f"{visible(row['source'])}: {row['indexed']} indexed, {row['pending']} pending, "
         f"{row['in_flight']} in flight, {row['failed']} failed, {row['truncated']} truncated; "
         f"{plural(row['chunks'], 'chunk')}; lag {_duration(lag)}; {backfill}"
     )
@@ -629,7 +660,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
         value = status[key]
         print(f"{key.replace('_', ' '):<20}{'-' if value is None else value}")
     for row in failed:
-        print(f"failed row {row['id']} after {row['attempts']} attempts: {row['last_error']}")
+        error = visible(str(row["last_error"]))
+        print(f"failed row {row['id']} after {row['attempts']} attempts: {error}")
     if len(failed) == 10:
         print("(first 10 failed rows; `indexer retry --failed` re-queues them)")
     for row in sources:
@@ -744,7 +776,7 @@ def _print_cache_stats(stats: CacheStats, as_json: bool) -> None:
     for key, value in fields.items():
         print(f"{key.replace('_', ' '):<20}{'-' if value is None else value}")
     for model, count in sorted(stats.models.items()):
-        print(f"{'model':<20}{model}: {count}")
+        print(f"{'model':<20}{visible(model)}: {count}")
 
 
 COMMANDS: dict[str, Command] = {

@@ -230,6 +230,13 @@ class Settings:
             raise ConfigurationError("INDEXER_LOG_FORMAT must be 'text' or 'json'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError("INDEXER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        if self.http_token is not None and not self.http_token.strip():
+            # Stripped, it would be the empty token that a bare "Bearer" header matches.
+            # The token itself is never shown (only whitespace, but a secret all the same).
+            raise ConfigurationError(
+                f"{env_name('http_token')} is blank (only whitespace): set it to a secret, "
+                "or unset it for an HTTP API without authentication"
+            )
 
     @property
     def uses_embedded_server(self) -> bool:

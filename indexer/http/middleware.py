@@ -78,6 +78,9 @@ class RequireToken:
     ``Authorization: Bearer <one of them>``; otherwise 401 with
     ``WWW-Authenticate: Bearer``.  Each token is compared in constant time, all of them
     every time, so the answer's timing tells nothing about which one came close.
+
+    An empty credential (``Authorization: Bearer`` alone) never matches, even if a blank
+    token slipped through: the settings refuse one, and this guard fails closed.
     """
 
     def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
@@ -109,7 +112,7 @@ class RequireToken:
         found = False
         for token in self.tokens:
             found |= hmac.compare_digest(credential, token)
-        return found
+        return found and credential != b""
 
 
 class LimitRequests:

@@ -142,6 +142,12 @@ def create_app(
     )
     # HttpServer.stop closes them too, in case a forced exit skipped the lifespan's end.
     app.state.indexer = res
+    # For the daemon's start line (the tokens themselves are never logged).
+    app.state.authentication = (
+        f"on ({len(tokens)} bearer token{'' if len(tokens) == 1 else 's'} accepted)"
+        if tokens
+        else "off (set INDEXER_HTTP_TOKEN or INDEXER_HTTP_TOKEN_FILE to require a token)"
+    )
     # Innermost first: the token is checked before the request counts against the
     # limit, and both before any of its body is read.
     app.add_middleware(

@@ -113,13 +113,27 @@ class SearchRequest(_Body):
     def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         """What jsonb cannot hold would otherwise fail in the database as a 500."""
         for text in _strings(value):
-            if "\x00" in text:
-                raise ValueError("the filter holds a NUL character, which jsonb cannot store")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("the filter holds invalid Unicode (a lone surrogate)") from None
+            _check_storable(text, "the filter", "jsonb")
         return value
+
+    @field_validator("source")
+    @classmethod
+    def _storable_source(cls, value: str | None) -> str | None:
+        """The source's name is a query parameter (text): the same two cases as the filter."""
+        if value is not None:
+            _check_storable(value, "the source", "PostgreSQL text")
+        return value
+
+
+def _check_storable(text: str, what: str, kind: str) -> None:
+    """ValueError (a 422) for what PostgreSQL cannot take as text: a NUL character, and
+    a lone surrogate (not UTF-8: the driver could not even send it)."""
+    if "\x00" in text:
+        raise ValueError(f"{what} holds a NUL character, which {kind} cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} holds invalid Unicode (a lone surrogate)") from None
 
 
 def _strings(value: Any) -> Iterator[str]:

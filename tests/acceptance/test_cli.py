@@ -99,6 +99,23 @@ def test_run_once_then_search_and_status(
     assert status["rows_per_second"] > 0
 
 
+def test_row_search_shows_control_characters_as_escapes(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder
+) -> None:
+    content = "The Eiffel Tower\x1b]0;pwned\x07 is in\r\nParis, \u202eFrance\x85 \x9b2J end"
+    conn.execute(
+        "INSERT INTO chunks (content, embedding, state) VALUES (%s, %s, 'embedded')",
+        (content, embedder.embed([content])[0]),
+    )
+    found = run_cli(["search", "Eiffel Tower", "-k", "1"], cli_env(database, model_cache))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.endswith("\n") and found.stdout.count("\n") == 1, found.stdout
+    # Whitespace (the line break, NEL) is one space, as before; the rest is escaped.
+    assert found.stdout.split(maxsplit=2)[2] == (
+        "The Eiffel Tower\\x1b]0;pwned\\x07 is in Paris, \\u202eFrance \\x9b2J end\n"
+    )
+
+
 def test_the_int8_variant_end_to_end(database: str, model_cache: Path, conn: Connection) -> None:
     conn.execute(
         "INSERT INTO chunks (content) VALUES"

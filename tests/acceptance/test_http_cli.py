@@ -56,7 +56,9 @@ def test_cli_serves_http_and_stops_on_sigterm(
             daemon.wait(10)
     text = log.read_text()
     assert "Traceback" not in text
-    assert f"HTTP API on http://127.0.0.1:{port}" in text
+    assert (
+        f"HTTP API on http://127.0.0.1:{port}, authentication off (set INDEXER_HTTP_TOKEN" in text
+    )
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/health", timeout=5)
 
@@ -104,7 +106,12 @@ def test_cli_with_a_token_guards_the_api_and_never_logs_it(
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait(10)
-    assert token not in log.read_text()
+    text = log.read_text()
+    assert token not in text
+    start = [line for line in text.splitlines() if "HTTP API on" in line]
+    assert len(start) == 1 and start[0].endswith(
+        f"HTTP API on {url}, authentication on (1 bearer token accepted)"
+    ), start
 
 
 def test_cli_refuses_an_unreadable_token_file(
@@ -119,3 +126,23 @@ def test_cli_refuses_an_unreadable_token_file(
         "No such file or directory"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        ([], {"INDEXER_HTTP_TOKEN": " "}, "INDEXER_HTTP_TOKEN"),
+        ([], {"INDEXER_HTTP_TOKEN": "\n"}, "INDEXER_HTTP_TOKEN"),
+        (["--http-token", "\t"], {}, "--http-token"),
+    ],
+)
+def test_cli_refuses_a_blank_token(
+    database: str, model_cache: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    command = ["run", "--http", f"127.0.0.1:{free_port()}", *args]
+    result = run_cli(command, cli_env(database, model_cache, **env))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"indexer: error: {named} is blank (only whitespace): set it to a secret, "
+        "or unset it for an HTTP API without authentication"
+    ]

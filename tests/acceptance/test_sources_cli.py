@@ -115,3 +115,57 @@ def test_documents_add_and_search_documents(
     assert stray.stderr == "indexer: error: --source goes with --documents\n"
     bad_passages = run_cli(["search", "--documents", "--passages", "0", "rows"], env)
     assert bad_passages.stderr == "indexer: error: --passages must be an integer between 1 and 20\n"
+
+
+#: What no plain-text output may carry raw (but its own line ends): ESC, CR, a C1
+#: control (CSI), a line separator, a bidi override.
+RAW_CONTROLS = ("\x1b", "\r", "\x9b", "\u2028", "\u202e")
+
+
+def test_plain_output_shows_control_characters_as_escapes(
+    database: str, model_cache: Path, conn: Connection, embedder: Embedder
+) -> None:
+    """A key, a source name or a passage with control characters is one line of
+    `search --documents`, `sources list` and `status`, its controls written as escapes:
+    no forged result line, nothing the terminal acts on."""
+    env = cli_env(database, model_cache)
+    make_notes(conn, rows=1)
+    name = "notes\x1b[31m\u202e"
+    added = run_cli(["sources", "add", "notes", "--text", "body", "--name", name], env)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("added source notes\\x1b[31m\\u202e: key id (bigint), ")
+    key = "900\n0.9999  documents  forged  a passage  [0:9]"
+    passage = "PostgreSQL keeps rows\r in tables\x1b[2J and \x9b31m finds them \u2028 with indexes."
+    index_document(conn, embedder, "documents", key, [passage])
+    index_document(conn, embedder, name, "1", ["Cats sleep all day."])
+
+    found = run_cli(["search", "--documents", "-k", "2", "rows in tables"], env)
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == 3, found.stdout  # two hits, two lines
+    first, second = lines[:2]
+    assert first.split("  ", 1)[1] == (
+        "documents  900\\n0.9999  documents  forged  a passage  [0:9]  "
+        f"PostgreSQL keeps rows in tables\\x1b[2J and \\x9b31m finds them with indexes.  "
+        f"[0:{len(passage)}]"
+    )
+    assert second.split("  ")[1:3] == ["notes\\x1b[31m\\u202e", "1"]
+    listed = run_cli(["sources", "list"], env)
+    assert listed.stdout.splitlines()[1].startswith("notes\\x1b[31m\\u202e: 1 indexed")
+    conn.execute(
+        "UPDATE chunks SET state = 'failed', attempts = 5, embedding = NULL,"
+        " last_error = %s WHERE doc_key = '1'",
+        ("boom\nfailed row 1 after 5 attempts: \x1b[2Jforged",),
+    )
+    status = run_cli(["status"], env)
+    assert status.returncode == 0, status.stderr
+    assert "attempts: boom\\nfailed row 1 after 5 attempts: \\x1b[2Jforged\n" in status.stdout
+    assert "source              notes\\x1b[31m\\u202e: " in status.stdout
+    assert len(status.stdout.splitlines()) == 13  # ten figures, a failed row, two sources
+    removed = run_cli(["sources", "remove", name], env)
+    assert removed.stdout == "removed source notes\\x1b[31m\\u202e and 1 chunk of its documents\n"
+    unknown = run_cli(["sources", "remove", "gone\x1b[2J"], env)
+    assert unknown.stderr == "indexer: error: no source named gone\\x1b[2J\n"
+    for result in (added, found, listed, status, removed, unknown):
+        for control in RAW_CONTROLS:
+            assert control not in result.stdout + result.stderr, (result.args, control)

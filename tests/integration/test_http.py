@@ -490,6 +490,16 @@ def test_concurrent_searches_share_one_bounded_store(
         ({"query": "x", "filter": ["a"]}, 422, "filter: Input should be a valid dictionary"),
         ({"query": "x", "filter": {"a": ["\x00"]}}, 422, "filter: Value error, the filter holds"),
         ({"query": "x", "filter": {"\ud800": 1}}, 422, "invalid Unicode"),
+        (
+            {"query": "x", "group": "document", "source": "a\x00b"},
+            422,
+            "source: Value error, the source holds a NUL character",
+        ),
+        (
+            {"query": "x", "group": "document", "source": "\ud800"},
+            422,
+            "source: Value error, the source holds invalid Unicode (a lone surrogate)",
+        ),
         ({"query": "q" * (MAX_TEXT_CHARS + 1)}, 413, "query 0 has"),
     ],
 )
@@ -500,6 +510,44 @@ def test_bad_search_requests(api: Api, body: dict[str, object], status: int, mes
     )
     assert response.status_code == status
     assert message in response.json()["error"]
+
+
+def _with_each_string(body: object, bad: str) -> Iterator[object]:
+    """``body`` once for each string in it (keys included), that string made ``bad``."""
+    if isinstance(body, str):
+        yield bad
+    elif isinstance(body, dict):
+        for key, value in body.items():
+            yield {bad if k == key else k: v for k, v in body.items()}
+            for changed in _with_each_string(value, bad):
+                yield {**body, key: changed}
+    elif isinstance(body, list):
+        for i, value in enumerate(body):
+            for changed in _with_each_string(value, bad):
+                yield [*body[:i], changed, *body[i + 1 :]]
+
+
+def test_no_string_of_any_request_makes_a_500(api: Api, conn: Connection) -> None:
+    """A NUL character or a lone surrogate in any string of any request body is
+    answered (200, or a 4xx with one line), never 500."""
+    insert(conn, "a row", metadata='{"lang": "en"}')
+    bodies = [
+        ("/search", {"query": "x", "filter": {"lang": "en"}}),
+        ("/search", {"query": "x", "group": "document", "source": "documents"}),
+        ("/embed", {"texts": ["x", "y"]}),
+        ("/embed", {"batch_id": "b", "chunks": [{"chunk_id": "c", "content": "x"}]}),
+    ]
+    for path, body in bodies:
+        for bad in ("\x00", "a\x00b", "\ud800", "x\udfff"):
+            for changed in _with_each_string(body, bad):
+                content = json.dumps(changed)
+                response = api.client.post(
+                    path, content=content, headers={"content-type": "application/json"}
+                )
+                assert response.status_code in (200, 400, 413, 422), (content, response.text)
+                if response.status_code != 200:
+                    error = response.json()["error"]
+                    assert error and "\n" not in error, (content, error)
 
 
 def test_openapi_lists_the_endpoints(api: Api) -> None:

@@ -361,6 +361,14 @@ def test_a_token_is_required_outside_health(header: bytes | None, status: int) -
     assert request(RequireToken(answer(200), ["right"]), path="/health").status == 200
 
 
+@pytest.mark.parametrize("header", [b"Bearer", b"Bearer ", b"Bearer   ", b"bearer \t"])
+@pytest.mark.parametrize("tokens", [[""], ["right", ""]])
+def test_an_empty_credential_never_matches(header: bytes, tokens: list[str]) -> None:
+    # Even with a blank token among them (the settings refuse one): fail closed.
+    exchange = request(RequireToken(answer(200), tokens), headers=[(b"authorization", header)])
+    assert (exchange.status, error_of(exchange)) == (401, {"error": "the token is not valid"})
+
+
 def test_the_token_never_appears_in_an_answer() -> None:
     exchange = request(
         RequireToken(answer(200), ["s3cret"]), headers=[(b"authorization", b"Bearer s3cre")]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from indexer.cli import build_parser
+from indexer.exceptions import ConfigurationError
 from indexer.settings import Settings
 
 
@@ -24,3 +25,18 @@ def test_the_token_options_are_in_help(capsys: pytest.CaptureFixture[str]) -> No
         build_parser().parse_args(["run", "--help"])
     run_help = capsys.readouterr().out
     assert "--http-token" in run_help and "INDEXER_HTTP_TOKEN_FILE" in run_help
+
+
+@pytest.mark.parametrize("blank", [" ", "\n", "\t", " \t\r\n "])
+def test_a_blank_token_is_refused_in_one_line(blank: str) -> None:
+    # Stripped, it would be the empty token that a bare "Authorization: Bearer" matches.
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"INDEXER_HTTP_TOKEN": blank})
+    assert str(info.value) == (
+        "INDEXER_HTTP_TOKEN is blank (only whitespace): set it to a secret, "
+        "or unset it for an HTTP API without authentication"
+    )
+    with pytest.raises(ConfigurationError, match="is blank"):
+        Settings.from_env({}, http_token=blank)  # as --http-token gives it
+    # Empty means unset, as for every variable: no authentication (the start line says so).
+    assert Settings.from_env({"INDEXER_HTTP_TOKEN": ""}).http_token is None
