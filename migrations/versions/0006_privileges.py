@@ -276,11 +276,13 @@ BEGIN
     WHERE i.indrelid = rel AND i.indisprimary;
     IF key_column IS NULL THEN
         IF pk_columns IS NULL THEN
-            RAISE EXCEPTION '% has no primary key: give a unique, NOT NULL key column (--id)',
-                qualified USING ERRCODE = 'invalid_table_definition';
+            RAISE EXCEPTION '% has no primary key: give a unique, NOT NULL key column (--id, '
+                            'or key_column in SQL)', qualified
+                USING ERRCODE = 'invalid_table_definition';
         ELSIF cardinality(pk_columns) > 1 THEN
             RAISE EXCEPTION '% has a primary key of % columns: give one unique, NOT NULL key '
-                            'column (--id)', qualified, cardinality(pk_columns)
+                            'column (--id, or key_column in SQL)', qualified,
+                            cardinality(pk_columns)
                 USING ERRCODE = 'invalid_table_definition';
         END IF;
         key_column := pk_columns[1];
@@ -617,16 +619,66 @@ CREATE POLICY chunks_update_rows ON @s.chunks FOR UPDATE
     USING (document_id IS NULL) WITH CHECK (document_id IS NULL);
 CREATE POLICY chunks_delete_rows ON @s.chunks FOR DELETE USING (document_id IS NULL);
 
--- Nearest rows (not passages: search_documents finds those) to a query vector.
+-- Nearest rows (not passages: search_documents finds those) to a query vector, among
+-- rows whose metadata contains ``filter``.  pgvector 0.8+: the iterative index scan
+-- keeps reading until k rows pass the filter (turned on for this transaction if the
+-- session has it off).  pgvector 0.7 has none: one HNSW scan yields at most ef_search
+-- rows and the filter is applied to those, so ef_search is widened (up to pgvector's
+-- 1000, for this transaction), and if that still finds fewer than k, the rows are read
+-- exactly, without the index (a distance the index cannot order by): k rows whenever
+-- k rows match, on either version.
 CREATE OR REPLACE FUNCTION @s.search_chunks(query @v.vector, k integer DEFAULT 10,
                                              filter jsonb DEFAULT '{}')
 RETURNS TABLE (id bigint, score double precision, content text, metadata jsonb)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    wanted integer := greatest(coalesce(k, 10), 0);
+    wanted_filter jsonb := coalesce(search_chunks.filter, '{}');
+    width integer;
+    matched integer;
+BEGIN
+    IF wanted = 0 THEN
+        RETURN;
+    END IF;
+    IF EXISTS (
+        SELECT 1 FROM pg_extension
+        WHERE extname = 'vector'
+          AND string_to_array(split_part(extversion, '-', 1), '.')::int[] >= '{0,8}') THEN
+        IF coalesce(current_setting('hnsw.iterative_scan', true), 'off') = 'off' THEN
+            PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+        END IF;
+    ELSIF wanted_filter <> '{}'::jsonb THEN
+        width := greatest(wanted, coalesce(current_setting('hnsw.ef_search', true), '40')::integer);
+        LOOP
+            PERFORM set_config('hnsw.ef_search', least(width, 1000)::text, true);
+            SELECT count(*) INTO matched
+            FROM (SELECT 1 FROM @s.chunks c
+                  WHERE c.embedding IS NOT NULL AND c.document_id IS NULL
+                    AND c.metadata @> wanted_filter
+                  ORDER BY c.embedding OPERATOR(@v.<=>) query
+                  LIMIT wanted) n;
+            EXIT WHEN matched >= wanted OR width >= 1000;
+            width := width * 4;
+        END LOOP;
+        IF matched < wanted THEN
+            RETURN QUERY
+            SELECT c.id, 1 - (c.embedding OPERATOR(@v.<=>) query), c.content, c.metadata
+            FROM @s.chunks c
+            WHERE c.embedding IS NOT NULL AND c.document_id IS NULL
+              AND c.metadata @> wanted_filter
+            ORDER BY (c.embedding OPERATOR(@v.<=>) query) + 0
+            LIMIT wanted;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY
     SELECT c.id, 1 - (c.embedding OPERATOR(@v.<=>) query), c.content, c.metadata
     FROM @s.chunks c
-    WHERE c.embedding IS NOT NULL AND c.document_id IS NULL AND c.metadata @> filter
+    WHERE c.embedding IS NOT NULL AND c.document_id IS NULL AND c.metadata @> wanted_filter
     ORDER BY c.embedding OPERATOR(@v.<=>) query
-    LIMIT k
+    LIMIT wanted;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION @s.similar_chunks(chunk_id bigint, k integer DEFAULT 10)
@@ -645,7 +697,9 @@ $$;
 
 -- The k documents nearest to a query vector (see migration 0005).  It reads chunks as
 -- the caller, so chunks' row-level security leaves out the passages of rows the caller
--- may not read.
+-- may not read.  On pgvector 0.7 (no iterative scan, at most 1000 rows per HNSW scan),
+-- when the index yields fewer than k documents, the chunks are read again exactly,
+-- without the index, as search_chunks does.
 CREATE OR REPLACE FUNCTION @s.search_documents(
     query @v.vector,
     k integer DEFAULT 10,
@@ -660,10 +714,13 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sid integer;
     wanted integer := greatest(coalesce(k, 10), 0);
+    wanted_filter jsonb := coalesce(search_documents.filter, '{}');
     width integer;
     read_count integer;
     docs integer;
     iterative boolean;
+    -- How chunks are ordered: by the index's distance, or (exact) by one it cannot serve.
+    distance text := '(c.embedding OPERATOR(@v.<=>) $1)';
 BEGIN
     IF wanted = 0 THEN
         RETURN;
@@ -688,31 +745,37 @@ BEGIN
            AND coalesce(current_setting('hnsw.ef_search', true), '40')::integer < width THEN
             PERFORM set_config('hnsw.ef_search', least(width, 1000)::text, true);
         END IF;
-        SELECT count(*), count(DISTINCT n.document_id) INTO read_count, docs
-        FROM (SELECT c.document_id
-              FROM @s.chunks c
-              WHERE c.embedding IS NOT NULL AND c.document_id IS NOT NULL
-                AND c.metadata @> search_documents.filter AND (sid IS NULL OR c.source_id = sid)
-              ORDER BY c.embedding OPERATOR(@v.<=>) query
-              LIMIT width) n;
+        EXECUTE format(
+            'SELECT count(*), count(DISTINCT n.document_id) '
+            'FROM (SELECT c.document_id FROM @s.chunks c '
+            '      WHERE c.embedding IS NOT NULL AND c.document_id IS NOT NULL '
+            '        AND c.metadata @> $2 AND ($3::integer IS NULL OR c.source_id = $3) '
+            '      ORDER BY %s LIMIT $4) n', distance)
+            INTO read_count, docs USING query, wanted_filter, sid, width;
+        IF docs < wanted AND NOT iterative AND distance NOT LIKE '%+ 0' AND (
+               read_count < width OR width >= 1000) THEN
+            -- pgvector 0.7: the HNSW scan may have stopped at ef_search, not at the end.
+            distance := distance || ' + 0';
+            CONTINUE;
+        END IF;
         EXIT WHEN docs >= wanted OR read_count < width OR width >= 100000;
         width := width * 4;
     END LOOP;
-    RETURN QUERY
+    RETURN QUERY EXECUTE format($q$
     WITH nearest AS (
         SELECT c.document_id, c.source_id, c.doc_key, c.content, c.position, c.char_start,
-               c.char_end, c.metadata, 1 - (c.embedding OPERATOR(@v.<=>) query) AS score
+               c.char_end, c.metadata, 1 - (c.embedding OPERATOR(@v.<=>) $1) AS score
         FROM @s.chunks c
         WHERE c.embedding IS NOT NULL AND c.document_id IS NOT NULL
-          AND c.metadata @> search_documents.filter AND (sid IS NULL OR c.source_id = sid)
-        ORDER BY c.embedding OPERATOR(@v.<=>) query
-        LIMIT width
+          AND c.metadata @> $2 AND ($3::integer IS NULL OR c.source_id = $3)
+        ORDER BY %s
+        LIMIT $4
     ), ranked AS (
         SELECT n.*, row_number() OVER (PARTITION BY n.document_id
                                        ORDER BY n.score DESC, n.position) AS rank
         FROM nearest n
     ), best AS (
-        SELECT r.* FROM ranked r WHERE r.rank = 1 ORDER BY r.score DESC LIMIT wanted
+        SELECT r.* FROM ranked r WHERE r.rank = 1 ORDER BY r.score DESC LIMIT $5
     )
     SELECT s.name, b.doc_key, b.score, b.content, b.position, b.char_start, b.char_end,
            b.metadata,
@@ -722,10 +785,13 @@ BEGIN
                    ORDER BY r.rank), '[]'::jsonb)
             FROM ranked r
             WHERE r.document_id = b.document_id
-              AND r.rank <= greatest(coalesce(search_documents.max_passages, 3), 1))
+              AND r.rank <= $6)
     FROM best b
     JOIN @s.sources s ON s.id = b.source_id
-    ORDER BY b.score DESC, b.document_id;
+    ORDER BY b.score DESC, b.document_id
+    $q$, distance)
+    USING query, wanted_filter, sid, width, wanted,
+          greatest(coalesce(search_documents.max_passages, 3), 1);
 END
 $$;
 

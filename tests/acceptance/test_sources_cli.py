@@ -62,7 +62,8 @@ def test_sources_add_refusal_is_one_line(
     result = run_cli(["sources", "add", "bare", "--text", "body"], cli_env(database, model_cache))
     assert result.returncode == 1
     assert result.stderr == (
-        "indexer: error: public.bare has no primary key: give a unique, NOT NULL key column\n"
+        "indexer: error: public.bare has no primary key: give a unique, NOT NULL key column"
+        " (--id, or key_column in SQL)\n"
     )
 
 

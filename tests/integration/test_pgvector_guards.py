@@ -23,7 +23,10 @@ VERSION_TABLE = "(VALUES ('vector', '{}')) AS pg_extension(extname, extversion)"
 
 #: How to run the functions whose body holds a guarded setting (the function sets it
 #: when called, for its transaction).
-CALLS = {"search_documents": "SELECT count(*) FROM search_documents('[1,0,0]'::vector, 1)"}
+CALLS = {
+    "search_documents": "SELECT count(*) FROM search_documents('[1,0,0]'::vector, 1)",
+    "search_chunks": "SELECT count(*) FROM search_chunks('[1,0,0]'::vector, 1)",
+}
 _FUNCTION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION (?:public\.)?(\w+)\(")
 
 
