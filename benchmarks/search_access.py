@@ -228,14 +228,16 @@ def measure(
     queries: list[str],
     k: int,
     warmup: int,
+    rng: np.random.Generator,
 ) -> tuple[dict[str, list[float]], dict[str, list[list[str]]]]:
-    """Milliseconds per query for each case (warm-up left out), and the keys found."""
+    """Milliseconds per query for each case (warm-up left out), and the keys found.
+    Each query runs in every case, in an order shuffled per query."""
     names = list(conns)
     times: dict[str, list[float]] = {name: [] for name in names}
     keys: dict[str, list[list[str]]] = {name: [] for name in names}
     for i, query in enumerate(queries):
-        shift = i % len(names)
-        for name in names[shift:] + names[:shift]:
+        for j in rng.permutation(len(names)):
+            name = names[int(j)]
             started = time.perf_counter()
             rows = conns[name].execute(SEARCH, (query, k)).fetchall()
             elapsed = (time.perf_counter() - started) * 1000
@@ -357,13 +359,22 @@ def main() -> int:
             conns = {name: psycopg.connect(d, autocommit=True) for name, d in dsns.items()}
             violations: list[str] = []
             summary: list[str] = []
+            order = np.random.default_rng(args.seed + 1)
             try:
                 for k in ks:
                     queries = [
                         vector_text(v) for v in unit_vectors(rng, args.warmup + args.queries)
                     ]
                     started = time.perf_counter()
-                    times, keys = measure(conns, queries, k, args.warmup)
+                    times: dict[str, list[float]] = {}
+                    keys: dict[str, list[list[str]]] = {}
+                    # One database at a time: the two do not fit in shared_buffers together,
+                    # and switching between them would charge its reloads to some cases.
+                    for database in (PLAIN_DB, RLS_DB):
+                        group = {c.name: conns[c.name] for c in cases if c.database == database}
+                        t, found = measure(group, queries, k, args.warmup, order)
+                        times.update(t)
+                        keys.update(found)
                     took = time.perf_counter() - started
                     print(f"\nk={k} ({took:.0f} s)")
                     print(

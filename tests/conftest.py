@@ -5,6 +5,11 @@ it).  The schema is migrated once into a template database; each test that needs
 database gets its own ``CREATE DATABASE ... TEMPLATE`` copy, so tests are isolated
 and cheap.
 
+``INDEXER_TEST_POSTGRES=url`` runs it against a server of your own: the DSN in
+``INDEXER_TEST_SERVER_URL`` (a role that may create databases and roles; pgvector
+installed on the server), e.g. a PostgreSQL 15 with pgvector 0.7.  Tests of the
+embedded server itself are skipped then, as with a container.
+
 ``INDEXER_TEST_POSTGRES=container`` runs the session against the official
 ``pgvector/pgvector`` image instead (``INDEXER_TEST_POSTGRES_IMAGE``, default
 ``pgvector/pgvector:pg17``), started with testcontainers (``pip install -e
@@ -42,7 +47,7 @@ def with_database(dsn: str, database: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
 
 
-SERVER_MODES = ("embedded", "container")
+SERVER_MODES = ("embedded", "container", "url")
 DEFAULT_IMAGE = "pgvector/pgvector:pg17"
 
 
@@ -55,8 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
     mode = server_mode()
     if mode not in SERVER_MODES:
         raise pytest.UsageError(
-            f"INDEXER_TEST_POSTGRES={mode!r}: use 'embedded' (the default) or 'container'"
+            f"INDEXER_TEST_POSTGRES={mode!r}: use 'embedded' (the default), 'container' or 'url'"
         )
+    if mode == "url" and not os.environ.get("INDEXER_TEST_SERVER_URL"):
+        raise pytest.UsageError("INDEXER_TEST_POSTGRES=url needs INDEXER_TEST_SERVER_URL")
     if mode == "container":
         _check_container_support()
 
@@ -113,7 +120,7 @@ def _test_data_dir() -> Path:
 def data_dir() -> Path:
     """The embedded server's data directory; for tests of the embedded server itself."""
     if server_mode() != "embedded":
-        pytest.skip("tests the embedded server (INDEXER_TEST_POSTGRES=container)")
+        pytest.skip(f"tests the embedded server (INDEXER_TEST_POSTGRES={server_mode()})")
     return _test_data_dir()
 
 
@@ -144,6 +151,12 @@ def server_dsn() -> Iterator[str]:
         with _container_server(image) as dsn:
             migrate.upgrade(_create_database(dsn, TEMPLATE), "public")
             yield dsn
+        return
+    if server_mode() == "url":
+        dsn = os.environ["INDEXER_TEST_SERVER_URL"]
+        migrate.upgrade(_create_database(dsn, TEMPLATE), "public")
+        yield dsn
+        _drop_database(dsn, TEMPLATE)
         return
     path = _test_data_dir()
     dsn = server.start(path)

@@ -106,7 +106,7 @@ def test_an_unknown_mode_is_one_line(tmp_path: Path) -> None:
     result = session("docker", tmp_path, stand_in=False)
     assert result.returncode == 4
     assert error_lines(result) == [
-        "ERROR: INDEXER_TEST_POSTGRES='docker': use 'embedded' (the default) or 'container'"
+        "ERROR: INDEXER_TEST_POSTGRES='docker': use 'embedded' (the default), 'container' or 'url'"
     ]
 
 
