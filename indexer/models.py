@@ -47,6 +47,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Text,
     TextClause,
     UniqueConstraint,
@@ -317,8 +318,17 @@ class Source(Base):
         _TIMESTAMPTZ, server_default=text("now()")
     )
     relation: Mapped[str | None] = mapped_column(
-        REGCLASS, comment="The source's table (follows a rename; NULL once the table is dropped)"
+        REGCLASS,
+        comment="The source's table (follows a rename; NULL if it was gone at the upgrade)",
     )
+    key_attnum: Mapped[int | None] = mapped_column(
+        SmallInteger,
+        comment="The key column by number: a column renamed is followed (the names above are"
+        " as registered)",
+    )
+    text_attnums: Mapped[list[int] | None] = mapped_column(ARRAY(SmallInteger))
+    metadata_attnums: Mapped[list[int] | None] = mapped_column(ARRAY(SmallInteger))
+    metadata_json_attnum: Mapped[int | None] = mapped_column(SmallInteger)
 
     __table_args__ = (
         CheckConstraint("cardinality(text_columns) > 0", name="sources_text_columns_check"),

@@ -103,7 +103,9 @@ class DocumentQueries:
                 "source_texts", {"source": source_id, "keys": list(keys), "max_chars": max_chars}
             )
         except psycopg.Error as exc:
-            raise SourceError(f"cannot read source {source_id}: {first_line(exc)}") from None
+            # The line names the table (the server's own messages do, and the indexer's
+            # name the source too).
+            raise SourceError(first_line(exc)) from None
         return [SourceText(r["doc_key"], r["content"] or "", r["metadata"] or {}) for r in rows]
 
     def cached_vectors(
@@ -239,6 +241,6 @@ class DocumentQueries:
         except errors.LockNotAvailable:
             return None  # an application is writing rows of this range: next step
         except psycopg.Error as exc:
-            raise SourceError(f"cannot back-fill source {source_id}: {first_line(exc)}") from None
+            raise SourceError(first_line(exc)) from None
         queued = rows[0]["queued"]
         return None if queued is None else int(queued)

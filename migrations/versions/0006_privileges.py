@@ -62,8 +62,65 @@ depends_on = None
 UPGRADE = r"""
 ALTER TABLE @s.sources ADD COLUMN relation regclass;
 COMMENT ON COLUMN @s.sources.relation IS
-    'The source''s table (follows a rename; NULL once the table is dropped)';
+    'The source''s table (follows a rename; NULL if it was gone at the upgrade)';
 UPDATE @s.sources SET relation = to_regclass(format('%I.%I', table_schema, table_name));
+ALTER TABLE @s.sources
+    ADD COLUMN key_attnum smallint,
+    ADD COLUMN text_attnums smallint[],
+    ADD COLUMN metadata_attnums smallint[],
+    ADD COLUMN metadata_json_attnum smallint;
+COMMENT ON COLUMN @s.sources.key_attnum IS
+    'The key column by number: a column renamed is followed (the names above are as '
+    'registered)';
+UPDATE @s.sources s
+SET key_attnum = (SELECT a.attnum FROM pg_attribute a
+                  WHERE a.attrelid = s.relation AND a.attname = s.key_column),
+    text_attnums = ARRAY(SELECT a.attnum
+                         FROM unnest(s.text_columns) WITH ORDINALITY AS n(col, ord)
+                         JOIN pg_attribute a ON a.attrelid = s.relation AND a.attname = n.col
+                         ORDER BY n.ord),
+    metadata_attnums = ARRAY(SELECT a.attnum
+                             FROM unnest(s.metadata_columns) WITH ORDINALITY AS n(col, ord)
+                             JOIN pg_attribute a ON a.attrelid = s.relation
+                                                AND a.attname = n.col
+                             ORDER BY n.ord),
+    metadata_json_attnum = (SELECT a.attnum FROM pg_attribute a
+                            WHERE a.attrelid = s.relation AND a.attname = s.metadata_json)
+WHERE s.relation IS NOT NULL;
+
+-- A source's row with its columns' names (and the key's type) as they are now in its
+-- table, found by number: a column renamed or retyped since registration is followed, a
+-- column dropped is left out (the key: NULL).
+CREATE FUNCTION @s.current_names(src @s.sources) RETURNS @s.sources
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF src.key_attnum IS NULL THEN
+        RETURN src;
+    END IF;
+    SELECT a.attname, format_type(a.atttypid, NULL) INTO src.key_column, src.key_type
+    FROM pg_attribute a
+    WHERE a.attrelid = src.relation AND a.attnum = src.key_attnum AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        src.key_column := NULL;
+    END IF;
+    src.text_columns := ARRAY(
+        SELECT a.attname::text
+        FROM unnest(src.text_attnums) WITH ORDINALITY AS n(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = src.relation AND a.attnum = n.attnum
+                           AND NOT a.attisdropped
+        ORDER BY n.ord);
+    src.metadata_columns := ARRAY(
+        SELECT a.attname::text
+        FROM unnest(src.metadata_attnums) WITH ORDINALITY AS n(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = src.relation AND a.attnum = n.attnum
+                           AND NOT a.attisdropped
+        ORDER BY n.ord);
+    src.metadata_json := (SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = src.relation
+                            AND a.attnum = src.metadata_json_attnum AND NOT a.attisdropped);
+    RETURN src;
+END
+$$;
 
 -- Queue documents by key (see migration 0005).  Only source_changed and
 -- backfill_source call it.
@@ -116,6 +173,11 @@ BEGIN
     SELECT * INTO src FROM @s.sources s WHERE s.id::text = TG_ARGV[0];
     IF NOT FOUND OR src.relation IS DISTINCT FROM TG_RELID THEN
         RETURN NULL;  -- not this source's table: a trigger left behind, or not ours
+    END IF;
+    src := @s.current_names(src);
+    IF src.key_column IS NULL THEN
+        RAISE WARNING 'indexer: source % is not followed: its key column is gone', src.name;
+        RETURN NULL;
     END IF;
     SELECT a.atttypid INTO key_type FROM pg_attribute a
     WHERE a.attrelid = TG_RELID AND a.attname = src.key_column AND a.attnum > 0
@@ -234,9 +296,12 @@ BEGIN
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = rel;
     qualified := format('%I.%I', nsp, relname);
-    IF kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table (a source must be a table or a partitioned table)',
+    IF kind = 'p' THEN
+        RAISE EXCEPTION '% is a partitioned table: statements on its partitions would not '
+                        'reach the indexer''s triggers on it; add each partition as a source',
             qualified USING ERRCODE = 'wrong_object_type';
+    ELSIF kind <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', qualified USING ERRCODE = 'wrong_object_type';
     END IF;
     IF persistence = 't' THEN
         RAISE EXCEPTION '% is a temporary table: the daemon cannot read it', qualified
@@ -336,9 +401,19 @@ BEGIN
     END IF;
 
     INSERT INTO @s.sources (name, table_schema, table_name, key_column, key_type, text_columns,
-                            metadata_columns, metadata_json, relation)
+                            metadata_columns, metadata_json, relation, key_attnum,
+                            text_attnums, metadata_attnums, metadata_json_attnum)
     VALUES (coalesce(source_name, qualified), nsp, relname, key_column, key_att.type,
-            text_columns, coalesce(metadata_columns, '{}'), metadata_json, rel)
+            text_columns, coalesce(metadata_columns, '{}'), metadata_json, rel, key_att.attnum,
+            ARRAY(SELECT a.attnum FROM unnest(text_columns) WITH ORDINALITY AS n(col, ord)
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = rel AND a.attname = n.col
+                  ORDER BY n.ord),
+            ARRAY(SELECT a.attnum
+                  FROM unnest(coalesce(metadata_columns, '{}')) WITH ORDINALITY AS n(col, ord)
+                  JOIN pg_catalog.pg_attribute a ON a.attrelid = rel AND a.attname = n.col
+                  ORDER BY n.ord),
+            (SELECT a.attnum FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = metadata_json))
     RETURNING * INTO src;
 
     PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
@@ -438,6 +513,9 @@ BEGIN
     ELSIF kind NOT IN ('r', 'p') THEN
         RETURN format('%s is no longer a table', src.relation);
     END IF;
+    IF src.key_column IS NULL THEN
+        RETURN format('the key column of source %s is gone from %s', src.name, src.relation);
+    END IF;
     SELECT a.atttypid INTO key_type FROM pg_attribute a
     WHERE a.attrelid = src.relation AND a.attname = src.key_column AND a.attnum > 0
       AND NOT a.attisdropped;
@@ -490,6 +568,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    src := @s.current_names(src);
     why := @s.source_unreadable(src);
     IF why IS NOT NULL THEN
         RAISE EXCEPTION '%', why USING ERRCODE = 'invalid_table_definition';
@@ -534,6 +613,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    src := @s.current_names(src);
     why := @s.source_unreadable(src);
     IF why IS NOT NULL THEN
         RAISE EXCEPTION '%', why USING ERRCODE = 'invalid_table_definition';
@@ -563,14 +643,15 @@ $$;
 -- Whether the calling role may SELECT every column of the source the indexer reads.
 CREATE FUNCTION @s.columns_readable(src @s.sources) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT NOT EXISTS (
+    SELECT r.key_column IS NOT NULL AND NOT EXISTS (
         SELECT 1
-        FROM unnest(array_remove(ARRAY[src.key_column] || src.text_columns
-                                 || src.metadata_columns || ARRAY[src.metadata_json], NULL))
+        FROM unnest(array_remove(ARRAY[r.key_column] || r.text_columns
+                                 || r.metadata_columns || ARRAY[r.metadata_json], NULL))
              AS w(col)
-        LEFT JOIN pg_attribute a ON a.attrelid = src.relation AND a.attname = w.col
+        LEFT JOIN pg_attribute a ON a.attrelid = r.relation AND a.attname = w.col
                                 AND a.attnum > 0 AND NOT a.attisdropped
-        WHERE a.attnum IS NULL OR NOT has_column_privilege(src.relation, a.attnum, 'SELECT'))
+        WHERE a.attnum IS NULL OR NOT has_column_privilege(r.relation, a.attnum, 'SELECT'))
+    FROM @s.current_names(src) AS r
 $$;
 
 -- The sources whose passages a role may read without asking the table row by row: it
@@ -593,7 +674,9 @@ DECLARE
     seen boolean;
 BEGIN
     SELECT * INTO src FROM @s.sources s WHERE s.id = source;
-    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = src.relation)
+    src := @s.current_names(src);
+    IF NOT FOUND OR src.key_column IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = src.relation)
        OR NOT coalesce(@s.columns_readable(src), false) THEN
         RETURN false;
     END IF;
@@ -788,6 +871,7 @@ BEGIN
               AND r.rank <= $6)
     FROM best b
     JOIN @s.sources s ON s.id = b.source_id
+    JOIN pg_class t ON t.oid = s.relation  -- a dropped table's passages are not found
     ORDER BY b.score DESC, b.document_id
     $q$, distance)
     USING query, wanted_filter, sid, width, wanted,
@@ -808,6 +892,7 @@ BEGIN
         '%1$s.similar_chunks(bigint, integer), '
         '%1$s.search_documents(%3$s.vector, integer, jsonb, text, integer), '
         '%1$s.readable_sources(), %1$s.columns_readable(%1$s.sources), '
+        '%1$s.current_names(%1$s.sources), '
         '%1$s.passage_visible(integer, text) TO %2$s',
         @schema_ident_literal, role, @vector_ident_literal);
 END
@@ -839,7 +924,7 @@ BEGIN
     LOOP
         EXECUTE format('GRANT SELECT ON %1$s.sources TO %2$s', @schema_ident_literal, grantee);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.readable_sources(), '
-                       '%1$s.columns_readable(%1$s.sources), '
+                       '%1$s.columns_readable(%1$s.sources), %1$s.current_names(%1$s.sources), '
                        '%1$s.passage_visible(integer, text) TO %2$s',
                        @schema_ident_literal, grantee);
     END LOOP;
@@ -855,6 +940,7 @@ FUNCTIONS = (
     "detach_source(text, interval)",
     "remove_source(text)",
     "source_unreadable(@s.sources)",
+    "current_names(@s.sources)",
     "source_column(regclass, text, boolean)",
     "backfill_source(integer, integer)",
     "source_texts(integer, text[], integer)",
@@ -884,11 +970,17 @@ DROP FUNCTION @s.passage_visible(integer, text);
 DROP FUNCTION @s.readable_sources();
 DROP FUNCTION @s.columns_readable(@s.sources);
 DROP FUNCTION @s.source_unreadable(@s.sources);
+DROP FUNCTION @s.current_names(@s.sources);
 DROP FUNCTION @s.source_column(regclass, text, boolean);
 DROP FUNCTION @s.remove_source(text);
 DROP FUNCTION @s.detach_source(text, interval);
 DROP FUNCTION @s.add_source(text, text, text[], text[], text, text, interval);
-ALTER TABLE @s.sources DROP COLUMN relation;
+ALTER TABLE @s.sources
+    DROP COLUMN relation,
+    DROP COLUMN key_attnum,
+    DROP COLUMN text_attnums,
+    DROP COLUMN metadata_attnums,
+    DROP COLUMN metadata_json_attnum;
 ALTER FUNCTION @s.chunks_before_write() RESET search_path;
 ALTER FUNCTION @s.chunks_notify() RESET search_path;
 CREATE OR REPLACE FUNCTION @s.search_chunks(query @v.vector, k integer DEFAULT 10,

@@ -1,0 +1,109 @@
+"""The application's own DDL on a source table: renames are followed, the application's
+writes never fail because of the indexer, and what cannot be followed is said."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from indexer.db.connect import Connection
+
+DIM = 384
+
+
+def documents(conn: Connection, source: str = "public.notes") -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT d.doc_key, d.version FROM source_documents d JOIN sources s"
+        " ON s.id = d.source_id WHERE s.name = %s",
+        (source,),
+    ).fetchall()
+    return {r["doc_key"]: r["version"] for r in rows}
+
+
+def texts(conn: Connection, keys: list[str], source: str = "public.notes") -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT t.doc_key, t.content FROM sources s, source_texts(s.id, %s, 1000) t"
+        " WHERE s.name = %s ORDER BY 1",
+        (keys, source),
+    ).fetchall()
+    return [(r["doc_key"], r["content"]) for r in rows]
+
+
+@pytest.fixture
+def notes(conn: Connection) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, title text, body text, lang text)")
+    conn.execute("SELECT add_source('notes', NULL, ARRAY['title', 'body'], ARRAY['lang'])")
+    conn.execute("INSERT INTO notes VALUES (1, 'one', 'first', 'en')")
+
+
+@pytest.mark.usefixtures("notes")
+def test_renamed_columns_are_followed_and_writes_go_on(conn: Connection) -> None:
+    conn.execute("ALTER TABLE notes RENAME COLUMN id TO note_id")
+    conn.execute("ALTER TABLE notes RENAME COLUMN body TO text_body")
+    conn.execute("ALTER TABLE notes RENAME COLUMN lang TO language")
+    conn.execute("INSERT INTO notes VALUES (2, 'two', 'second', 'de')")
+    conn.execute("UPDATE notes SET text_body = 'changed' WHERE note_id = 1")
+    conn.execute("UPDATE notes SET language = 'fr' WHERE note_id = 2")
+    assert documents(conn) == {"1": 2, "2": 2}
+    conn.execute("DELETE FROM notes WHERE note_id = 2")
+    assert documents(conn) == {"1": 2}
+    assert texts(conn, ["1"]) == [("1", "one\n\nchanged")]
+
+
+@pytest.mark.usefixtures("notes")
+def test_a_dropped_text_column_leaves_the_others(conn: Connection) -> None:
+    conn.execute("ALTER TABLE notes DROP COLUMN title")
+    conn.execute("UPDATE notes SET body = 'edited' WHERE id = 1")
+    conn.execute("ALTER TABLE notes DROP COLUMN lang")
+    conn.execute("UPDATE notes SET body = 'edited again' WHERE id = 1")
+    assert documents(conn) == {"1": 3}  # inserted, then each update seen
+    assert texts(conn, ["1"]) == [("1", "edited again")]
+
+
+@pytest.mark.usefixtures("notes")
+def test_a_renamed_table_is_followed_removed_and_added_again(conn: Connection) -> None:
+    conn.execute("ALTER TABLE notes RENAME TO notebook")
+    conn.execute("INSERT INTO notebook VALUES (2, 'two', 'second', 'de')")
+    assert documents(conn) == {"1": 1, "2": 1}
+    assert texts(conn, ["2"]) == [("2", "two\n\nsecond")]
+    conn.execute("ALTER TABLE notebook ALTER COLUMN id TYPE text")
+    conn.execute("INSERT INTO notebook VALUES ('x', 'ex', 'text key', 'en')")
+    assert texts(conn, ["x"]) == [("x", "ex\n\ntext key")]
+    conn.execute("SELECT remove_source('public.notes')")
+    left = conn.execute("SELECT count(*) AS n FROM pg_trigger WHERE tgrelid = 'notebook'::regclass")
+    assert left.fetchone() == {"n": 0}
+    conn.execute("SELECT add_source('notebook', NULL, ARRAY['body'])")
+    conn.execute("INSERT INTO notebook VALUES ('y', 'why', 'again', 'en')")
+    assert documents(conn, "public.notebook") == {"y": 1}
+
+
+def test_a_partitioned_table_is_refused_in_one_line(conn: Connection) -> None:
+    conn.execute("CREATE TABLE parts (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+    with pytest.raises(psycopg.errors.WrongObjectType) as refused:
+        conn.execute("SELECT add_source('parts', NULL, ARRAY['body'])")
+    assert str(refused.value).splitlines()[0] == (
+        "public.parts is a partitioned table: statements on its partitions would not reach the"
+        " indexer's triggers on it; add each partition as a source"
+    )
+
+
+@pytest.mark.parametrize("key_type", ["timestamptz", "numeric", "bytea", "date"])
+def test_a_key_whose_text_depends_on_settings_is_refused(conn: Connection, key_type: str) -> None:
+    conn.execute(f"CREATE TABLE keyed (k {key_type} PRIMARY KEY, body text)")
+    with pytest.raises(psycopg.errors.DatatypeMismatch, match="a key must be smallint, integer"):
+        conn.execute("SELECT add_source('keyed', NULL, ARRAY['body'])")
+
+
+@pytest.mark.usefixtures("notes")
+def test_a_dropped_tables_passages_are_not_found(conn: Connection) -> None:
+    vector = "[" + ",".join(["1"] + ["0"] * (DIM - 1)) + "]"
+    conn.execute(
+        "INSERT INTO chunks (content, embedding, document_id, source_id, doc_key, position,"
+        " char_start, char_end) SELECT 'one', %s, d.id, d.source_id, d.doc_key, 0, 0, 3"
+        " FROM source_documents d",
+        (vector,),
+    )
+    query = "SELECT count(*) AS n FROM search_documents(%s::vector, 5)"
+    assert conn.execute(query, (vector,)).fetchone() == {"n": 1}
+    conn.execute("DROP TABLE notes")
+    assert conn.execute(query, (vector,)).fetchone() == {"n": 0}
