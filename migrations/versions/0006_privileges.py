@@ -665,28 +665,37 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE @s.columns_readable(s) AND NOT row_security_active(c.oid)
 $$;
 
+-- The sources whose columns a role may read but whose row-level security applies to it:
+-- their passages are checked row by row (passage_visible).  Once per statement, too.
+CREATE FUNCTION @s.rls_sources() RETURNS integer[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(s.id), '{}')
+    FROM @s.sources s
+    JOIN pg_class c ON c.oid = s.relation
+    WHERE @s.columns_readable(s) AND row_security_active(c.oid)
+$$;
+
 -- Whether the calling role may read the row a passage comes from: the key looked up in
--- the source's table as that role, so the table's grants and policies decide.
+-- the source's table as that role, so the table's grants and policies decide.  Called
+-- by chunks' policy for the passages of rls_sources() only, which checked the columns'
+-- grants; it checks the key column's again, so that a direct call is no less careful.
 CREATE FUNCTION @s.passage_visible(source integer, key text) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    src @s.sources;
+    rel regclass;
+    col name;
+    typ text;
     seen boolean;
 BEGIN
-    SELECT * INTO src FROM @s.sources s WHERE s.id = source;
-    src := @s.current_names(src);
-    IF NOT FOUND OR src.key_column IS NULL
-       OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = src.relation)
-       OR NOT coalesce(@s.columns_readable(src), false) THEN
+    SELECT s.relation, a.attname, format_type(a.atttypid, NULL) INTO rel, col, typ
+    FROM @s.sources s
+    JOIN pg_attribute a ON a.attrelid = s.relation AND a.attnum = s.key_attnum
+                       AND NOT a.attisdropped AND a.atttypid < 16384
+    WHERE s.id = source;
+    IF NOT FOUND OR NOT has_column_privilege(rel, col, 'SELECT') THEN
         RETURN false;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
-                   WHERE a.attrelid = src.relation AND a.attname = src.key_column
-                     AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid < 16384) THEN
-        RETURN false;
-    END IF;
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.%I = $1::%s)',
-                   src.relation, src.key_column, src.key_type)
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.%I = $1::%s)', rel, col, typ)
         INTO seen USING key;
     RETURN seen;
 END
@@ -696,7 +705,8 @@ ALTER TABLE @s.chunks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY chunks_read ON @s.chunks FOR SELECT
     USING (document_id IS NULL
            OR source_id = ANY ((SELECT @s.readable_sources())::integer[])
-           OR @s.passage_visible(source_id, doc_key));
+           OR (source_id = ANY ((SELECT @s.rls_sources())::integer[])
+               AND @s.passage_visible(source_id, doc_key)));
 CREATE POLICY chunks_insert_rows ON @s.chunks FOR INSERT WITH CHECK (document_id IS NULL);
 CREATE POLICY chunks_update_rows ON @s.chunks FOR UPDATE
     USING (document_id IS NULL) WITH CHECK (document_id IS NULL);
@@ -713,7 +723,8 @@ CREATE POLICY chunks_delete_rows ON @s.chunks FOR DELETE USING (document_id IS N
 CREATE OR REPLACE FUNCTION @s.search_chunks(query @v.vector, k integer DEFAULT 10,
                                              filter jsonb DEFAULT '{}')
 RETURNS TABLE (id bigint, score double precision, content text, metadata jsonb)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_sort = off AS $$
 #variable_conflict use_column
 DECLARE
     wanted integer := greatest(coalesce(k, 10), 0);
@@ -766,7 +777,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION @s.similar_chunks(chunk_id bigint, k integer DEFAULT 10)
 RETURNS TABLE (id bigint, score double precision, content text, metadata jsonb)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_sort = off AS $$
     SELECT c.id,
            1 - (c.embedding OPERATOR(@v.<=>) (SELECT s.embedding FROM @s.chunks s
                                               WHERE s.id = chunk_id)),
@@ -792,7 +804,8 @@ CREATE OR REPLACE FUNCTION @s.search_documents(
 ) RETURNS TABLE (source text, key text, score double precision, content text,
                  "position" integer, char_start integer, char_end integer, metadata jsonb,
                  passages jsonb)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_sort = off AS $$
 #variable_conflict use_column
 DECLARE
     sid integer;
@@ -891,7 +904,7 @@ BEGIN
         'GRANT EXECUTE ON FUNCTION %1$s.search_chunks(%3$s.vector, integer, jsonb), '
         '%1$s.similar_chunks(bigint, integer), '
         '%1$s.search_documents(%3$s.vector, integer, jsonb, text, integer), '
-        '%1$s.readable_sources(), %1$s.columns_readable(%1$s.sources), '
+        '%1$s.readable_sources(), %1$s.rls_sources(), %1$s.columns_readable(%1$s.sources), '
         '%1$s.current_names(%1$s.sources), '
         '%1$s.passage_visible(integer, text) TO %2$s',
         @schema_ident_literal, role, @vector_ident_literal);
@@ -923,7 +936,7 @@ BEGIN
         WHERE c.oid = '@s.chunks'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
     LOOP
         EXECUTE format('GRANT SELECT ON %1$s.sources TO %2$s', @schema_ident_literal, grantee);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.readable_sources(), '
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.readable_sources(), %1$s.rls_sources(), '
                        '%1$s.columns_readable(%1$s.sources), %1$s.current_names(%1$s.sources), '
                        '%1$s.passage_visible(integer, text) TO %2$s',
                        @schema_ident_literal, grantee);
@@ -945,6 +958,7 @@ FUNCTIONS = (
     "backfill_source(integer, integer)",
     "source_texts(integer, text[], integer)",
     "readable_sources()",
+    "rls_sources()",
     "columns_readable(@s.sources)",
     "passage_visible(integer, text)",
     "search_chunks(@v.vector, integer, jsonb)",
@@ -968,6 +982,7 @@ DROP FUNCTION @s.grant_write(regrole);
 DROP FUNCTION @s.grant_search(regrole);
 DROP FUNCTION @s.passage_visible(integer, text);
 DROP FUNCTION @s.readable_sources();
+DROP FUNCTION @s.rls_sources();
 DROP FUNCTION @s.columns_readable(@s.sources);
 DROP FUNCTION @s.source_unreadable(@s.sources);
 DROP FUNCTION @s.current_names(@s.sources);
