@@ -40,7 +40,8 @@ def test_a_selective_filter_still_returns_k_rows(conn: Connection) -> None:
         " ORDER BY (embedding <=> %s::vector) + 0 LIMIT 10",
         (query,),
     ).fetchall()
-    assert [r["id"] for r in rows] == [r["id"] for r in exact]
+    # The index is approximate: most of the exact ten, not necessarily all, in order.
+    assert len({r["id"] for r in rows} & {r["id"] for r in exact}) >= 6
     assert (
         len(conn.execute("SELECT * FROM search_chunks(%s::vector, 10)", (query,)).fetchall()) == 10
     )
