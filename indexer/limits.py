@@ -17,6 +17,21 @@ MAX_TEXTS = 256
 MAX_TEXT_CHARS = 100_000
 #: Characters of each row's content a search returns unless told otherwise.
 CONTENT_CHARS = 1000
+#: Characters one chunk of a document holds at most (``INDEXER_CHUNK_MAX_CHARS``), however
+#: few tokens they are: a word the tokenizer cannot split (1,000,000 letters without a
+#: space are one ``[UNK]``) would otherwise be one chunk of any length.  Measured with
+#: ``benchmarks/chunk_chars.py`` (characters from the first to the last token of every
+#: window of consecutive tokens): English man pages average 3.8 characters a token, Python
+#: source 3.3, Python's documentation topics 3.6, localized man pages (CJK, Cyrillic,
+#: Latin) 1.8, URLs 2.3; the 99.9th percentile of 254-token windows is 1,762 characters
+#: (English man pages) and the largest window seen anywhere is 7,067 characters for 200
+#: tokens and 7,535 for 254, a table of a man page rendered 4,000 columns wide (mostly
+#: spaces).  8,192 cuts none of them, and bounds a pathological text to 8,192 characters
+#: a chunk.
+CHUNK_MAX_CHARS = 8192
+#: The smallest bound a chunk may be given: the chunker reads a longer word as pieces of a
+#: quarter of the bound, and a window must hold at least one.
+MIN_CHUNK_CHARS = 16
 
 
 def check_k(k: int, name: str = "k") -> int:
