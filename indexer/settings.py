@@ -160,7 +160,7 @@ class Settings:
     )
     chunk_max_chars: int = field(
         # A word without spaces is one token however long; ordinary text never comes
-        # near this (its longest 200-token window measured 7,067 characters: the figures
+        # near this (its longest 200-token window measured 2,305 characters: the figures
         # are in indexer/limits.py).
         default=CHUNK_MAX_CHARS,
         metadata={
