@@ -51,7 +51,7 @@ class HttpLimits:
     max_requests: int = 64
     max_body_bytes: int = 8 * 1024 * 1024
     # 4 MiB holds 1,000 rows of a row search (each cut to 1,000 characters) and 1,000
-    # documents of ordinary text with their 3 best passages (about 2.5 MB); 64 requests
+    # documents of ordinary text with their 3 best passages (about 2.1 MB); 64 requests
     # holding one each are 256 MiB, as much as the bodies' budget.
     max_answer_bytes: int = 4 * 1024 * 1024
     memory_budget: int = 256 * 1024 * 1024
