@@ -32,6 +32,20 @@ Decisions, which the tests hold:
   chunk whole.  A cut between two tokens of one word re-tokenizes differently (the
   second piece loses its ``##`` continuation), so such chunks are re-tokenized and, if
   needed, shortened by a token until they fit.
+* **Characters**: a chunk never holds more than ``max_chars`` characters, however few
+  tokens they are (a word the tokenizer cannot split, such as 1,000,000 letters without
+  a space, is one ``[UNK]`` token).  A window whose ``chunk_tokens`` tokens would pass it
+  ends earlier, at the best boundary in the second half of what fits (as above), and the
+  overlap after it is the same share of its tokens as ``overlap_tokens`` is of
+  ``chunk_tokens`` (rounded down), so windows keep moving forward by at least half of
+  themselves.  To make that possible, a token longer than a quarter of ``max_chars`` is
+  read as pieces of at most that many characters (and of at most ``chunk_tokens`` tokens
+  each once re-tokenized alone), and so is a long run of characters the tokenizer drops
+  (control and format characters: no token at all); windows that hold such pieces are
+  re-tokenized for their counts.  Pieces are cut between whole characters, unless a
+  character is followed by more combining marks or joiners than a piece holds.  The
+  default, :data:`~indexer.limits.CHUNK_MAX_CHARS`, cuts no window of ordinary text (the
+  figures are there).
 * **max_chunks**: at most that many chunks; :attr:`Chunking.truncated` says whether
   text (other than whitespace) was left after the last one.
 * **Memory**: the text is tokenized in blocks of about :data:`BLOCK_CHARS` characters
@@ -48,6 +62,7 @@ time; ``benchmarks/chunking_quality.md`` has the figures.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -55,10 +70,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from indexer.exceptions import ConfigurationError
+from indexer.limits import CHUNK_MAX_CHARS, MIN_CHUNK_CHARS
 
 __all__ = [
     "BLOCK_CHARS",
+    "CHUNK_MAX_CHARS",
     "MAX_WORD_TOKENS",
+    "MIN_CHUNK_CHARS",
     "Chunk",
     "Chunking",
     "OffsetTokenizer",
@@ -128,17 +146,25 @@ def chunk_text(
     chunk_tokens: int,
     overlap_tokens: int,
     max_chunks: int | None = None,
+    max_chars: int = CHUNK_MAX_CHARS,
 ) -> Chunking:
-    """Cut ``text`` into windows of at most ``chunk_tokens`` tokens (see the module doc).
+    """Cut ``text`` into windows of at most ``chunk_tokens`` tokens and ``max_chars``
+    characters (see the module doc).
 
     ``overlap_tokens`` must be smaller than half of ``chunk_tokens`` (so every window
-    moves the text forward); ``max_chunks``, if given, at least 1.  Raises
-    :class:`~indexer.exceptions.ConfigurationError` for other values.
+    moves the text forward); ``max_chunks``, if given, at least 1; ``max_chars`` at least
+    :data:`MIN_CHUNK_CHARS`.  Raises :class:`~indexer.exceptions.ConfigurationError` for
+    other values.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
     _check(chunk_tokens, overlap_tokens, max_chunks)
-    return _Chunker(text, tokenizer, chunk_tokens, overlap_tokens, max_chunks).run()
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int):
+        raise ConfigurationError(f"max_chars must be an integer, not {max_chars!r}")
+    if max_chars < MIN_CHUNK_CHARS:
+        raise ConfigurationError(f"max_chars must be at least {MIN_CHUNK_CHARS}, not {max_chars}")
+    chunker = _Chunker(text, tokenizer, chunk_tokens, overlap_tokens, max_chunks, max_chars)
+    return chunker.run()
 
 
 def _check(chunk_tokens: int, overlap_tokens: int, max_chunks: int | None) -> None:
@@ -163,19 +189,32 @@ class _Chunker:
         chunk_tokens: int,
         overlap_tokens: int,
         max_chunks: int | None,
+        max_chars: int,
     ) -> None:
         self.text = text
         self.tokenizer = tokenizer
         self.size = chunk_tokens
         self.overlap = overlap_tokens
         self.max_chunks = max_chunks
+        self.max_chars = max_chars
+        # Longest token (or run of dropped characters) read as one; longer ones are cut
+        # into pieces this long, so that a window always holds at least one (a piece, the
+        # characters dropped after it and, for the first window, those before it: at most
+        # three pieces' worth).
+        self.piece = max_chars // 4
         # Token spans tokenized so far, from global token index `base` on.
         self.starts: list[int] = []
         self.ends: list[int] = []
         self.base = 0
-        # Global indices of tokens that begin a block cut inside a word (rare).
+        # Global indices of tokens that begin a block cut inside a word (rare), of the
+        # pieces of a long token but its first, and of runs of dropped characters read as
+        # tokens: a window over any of them is re-tokenized for its count.  Also kept in
+        # order (they only grow), to find one inside a window.
         self.forced: set[int] = set()
+        self.forced_order: list[int] = []
         self.read_to = 0  # characters tokenized so far
+        found = _NON_SPACE.search(text)
+        self.lead = found.start() if found else len(text)  # the first chunk's start
 
     # ----------------------------------------------------------- the token buffer
 
@@ -192,12 +231,113 @@ class _Chunker:
         begin = self.read_to
         stop, clean = _block_end(text, begin)
         offsets = self.tokenizer.token_offsets(text[begin:stop])
-        if offsets and not clean:
-            self.forced.add(self.count)
-        self.starts.extend(begin + s for s, _ in offsets)
-        self.ends.extend(begin + e for _, e in offsets)
+        piece = self.piece
+        starts, ends = self.starts, self.ends
+        previous = ends[-1] if ends else -1 - piece  # no token yet: look at the gap
+        forced = not clean
+        for s, e in offsets:
+            start = begin + s
+            end = begin + e
+            if start - previous > piece:  # rare: a long gap, or the first token
+                self._gap(start)
+            if forced or end - start > piece:  # rare: a cut block, or a long token
+                self._add_pieces(start, end, forced=forced, counted=True)
+                forced = False
+            else:
+                starts.append(start)
+                ends.append(end)
+            previous = ends[-1]
         self.read_to = stop
+        if stop >= len(text):
+            self._gap(len(text))
         return True
+
+    def _add(self, start: int, end: int, *, forced: bool) -> None:
+        """Append a token (or piece) spanning ``[start, end)``."""
+        if forced:
+            index = self.count
+            self.forced.add(index)
+            self.forced_order.append(index)
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def _tail(self, index: int) -> int:
+        """Where a chunk whose last token is ``index`` ends: after the characters the
+        tokenizer dropped up to the next token (or the text's end), whitespace left out.
+        Needs the next token read, or the whole text."""
+        text = self.text
+        local = index - self.base
+        begin = self.starts[local]
+        tail = self.ends[local]
+        following = self.starts[local + 1] if local + 1 < len(self.starts) else len(text)
+        tail += len(text[tail:following].rstrip())
+        while tail > begin and text[tail - 1].isspace():
+            tail -= 1
+        return tail
+
+    def _add_pieces(self, start: int, end: int, *, forced: bool, counted: bool) -> None:
+        """Append ``[start, end)`` as pieces of at most ``piece`` characters, each
+        starting and ending with a character other than whitespace, cut between whole
+        characters where possible; all but the first forced (so counted again).
+
+        ``counted``: the span is a token (not characters the tokenizer drops), so a piece
+        may be more than ``chunk_tokens`` tokens on its own (a piece of a word of up to
+        100 characters once the dropped ones are gone, or the rest of a long word): such
+        a piece is cut again, after its ``chunk_tokens``-th token, so that every piece
+        fits a window alone."""
+        text = self.text
+        if end - start <= self.piece:  # a short token that begins a cut block
+            self._add(start, end, forced=forced)
+            return
+        found = _NON_SPACE.search(text, start, end)
+        while found is not None:
+            position = found.start()
+            stop = position + self.piece
+            if stop >= end:
+                stop = end
+                while text[stop - 1].isspace():
+                    stop -= 1
+            else:
+                stop = _piece_end(text, position, stop)
+            if counted and stop - position > self.size:
+                stop = self._fitting(position, stop)
+            self._add(position, stop, forced=forced)
+            forced = True
+            found = _NON_SPACE.search(text, stop, end)
+
+    def _fitting(self, start: int, stop: int) -> int:
+        """``stop``, or an earlier end that leaves ``text[start:stop]`` (part of one word)
+        ``chunk_tokens`` tokens at most: the start of its next token, which a prefix of
+        a word keeps (WordPiece matches greedily from the left)."""
+        offsets = self.tokenizer.token_offsets(self.text[start:stop])
+        if len(offsets) <= self.size:
+            return stop
+        for index in range(self.size, 0, -1):
+            cut = start + offsets[index][0]
+            if cut > start and not _glued(self.text, cut):
+                return cut
+        return start + offsets[self.size][0]
+
+    def _gap(self, following: int) -> None:
+        """Characters the tokenizer dropped before ``following`` (the next token's start,
+        or the text's end), after the last token: read as forced pieces if what a chunk
+        would stretch over is longer than a piece (else the last token's tail covers
+        them, or the first chunk starts with them)."""
+        text = self.text
+        if self.starts:
+            begin = self.ends[-1]
+            stretch = len(text[begin:following].rstrip())
+            if stretch <= self.piece:
+                return
+            # Marks that belong to the last token's last character stay with it.
+            limit = min(following, begin + self.piece)
+            while begin < limit and _glued(text, begin):
+                begin += 1
+        else:
+            begin = self.lead
+            if following - begin <= self.piece:
+                return
+        self._add_pieces(begin, following, forced=True, counted=False)
 
     def _ensure(self, index: int) -> bool:
         """Tokenize until global token ``index`` exists; False if the text ends first."""
@@ -214,6 +354,7 @@ class _Chunker:
             del self.ends[:drop]
             self.base = index
             self.forced = {f for f in self.forced if f >= index}
+            del self.forced_order[: bisect.bisect_left(self.forced_order, index)]
 
     def start_of(self, index: int) -> int:
         return self.starts[index - self.base]
@@ -259,12 +400,33 @@ class _Chunker:
         position = self.start_of(index)
         return position == 0 or not _glued(self.text, position)
 
-    def _window_end(self, first: int) -> int:
-        """Global index one past the last token of the window starting at ``first``."""
+    def _fit(self, first: int, top: int) -> int:
+        """The largest window end in ``(first, top]`` whose chunk holds at most
+        ``max_chars`` characters (``first + 1`` at least; the tails up to ``top - 1``
+        must be final).  A chunk ends at or after its last token's end, and token ends
+        never decrease: a binary search over them, then the few tails past the bound."""
+        start = self.lead if first == 0 else self.start_of(first)
+        bound = start + self.max_chars
+        fit = self.base + bisect.bisect_right(self.ends, bound, first - self.base, top - self.base)
+        fit = max(first + 1, fit)
+        while fit > first + 1 and self._tail(fit - 1) > bound:
+            fit -= 1
+        return fit
+
+    def _window_end(self, first: int) -> tuple[int, bool]:
+        """Global index one past the last token of the window starting at ``first``, and
+        whether ``max_chars`` (rather than ``chunk_tokens``) cut it."""
         limit = first + self.size
-        if not self._ensure(limit):  # the rest of the text fits
-            return self.count
-        floor = first + max(1, (self.size + 1) // 2)
+        more = self._ensure(limit)
+        top = limit if more else self.count
+        fit = self._fit(first, top)
+        if fit < top:  # the characters end the window first
+            limit = fit
+            floor = first + max(1, (fit - first + 1) // 2)
+        elif not more:  # the rest of the text fits
+            return self.count, False
+        else:
+            floor = first + max(1, (self.size + 1) // 2)
         best = _NO_BREAK
         chosen = limit
         for index in range(limit, floor - 1, -1):
@@ -275,14 +437,19 @@ class _Chunker:
                     break
         if best == _NO_BREAK:
             chosen = next((i for i in range(limit, floor - 1, -1) if self._clean_cut(i)), limit)
-        return chosen
+        return chosen, fit < top
 
-    def _next_start(self, first: int, end: int) -> int:
+    def _next_start(self, first: int, end: int, by_chars: bool) -> int:
         """Where the window after ``[first, end)`` starts."""
-        if self.overlap == 0:
+        overlap = self.overlap
+        if by_chars:  # the same share of a window cut short by max_chars
+            overlap = overlap * (end - first) // self.size
+        if overlap == 0:
             return end
-        target = max(end - self.overlap, first + 1)  # a window shortened to fit may be short
+        target = max(end - overlap, first + 1)  # a window shortened to fit may be short
         lowest = max(first + 1, target - MAX_WORD_TOKENS)
+        if by_chars:  # moving on by at least half of it
+            lowest = min(target, max(lowest, first + (end - first + 1) // 2))
         candidates = range(target, lowest - 1, -1)
         for wanted in (_WORD_BREAK, _TOKEN_BREAK):
             for index in candidates:
@@ -292,12 +459,13 @@ class _Chunker:
 
     # ---------------------------------------------------------------- the chunks
 
-    def _span(self, first: int, end: int, *, is_first: bool, is_last: bool) -> tuple[int, int]:
+    def _span(self, first: int, end: int, *, is_first: bool) -> tuple[int, int]:
         """Character span of tokens ``[first, end)``, stretched over the characters the
         tokenizer dropped up to the next window's first token, then stripped."""
         text = self.text
-        start = 0 if is_first else self.start_of(first)
-        stop = len(text) if is_last else self.start_of(end)
+        start = self.lead if is_first else self.start_of(first)
+        # No token at all (then the window is the whole text): all but its whitespace.
+        stop = self._tail(end - 1) if end > first else len(text)
         while start < stop and text[start].isspace():
             start += 1
         while stop > start and text[stop - 1].isspace():
@@ -305,7 +473,9 @@ class _Chunker:
         return start, stop
 
     def _needs_check(self, first: int, end: int, *, is_last: bool) -> bool:
-        if any(first < f < end for f in self.forced):
+        order = self.forced_order
+        inside = bisect.bisect_left(order, first)
+        if inside < len(order) and order[inside] < end:
             return True
         if first > 0 and self._kind(first) == _NO_BREAK:
             return True
@@ -318,16 +488,16 @@ class _Chunker:
         chunks: list[Chunk] = []
         first = 0
         while True:
-            end = self._window_end(first)
+            end, by_chars = self._window_end(first)
             is_last = end >= self.count and not self._ensure(end)
-            start, stop = self._span(first, end, is_first=first == 0, is_last=is_last)
+            start, stop = self._span(first, end, is_first=first == 0)
             tokens = end - first
             if self._needs_check(first, end, is_last=is_last):
                 tokens = len(self.tokenizer.token_offsets(text[start:stop]))
                 while tokens > self.size and end - first > 1:
                     end -= 1
                     is_last = False
-                    start, stop = self._span(first, end, is_first=first == 0, is_last=False)
+                    start, stop = self._span(first, end, is_first=first == 0)
                     tokens = len(self.tokenizer.token_offsets(text[start:stop]))
             chunks.append(Chunk(text[start:stop], start, stop, len(chunks), tokens))
             if is_last:
@@ -335,7 +505,7 @@ class _Chunker:
             if self.max_chunks is not None and len(chunks) >= self.max_chunks:
                 more = _NON_SPACE.search(text, stop) is not None
                 return Chunking(tuple(chunks), truncated=more)
-            first = self._next_start(first, end)
+            first = self._next_start(first, end, by_chars)
             self._drop_before(first - 1)  # the boundary in front of `first` reads it
 
 
@@ -382,6 +552,19 @@ def _block_end(text: str, begin: int) -> tuple[int, bool]:
         if not _glued(text, position):
             return position, False
     return stop, False
+
+
+def _piece_end(text: str, start: int, stop: int) -> int:
+    """Where a piece from ``start`` (not whitespace) ends, at ``stop`` at most: after a
+    character other than whitespace and before one that stands on its own; failing
+    that, after any character other than whitespace."""
+    for position in range(stop, start, -1):
+        if not text[position - 1].isspace() and not _glued(text, position):
+            return position
+    for position in range(stop, start, -1):
+        if not text[position - 1].isspace():
+            return position
+    return start + 1  # unreachable: text[start] is not whitespace
 
 
 def _glued(text: str, position: int) -> bool:

@@ -17,6 +17,20 @@ MAX_TEXTS = 256
 MAX_TEXT_CHARS = 100_000
 #: Characters of each row's content a search returns unless told otherwise.
 CONTENT_CHARS = 1000
+#: Characters one chunk of a document holds at most (``INDEXER_CHUNK_MAX_CHARS``), however
+#: few tokens they are: a word the tokenizer cannot split (1,000,000 letters without a
+#: space are one ``[UNK]``) would otherwise be one chunk of any length.  Measured with
+#: ``benchmarks/chunk_chars.py`` (characters from the first to the last token of every
+#: window of consecutive tokens): the largest 200-token window of English man pages as a
+#: terminal shows them was 2,305 characters (4.65 a token on average; 2,885 for 254
+#: tokens), of Python source 1,388, of localized man pages (CJK, Cyrillic, Latin) 1,382, of
+#: Python's documentation topics 1,077, of URLs 564.  Only man pages rendered 4,000 columns
+#: wide pass 8,192: tables as wide as their longest cell, whose box-drawing lines are one
+#: ``[UNK]`` each (320 of 951,045 windows; 17 of their 11,221 chunks at 128 tokens).
+CHUNK_MAX_CHARS = 8192
+#: The smallest bound a chunk may be given: the chunker reads a longer word as pieces of a
+#: quarter of the bound, and a window must hold at least one.
+MIN_CHUNK_CHARS = 16
 
 
 def check_k(k: int, name: str = "k") -> int:

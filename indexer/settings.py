@@ -19,6 +19,7 @@ from typing import Any
 import platformdirs
 
 from indexer.exceptions import ConfigurationError
+from indexer.limits import CHUNK_MAX_CHARS, MIN_CHUNK_CHARS
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -157,6 +158,15 @@ class Settings:
         default=16,
         metadata={"help": "tokens consecutive chunks of a document share (less than half a chunk)"},
     )
+    chunk_max_chars: int = field(
+        # A word without spaces is one token however long; ordinary text never comes
+        # near this (its longest 200-token window measured 2,305 characters: the figures
+        # are in indexer/limits.py).
+        default=CHUNK_MAX_CHARS,
+        metadata={
+            "help": "characters of a chunk of a document at most, however few tokens they are"
+        },
+    )
     document_max_chars: int = field(
         default=1_000_000,
         metadata={
@@ -221,6 +231,11 @@ class Settings:
             raise ConfigurationError(
                 f"{env_name('chunk_overlap')} must be 0 to {overlap_limit - 1} "
                 f"(less than half of {env_name('chunk_tokens')}={self.chunk_tokens})"
+            )
+        if self.chunk_max_chars < MIN_CHUNK_CHARS:
+            raise ConfigurationError(
+                f"{env_name('chunk_max_chars')} must be at least {MIN_CHUNK_CHARS} "
+                f"(characters of a chunk), not {self.chunk_max_chars}"
             )
         if self.threads < 0:
             raise ConfigurationError("INDEXER_THREADS must be 0 (auto) or more")

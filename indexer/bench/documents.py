@@ -97,6 +97,7 @@ def _chunks(text: str, embedder: TextEmbedder, settings: Settings) -> Chunking:
         chunk_tokens=settings.chunk_tokens,
         overlap_tokens=settings.chunk_overlap,
         max_chunks=settings.document_max_chunks,
+        max_chars=settings.chunk_max_chars,
     )
 
 

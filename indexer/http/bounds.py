@@ -24,6 +24,11 @@ class HttpLimits:
       always gets through.
     - ``max_requests``: requests in progress at once, /health excepted; more get 503.
     - ``max_body_bytes``: bytes in one request body (413).
+    - ``max_answer_bytes``: bytes of one /search answer: results, best first, as many
+      whole ones as fit; when some had to be left out the answer says
+      ``"truncated": true``.  Every request in progress may hold one answer (a slow
+      client keeps its answer until it has read it), so ``max_requests`` answers of this
+      size are what answers can take in all.
     - ``memory_budget``: bytes that the bodies of all requests in progress may hold
       together, each body counted ``BODY_COST`` times (the bytes, then their parsed
       JSON); a request that would pass it gets 503 before its body is read.
@@ -45,6 +50,10 @@ class HttpLimits:
     max_connections: int = 1024
     max_requests: int = 64
     max_body_bytes: int = 8 * 1024 * 1024
+    # 4 MiB holds 1,000 rows of a row search (each cut to 1,000 characters) and 1,000
+    # documents of ordinary text with their 3 best passages (about 2.1 MB); 64 requests
+    # holding one each are 256 MiB, as much as the bodies' budget.
+    max_answer_bytes: int = 4 * 1024 * 1024
     memory_budget: int = 256 * 1024 * 1024
     max_filter_bytes: int = 64 * 1024
     max_json_items: int = 4096

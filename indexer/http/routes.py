@@ -411,25 +411,30 @@ def _search(res: Resources, raw: bytes) -> Response:
     _check_filter(body.filter, res.limits.max_filter_bytes)
     _check_texts([body.query], "query")
     vector = res.embed([body.query])[0]
-    found: SearchResponse | DocumentSearchResponse
+    answer = _Answer(res.limits.max_answer_bytes)
     try:
         if body.group == "document":
-            docs = res.store.search_documents(
-                vector, body.k, filter=body.filter, source=body.source, passages=body.passages
-            )
-            found = DocumentSearchResponse(
-                results=[DocumentResult.model_validate(d, from_attributes=True) for d in docs]
+            # Each document is written into the answer as it is read, and the reading
+            # stops when the answer is full: never k documents of 20 passages in memory.
+            res.store.search_documents(
+                vector,
+                body.k,
+                filter=body.filter,
+                source=body.source,
+                passages=body.passages,
+                take=lambda d: answer.add(DocumentResult.model_validate(d, from_attributes=True)),
             )
         else:
             hits = res.store.search(
                 vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS
             )
-            found = SearchResponse(
-                results=[
-                    SearchResult(id=h.id, score=h.score, content=h.content, metadata=h.metadata)
-                    for h in hits
-                ]
-            )
+            for h in hits:
+                result = SearchResult(
+                    id=h.id, score=h.score, content=h.content, metadata=h.metadata
+                )
+                if not answer.add(result):
+                    break
+            del hits
     except DatabaseUnavailable as exc:
         if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
             raise DatabaseUnavailable(
@@ -437,7 +442,48 @@ def _search(res: Resources, raw: bytes) -> Response:
             ) from exc
         raise
     res.outage.up()
-    return Response(found.model_dump_json(), media_type="application/json")
+    return Response(answer.body(), media_type="application/json")
+
+
+class _Answer:
+    """The body of a /search answer, ``{"results": [...]}`` as pydantic writes it, built a
+    result at a time and never longer than ``limit`` bytes: a result that would pass it
+    is left out, and so is every one after it, and the answer ends with
+    ``"truncated": true``."""
+
+    _HEAD = b'{"results":['
+    _END = b"]}"
+    _CUT_END = b'],"truncated":true}'
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = len(self._HEAD) + len(self._CUT_END)
+        self.truncated = False
+
+    def add(self, result: BaseModel) -> bool:
+        """Append ``result``; False (and nothing appended) once the answer is full."""
+        if self.truncated:
+            return False
+        item = result.model_dump_json().encode()
+        size = self.size + len(item) + (1 if self.parts else 0)
+        if size > self.limit:
+            self.truncated = True
+            return False
+        self.parts.append(item)
+        self.size = size
+        return True
+
+    def body(self) -> bytes:
+        """The answer, in one copy; the parts are let go."""
+        pieces = [self._HEAD]
+        for part in self.parts:
+            pieces += (part, b",")
+        if self.parts:
+            pieces.pop()
+        pieces.append(self._CUT_END if self.truncated else self._END)
+        self.parts = []
+        return b"".join(pieces)
 
 
 def _check_filter(value: dict[str, Any] | None, limit: int) -> None:

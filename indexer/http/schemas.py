@@ -156,8 +156,16 @@ class SearchResult(BaseModel):
     metadata: dict[str, Any]
 
 
+_TRUNCATED = (
+    "present, and true, only when results were left out so that the answer stays within "
+    f"{HttpLimits.max_answer_bytes // (1024 * 1024)} MiB: the results given are the best, "
+    "whole; ask for fewer (k, passages) to get them all"
+)
+
+
 class SearchResponse(BaseModel):
     results: list[SearchResult]
+    truncated: bool = Field(default=False, description=_TRUNCATED)
 
 
 class Passage(BaseModel):
@@ -182,6 +190,7 @@ class DocumentResult(BaseModel):
 
 class DocumentSearchResponse(BaseModel):
     results: list[DocumentResult]
+    truncated: bool = Field(default=False, description=_TRUNCATED)
 
 
 class Health(BaseModel):

@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, LiteralString
+from typing import Any, LiteralString, cast
 
 import numpy as np
 import psycopg
@@ -526,9 +526,14 @@ class Store(DocumentQueries):
         filter: dict[str, Any] | None = None,
         source: str | None = None,
         passages: int = 3,
+        take: Callable[[DocumentHit], bool] | None = None,
     ) -> list[DocumentHit]:
         """The k documents whose best chunk is nearest to ``query`` (cosine), best first;
-        only chunks whose metadata contains ``filter``, of ``source`` (None: all)."""
+        only chunks whose metadata contains ``filter``, of ``source`` (None: all).
+
+        The rows are read one at a time (k documents of 20 passages each may be far more
+        than a caller wants to hold).  ``take``, if given, sees each document in turn and
+        returns False to stop: that document and the rest are left out, never read."""
         check_k(k)
         check_passages(passages)
         params = {
@@ -538,33 +543,43 @@ class Store(DocumentQueries):
             "source": source,
             "passages": passages,
         }
+        hits: list[DocumentHit] = []
+
+        def read(conn: db.Connection) -> None:
+            rows = conn.cursor().stream(QUERIES["search_documents"], params)
+            try:
+                for r in rows:
+                    hit = DocumentHit(
+                        source=r["source"],
+                        key=r["key"],
+                        score=float(r["score"]),
+                        content=r["content"],
+                        position=r["position"],
+                        char_start=r["char_start"],
+                        char_end=r["char_end"],
+                        metadata=r["metadata"],
+                        passages=list(r["passages"]),
+                    )
+                    if take is not None and not take(hit):
+                        break
+                    hits.append(hit)
+            finally:  # stopped early: the statement is cancelled and drained now
+                cast(Generator[Any, None, None], rows).close()
+
         try:
             with self._connection("searching documents") as conn:
                 if k <= EF_SEARCH:
-                    rows = conn.execute(QUERIES["search_documents"], params).fetchall()
+                    read(conn)
                 else:
                     # As in search(): one HNSW scan returns at most ef_search rows, so
                     # widen it for this statement only.
                     with conn.transaction():
                         width = {"ef_search": str(k), "local": True}
                         conn.execute(QUERIES["search_width"], width)
-                        rows = conn.execute(QUERIES["search_documents"], params).fetchall()
+                        read(conn)
         except psycopg.errors.UndefinedObject as exc:  # no source of that name
             raise SourceError(first_line(exc)) from exc
-        return [
-            DocumentHit(
-                source=r["source"],
-                key=r["key"],
-                score=float(r["score"]),
-                content=r["content"],
-                position=r["position"],
-                char_start=r["char_start"],
-                char_end=r["char_end"],
-                metadata=r["metadata"],
-                passages=list(r["passages"]),
-            )
-            for r in rows
-        ]
+        return hits
 
     def insert_documents(self, contents: Sequence[str], metadata: Sequence[str]) -> list[int]:
         """Rows of the built-in documents table (metadata as JSON text); their ids."""

@@ -275,6 +275,7 @@ class DocumentWork:
             chunk_tokens=s.chunk_tokens,
             overlap_tokens=s.chunk_overlap,
             max_chunks=s.document_max_chunks,
+            max_chars=s.chunk_max_chars,
         )
         chunks = []
         tokens: dict[bytes, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import threading
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import pytest
 from indexer.chunking import chunk_text
 from indexer.db.connect import Connection, connect
 from indexer.embedding import Embedder
+from indexer.limits import CHUNK_MAX_CHARS
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.testing import CountingEmbedder
@@ -256,6 +258,34 @@ def test_a_document_over_the_limits_is_indexed_cut_and_says_so(
     drain(dataclasses.replace(settings, document_max_chunks=3), embedder)
     assert len(chunks_of(conn, many_key)) == 3
     assert doc_row(conn, many_key)["truncated"] is True
+
+
+def test_a_document_without_a_space_becomes_chunks_no_longer_than_the_bound(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    # 1,000,000 letters without a space are one [UNK] token to the tokenizer: they used to
+    # be one chunk of 1,000,000 characters (and a search returned all of them).
+    rng = np.random.default_rng(7)
+    text = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 1_000_000))
+    key = add_document(conn, text)
+    drain(settings, embedder)
+    rows = chunks_of(conn, key)
+    assert settings.chunk_max_chars == CHUNK_MAX_CHARS
+    assert len(rows) == -(-len(text) // CHUNK_MAX_CHARS)
+    assert max(len(r["content"]) for r in rows) == CHUNK_MAX_CHARS
+    for r in rows:
+        assert text[r["char_start"] : r["char_end"]] == r["content"]
+        assert r["state"] == "embedded"
+    assert rows[0]["char_start"] == 0 and rows[-1]["char_end"] == len(text)
+    assert all(b["char_start"] <= a["char_end"] for a, b in itertools.pairwise(rows))
+    assert doc_row(conn, key)["truncated"] is False
+    # A smaller bound, and fewer chunks than the text needs: cut, and it says so.
+    conn.execute("UPDATE documents SET content = content || 'z' WHERE id = %s", (key,))
+    drain(dataclasses.replace(settings, chunk_max_chars=1000, document_max_chunks=50), embedder)
+    rows = chunks_of(conn, key)
+    assert len(rows) == 50
+    assert max(len(r["content"]) for r in rows) == 1000
+    assert doc_row(conn, key)["truncated"] is True
 
 
 def test_empty_documents_have_no_chunks_and_direct_rows_still_work(

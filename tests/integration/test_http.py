@@ -31,7 +31,7 @@ from indexer.http.resources import SEARCH_CONNECTIONS
 from indexer.limits import MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
 from indexer.metrics import Metrics
 from indexer.settings import Settings
-from indexer.store import Store
+from indexer.store import DocumentHit, Store
 from indexer.store.queries import QUERIES
 from indexer.worker import Worker
 from tests.helpers import CORPUS, wait_until
@@ -483,6 +483,103 @@ def test_concurrent_searches_share_one_bounded_store(
                 locker.rollback()  # lets them all through
         found = [f.result() for f in futures]
     assert found == [ids[key] for key, _ in asked]
+
+
+# -- the answer's bound ---------------------------------------------------------------
+
+#: A bound small enough that a few long results fill it.
+SMALL_ANSWER = 30_000
+
+
+def _long_documents(conn: Connection, embedder: Embedder, documents: int) -> None:
+    """``documents`` documents of the built-in source, two passages of about 1,000
+    characters each, all with one vector (so the order is the document ids')."""
+    vector = embedder.embed(["a long passage"])[0]
+    conn.execute(
+        "INSERT INTO source_documents (source_id, doc_key, state, chunk_count) "
+        "SELECT s.id, i::text, 'indexed', 2 FROM sources s, generate_series(1, %s) i "
+        "WHERE s.name = 'documents'",
+        (documents,),
+    )
+    conn.execute(
+        "INSERT INTO chunks (content, embedding, state, document_id, source_id, doc_key, "
+        "position, char_start, char_end) "
+        "SELECT repeat('passage ', 124) || d.doc_key || '/' || p, %s, 'embedded', d.id, "
+        "d.source_id, d.doc_key, p, p * 1000, p * 1000 + 992 + length(d.doc_key) + 2 "
+        "FROM source_documents d, generate_series(0, 1) p",
+        (vector,),
+    )
+
+
+def test_a_document_search_answer_is_cut_to_whole_results_within_its_bound(
+    api: Api, settings: Settings, database: str, embedder: Embedder, conn: Connection
+) -> None:
+    _long_documents(conn, embedder, 150)
+    ask = {"query": "a passage", "group": "document", "passages": 2}
+    # k over the HNSW scan's width (100) reads the answer in a transaction of its own.
+    for k in (20, 150):
+        whole = api.client.post("/search", json={**ask, "k": k})
+        assert whole.status_code == 200, whole.text
+        assert "truncated" not in whole.json()
+        assert len(whole.json()["results"]) == k
+        with serve(settings, database, embedder, HttpLimits(max_answer_bytes=SMALL_ANSWER)) as cut:
+            response = cut.client.post("/search", json={**ask, "k": k})
+            assert response.status_code == 200, response.text
+            assert len(response.content) <= SMALL_ANSWER
+            body = response.json()
+            assert body["truncated"] is True
+            kept = body["results"]
+            # The best results, whole; the next one would not have fitted.
+            assert 0 < len(kept) < k
+            assert kept == whole.json()["results"][: len(kept)]
+            following = json.dumps(whole.json()["results"][len(kept)], separators=(",", ":"))
+            assert len(response.content) + len(following) + 1 > SMALL_ANSWER
+            # An answer that fits is the same, byte for byte, as without the bound.
+            few = cut.client.post("/search", json={**ask, "k": 2})
+            assert few.content == api.client.post("/search", json={**ask, "k": 2}).content
+            assert "truncated" not in few.json()
+
+
+def test_a_row_search_answer_is_cut_to_whole_results_within_its_bound(
+    api: Api, settings: Settings, database: str, embedder: Embedder, conn: Connection
+) -> None:
+    vector = embedder.embed(["a long row"])[0]
+    conn.execute(
+        "INSERT INTO chunks (content, metadata, embedding, state) "
+        "SELECT repeat('row ', 500) || i, jsonb_build_object('n', i), %s, 'embedded' "
+        "FROM generate_series(1, 60) i",
+        (vector,),
+    )
+    whole = api.client.post("/search", json={"query": "a row", "k": 60}).json()
+    assert "truncated" not in whole and len(whole["results"]) == 60
+    with serve(settings, database, embedder, HttpLimits(max_answer_bytes=SMALL_ANSWER)) as cut:
+        response = cut.client.post("/search", json={"query": "a row", "k": 60})
+        assert response.status_code == 200, response.text
+        assert len(response.content) <= SMALL_ANSWER
+        body = response.json()
+        assert body["truncated"] is True
+        assert 0 < len(body["results"]) < 60
+        assert body["results"] == whole["results"][: len(body["results"])]
+
+
+def test_a_document_search_stops_reading_where_its_caller_stops(
+    settings: Settings, database: str, embedder: Embedder, conn: Connection
+) -> None:
+    _long_documents(conn, embedder, 150)
+    vector = embedder.embed(["a passage"])[0]
+    # One connection: a search left early must leave it ready for the next one.
+    with Store(database, settings.schema, pool_size=1) as store:
+        for k in (20, 150):
+            seen: list[str] = []
+
+            def take(hit: DocumentHit, seen: list[str] = seen) -> bool:
+                seen.append(hit.key)
+                return len(seen) < 3
+
+            hits = store.search_documents(vector, k, passages=2, take=take)
+            assert [h.key for h in hits] == ["1", "2"]
+            assert seen == ["1", "2", "3"]  # the fourth document was never read
+            assert len(store.search_documents(vector, k, passages=2)) == k
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from indexer.chunking import BLOCK_CHARS, MAX_WORD_TOKENS, Chunk, Chunking, chunk_text
+from indexer.chunking import (
+    BLOCK_CHARS,
+    CHUNK_MAX_CHARS,
+    MAX_WORD_TOKENS,
+    Chunk,
+    Chunking,
+    chunk_text,
+)
 from indexer.embedding import Embedder
 from indexer.exceptions import ConfigurationError
 
@@ -119,6 +126,8 @@ def test_bad_settings_are_one_line_configuration_errors(embedder: Embedder) -> N
         {"chunk_tokens": 100, "overlap_tokens": -1},
         {"chunk_tokens": 100, "overlap_tokens": 50},
         {"chunk_tokens": 100, "overlap_tokens": 10, "max_chunks": 0},
+        {"chunk_tokens": 100, "overlap_tokens": 10, "max_chars": 15},
+        {"chunk_tokens": 100, "overlap_tokens": 10, "max_chars": 100.0},
     ):
         with pytest.raises(ConfigurationError) as caught:
             chunk_text("some text", embedder, **settings)
@@ -280,12 +289,19 @@ UNICODE_PIECES = (
 
 def test_unicode_is_never_split_inside_a_character_nor_lost(embedder: Embedder) -> None:
     rng = random.Random(3)
-    for size, overlap in ((8, 3), (16, 0), (50, 10)):
+    for size, overlap, max_chars in ((8, 3, None), (16, 0, None), (50, 10, None), (16, 3, 64)):
         for _ in range(10):
             pieces = [rng.choice(UNICODE_PIECES) for _ in range(rng.randint(20, 400))]
             text = "".join(pieces)
-            result = chunk_text(text, embedder, chunk_tokens=size, overlap_tokens=overlap)
+            result = chunk_text(
+                text,
+                embedder,
+                chunk_tokens=size,
+                overlap_tokens=overlap,
+                max_chars=max_chars or CHUNK_MAX_CHARS,
+            )
             _check(text, result, embedder, size)
+            assert all(len(c.text) <= (max_chars or CHUNK_MAX_CHARS) for c in result.chunks)
 
 
 @pytest.mark.parametrize(
@@ -313,6 +329,109 @@ def test_cjk_without_spaces_ends_windows_at_sentence_ends(embedder: Embedder) ->
     _check(text, result, embedder, 50)
     assert all(c.text.endswith("。") for c in result.chunks)
     assert result.chunks[0].tokens == 44
+
+
+# --------------------------------------------------------------- characters
+
+
+def test_a_text_without_a_space_becomes_many_bounded_chunks(embedder: Embedder) -> None:
+    # 1,000,000 letters without a space are one [UNK] token to the tokenizer: they used
+    # to make one chunk of 1,000,000 characters.
+    rng = random.Random(10)
+    text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(1_000_000))
+    result = chunk_text(text, embedder, chunk_tokens=128, overlap_tokens=16)
+    assert not result.truncated
+    assert max(len(c.text) for c in result.chunks) == CHUNK_MAX_CHARS
+    assert len(result) == -(-len(text) // CHUNK_MAX_CHARS)  # pieces of one word: no overlap
+    _check(text, result, embedder, 128)
+    cut = chunk_text(text, embedder, chunk_tokens=128, overlap_tokens=16, max_chunks=10)
+    assert cut.truncated
+    assert cut.chunks == result.chunks[:10]
+
+
+def test_ordinary_text_is_never_cut_by_the_default_bound(embedder: Embedder) -> None:
+    # README (prose, tables, shell and SQL, URLs) and Python's documentation topics, in
+    # the largest windows the model reads: the bound changes no chunk.
+    from pydoc_data.topics import topics
+
+    texts = [(ROOT / "README.md").read_text(encoding="utf-8"), *topics.values()]
+    for text in texts:
+        bounded = chunk_text(text, embedder, chunk_tokens=254, overlap_tokens=32)
+        free = chunk_text(text, embedder, chunk_tokens=254, overlap_tokens=32, max_chars=10**9)
+        assert bounded == free
+        assert max(len(c.text) for c in bounded.chunks) < CHUNK_MAX_CHARS // 2
+
+
+_PATHOLOGICAL = (
+    "word",
+    " ",
+    "\n\n",
+    ". ",
+    "x" * 40,
+    "y" * 130,  # one [UNK]
+    "\u200b" * 30,  # a format character: dropped by the tokenizer, inside a word or not
+    "\u00ad",
+    " \u00ad\u00ad ",
+    "\x00",
+    "\x1c",  # whitespace to Python, a control character the tokenizer drops
+    "\u4e2d\u6587",
+    "e\u0301",
+    "-",
+    "\u3000",
+)
+
+
+@pytest.mark.parametrize("max_chars", [16, 17, 64, 300])
+def test_windows_cut_by_characters_cover_the_text_and_fit(
+    embedder: Embedder, max_chars: int
+) -> None:
+    rng = random.Random(max_chars)
+    for _ in range(80):
+        text = "".join(rng.choice(_PATHOLOGICAL) for _ in range(rng.randint(1, 120)))
+        size = rng.randint(3, 40)
+        overlap = rng.randint(0, (size + 1) // 2 - 1)
+        result = chunk_text(
+            text, embedder, chunk_tokens=size, overlap_tokens=overlap, max_chars=max_chars
+        )
+        _check(text, result, embedder, size)
+        assert all(len(c.text) <= max_chars for c in result.chunks), (text, size, overlap)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" + "\u200b" * 100_000 + "b",  # one token of 100,002 characters
+        " \u00ad" * 50_000,  # no token at all, spaces between
+        "\u00ad" * 100_000,  # no token at all
+        "word " + "\x00" * 50_000 + " word",  # a run the tokenizer drops, between tokens
+        "a" + " " * 100_000 + "b",  # whitespace belongs to no chunk
+    ],
+    ids=["in-a-token", "spaced", "alone", "between-tokens", "whitespace"],
+)
+def test_runs_of_characters_the_tokenizer_drops_are_bounded_too(
+    embedder: Embedder, text: str
+) -> None:
+    result = chunk_text(text, embedder, chunk_tokens=128, overlap_tokens=16, max_chars=1000)
+    _check(text, result, embedder, 128)
+    assert all(len(c.text) <= 1000 for c in result.chunks)
+    if text.startswith("a "):
+        assert [c.text for c in result.chunks] == ["a", "b"]
+    else:
+        assert len(result) >= -(-len(text.strip()) // 1000)
+
+
+def test_a_window_cut_by_characters_overlaps_by_the_same_share(embedder: Embedder) -> None:
+    # Words of 150 letters (each one [UNK]) fill 8,192 characters with 54 tokens: a
+    # window ends at a word, shares 16/128 of its 54 tokens (6 words) with the next.
+    rng = random.Random(11)
+    text = " ".join("".join(rng.choice("abcdefghij") for _ in range(150)) for _ in range(1000))
+    result = chunk_text(text, embedder, chunk_tokens=128, overlap_tokens=16)
+    _check(text, result, embedder, 128)
+    assert not result.truncated
+    for current, following in itertools.pairwise(result.chunks[:-1]):
+        assert current.tokens == 54
+        assert len(current.text) == 54 * 151 - 1 <= CHUNK_MAX_CHARS
+        assert current.end - following.start == 6 * 151 - 1
 
 
 # -------------------------------------------------------------------- scale

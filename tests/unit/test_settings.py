@@ -55,6 +55,8 @@ def test_an_override_wins_over_the_environment_and_none_means_unset() -> None:
         ("INDEXER_MODEL_VARIANT", "fp16", "must be 'fp32' or 'int8'"),
         ("INDEXER_LOG_FORMAT", "xml", "must be 'text' or 'json'"),
         ("INDEXER_THREADS", "-1", "INDEXER_THREADS must be 0 (auto) or more"),
+        ("INDEXER_CHUNK_MAX_CHARS", "15", "INDEXER_CHUNK_MAX_CHARS must be at least 16"),
+        ("INDEXER_CHUNK_MAX_CHARS", "8k", "INDEXER_CHUNK_MAX_CHARS='8k' is not a number"),
     ],
 )
 def test_bad_values_are_one_clear_line(variable: str, value: str, message: str) -> None:
