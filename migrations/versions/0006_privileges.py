@@ -701,6 +701,15 @@ BEGIN
 END
 $$;
 
+-- Passages longer than the daemon now makes them (INDEXER_CHUNK_MAX_CHARS, 8,192 by
+-- default: before, a text the tokenizer folds into few tokens made one chunk of any
+-- length): their documents are queued again, to be cut anew.
+UPDATE @s.source_documents d
+SET version = d.version + 1, state = 'pending', attempts = 0, last_error = NULL,
+    retry_at = NULL, claimed_by = NULL, lease_expires_at = NULL, queued_at = now()
+WHERE d.id IN (SELECT c.document_id FROM @s.chunks c
+               WHERE c.document_id IS NOT NULL AND length(c.content) > 8192);
+
 ALTER TABLE @s.chunks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY chunks_read ON @s.chunks FOR SELECT
     USING (document_id IS NULL
