@@ -68,6 +68,10 @@ class SourceError(IndexerError):
     """A source table cannot be registered, read or removed (the message says why)."""
 
 
+class SourceBusy(SourceError):
+    """A source's table is locked by another transaction: its documents wait a little."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none): driver
     and runtime errors can span many lines, and a user's error is one line."""

@@ -324,6 +324,9 @@ class FakeStore:
     def release_documents(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
         return None
 
+    def defer_documents(self, worker_id: uuid.UUID, ids: Sequence[int], seconds: float) -> None:
+        return None
+
     def _no_documents(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("FakeStore holds no documents")
 

@@ -20,7 +20,7 @@ from psycopg import errors
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from indexer.exceptions import SourceError, first_line, stored_error
+from indexer.exceptions import SourceBusy, SourceError, first_line, stored_error
 
 #: Reading a user's table can fail for reasons of that table (dropped, a column renamed,
 #: rights revoked, a statement timeout): any driver error that reaches here (a lost
@@ -102,6 +102,11 @@ class DocumentQueries:
             rows = self._execute(
                 "source_texts", {"source": source_id, "keys": list(keys), "max_chars": max_chars}
             )
+        except errors.LockNotAvailable as exc:
+            # source_texts waits at most its lock_timeout for the table: never the daemon.
+            raise SourceBusy(
+                f"the table of source {source_id} is locked: {first_line(exc)}"
+            ) from None
         except psycopg.Error as exc:
             # The line names the table (the server's own messages do, and the indexer's
             # name the source too).
@@ -227,6 +232,16 @@ class DocumentQueries:
     def release_documents(self: _Executes, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
         if ids:
             self._execute("release_documents", {"worker_id": worker_id, "ids": list(ids)})
+
+    def defer_documents(
+        self: _Executes, worker_id: uuid.UUID, ids: Sequence[int], seconds: float
+    ) -> None:
+        """Documents of a locked table: pending again, due in ``seconds``, no attempt
+        counted."""
+        if ids:
+            self._execute(
+                "defer_documents", {"worker_id": worker_id, "ids": list(ids), "seconds": seconds}
+            )
 
     def backfills_due(self: _Executes) -> list[tuple[int, str]]:
         """Sources whose existing rows are not all queued yet: (id, name)."""

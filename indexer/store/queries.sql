@@ -374,6 +374,17 @@ FROM (SELECT id FROM source_documents
       FOR UPDATE SKIP LOCKED) AS held
 WHERE d.id = held.id;
 
+-- defer_documents --
+-- Documents whose table is locked by another transaction right now: back to pending,
+-- due again in %(seconds)s seconds, without counting an attempt (nothing failed).
+UPDATE source_documents AS d
+SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL,
+    retry_at = now() + make_interval(secs => %(seconds)s)
+FROM (SELECT id FROM source_documents
+      WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed'
+      FOR UPDATE SKIP LOCKED) AS held
+WHERE d.id = held.id;
+
 -- backfills_due --
 SELECT id, name FROM sources WHERE backfill_done_at IS NULL ORDER BY id;
 

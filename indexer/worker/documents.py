@@ -36,7 +36,7 @@ import numpy as np
 
 from indexer.chunking import chunk_text
 from indexer.embedding import TextEmbedder
-from indexer.exceptions import EmbeddingError, SourceError
+from indexer.exceptions import EmbeddingError, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import Backfill, BackfillStore
@@ -44,6 +44,10 @@ from indexer.worker.claim import BatchResult
 from indexer.worker.lease import LeaseKeeper
 
 logger = logging.getLogger(__name__)
+
+#: How long the documents of a source whose table another transaction has locked wait
+#: before they are tried again (reading gives up after 200 ms; nothing is counted).
+LOCKED_DEFER = 5.0
 
 
 class DocumentStore(BackfillStore, Protocol):
@@ -98,6 +102,8 @@ class DocumentStore(BackfillStore, Protocol):
     ) -> list[int]: ...
 
     def release_documents(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None: ...
+
+    def defer_documents(self, worker_id: uuid.UUID, ids: Sequence[int], seconds: float) -> None: ...
 
 
 class _DocumentLeases:
@@ -214,6 +220,14 @@ class DocumentWork:
                 rows = self.store.source_texts(
                     source_id, [d.key for d in members], self.settings.document_max_chars + 1
                 )
+            except SourceBusy as exc:
+                # Another transaction holds the table (a long ALTER, a LOCK): this source's
+                # documents wait, the others go on, and no attempt is counted.
+                logger.info("%s; its %d document(s) wait", exc, len(members))
+                self.store.defer_documents(self.worker_id, [d.id for d in members], LOCKED_DEFER)
+                deferred = {d.id for d in members}
+                self.held = [i for i in self.held if i not in deferred]
+                continue
             except SourceError as exc:
                 failures.extend((d, str(exc)) for d in members)
                 continue

@@ -599,10 +599,13 @@ END
 $$;
 
 -- The text and metadata of a source's documents, by key (see migration 0005), read
--- with row_security off and no code of the table owner's types (source_column).
+-- with row_security off and no code of the table owner's types (source_column), waiting
+-- at most 200 ms for the table's lock (a table held by a long ALTER or LOCK must not
+-- stall the daemon: its documents wait, the others go on).
 CREATE OR REPLACE FUNCTION @s.source_texts(source integer, keys text[], max_chars integer)
 RETURNS TABLE (doc_key text, content text, metadata jsonb)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET row_security = off
+    SET lock_timeout = '200ms' AS $$
 DECLARE
     src @s.sources;
     text_expr text;

@@ -435,3 +435,26 @@ def test_a_document_the_chunker_fails_on_fails_alone(
     assert failed["state"] == "failed"
     assert failed["last_error"] == "could not be chunked: ValueError: the tokenizer gave up"
     assert doc_row(conn, good)["state"] == "indexed"
+
+
+def test_a_locked_source_table_holds_up_only_its_own_documents(
+    settings: Settings, embedder: Embedder, conn: Connection, database: str
+) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT add_source('notes', NULL, ARRAY['body'])")
+    conn.execute("INSERT INTO notes VALUES (1, 'one'), (2, 'two')")
+    add_document(conn, "the other source goes on")
+    with connect(database, "public") as holder:
+        holder.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")  # a long ALTER, say
+        done = threading.Thread(target=drain, args=(settings, embedder), daemon=True)
+        done.start()
+        # Bounds a hang only (before, the daemon waited for the lock as long as it was held).
+        done.join(timeout=120)
+        assert not done.is_alive()
+        holder.rollback()
+    assert doc_row(conn, 1)["state"] == "indexed"
+    waiting = conn.execute(
+        "SELECT state, attempts, last_error, retry_at > now() AS later FROM source_documents d"
+        " JOIN sources s ON s.id = d.source_id WHERE s.name = 'public.notes'"
+    ).fetchall()
+    assert waiting == [{"state": "pending", "attempts": 0, "last_error": None, "later": True}] * 2
