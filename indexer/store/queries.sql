@@ -184,7 +184,7 @@ RETURNING d.id, d.source_id, d.doc_key, d.version, d.attempts;
 -- source_texts --
 -- The current text and metadata of documents of one source (migration 0005).
 SELECT doc_key, content, metadata
-FROM source_texts(%(source)s, %(keys)s::text[], %(max_chars)s);
+FROM source_texts(%(source)s::integer, %(keys)s::text[], %(max_chars)s::integer);
 
 -- cached_vectors --
 -- The vector cache's entries for these hashes under %(cache_key)s; a reused entry's
@@ -391,7 +391,7 @@ SELECT id, name FROM sources WHERE backfill_done_at IS NULL ORDER BY id;
 -- backfill_source --
 -- One key range of a source's existing rows (migration 0005); NULL: done, or another
 -- daemon holds it.
-SELECT backfill_source(%(source)s, %(batch)s) AS queued;
+SELECT backfill_source(%(source)s::integer, %(batch)s::integer) AS queued;
 
 -- insert_event --
 INSERT INTO events (kind, worker_id, batch_id, row_count, token_count, chunk_ids, error, detail)
@@ -439,7 +439,7 @@ RETURNING id;
 -- index; the metadata filter (jsonb containment, '{}' matches all) is applied during
 -- the index scan, and pgvector's iterative scan (0.8+) keeps going until k rows pass.
 SELECT id, score, left(content, %(max_chars)s) AS content, metadata
-FROM search_chunks(%(query)s, %(k)s, %(filter)s::jsonb);
+FROM search_chunks(%(query)s::vector, %(k)s::integer, %(filter)s::jsonb);
 
 -- search_width --
 -- hnsw.ef_search bounds how many rows one HNSW scan can return; %(local)s: for the
@@ -550,17 +550,17 @@ SELECT s.name, s.table_schema, s.table_name, s.key_column, s.key_type, s.text_co
        (SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = s.table_schema AND c.relname = s.table_name) AS estimated_rows
-FROM add_source(%(table)s, %(key)s, %(text)s::text[], %(metadata)s::text[],
-                %(metadata_json)s, %(name)s, %(lock_wait)s::interval) AS s;
+FROM add_source(%(table)s::regclass, %(key)s::text, %(text)s::text[], %(metadata)s::text[],
+                %(metadata_json)s::text, %(name)s::text, %(lock_wait)s::interval) AS s;
 
 -- detach_source --
 -- Drop a source's triggers, in a transaction of its own (DROP TRIGGER locks the
 -- application's table until the transaction ends; see remove_source).  NULL, or the
 -- line that says which triggers stay and who may drop them.
-SELECT detach_source(%(name)s, %(lock_wait)s::interval) AS detached;
+SELECT detach_source(%(name)s::text, %(lock_wait)s::interval) AS detached;
 
 -- remove_source --
-SELECT remove_source(%(name)s) AS removed;
+SELECT remove_source(%(name)s::text) AS removed;
 
 -- source_status --
 SELECT * FROM indexer_source_status ORDER BY source;
@@ -605,7 +605,8 @@ ORDER BY s.name;
 -- The k documents nearest to a query vector: search_documents() (migration 0005) is
 -- the one definition, the same a user runs in SQL.
 SELECT source, key, score, content, position, char_start, char_end, metadata, passages
-FROM search_documents(%(query)s, %(k)s, %(filter)s::jsonb, %(source)s, %(passages)s);
+FROM search_documents(%(query)s::vector, %(k)s::integer, %(filter)s::jsonb, %(source)s::text,
+                      %(passages)s::integer);
 
 -- insert_documents --
 -- Rows of the built-in documents table (its trigger queues them for the daemon).

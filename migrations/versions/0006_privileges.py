@@ -254,12 +254,12 @@ $$;
 -- whose row-level security applies to this role, is refused; the triggers are created
 -- OR REPLACE (a removal by a role that could not drop them left them behind), and
 -- taking the table's lock waits at most lock_wait (the application is never queued
--- behind a long wait: the caller retries).  Its search_path is the caller's, so that
--- the table's name is found as in any statement of the caller's; every object it uses
--- is named with its schema.
+-- behind a long wait: the caller retries).  The table is a regclass argument: its name
+-- is found with the caller's search_path as the call reads it, before this function's
+-- own path (pg_catalog only) applies.
 DROP FUNCTION @s.add_source(text, text, text[], text[], text, text);
 CREATE FUNCTION @s.add_source(
-    source_table text,
+    source_table regclass,
     key_column text DEFAULT NULL,
     text_columns text[] DEFAULT NULL,
     metadata_columns text[] DEFAULT '{}',
@@ -267,9 +267,9 @@ CREATE FUNCTION @s.add_source(
     source_name text DEFAULT NULL,
     lock_wait interval DEFAULT '200ms'
 ) RETURNS @s.sources
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '200ms' AS $$
 DECLARE
-    rel regclass;
+    rel regclass := source_table;
     kind "char";
     persistence "char";
     nsp text;
@@ -281,15 +281,8 @@ DECLARE
     qualified text;
     op text;
 BEGIN
-    BEGIN
-        -- The caller's search_path finds the table, as it would in any statement.
-        rel := to_regclass(source_table);
-    EXCEPTION WHEN invalid_name OR invalid_parameter_value OR syntax_error
-                   OR feature_not_supported THEN
-        RAISE EXCEPTION '% is not a table name', source_table USING ERRCODE = 'invalid_name';
-    END;
     IF rel IS NULL THEN
-        RAISE EXCEPTION 'no table %', source_table USING ERRCODE = 'undefined_table';
+        RAISE EXCEPTION 'no table given' USING ERRCODE = 'undefined_table';
     END IF;
     SELECT c.relkind, c.relpersistence, n.nspname, c.relname
     INTO kind, persistence, nsp, relname
@@ -416,7 +409,9 @@ BEGIN
              WHERE a.attrelid = rel AND a.attname = metadata_json))
     RETURNING * INTO src;
 
-    PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
+    -- Within this function only (its SET clause): at least 1 ms (0 would mean no limit).
+    PERFORM set_config('lock_timeout',
+                       greatest(ceil(extract(epoch FROM lock_wait) * 1000), 1)::bigint::text,
                        true);
     FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
         EXECUTE format(
@@ -444,7 +439,7 @@ DROP FUNCTION @s.remove_source(text);
 DROP FUNCTION @s.detach_source(text);
 CREATE FUNCTION @s.detach_source(source_name text, lock_wait interval DEFAULT '200ms')
 RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '200ms' AS $$
 DECLARE
     src @s.sources;
     owner oid;
@@ -469,7 +464,8 @@ BEGIN
                       'DROP TRIGGER indexer_source_truncate ON %s;', src.relation,
                       owner::regrole, src.relation, src.relation, src.relation, src.relation);
     END IF;
-    PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
+    PERFORM set_config('lock_timeout',
+                       greatest(ceil(extract(epoch FROM lock_wait) * 1000), 1)::bigint::text,
                        true);
     FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'indexer_source_' || op,
@@ -549,11 +545,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE a.attrelid = relation AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
+-- Take a share lock on a source's table before its columns are looked at: no ALTER can
+-- then change them until the transaction ends, and this function's statements, each
+-- with a snapshot of its own (READ COMMITTED), see the columns the read will use.  Under
+-- a snapshot older than the lock (REPEATABLE READ, SERIALIZABLE) a column changed just
+-- before could be checked as it was and read as it is: refused.
+CREATE FUNCTION @s.lock_source(src @s.sources) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'the indexer reads source tables in READ COMMITTED transactions only '
+                        '(this one is %)', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = src.relation) THEN
+        RAISE EXCEPTION 'the table %.% of source % is gone', quote_ident(src.table_schema),
+            quote_ident(src.table_name), src.name USING ERRCODE = 'invalid_table_definition';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', src.relation);
+END
+$$;
+
 -- The next range of a source's existing rows (see migration 0005), read with
 -- row_security off (a table whose policies apply to this role is refused, not read).
 CREATE OR REPLACE FUNCTION @s.backfill_source(source integer, batch integer DEFAULT 5000)
 RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
 DECLARE
     src @s.sources;
     keys text[];
@@ -568,6 +585,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    PERFORM @s.lock_source(src);
     src := @s.current_names(src);
     why := @s.source_unreadable(src);
     IF why IS NOT NULL THEN
@@ -604,7 +622,7 @@ $$;
 -- stall the daemon: its documents wait, the others go on).
 CREATE OR REPLACE FUNCTION @s.source_texts(source integer, keys text[], max_chars integer)
 RETURNS TABLE (doc_key text, content text, metadata jsonb)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET row_security = off
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET row_security = off
     SET lock_timeout = '200ms' AS $$
 DECLARE
     src @s.sources;
@@ -616,6 +634,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    PERFORM @s.lock_source(src);
     src := @s.current_names(src);
     why := @s.source_unreadable(src);
     IF why IS NOT NULL THEN
@@ -643,18 +662,19 @@ BEGIN
 END
 $$;
 
--- Whether the calling role may SELECT every column of the source the indexer reads.
-CREATE FUNCTION @s.columns_readable(src @s.sources) RETURNS boolean
+-- Whether the calling role may read these columns (by number) of a table: USAGE on its
+-- schema and SELECT on each column; a column dropped since registration makes it false
+-- (its text may still be in the passages until they are made again).
+CREATE FUNCTION @s.columns_readable(relation regclass, attnums smallint[]) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT r.key_column IS NOT NULL AND NOT EXISTS (
-        SELECT 1
-        FROM unnest(array_remove(ARRAY[r.key_column] || r.text_columns
-                                 || r.metadata_columns || ARRAY[r.metadata_json], NULL))
-             AS w(col)
-        LEFT JOIN pg_attribute a ON a.attrelid = r.relation AND a.attname = w.col
-                                AND a.attnum > 0 AND NOT a.attisdropped
-        WHERE a.attnum IS NULL OR NOT has_column_privilege(r.relation, a.attnum, 'SELECT'))
-    FROM @s.current_names(src) AS r
+    SELECT coalesce((
+        SELECT has_schema_privilege(c.relnamespace, 'USAGE') AND NOT EXISTS (
+                   SELECT 1
+                   FROM unnest(attnums) AS w(attnum)
+                   LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = w.attnum
+                                           AND NOT a.attisdropped
+                   WHERE a.attnum IS NULL OR NOT has_column_privilege(c.oid, w.attnum, 'SELECT'))
+        FROM pg_class c WHERE c.oid = relation), false)
 $$;
 
 -- The sources whose passages a role may read without asking the table row by row: it
@@ -665,7 +685,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(s.id), '{}')
     FROM @s.sources s
     JOIN pg_class c ON c.oid = s.relation
-    WHERE @s.columns_readable(s) AND NOT row_security_active(c.oid)
+    WHERE s.key_attnum IS NOT NULL
+      AND @s.columns_readable(s.relation, array_remove(
+              ARRAY[s.key_attnum] || s.text_attnums || s.metadata_attnums
+              || ARRAY[s.metadata_json_attnum], NULL))
+      AND NOT row_security_active(c.oid)
 $$;
 
 -- The sources whose columns a role may read but whose row-level security applies to it:
@@ -675,7 +699,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(s.id), '{}')
     FROM @s.sources s
     JOIN pg_class c ON c.oid = s.relation
-    WHERE @s.columns_readable(s) AND row_security_active(c.oid)
+    WHERE s.key_attnum IS NOT NULL
+      AND @s.columns_readable(s.relation, array_remove(
+              ARRAY[s.key_attnum] || s.text_attnums || s.metadata_attnums
+              || ARRAY[s.metadata_json_attnum], NULL))
+      AND row_security_active(c.oid)
 $$;
 
 -- Whether the calling role may read the row a passage comes from: the key looked up in
@@ -695,7 +723,9 @@ BEGIN
     JOIN pg_attribute a ON a.attrelid = s.relation AND a.attnum = s.key_attnum
                        AND NOT a.attisdropped AND a.atttypid < 16384
     WHERE s.id = source;
-    IF NOT FOUND OR NOT has_column_privilege(rel, col, 'SELECT') THEN
+    IF NOT FOUND OR NOT has_column_privilege(rel, col, 'SELECT') OR NOT EXISTS (
+           SELECT 1 FROM pg_class c
+           WHERE c.oid = rel AND has_schema_privilege(c.relnamespace, 'USAGE')) THEN
         RETURN false;
     END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s t WHERE t.%I = $1::%s)', rel, col, typ)
@@ -713,11 +743,22 @@ SET version = d.version + 1, state = 'pending', attempts = 0, last_error = NULL,
 WHERE d.id IN (SELECT c.document_id FROM @s.chunks c
                WHERE c.document_id IS NOT NULL AND length(c.content) > 8192);
 
+-- Whether a document's passages are those of its current text (it is indexed, not queued
+-- again since).  SECURITY DEFINER, reading only the indexer's own table: chunks' policy
+-- asks it, as the searching role, before it asks a table's row-level security about a
+-- row, which decides on the row as it is now, not as it was when its passages were made.
+CREATE FUNCTION @s.document_current(document bigint) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM @s.source_documents d
+                   WHERE d.id = document AND d.state = 'indexed')
+$$;
+
 ALTER TABLE @s.chunks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY chunks_read ON @s.chunks FOR SELECT
     USING (document_id IS NULL
            OR source_id = ANY ((SELECT @s.readable_sources())::integer[])
            OR (source_id = ANY ((SELECT @s.rls_sources())::integer[])
+               AND @s.document_current(document_id)
                AND @s.passage_visible(source_id, doc_key)));
 CREATE POLICY chunks_insert_rows ON @s.chunks FOR INSERT WITH CHECK (document_id IS NULL);
 CREATE POLICY chunks_update_rows ON @s.chunks FOR UPDATE
@@ -904,21 +945,35 @@ BEGIN
 END
 $$;
 
+-- What chunks' row-level security policy needs of every role that reads chunks (it runs
+-- as that role): the columns of sources that say which table and columns a source reads
+-- (not its back-fill position, which is a key), and the policy's functions.
+CREATE FUNCTION @s.grant_policy(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', @schema_ident_literal, role);
+    EXECUTE format('GRANT SELECT (id, name, relation, key_attnum, text_attnums, '
+                   'metadata_attnums, metadata_json_attnum) ON %1$s.sources TO %2$s',
+                   @schema_ident_literal, role);
+    EXECUTE format(
+        'GRANT EXECUTE ON FUNCTION %1$s.readable_sources(), %1$s.rls_sources(), '
+        '%1$s.columns_readable(regclass, smallint[]), %1$s.passage_visible(integer, text), '
+        '%1$s.document_current(bigint) TO %2$s', @schema_ident_literal, role);
+END
+$$;
+
 -- What a role needs to search (rows, and the passages of the rows it may read) or to
 -- write rows and documents.  Run by the indexer's owner: SELECT grant_search('reader').
 CREATE FUNCTION @s.grant_search(role regrole) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', @schema_ident_literal, role);
-    EXECUTE format('GRANT SELECT ON %1$s.chunks, %1$s.sources, %1$s.alembic_version TO %2$s',
+    PERFORM @s.grant_policy(role);
+    EXECUTE format('GRANT SELECT ON %1$s.chunks, %1$s.alembic_version TO %2$s',
                    @schema_ident_literal, role);
     EXECUTE format(
         'GRANT EXECUTE ON FUNCTION %1$s.search_chunks(%3$s.vector, integer, jsonb), '
         '%1$s.similar_chunks(bigint, integer), '
-        '%1$s.search_documents(%3$s.vector, integer, jsonb, text, integer), '
-        '%1$s.readable_sources(), %1$s.rls_sources(), %1$s.columns_readable(%1$s.sources), '
-        '%1$s.current_names(%1$s.sources), '
-        '%1$s.passage_visible(integer, text) TO %2$s',
+        '%1$s.search_documents(%3$s.vector, integer, jsonb, text, integer) TO %2$s',
         @schema_ident_literal, role, @vector_ident_literal);
 END
 $$;
@@ -936,8 +991,7 @@ $$;
 ALTER FUNCTION @s.chunks_before_write() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @s.chunks_notify() SET search_path = pg_catalog, pg_temp;
 
--- Roles that already had rights on chunks keep working under its row-level security
--- (its policy calls these functions as them).
+-- Roles that already had rights on chunks keep working under its row-level security.
 DO $$
 DECLARE
     grantee regrole;
@@ -947,11 +1001,7 @@ BEGIN
         FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
         WHERE c.oid = '@s.chunks'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
     LOOP
-        EXECUTE format('GRANT SELECT ON %1$s.sources TO %2$s', @schema_ident_literal, grantee);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.readable_sources(), %1$s.rls_sources(), '
-                       '%1$s.columns_readable(%1$s.sources), %1$s.current_names(%1$s.sources), '
-                       '%1$s.passage_visible(integer, text) TO %2$s',
-                       @schema_ident_literal, grantee);
+        PERFORM @s.grant_policy(grantee);
     END LOOP;
 END
 $$;
@@ -961,21 +1011,24 @@ $$;
 FUNCTIONS = (
     "queue_documents(integer, text[], boolean)",
     "source_changed()",
-    "add_source(text, text, text[], text[], text, text, interval)",
+    "add_source(regclass, text, text[], text[], text, text, interval)",
     "detach_source(text, interval)",
     "remove_source(text)",
     "source_unreadable(@s.sources)",
     "current_names(@s.sources)",
     "source_column(regclass, text, boolean)",
+    "lock_source(@s.sources)",
     "backfill_source(integer, integer)",
     "source_texts(integer, text[], integer)",
     "readable_sources()",
     "rls_sources()",
-    "columns_readable(@s.sources)",
+    "columns_readable(regclass, smallint[])",
     "passage_visible(integer, text)",
+    "document_current(bigint)",
     "search_chunks(@v.vector, integer, jsonb)",
     "similar_chunks(bigint, integer)",
     "search_documents(@v.vector, integer, jsonb, text, integer)",
+    "grant_policy(regrole)",
     "grant_search(regrole)",
     "grant_write(regrole)",
     "chunks_before_write()",
@@ -992,16 +1045,19 @@ DROP POLICY chunks_delete_rows ON @s.chunks;
 ALTER TABLE @s.chunks DISABLE ROW LEVEL SECURITY;
 DROP FUNCTION @s.grant_write(regrole);
 DROP FUNCTION @s.grant_search(regrole);
+DROP FUNCTION @s.grant_policy(regrole);
 DROP FUNCTION @s.passage_visible(integer, text);
+DROP FUNCTION @s.document_current(bigint);
 DROP FUNCTION @s.readable_sources();
 DROP FUNCTION @s.rls_sources();
-DROP FUNCTION @s.columns_readable(@s.sources);
+DROP FUNCTION @s.columns_readable(regclass, smallint[]);
 DROP FUNCTION @s.source_unreadable(@s.sources);
 DROP FUNCTION @s.current_names(@s.sources);
 DROP FUNCTION @s.source_column(regclass, text, boolean);
+DROP FUNCTION @s.lock_source(@s.sources);
 DROP FUNCTION @s.remove_source(text);
 DROP FUNCTION @s.detach_source(text, interval);
-DROP FUNCTION @s.add_source(text, text, text[], text[], text, text, interval);
+DROP FUNCTION @s.add_source(regclass, text, text[], text[], text, text, interval);
 ALTER TABLE @s.sources
     DROP COLUMN relation,
     DROP COLUMN key_attnum,

@@ -24,6 +24,8 @@ from indexer.exceptions import SourceError
 from indexer.store import Store
 from indexer.store import store as store_module
 
+from ..helpers import wait_until
+
 DIM = 384
 
 
@@ -265,6 +267,11 @@ def add_passages(conn: Connection, source: str) -> None:
         " WHERE s.name = %s",
         (vector(0), source),
     )
+    conn.execute(
+        "UPDATE source_documents d SET state = 'indexed' FROM sources s"
+        " WHERE s.id = d.source_id AND s.name = %s",
+        (source,),
+    )
 
 
 def test_search_shows_each_role_only_the_passages_of_rows_it_may_read(
@@ -463,3 +470,109 @@ def test_a_role_that_does_not_own_the_table_removes_its_source(
                 " ON s.id = d.source_id WHERE s.name = 'app.notes'"
             ).fetchall()
         assert keys == [("3",)]
+
+
+def test_a_column_changed_while_the_daemon_waits_runs_none_of_the_owners_code(
+    conn: Connection, database: str, indexer_role: tuple[str, str]
+) -> None:
+    ix_name, ix_dsn = indexer_role
+    with role(conn, database) as (tenant, tenant_dsn):
+        conn.execute(
+            sql.SQL("CREATE SCHEMA tenant_b AUTHORIZATION {}").format(sql.Identifier(tenant))
+        )
+        with as_role(tenant_dsn) as b:
+            b.execute("CREATE TABLE tenant_b.spy (who text)")
+            b.execute("GRANT INSERT ON tenant_b.spy TO PUBLIC")
+            b.execute("CREATE TYPE tenant_b.mt AS (v text)")
+            b.execute(
+                "CREATE FUNCTION tenant_b.mt_text(tenant_b.mt) RETURNS text LANGUAGE plpgsql AS"
+                " $f$ BEGIN INSERT INTO tenant_b.spy VALUES (current_user); RETURN 'x'; END $f$"
+            )
+            b.execute(
+                "CREATE CAST (tenant_b.mt AS text) WITH FUNCTION tenant_b.mt_text(tenant_b.mt)"
+            )
+            b.execute("CREATE TABLE tenant_b.notes (id bigint PRIMARY KEY, body text)")
+            b.execute("INSERT INTO tenant_b.notes VALUES (1, 'one')")
+            b.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA tenant_b TO {}").format(sql.Identifier(ix_name))
+            )
+            b.execute(
+                sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.notes TO {}").format(
+                    sql.Identifier(ix_name)
+                )
+            )
+        with Store(ix_dsn, "ix") as store:
+            store.add_source("tenant_b.notes", text=["body"])
+            with as_role(ix_dsn) as ix:
+                (source,) = ix.execute(
+                    "SELECT id FROM ix.sources WHERE NOT builtin"
+                ).fetchone() or (0,)
+            with psycopg.connect(tenant_dsn) as a:  # one transaction, committed below
+                a.execute("ALTER TABLE tenant_b.notes RENAME COLUMN body TO body_old")
+                a.execute("ALTER TABLE tenant_b.notes ADD COLUMN body tenant_b.mt DEFAULT row('x')")
+                outcome: list[Any] = []
+                reader = threading.Thread(
+                    target=lambda: _catch(
+                        outcome, lambda: outcome.append(store.source_texts(source, ["1"], 1000))
+                    )
+                )
+                reader.start()
+                # The daemon's read waits for the table: commit then (it may also give up).
+                wait_until(
+                    lambda: (
+                        conn.execute(
+                            "SELECT count(*) AS n FROM pg_locks"
+                            " WHERE relation = 'tenant_b.notes'::regclass AND NOT granted"
+                        ).fetchone()
+                        == {"n": 1}
+                        or not reader.is_alive()
+                    ),
+                    timeout=60,
+                )
+                a.commit()
+                reader.join()
+        assert len(outcome) == 1
+        assert conn.execute("SELECT who FROM tenant_b.spy").fetchall() == []
+
+
+def test_search_hides_what_the_table_no_longer_shows(conn: Connection, database: str) -> None:
+    conn.execute("CREATE SCHEMA app")
+    conn.execute(
+        "CREATE TABLE app.notes (id bigint PRIMARY KEY, body text, secret text, hidden boolean)"
+    )
+    conn.execute("SELECT add_source('app.notes', NULL, ARRAY['body', 'secret'])")
+    conn.execute("CREATE TABLE app.tickets (id bigint PRIMARY KEY, body text, hidden boolean)")
+    conn.execute("SELECT add_source('app.tickets', NULL, ARRAY['body'])")
+    conn.execute("INSERT INTO app.notes VALUES (1, 'body', 'SSN-1', false)")
+    conn.execute("INSERT INTO app.tickets VALUES (1, 'TOP SECRET merger', true)")
+    add_passages(conn, "app.notes")
+    add_passages(conn, "app.tickets")
+    conn.execute("ALTER TABLE app.tickets ENABLE ROW LEVEL SECURITY")
+    conn.execute("CREATE POLICY visible ON app.tickets USING (NOT hidden)")
+    with role(conn, database) as (reader, reader_dsn):
+        ident = sql.Identifier(reader)
+        conn.execute("SELECT grant_search(%s)", (reader,))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA app TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT SELECT (id, body) ON app.notes TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT SELECT ON app.tickets TO {}").format(ident))
+
+        def found() -> list[str]:
+            with as_role(reader_dsn) as c:
+                rows = c.execute(
+                    "SELECT content FROM search_documents(%s::vector, 10) ORDER BY 1",
+                    (vector(0),),
+                ).fetchall()
+            return [r[0] for r in rows]
+
+        assert found() == []  # no SELECT on notes.secret; the ticket is hidden by the policy
+        conn.execute("ALTER TABLE app.notes DROP COLUMN secret")
+        assert found() == []  # the dropped column's text is still in the passage
+        # The ticket becomes visible with new text: its old passage stays hidden until
+        # the daemon has made the new one.
+        conn.execute("UPDATE app.tickets SET hidden = false, body = 'merger' WHERE id = 1")
+        assert found() == []
+        with as_role(reader_dsn) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT backfill_after FROM sources")  # a key, of any table
+        conn.execute("REVOKE USAGE ON SCHEMA app FROM " + reader)  # names from uuid hex
+        conn.execute("UPDATE source_documents SET state = 'indexed'")
+        assert found() == []  # and no error: the schema is out of its reach

@@ -140,7 +140,7 @@ def refusals(conn: Connection) -> None:
 @pytest.mark.parametrize(
     ("table", "options", "message"),
     [
-        ("missing", {}, "no table missing"),
+        ("missing", {}, 'relation "missing" does not exist'),
         ("notes_view", {}, "public.notes_view is not a table"),
         ("no_pk", {}, "public.no_pk has no primary key: give a unique, NOT NULL key column"),
         ("two_pk", {}, "public.two_pk has a primary key of 2 columns"),
