@@ -7,6 +7,7 @@ import random
 import statistics
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -143,9 +144,7 @@ def test_backfill_while_the_table_is_written_keeps_exactly_its_keys(
         while backfill(conn, source, 1000) is not None:
             calls += 1
             # Interleave by state, not by luck: the writer writes between ranges.
-            assert wait_until(
-                lambda wanted=3 * calls: writes[0] >= wanted or bool(errors), timeout=60
-            )
+            assert wait_until(partial(_written, writes, errors, 3 * calls), timeout=60)
     finally:
         stop.set()
         thread.join()
@@ -159,6 +158,10 @@ def test_backfill_while_the_table_is_written_keeps_exactly_its_keys(
     ).fetchone()
     assert found is not None and found["n"] == found["keys"]
     assert set(documents(conn, source)) == keys_of(conn, "notes", "id")
+
+
+def _written(writes: list[int], errors: list[BaseException], wanted: int) -> bool:
+    return writes[0] >= wanted or bool(errors)
 
 
 # --- remove_source ------------------------------------------------------------------
