@@ -32,7 +32,7 @@ from indexer.exceptions import DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
-from indexer.settings import Settings
+from indexer.settings import Settings, libpq_url, unknown_variables
 from indexer.signals import stop_on_signals
 from indexer.store import CacheStats, DocumentHit, SearchHit, Store
 from indexer.worker import BatchResult, Worker
@@ -54,9 +54,13 @@ class Indexer:
         embedder: TextEmbedder | None = None,
         dsn: str | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        if settings is None:
+            settings = Settings.from_env()
+            for line in unknown_variables():
+                logger.warning("%s", line)
+        self.settings = settings
         self._embedder = embedder
-        self._dsn = dsn
+        self._dsn = libpq_url(dsn) if dsn else None
         self._store: Store | None = None
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from indexer.db.connect import connect, redact, resolve_dsn
 from indexer.embedding import load_embedder
 from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput
 from indexer.limits import check_k, check_passages
-from indexer.settings import FIELDS, Settings, env_name, value_parser
+from indexer.settings import FIELDS, Settings, env_name, unknown_variables, value_parser
 from indexer.store import CacheStats
 
 #: What a terminal would act on rather than show, or that would reorder what it shows:
@@ -52,6 +53,8 @@ def _escape(match: re.Match[str]) -> str:
     code = ord(char)
     return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
 
+
+logger = logging.getLogger("indexer")
 
 EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
 DOCUMENTS_CHUNK = 256  # JSON lines inserted per statement in `indexer documents add`
@@ -312,6 +315,8 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
     try:
         settings = _settings(args)
         logs.configure(settings.log_level, settings.log_format)
+        for line in unknown_variables():
+            logger.warning("%s", line)
         return COMMANDS[args.command](args, settings, load)
     except IndexerError as exc:
         print(f"indexer: error: {visible(str(exc))}", file=sys.stderr)
