@@ -99,15 +99,19 @@ class Indexer:
         query: str,
         k: int = 10,
         *,
+        filter: dict[str, Any] | None = None,
         metadata_filter: dict[str, Any] | None = None,
         max_chars: int = CONTENT_CHARS,
     ) -> list[SearchHit]:
-        """The k embedded rows nearest to ``query`` (cosine), best first."""
+        """The k embedded rows nearest to ``query`` (cosine), best first; only rows whose
+        metadata contains ``filter`` (``metadata_filter`` is the same argument, by the
+        name it had first)."""
+        wanted = _one_filter(filter, metadata_filter)
         check_k(k)
         if not query.strip():
             raise InvalidInput("the query is empty")
         vector = self.embed([query])[0]
-        return self.store.search(vector, k, metadata_filter=metadata_filter, max_chars=max_chars)
+        return self.store.search(vector, k, metadata_filter=wanted, max_chars=max_chars)
 
     def add_documents(
         self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
@@ -163,12 +167,15 @@ class Indexer:
         k: int = 10,
         *,
         filter: dict[str, Any] | None = None,
+        metadata_filter: dict[str, Any] | None = None,
         source: str | None = None,
         passages: int = 3,
     ) -> list[DocumentHit]:
         """The k documents (of every source, or of ``source``) whose best passage is
         nearest to ``text`` (cosine), best first, each with its ``passages`` best
-        passages; only passages whose metadata contains ``filter``."""
+        passages; only passages whose metadata contains ``filter`` (or
+        ``metadata_filter``, its name in :meth:`search`: either name works in both)."""
+        filter = _one_filter(filter, metadata_filter)
         check_k(k)
         check_passages(passages)
         if not isinstance(text, str) or not text.strip():
@@ -230,6 +237,23 @@ class Indexer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _one_filter(
+    filter: dict[str, Any] | None, metadata_filter: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The metadata filter given by either of its names (not both)."""
+    if filter is not None and metadata_filter is not None:
+        raise InvalidInput(
+            "filter and metadata_filter are the same argument: give the metadata filter once"
+        )
+    wanted = metadata_filter if filter is None else filter
+    if wanted is not None and not isinstance(wanted, dict):
+        raise InvalidInput(
+            f'the metadata filter must be a dict such as {{"lang": "en"}}, '
+            f"not {type(wanted).__name__}"
+        )
+    return wanted
 
 
 class Daemon:
