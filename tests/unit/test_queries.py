@@ -33,7 +33,7 @@ def test_every_query_the_store_runs_is_defined() -> None:
     source = "".join(
         (PACKAGE / "store" / name).read_text() for name in ("store.py", "documents.py")
     )
-    used = set(re.findall(r'(?:_execute|_one|_source_call)\(\s*"([a-z_]+)"', source))
+    used = set(re.findall(r'(?:_execute|_one|_source_call|_locking_call)\(\s*"([a-z_]+)"', source))
     used |= set(re.findall(r'QUERIES\["([a-z_]+)"\]', source))
     assert used, "the pattern no longer finds the store's queries"
     assert used <= set(QUERIES), used - set(QUERIES)
