@@ -186,15 +186,31 @@ class Indexer:
         )
 
     def status(self) -> dict[str, Any]:
-        """The ``indexer_status`` view: backlog, in flight, embedded, failed, rate, ETA."""
+        """The ``indexer_status`` view: of the rows inserted into chunks, the backlog, in
+        flight, embedded, failed, rate and ETA; apart from them, the sources' passages
+        and documents (``passages``, ``documents``, ``documents_pending``,
+        ``documents_in_flight``, ``documents_indexed``, ``documents_failed``,
+        ``passages_per_second``)."""
         return self.store.status()
 
     def failed_rows(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Rows parked as failed: id, attempts, last_error, updated_at."""
         return self.store.failed_rows(limit)
 
+    def failed_documents(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Documents parked as failed: ``source`` (its name), ``key``, ``attempts``,
+        ``last_error``, ``queued_at``."""
+        return self.store.failed_documents(limit)
+
     def retry_failed(self, ids: Sequence[int] | None = None) -> list[int]:
-        """Re-queue rows parked as failed (all, or these ids); return the ids re-queued."""
+        """Re-queue rows parked as failed (all, or these ids); return the ids re-queued.
+        Documents: :meth:`retry_failed_documents`."""
         return self.store.retry_failed(ids)
+
+    def retry_failed_documents(self, source: str | None = None) -> dict[str, int]:
+        """Re-queue the documents parked as failed, of every source or of ``source``
+        (its name); return how many, per source name (SourceError: no such source)."""
+        return self.store.retry_failed_documents(source)
 
     def prune_events(self) -> int:
         """Delete events older than INDEXER_EVENTS_RETENTION_DAYS; return how many."""
@@ -299,6 +315,7 @@ class Daemon:
                 # INDEXER_DB_DOWN_TIMEOUT).
                 with contextlib.suppress(DatabaseUnavailable):
                     store.check()
+                    store.check_owner()
                 # Which database this is, so that an empty one is noticed at once (another
                 # terminal without the same INDEXER_DATA_DIR gets a database of its own).
                 logger.info(

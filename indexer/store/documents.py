@@ -20,7 +20,7 @@ from psycopg import errors
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from indexer.exceptions import SourceError, first_line, stored_error
+from indexer.exceptions import IndexerError, SourceError, first_line, stored_error
 
 #: Reading a user's table can fail for reasons of that table (dropped, a column renamed,
 #: rights revoked, a statement timeout): any driver error that reaches here (a lost
@@ -75,6 +75,16 @@ class _Executes(Protocol):
     ) -> list[DictRow]: ...
 
 
+def _source_name(store: _Executes, source_id: int) -> str:
+    """The source's name for a message (its id if it cannot be read: removed meanwhile,
+    or the database went away)."""
+    try:
+        rows = store._execute("source_name", {"source": source_id})
+    except (psycopg.Error, IndexerError):
+        rows = []
+    return str(rows[0]["name"]) if rows else f"#{source_id}"
+
+
 class DocumentQueries:
     """The Store's document queue (see the module docstring)."""
 
@@ -103,7 +113,8 @@ class DocumentQueries:
                 "source_texts", {"source": source_id, "keys": list(keys), "max_chars": max_chars}
             )
         except psycopg.Error as exc:
-            raise SourceError(f"cannot read source {source_id}: {first_line(exc)}") from None
+            name = _source_name(self, source_id)
+            raise SourceError(f"cannot read source {name}: {first_line(exc)}") from None
         return [SourceText(r["doc_key"], r["content"] or "", r["metadata"] or {}) for r in rows]
 
     def cached_vectors(
@@ -239,6 +250,7 @@ class DocumentQueries:
         except errors.LockNotAvailable:
             return None  # an application is writing rows of this range: next step
         except psycopg.Error as exc:
-            raise SourceError(f"cannot back-fill source {source_id}: {first_line(exc)}") from None
+            name = _source_name(self, source_id)
+            raise SourceError(f"cannot back-fill source {name}: {first_line(exc)}") from None
         queued = rows[0]["queued"]
         return None if queued is None else int(queued)
