@@ -32,7 +32,7 @@ from indexer.exceptions import DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
-from indexer.settings import Settings
+from indexer.settings import Settings, libpq_url, unknown_variables
 from indexer.signals import stop_on_signals
 from indexer.store import CacheStats, DocumentHit, SearchHit, Store
 from indexer.worker import BatchResult, Worker
@@ -54,9 +54,13 @@ class Indexer:
         embedder: TextEmbedder | None = None,
         dsn: str | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        if settings is None:
+            settings = Settings.from_env()
+            for line in unknown_variables():
+                logger.warning("%s", line)
+        self.settings = settings
         self._embedder = embedder
-        self._dsn = dsn
+        self._dsn = libpq_url(dsn) if dsn else None
         self._store: Store | None = None
 
     @property
@@ -95,15 +99,19 @@ class Indexer:
         query: str,
         k: int = 10,
         *,
+        filter: dict[str, Any] | None = None,
         metadata_filter: dict[str, Any] | None = None,
         max_chars: int = CONTENT_CHARS,
     ) -> list[SearchHit]:
-        """The k embedded rows nearest to ``query`` (cosine), best first."""
+        """The k embedded rows nearest to ``query`` (cosine), best first; only rows whose
+        metadata contains ``filter`` (``metadata_filter`` is the same argument, by the
+        name it had first)."""
+        wanted = _one_filter(filter, metadata_filter)
         check_k(k)
         if not query.strip():
             raise InvalidInput("the query is empty")
         vector = self.embed([query])[0]
-        return self.store.search(vector, k, metadata_filter=metadata_filter, max_chars=max_chars)
+        return self.store.search(vector, k, metadata_filter=wanted, max_chars=max_chars)
 
     def add_documents(
         self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
@@ -159,12 +167,15 @@ class Indexer:
         k: int = 10,
         *,
         filter: dict[str, Any] | None = None,
+        metadata_filter: dict[str, Any] | None = None,
         source: str | None = None,
         passages: int = 3,
     ) -> list[DocumentHit]:
         """The k documents (of every source, or of ``source``) whose best passage is
         nearest to ``text`` (cosine), best first, each with its ``passages`` best
-        passages; only passages whose metadata contains ``filter``."""
+        passages; only passages whose metadata contains ``filter`` (or
+        ``metadata_filter``, its name in :meth:`search`: either name works in both)."""
+        filter = _one_filter(filter, metadata_filter)
         check_k(k)
         check_passages(passages)
         if not isinstance(text, str) or not text.strip():
@@ -175,15 +186,31 @@ class Indexer:
         )
 
     def status(self) -> dict[str, Any]:
-        """The ``indexer_status`` view: backlog, in flight, embedded, failed, rate, ETA."""
+        """The ``indexer_status`` view: of the rows inserted into chunks, the backlog, in
+        flight, embedded, failed, rate and ETA; apart from them, the sources' passages
+        and documents (``passages``, ``documents``, ``documents_pending``,
+        ``documents_in_flight``, ``documents_indexed``, ``documents_failed``,
+        ``passages_per_second``)."""
         return self.store.status()
 
     def failed_rows(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Rows parked as failed: id, attempts, last_error, updated_at."""
         return self.store.failed_rows(limit)
 
+    def failed_documents(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Documents parked as failed: ``source`` (its name), ``key``, ``attempts``,
+        ``last_error``, ``queued_at``."""
+        return self.store.failed_documents(limit)
+
     def retry_failed(self, ids: Sequence[int] | None = None) -> list[int]:
-        """Re-queue rows parked as failed (all, or these ids); return the ids re-queued."""
+        """Re-queue rows parked as failed (all, or these ids); return the ids re-queued.
+        Documents: :meth:`retry_failed_documents`."""
         return self.store.retry_failed(ids)
+
+    def retry_failed_documents(self, source: str | None = None) -> dict[str, int]:
+        """Re-queue the documents parked as failed, of every source or of ``source``
+        (its name); return how many, per source name (SourceError: no such source)."""
+        return self.store.retry_failed_documents(source)
 
     def prune_events(self) -> int:
         """Delete events older than INDEXER_EVENTS_RETENTION_DAYS; return how many."""
@@ -226,6 +253,23 @@ class Indexer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _one_filter(
+    filter: dict[str, Any] | None, metadata_filter: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The metadata filter given by either of its names (not both)."""
+    if filter is not None and metadata_filter is not None:
+        raise InvalidInput(
+            "filter and metadata_filter are the same argument: give the metadata filter once"
+        )
+    wanted = metadata_filter if filter is None else filter
+    if wanted is not None and not isinstance(wanted, dict):
+        raise InvalidInput(
+            f'the metadata filter must be a dict such as {{"lang": "en"}}, '
+            f"not {type(wanted).__name__}"
+        )
+    return wanted
 
 
 class Daemon:
@@ -271,6 +315,7 @@ class Daemon:
                 # INDEXER_DB_DOWN_TIMEOUT).
                 with contextlib.suppress(DatabaseUnavailable):
                     store.check()
+                    store.check_owner()
                 # Which database this is, so that an empty one is noticed at once (another
                 # terminal without the same INDEXER_DATA_DIR gets a database of its own).
                 logger.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import sys
@@ -17,14 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING
 from typing import Any, TextIO
 
+import psycopg
+
 from indexer import logs
 from indexer.app import Daemon, EmbedderLoader, Indexer
 from indexer.db import migrate, server
 from indexer.db.connect import connect, redact, resolve_dsn
 from indexer.embedding import load_embedder
-from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput
+from indexer.exceptions import ConfigurationError, IndexerError, InvalidInput, first_line
 from indexer.limits import check_k, check_passages
-from indexer.settings import FIELDS, Settings, env_name, value_parser
+from indexer.settings import FIELDS, Settings, env_name, unknown_variables, value_parser
 from indexer.store import CacheStats
 
 #: What a terminal would act on rather than show, or that would reorder what it shows:
@@ -52,6 +55,8 @@ def _escape(match: re.Match[str]) -> str:
     code = ord(char)
     return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
 
+
+logger = logging.getLogger("indexer")
 
 EMBED_CHUNK = 256  # JSON lines embedded per model call in `indexer embed`
 DOCUMENTS_CHUNK = 256  # JSON lines inserted per statement in `indexer documents add`
@@ -192,11 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --documents: the best passages each document carries in --json (default 3)",
     )
-    status = add("status", "backlog, in flight, embedded, failed, rate and ETA; per source")
+    status = add(
+        "status",
+        "rows: backlog, in flight, embedded, failed, rate and ETA; documents and passages; "
+        "failed rows and documents with their errors; per source",
+    )
     status.add_argument("--json", action="store_true", help="one JSON object, durations in s")
-    retry = add("retry", "re-queue rows parked as failed (all of them, or those given by --id)")
-    retry.add_argument("--failed", action="store_true", help="every failed row")
+    retry = add(
+        "retry",
+        "re-queue what is parked as failed: every row and document (--failed), rows by "
+        "--id, or one source's documents (--source)",
+    )
+    retry.add_argument("--failed", action="store_true", help="every failed row and document")
     retry.add_argument("--id", type=int, action="append", dest="ids", help="this failed row")
+    retry.add_argument(
+        "--source", metavar="NAME", help="the failed documents of this source (`sources list`)"
+    )
     cache_help = "inspect and maintain the vector cache"
     cache = sub.add_parser("cache", help=cache_help, description=cache_help)
     cache_actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -312,9 +328,20 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
     try:
         settings = _settings(args)
         logs.configure(settings.log_level, settings.log_format)
+        for line in unknown_variables():
+            logger.warning("%s", line)
         return COMMANDS[args.command](args, settings, load)
     except IndexerError as exc:
         print(f"indexer: error: {visible(str(exc))}", file=sys.stderr)
+        return 1
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # Every command says what to grant where it knows; this is the net for the rest.
+        print(
+            f"indexer: error: {visible(first_line(exc))}: the role this command connects "
+            "as lacks that privilege; ask the owner of the indexer's tables, or an "
+            "administrator, to grant it (README: Security)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("indexer: interrupted", file=sys.stderr)
@@ -477,7 +504,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
         if value is not None:
             raise InvalidInput(f"{option} goes with --documents")
     with Indexer(settings, embedder=load(settings)) as ix:
-        hits = ix.search(args.text, args.k, metadata_filter=metadata_filter)
+        hits = ix.search(args.text, args.k, filter=metadata_filter)
+        empty = None if hits or args.json else _no_rows(ix.store.search_coverage(), args.filter)
     for hit in hits:
         if args.json:
             record = {
@@ -489,9 +517,44 @@ def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
             print(json.dumps(record, ensure_ascii=False))
         else:
             print(f"{hit.id:>8}  {hit.score:.4f}  {_snippet(hit.content, 100)}")
-    if not hits and not args.json:
-        print("no embedded rows yet", file=sys.stderr)
+    if empty is not None:
+        print(empty, file=sys.stderr)
     return 0
+
+
+def _no_rows(coverage: dict[str, Any], metadata_filter: str | None) -> str:
+    """What a row search that found nothing means."""
+    if coverage["rows_embedded"]:
+        if metadata_filter:
+            return f"no embedded row matches the filter {visible(metadata_filter)}"
+        return "no row found"
+    if coverage["rows_waiting"]:
+        return "no embedded rows yet: rows are waiting (is `indexer run` running?)"
+    return "no embedded rows yet"
+
+
+def _no_documents(coverage: dict[str, Any], metadata_filter: str | None, source: str | None) -> str:
+    """What a document search that found nothing means."""
+    of = f" of source {visible(source)}" if source else ""
+    if coverage["passages"]:
+        if metadata_filter:
+            return f"no passage{of} matches the filter {visible(metadata_filter)}"
+        return "no document found"
+    if coverage["documents_indexed"]:
+        return f"no indexed document{of} is one this role may read"
+    none = f"source {visible(source)} has no indexed documents" if source else "nothing is indexed"
+    if coverage["documents_indexed"] is None:  # this role may not see the queue
+        return f"{none} that this role may read"
+    if coverage["documents_waiting"]:
+        return f"{none} yet: documents are waiting (is `indexer run` running?)"
+    if coverage["documents_failed"]:
+        return (
+            f"{none}: {'its' if source else 'the'} documents failed (`indexer status` shows "
+            "why, `indexer retry --failed` re-queues them)"
+        )
+    if source:
+        return f"{none}: it has no document to index (its table is empty)"
+    return f"{none} yet: no source has a document to index"
 
 
 def _search_documents(
@@ -504,6 +567,11 @@ def _search_documents(
     with Indexer(settings, embedder=load(settings)) as ix:
         hits = ix.search_documents(
             args.text, args.k, filter=metadata_filter, source=args.source, passages=passages
+        )
+        empty = (
+            None
+            if hits or args.json
+            else _no_documents(ix.store.search_coverage(args.source), args.filter, args.source)
         )
     for hit in hits:
         if args.json:
@@ -525,8 +593,8 @@ def _search_documents(
                 f"{_snippet(hit.content, 80)}  "
                 f"[{hit.char_start}:{hit.char_end}]"
             )
-    if not hits and not args.json:
-        print("no indexed documents yet", file=sys.stderr)
+    if empty is not None:
+        print(empty, file=sys.stderr)
     return 0
 
 
@@ -631,6 +699,8 @@ def cmd_documents(args: argparse.Namespace, settings: Settings, load: EmbedderLo
     return 0
 
 
+#: `indexer status`: the rows inserted into chunks, then the sources' documents and
+#: their passages (counted apart: a passage is no row of yours).
 STATUS_FIELDS = (
     "backlog",
     "pending",
@@ -642,17 +712,31 @@ STATUS_FIELDS = (
     "oldest_pending_age",
     "active_workers",
     "cache_hit_rate",
+    "documents",
+    "documents_pending",
+    "documents_in_flight",
+    "documents_indexed",
+    "documents_failed",
+    "passages",
+    "passages_per_second",
 )
+FAILED_SHOWN = 10
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
     with Indexer(settings) as ix:
         status = ix.status()
-        failed = ix.failed_rows(10) if status["failed"] else []
+        failed = ix.failed_rows(FAILED_SHOWN) if status["failed"] else []
+        failed_documents = (
+            ix.failed_documents(FAILED_SHOWN) if status.get("documents_failed") else []
+        )
         sources = ix.sources()
     if args.json:
         out = {k: _jsonable(v) for k, v in status.items()}
         out["failed_rows"] = [{k: _jsonable(v) for k, v in r.items()} for r in failed]
+        out["failed_documents"] = [
+            {k: _jsonable(v) for k, v in r.items()} for r in failed_documents
+        ]
         out["sources"] = [{k: _jsonable(v) for k, v in r.items()} for r in sources]
         print(json.dumps(out))
         return 0
@@ -662,8 +746,18 @@ def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
     for row in failed:
         error = visible(str(row["last_error"]))
         print(f"failed row {row['id']} after {row['attempts']} attempts: {error}")
-    if len(failed) == 10:
-        print("(first 10 failed rows; `indexer retry --failed` re-queues them)")
+    if len(failed) == FAILED_SHOWN:
+        print(f"(first {FAILED_SHOWN} failed rows; `indexer retry --failed` re-queues them)")
+    for doc in failed_documents:
+        print(
+            f"failed document {visible(doc['source'])} {visible(doc['key'])} after "
+            f"{doc['attempts']} attempts: {visible(str(doc['last_error']))}"
+        )
+    if len(failed_documents) == FAILED_SHOWN:
+        print(
+            f"(first {FAILED_SHOWN} failed documents; `indexer retry --failed`, or "
+            "`--source NAME`, re-queues them)"
+        )
     for row in sources:
         print(f"{'source':<20}{_source_line(row)}")
     return 0
@@ -697,11 +791,25 @@ def _version() -> str:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
-    if not args.failed and not args.ids:
-        raise InvalidInput("say which rows: --failed (every failed row) or --id N")
+    """--failed: every failed row and document; --id and --source choose (and win)."""
+    if not (args.failed or args.ids or args.source):
+        raise InvalidInput(
+            "say what to re-queue: --failed (every failed row and document), --id N (a "
+            "failed row) or --source NAME (a source's failed documents)"
+        )
+    chosen = bool(args.ids or args.source)
+    done = []
     with Indexer(settings) as ix:
-        ids = ix.retry_failed(args.ids)
-    print(f"re-queued {len(ids)} failed rows")
+        if args.ids or not chosen:
+            done.append(f"{len(ix.retry_failed(args.ids))} failed rows")
+        if args.source or not chosen:
+            per_source = ix.retry_failed_documents(args.source)
+            documents = plural(sum(per_source.values()), "failed document")
+            if per_source:
+                shown = ", ".join(f"{visible(s)} {n}" for s, n in per_source.items())
+                documents += f" ({shown})"
+            done.append(documents)
+    print(f"re-queued {' and '.join(done)}")
     return 0
 
 

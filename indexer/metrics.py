@@ -46,9 +46,14 @@ class Metrics:
             "text in the same claim)",
             registry=r,
         )
+        self.passages_written = Counter(
+            "indexer_passages_written",
+            "Passages of the sources' documents whose vector this daemon wrote",
+            registry=r,
+        )
         self.cache_hit_ratio = Gauge(
             "indexer_cache_hit_ratio",
-            "Share of the rows this daemon wrote whose vector was reused",
+            "Share of the vectors (rows and passages) this daemon wrote that were reused",
             registry=r,
         )
         self.rows_stale = Counter(
@@ -112,14 +117,18 @@ class Metrics:
         )
 
     def observe_batch(self, result: BatchResult) -> None:
-        self.rows_embedded.inc(len(result.written))
-        self.rows_reused.inc(result.reused)
+        # The vector cache serves rows and passages alike; the rows' counters count rows.
         self._written += len(result.written)
         self._reused += result.reused
         if self._written:
             self.cache_hit_ratio.set(self._reused / self._written)
-        self.rows_failed.inc(len(result.failed))
-        self.rows_stale.inc(result.stale)
+        if result.documents:
+            self.passages_written.inc(len(result.written))
+        else:
+            self.rows_embedded.inc(len(result.written))
+            self.rows_reused.inc(result.reused)
+            self.rows_failed.inc(len(result.failed))
+            self.rows_stale.inc(result.stale)
         self.tokens.inc(result.tokens)
         self.batch_seconds.observe(result.embed_ms / 1000)
         self.batches.labels(outcome="failed" if result.failed else "completed").inc()

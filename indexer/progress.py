@@ -31,6 +31,8 @@ class Progress:
         self._lock = threading.Lock()  # one writer at a time: the worker, or a log line
 
     def update(self, result: BatchResult) -> None:
+        if result.documents:
+            return  # the bar counts rows (its total is their backlog), not passages
         with self._lock:
             self.done += len(result.written) + len(result.failed)
             self.total = max(self.total, self.done)  # rows inserted after the start count too

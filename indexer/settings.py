@@ -9,9 +9,10 @@ command-line option overrides the environment.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,17 @@ def _check_schema_name(schema: str) -> None:
         raise ConfigurationError(
             f"INDEXER_SCHEMA={schema!r} is a PostgreSQL system schema; choose another name"
         )
+
+
+#: SQLAlchemy's form of a PostgreSQL URL names a driver after the scheme
+#: (``postgresql+psycopg://``, ``postgresql+psycopg2://``), which libpq does not read.
+_DRIVER = re.compile(r"(postgres(?:ql)?)\+[A-Za-z0-9_]+(?=://)", re.IGNORECASE)
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as libpq reads it: a SQLAlchemy URL's ``+driver`` part dropped
+    (``postgresql+psycopg://app@db/app`` is ``postgresql://app@db/app``)."""
+    return _DRIVER.sub(r"\1", url, count=1) if _DRIVER.match(url) else url
 
 
 def default_data_dir() -> Path:
@@ -202,6 +214,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check_schema_name(self.schema)
+        if self.database_url:
+            object.__setattr__(self, "database_url", libpq_url(self.database_url))
         positive = (
             "batch_size",
             "claim_size",
@@ -278,6 +292,42 @@ def env_name(field_name: str) -> str:
         if f.name == field_name:
             return str(f.metadata.get("env", "INDEXER_" + field_name.upper()))
     raise KeyError(field_name)
+
+
+#: Variables of the indexer that are not settings: the address of `indexer run --http`,
+#: and the test suite's hooks (INDEXER_TEST_*, never read by the product's settings).
+_OTHER_VARIABLES = ("INDEXER_HTTP",)
+_TEST_PREFIX = "INDEXER_TEST_"
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning line for each ``INDEXER_*`` variable of the environment that is no
+    setting (a misspelling is otherwise ignored without a word), naming the closest
+    real variable when there is one."""
+    environ = os.environ if environ is None else environ
+    known = [*(env_name(f.name) for f in FIELDS), *_OTHER_VARIABLES]
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith("INDEXER_") or name in known or name.startswith(_TEST_PREFIX):
+            continue
+        line = f"{name} is not a setting of the indexer: it is ignored"
+        closest = closest_variable(name, known)
+        lines.append(f"{line}; did you mean {closest}?" if closest else line)
+    return lines
+
+
+def closest_variable(name: str, known: Sequence[str]) -> str | None:
+    """The known variable ``name`` most likely misspells, None when none is close:
+    difflib's close matches of the names without ``INDEXER_`` (so that the shared
+    prefix makes no name look close), those sharing the first word first
+    (INDEXER_CHUNK_SIZE is INDEXER_CHUNK_TOKENS rather than INDEXER_BATCH_SIZE)."""
+    bare = {k.removeprefix("INDEXER_"): k for k in known}
+    wanted = name.removeprefix("INDEXER_")
+    candidates = difflib.get_close_matches(wanted, list(bare), n=5, cutoff=0.6)
+    word = wanted.split("_")[0]
+    same_word = [c for c in candidates if c.split("_")[0] == word]
+    best = same_word or candidates
+    return bare[best[0]] if best else None
 
 
 def value_parser(f: dataclasses.Field[Any]) -> Callable[[str], Any]:

@@ -36,6 +36,7 @@ from indexer.db.connect import (
 )
 from indexer.exceptions import (
     DatabaseUnavailable,
+    ExtensionMissing,
     InsufficientPrivilege,
     SchemaNotMigrated,
     UnsupportedDatabase,
@@ -75,7 +76,7 @@ def _alembic_connection(dsn: str, schema: str) -> Iterator[SAConnection]:
             raw = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         try:
             check_encoding(raw)
-            raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            _create_schema(raw, schema)
             set_search_path(raw, schema)
             raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
             raw.autocommit = False
@@ -91,9 +92,131 @@ def _alembic_connection(dsn: str, schema: str) -> Iterator[SAConnection]:
     except sqlalchemy.exc.DBAPIError as exc:
         if isinstance(exc.orig, TRANSIENT_ERRORS):
             raise DatabaseUnavailable(f"cannot migrate: {first_line(exc.orig)}") from exc
+        if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise _denied(schema, exc.orig) from exc
         raise
+    except psycopg.errors.InsufficientPrivilege as exc:  # a migration's own statement
+        raise _denied(schema, exc) from exc
     finally:
         engine.dispose()
+
+
+def _role(conn: psycopg.Connection[Any]) -> str:
+    return conn.info.parameter_status("session_authorization") or conn.info.user
+
+
+def _ident(conn: psycopg.Connection[Any], name: str) -> str:
+    """``name`` as SQL writes an identifier: quoted only when it must be."""
+    quoted = sql.Identifier(name).as_string(conn)
+    return (
+        name if quoted == f'"{name}"' and name == name.lower() and name.isidentifier() else quoted
+    )
+
+
+def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create ``schema`` unless it exists: a schema an administrator created for the
+    indexer's role (CREATE SCHEMA ix AUTHORIZATION indexer) needs no CREATE on the
+    database, which CREATE SCHEMA IF NOT EXISTS would ask for all the same."""
+    exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    if exists is not None:
+        return
+    row = conn.execute(
+        "SELECT has_database_privilege(current_database(), 'CREATE'), current_database()"
+    ).fetchone()
+    assert row is not None
+    may_create, database = row
+    if not may_create:
+        role = _ident(conn, _role(conn))
+        raise InsufficientPrivilege(
+            f"role {role} may not create schema {schema!r} (it needs CREATE on database "
+            f"{database!r}): ask an administrator to run GRANT CREATE ON DATABASE "
+            f"{_ident(conn, database)} TO {role}; or to create the schema for it: "
+            f"CREATE SCHEMA {_ident(conn, schema)} AUTHORIZATION {role};"
+        )
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
+def _check_upgrade(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Raise the one line for a privilege an upgrade of ``schema`` needs and this role
+    lacks (pgvector's extension, CREATE on the schema, owning the indexer's tables),
+    before a migration fails half-way with the server's message."""
+    role = _ident(conn, _role(conn))
+    row = conn.execute(
+        "SELECT e.extversion IS NOT NULL, a.name IS NOT NULL,"
+        " coalesce(v.superuser, true) AND NOT r.rolsuper,"
+        " coalesce(v.trusted, false) AND has_database_privilege(current_database(), 'CREATE'),"
+        " current_database()"
+        " FROM pg_roles r"
+        " LEFT JOIN pg_extension e ON e.extname = 'vector'"
+        " LEFT JOIN pg_available_extensions a ON a.name = 'vector'"
+        " LEFT JOIN pg_available_extension_versions v"
+        "   ON v.name = 'vector' AND v.version = a.default_version"
+        " WHERE r.rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    installed, available, needs_superuser, trusted_here, database = row
+    if not installed and not available:
+        raise ExtensionMissing(
+            "the pgvector extension is not installed on this PostgreSQL server "
+            "(install pgvector 0.7 or newer, e.g. the pgvector/pgvector image)"
+        )
+    if not installed and needs_superuser and not trusted_here:
+        raise InsufficientPrivilege(
+            f"role {role} may not create the pgvector extension in database {database!r} "
+            "(only a superuser may): ask an administrator to run CREATE EXTENSION vector; "
+            "in that database, then run `indexer migrate` again"
+        )
+    _check_owner(conn, schema)
+    row = conn.execute(
+        "SELECT has_schema_privilege(n.oid, 'CREATE') FROM pg_namespace n WHERE n.nspname = %s",
+        (schema,),
+    ).fetchone()
+    if row is not None and not row[0]:
+        raise InsufficientPrivilege(
+            f"role {role} may not create tables in schema {schema!r}: ask an administrator "
+            f"to run GRANT CREATE ON SCHEMA {_ident(conn, schema)} TO {role}; or give the "
+            f"indexer a schema of its own (CREATE SCHEMA ix AUTHORIZATION {role}; and "
+            "INDEXER_SCHEMA=ix)"
+        )
+
+
+def _check_owner(conn: psycopg.Connection[Any], schema: str, *, unreadable: bool = False) -> None:
+    """Raise InsufficientPrivilege when the indexer's tables in ``schema`` belong to a
+    role whose rights this one lacks (with ``unreadable``: only when this role may not
+    even read their revision)."""
+    row = conn.execute(
+        "SELECT pg_get_userbyid(c.relowner), r.rolsuper,"
+        " has_table_privilege(to_regclass(format('%%I.alembic_version', n.nspname)), 'SELECT')"
+        " FROM pg_namespace n"
+        " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'chunks'"
+        " JOIN pg_roles r ON r.oid = c.relowner"
+        " WHERE n.nspname = %s AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
+        (schema,),
+    ).fetchone()
+    if row is None:
+        return
+    owner, superuser, readable = row
+    if unreadable and readable:
+        return
+    role = _ident(conn, _role(conn))
+    member = (
+        ""
+        if superuser  # never advise membership in a superuser
+        else f", or ask an administrator to run GRANT {_ident(conn, owner)} TO {role};"
+    )
+    raise InsufficientPrivilege(
+        f"role {role} may not upgrade the indexer's tables in schema {schema!r}: they "
+        f"belong to role {owner}; run `indexer migrate` as {owner}{member}"
+    )
+
+
+def _denied(schema: str, exc: psycopg.Error) -> InsufficientPrivilege:
+    """A privilege a migration needed and this role lacks (the checks above name the
+    usual ones; this says the server's line, and who may do something about it)."""
+    return InsufficientPrivilege(
+        f"cannot migrate schema {schema!r}: {first_line(exc)}; run `indexer migrate` as the "
+        "role that owns the schema, or ask an administrator to grant this role that privilege"
+    )
 
 
 @contextlib.contextmanager
@@ -121,7 +244,18 @@ def _revision(conn: SAConnection, schema: str) -> str | None:
 def upgrade(dsn: str, schema: str, revision: str = "head") -> Revisions:
     """Upgrade ``schema`` to ``revision``; the revisions tell whether anything changed."""
     with _alembic_connection(dsn, schema) as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            _check_owner(raw, schema, unreadable=True)
+        finally:
+            raw.rollback()  # the checks only read: end their transaction
         before = _revision(conn, schema)
+        if before != (head_revision() if revision == "head" else revision):
+            try:
+                _check_upgrade(raw, schema)
+            finally:
+                raw.rollback()
         config = _config(schema)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)

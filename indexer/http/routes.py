@@ -279,6 +279,8 @@ def _add_health(app: FastAPI, res: Resources) -> None:
             reachable, reason = True, str(exc)
         except DatabaseUnavailable as exc:
             reason = str(exc)
+        except IndexerError as exc:  # a privilege the API's role lacks, say
+            reachable, reason = True, str(exc)
         except psycopg.Error as exc:
             reachable, reason = True, f"database error: {first_line(exc)}"
         body = Health(
@@ -293,6 +295,8 @@ def _add_health(app: FastAPI, res: Resources) -> None:
             pending=status.get("pending"),
             failed=status.get("failed"),
             oldest_pending_age_seconds=_seconds(status.get("oldest_pending_age")),
+            documents_backlog=status.get("documents_backlog"),
+            documents_failed=status.get("documents_failed"),
             search_role=status.get("search_role"),
         )
         return JSONResponse(body.model_dump(), status_code=200 if reason is None else 503)

@@ -201,10 +201,18 @@ class Health(BaseModel):
     model_loaded: bool
     model: str
     dim: int
-    backlog: int | None = Field(description="rows pending or in flight")
+    backlog: int | None = Field(
+        description="rows pending or in flight (rows inserted into chunks, not passages)"
+    )
     pending: int | None
-    failed: int | None
+    failed: int | None = Field(description="rows parked as failed")
     oldest_pending_age_seconds: float | None
+    documents_backlog: int | None = Field(
+        default=None, description="documents of the sources pending or in flight"
+    )
+    documents_failed: int | None = Field(
+        default=None, description="documents of the sources parked as failed"
+    )
     search_role: str | None = Field(
         default=None,
         description="the database role searches run as: they find the passages it may read",

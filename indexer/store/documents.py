@@ -20,7 +20,7 @@ from psycopg import errors
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-from indexer.exceptions import SourceBusy, SourceError, first_line, stored_error
+from indexer.exceptions import IndexerError, SourceBusy, SourceError, first_line, stored_error
 
 #: Reading a user's table can fail for reasons of that table (dropped, a column renamed,
 #: rights revoked, a statement timeout): any driver error that reaches here (a lost
@@ -75,6 +75,16 @@ class _Executes(Protocol):
     ) -> list[DictRow]: ...
 
 
+def _source_name(store: _Executes, source_id: int) -> str:
+    """The source's name for a message (its id if it cannot be read: removed meanwhile,
+    or the database went away)."""
+    try:
+        rows = store._execute("source_name", {"source": source_id})
+    except (psycopg.Error, IndexerError):
+        rows = []
+    return str(rows[0]["name"]) if rows else f"#{source_id}"
+
+
 class DocumentQueries:
     """The Store's document queue (see the module docstring)."""
 
@@ -104,13 +114,11 @@ class DocumentQueries:
             )
         except errors.LockNotAvailable as exc:
             # source_texts waits at most its lock_timeout for the table: never the daemon.
-            raise SourceBusy(
-                f"the table of source {source_id} is locked: {first_line(exc)}"
-            ) from None
+            name = _source_name(self, source_id)
+            raise SourceBusy(f"the table of source {name} is locked: {first_line(exc)}") from None
         except psycopg.Error as exc:
-            # The line names the table (the server's own messages do, and the indexer's
-            # name the source too).
-            raise SourceError(first_line(exc)) from None
+            name = _source_name(self, source_id)
+            raise SourceError(f"cannot read source {name}: {first_line(exc)}") from None
         return [SourceText(r["doc_key"], r["content"] or "", r["metadata"] or {}) for r in rows]
 
     def cached_vectors(
@@ -256,6 +264,7 @@ class DocumentQueries:
         except errors.LockNotAvailable:
             return None  # an application is writing rows of this range: next step
         except psycopg.Error as exc:
-            raise SourceError(first_line(exc)) from None
+            name = _source_name(self, source_id)
+            raise SourceError(f"cannot back-fill source {name}: {first_line(exc)}") from None
         queued = rows[0]["queued"]
         return None if queued is None else int(queued)

@@ -407,22 +407,30 @@ RETURNING id;
 SELECT * FROM indexer_status;
 
 -- queue_status --
--- What /health and /metrics read on every scrape: only unfinished and failed rows, via
--- the partial indexes, so the cost follows the backlog, not the table size; and the
--- role searches run as (what it may read: see chunks' row-level security).
+-- What /health and /metrics read on every scrape: only unfinished and failed rows and
+-- documents, via the partial indexes, so the cost follows the backlog, not the table
+-- size; and the role searches run as (what it may read: see chunks' row-level
+-- security).  Rows are those inserted into chunks (document_id NULL), not passages.
+-- The documents' figures are NULL for a role that may not read source_documents.
 SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
        count(*) FILTER (WHERE state = 'claimed') AS in_flight,
        count(*) AS backlog,
        now() - min(updated_at) AS oldest_pending_age,
-       (SELECT count(*) FROM chunks WHERE state = 'failed') AS failed,
-       current_user AS search_role
+       (SELECT count(*) FROM chunks WHERE state = 'failed' AND document_id IS NULL) AS failed,
+       current_user AS search_role,
+       CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
+           (SELECT count(*) FROM source_documents WHERE state IN ('pending', 'claimed'))
+       END AS documents_backlog,
+       CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
+           (SELECT count(*) FROM source_documents WHERE state = 'failed')
+       END AS documents_failed
 FROM chunks
-WHERE state IN ('pending', 'claimed');
+WHERE state IN ('pending', 'claimed') AND document_id IS NULL;
 
 -- failed_rows --
 SELECT id, attempts, last_error, updated_at
 FROM chunks
-WHERE state = 'failed'
+WHERE state = 'failed' AND document_id IS NULL
 ORDER BY id
 LIMIT %(limit)s;
 
@@ -430,8 +438,68 @@ LIMIT %(limit)s;
 -- Re-queue parked rows (all of them, or the given ids) with a fresh attempt count.
 UPDATE chunks
 SET state = 'pending', attempts = 0, retry_at = NULL, last_error = NULL, updated_at = now()
-WHERE state = 'failed' AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+WHERE state = 'failed' AND document_id IS NULL
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 RETURNING id;
+
+-- failed_documents --
+-- Documents parked as failed, with their source's name and the error (the partial
+-- index source_documents_failed_idx).
+SELECT s.name AS source, d.doc_key AS key, d.attempts, d.last_error, d.queued_at
+FROM source_documents d
+JOIN sources s ON s.id = d.source_id
+WHERE d.state = 'failed'
+ORDER BY s.name, d.id
+LIMIT %(limit)s;
+
+-- retry_documents --
+-- Re-queue the failed documents of every source, or of the one named (migration 0007).
+SELECT source, requeued FROM retry_documents(%(source)s);
+
+-- source_name --
+SELECT name FROM sources WHERE id = %(source)s;
+
+-- indexer_owner --
+-- The role that owns the indexer's tables (the one that ran `indexer migrate`), whether
+-- it is a superuser (no role should be made a member of that one), and whether this
+-- session's role has its rights.
+SELECT pg_get_userbyid(c.relowner) AS owner,
+       (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = c.relowner) AS owner_is_superuser,
+       pg_has_role(current_user, c.relowner, 'USAGE') AS owns,
+       current_user AS role
+FROM pg_class c
+WHERE c.oid = to_regclass('chunks');
+
+-- search_coverage --
+-- Why a search found nothing: whether any row is embedded, or waiting; whether this
+-- role can see any passage (of the source named, if one is), as chunks' row-level
+-- security lets it; and whether any document (of that source) is indexed, waiting or
+-- failed (NULL for a role that may not read source_documents).
+WITH source AS (
+    SELECT s.id FROM sources s WHERE s.name = %(source)s::text
+)
+SELECT EXISTS (SELECT 1 FROM chunks WHERE document_id IS NULL AND state = 'embedded')
+           AS rows_embedded,
+       EXISTS (SELECT 1 FROM chunks WHERE state IN ('pending', 'claimed')) AS rows_waiting,
+       EXISTS (SELECT 1 FROM chunks c
+               WHERE c.document_id IS NOT NULL
+                 AND (%(source)s::text IS NULL OR c.source_id = (SELECT id FROM source)))
+           AS passages,
+       CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
+           EXISTS (SELECT 1 FROM source_documents d
+                   WHERE d.state = 'indexed' AND coalesce(d.chunk_count, 0) > 0
+                     AND (%(source)s::text IS NULL OR d.source_id = (SELECT id FROM source)))
+       END AS documents_indexed,
+       CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
+           EXISTS (SELECT 1 FROM source_documents d
+                   WHERE d.state IN ('pending', 'claimed')
+                     AND (%(source)s::text IS NULL OR d.source_id = (SELECT id FROM source)))
+       END AS documents_waiting,
+       CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
+           EXISTS (SELECT 1 FROM source_documents d
+                   WHERE d.state = 'failed'
+                     AND (%(source)s::text IS NULL OR d.source_id = (SELECT id FROM source)))
+       END AS documents_failed;
 
 -- search --
 -- Nearest rows to a query vector: search_chunks() (migration 0002) is the one

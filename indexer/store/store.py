@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -21,12 +22,13 @@ from typing import Any, LiteralString, cast
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from psycopg.rows import DictRow
 
 from indexer.db import connect as db
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
-from indexer.exceptions import SourceError, first_line, stored_error
+from indexer.exceptions import InsufficientPrivilege, SourceError, first_line, stored_error
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.store.documents import DocumentQueries
 from indexer.store.listen import Listener
@@ -125,6 +127,53 @@ LOCK_TRIES = 25
 
 log = logging.getLogger(__name__)
 
+#: What a named query does, in the words of the message a missing privilege gets, and
+#: who may: "search" and "write" (what grant_search and grant_write give a role),
+#: "owner" (the role that owns the indexer's tables; the default); "source": a source's
+#: table is read, and its driver error is that source's (see DocumentQueries).
+_DOING: dict[str, tuple[str, str]] = {
+    "insert_chunks": ("add rows", "write"),
+    "insert_documents": ("add documents", "write"),
+    "retry_failed": ("re-queue failed rows", "write"),
+    "retry_documents": ("re-queue failed documents", "write"),
+    "search_coverage": ("search", "search"),
+    "prune_events": ("prune events", "owner"),
+    "prune_cache_age": ("prune the vector cache", "owner"),
+    "prune_cache_size": ("prune the vector cache", "owner"),
+    "cache_purge": ("purge the vector cache", "owner"),
+    "cache_clear": ("purge the vector cache", "owner"),
+    "cache_stats": ("read the vector cache's statistics", "owner"),
+    "status": ("read the status", "owner"),
+    "queue_status": ("read the backlog", "owner"),
+    "failed_rows": ("read the failed rows", "owner"),
+    "failed_documents": ("read the failed documents", "owner"),
+    "source_status": ("read the sources' status", "owner"),
+    "source_queue_status": ("read the sources' status", "owner"),
+    "insert_event": ("write events (the daemon's work)", "owner"),
+    "add_source": ("add a source", "owner"),
+    "detach_source": ("remove a source", "owner"),
+    "remove_source": ("remove a source", "owner"),
+    "source_texts": ("read a source's table", "source"),
+    "backfill_source": ("back-fill a source", "source"),
+}
+
+
+def _or_member(owner: DictRow) -> str:
+    """How a role gets the rights of the indexer's owner besides logging in as it: made
+    a member of it; never said of a superuser (its members could act as it on every
+    object it owns)."""
+    if owner["owner_is_superuser"]:
+        return ""
+    return (
+        f", or ask an administrator to run GRANT {_ident(owner['owner'])} TO "
+        f"{_ident(owner['role'])};"
+    )
+
+
+def _ident(name: str) -> str:
+    """A role's name as SQL writes it (quoted only when it must be)."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
 
 class Store(DocumentQueries):
     """The indexer's tables in ``schema`` of the database at ``dsn``.
@@ -186,20 +235,64 @@ class Store(DocumentQueries):
             conn.execute(QUERIES["search_iterative"])
 
     @contextmanager
-    def _connection(self, what: str) -> Iterator[db.Connection]:
+    def _connection(
+        self, what: str, *, doing: str | None = None, need: str = "owner"
+    ) -> Iterator[db.Connection]:
+        """A pooled connection (``what``: for the line of an outage).  A privilege this
+        role lacks is InsufficientPrivilege saying it may not ``doing`` and what to run:
+        ``need`` is "search" or "write" (grant_search, grant_write) or "owner" (only the
+        role that owns the indexer's tables may)."""
         if not self._checked:
             with self._check_lock:
                 if not self._checked:
                     self.check()
         with db.wrap_errors(what), self._pool.connection() as conn:
-            yield conn
+            try:
+                yield conn
+            except psycopg.errors.InsufficientPrivilege as exc:
+                if exc.diag.context or need == "source":
+                    # Raised in a function of the indexer (its own line, with what to
+                    # grant), or reading a source's table (that source's error).
+                    raise
+                raise self._privilege_error(conn, doing or what, need, exc) from None
+
+    def _privilege_error(
+        self, conn: db.Connection, what: str, need: str, exc: psycopg.Error
+    ) -> InsufficientPrivilege:
+        """The one line for a privilege this role lacks, with what to run or ask for."""
+        try:
+            row = conn.execute(QUERIES["indexer_owner"]).fetchone()
+        except psycopg.Error:
+            row = None
+        role = str(row["role"]) if row else (conn.info.user or "this role")
+        owner = str(row["owner"]) if row and row["owner"] else None
+        line = f"role {role} may not {what} ({first_line(exc)})"
+        schema = _ident(self.schema)
+        grant = {"search": "grant_search", "write": "grant_write"}.get(need)
+        if grant is not None:
+            call = f"SELECT {schema}.{grant}({sql.Literal(role).as_string(conn)});"
+            return InsufficientPrivilege(
+                f"{line}: ask the owner of the indexer's tables"
+                f"{f' (role {owner})' if owner else ''} to run {call}"
+            )
+        if owner is None:
+            return InsufficientPrivilege(
+                f"{line}: only the role that owns the indexer's tables (the one that ran "
+                "`indexer migrate`) may; run the command as that role"
+            )
+        assert row is not None
+        return InsufficientPrivilege(
+            f"{line}: only role {owner}, which owns the indexer's tables, may; run the "
+            f"command as {owner}{_or_member(row)}"
+        )
 
     def _execute(
         self, name: str, params: dict[str, Any] | None = None, *, binary: bool = False
     ) -> list[DictRow]:
         """Run the named query; its rows (none for a statement without RETURNING)."""
         query: LiteralString = QUERIES[name]
-        with self._connection(f"running {name}") as conn:
+        doing, need = _DOING.get(name, (f"run {name}", "owner"))
+        with self._connection(f"running {name}", doing=doing, need=need) as conn:
             cursor = conn.execute(query, params, binary=binary)
             return cursor.fetchall() if cursor.description is not None else []
 
@@ -375,6 +468,36 @@ class Store(DocumentQueries):
         rows = self._execute("retry_failed", {"ids": None if ids is None else list(ids)})
         return [r["id"] for r in rows]
 
+    def failed_documents(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Documents parked as failed: source (its name), key, attempts, last_error."""
+        return [dict(r) for r in self._execute("failed_documents", {"limit": limit})]
+
+    def retry_failed_documents(self, source: str | None = None) -> dict[str, int]:
+        """Re-queue the failed documents of every source, or of ``source``; how many per
+        source (SourceError for an unknown name)."""
+        try:
+            rows = self._execute("retry_documents", {"source": source})
+        except psycopg.errors.UndefinedObject as exc:  # no source of that name
+            raise SourceError(first_line(exc)) from exc
+        return {r["source"]: int(r["requeued"]) for r in rows}
+
+    def search_coverage(self, source: str | None = None) -> dict[str, bool | None]:
+        """What a search that found nothing could have found: rows_embedded,
+        rows_waiting; passages this role may read, documents_indexed and
+        documents_waiting (None: this role may not tell), of ``source`` if given."""
+        return dict(self._one("search_coverage", {"source": source}))
+
+    def check_owner(self) -> None:
+        """Raise InsufficientPrivilege unless this role has the rights of the role that
+        owns the indexer's tables (the daemon writes all of them)."""
+        row = self._one("indexer_owner")
+        if row["owns"] is False:
+            raise InsufficientPrivilege(
+                f"role {row['role']} may not run the daemon: it writes every table of the "
+                f"indexer in schema {self.schema!r}, which belong to role {row['owner']}; "
+                f"run `indexer run` as {row['owner']}{_or_member(row)}"
+            )
+
     def prune_events(self, older_than_seconds: float) -> int:
         return int(self._one("prune_events", {"older_than_seconds": older_than_seconds})["pruned"])
 
@@ -444,7 +567,7 @@ class Store(DocumentQueries):
             "filter": json.dumps(metadata_filter or {}),
             "max_chars": max_chars,
         }
-        with self._connection("searching") as conn:
+        with self._connection("searching", doing="search", need="search") as conn:
             if k <= EF_SEARCH:
                 rows = conn.execute(QUERIES["search"], params).fetchall()
             else:
@@ -567,7 +690,9 @@ class Store(DocumentQueries):
                 cast(Generator[Any, None, None], rows).close()
 
         try:
-            with self._connection("searching documents") as conn:
+            with self._connection(
+                "searching documents", doing="search documents", need="search"
+            ) as conn:
                 if k <= EF_SEARCH:
                     read(conn)
                 else:

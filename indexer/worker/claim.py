@@ -125,3 +125,6 @@ class BatchResult:
     stale: int = 0
     #: rows written with a vector that cost no model call (see PendingWrite.reused).
     reused: int = 0
+    #: a batch of documents: ``written`` are the ids of their new passages, not rows
+    #: (metrics and the progress bar count them apart).
+    documents: bool = False

@@ -20,6 +20,7 @@ The loop holds no SQL (that is :mod:`indexer.store`) and no model code (that is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -133,6 +134,7 @@ class Worker:
         self._backoff = 0.5
         self.batches = 0
         self.rows_written = 0
+        self.passages_written = 0
         self.documents = DocumentWork(
             settings,
             store,
@@ -140,7 +142,7 @@ class Worker:
             self.worker_id,
             cache_key=self.cache_key,
             stop_event=self.stop_event,
-            report=self._count,
+            report=self._count_documents,
         )
         #: Whether the next idle moment tries documents before rows (they alternate, so
         #: neither queue starves the other).
@@ -345,9 +347,14 @@ class Worker:
 
     def _count(self, result: BatchResult) -> None:
         self.batches += 1
-        self.rows_written += len(result.written)
+        self.rows_written += len(result.written)  # vectors written: rows and passages
+        if result.documents:
+            self.passages_written += len(result.written)
         if self.on_batch is not None:
             self.on_batch(result)
+
+    def _count_documents(self, result: BatchResult) -> None:
+        self._count(dataclasses.replace(result, documents=True))
 
     def _report(self, result: BatchResult) -> None:
         logger.info(
@@ -449,17 +456,18 @@ class Worker:
                     "worker_stopped",
                     self.worker_id,
                     row_count=self.rows_written,
-                    detail={"batches": self.batches},
+                    detail={"batches": self.batches, "passages": self.passages_written},
                 )
         except DatabaseUnavailable as exc:
             logger.warning("could not record the stop (database unavailable): %s", exc)
         finally:
             self.listener.close()
         logger.info(
-            "worker %s stopped after %d batches, %d rows",
+            "worker %s stopped after %d batches, %d rows, %d passages",
             self.worker_id,
             self.batches,
-            self.rows_written,
+            self.rows_written - self.passages_written,
+            self.passages_written,
         )
 
     def _describe(self) -> dict[str, Any]:

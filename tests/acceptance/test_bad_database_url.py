@@ -66,3 +66,15 @@ def test_migrate_says_whether_it_changed_the_schema(empty_database: str, model_c
     second = run_cli(["migrate"], env)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == f"schema 'public' is already at revision {head}"
+
+
+def test_a_sqlalchemy_url_is_accepted(database: str, model_cache: Path) -> None:
+    # README's own form, postgresql+psycopg://, which libpq alone refuses.
+    info = psycopg.conninfo.conninfo_to_dict(database)
+    for driver in ("psycopg", "psycopg2"):
+        url = f"postgresql+{driver}://{info['user']}@/{info['dbname']}?host={info['host']}"
+        env = cli_env(url, model_cache)
+        for command in (["migrate"], ["status"]):
+            result = run_cli(command, env, timeout=QUICK_S)
+            assert result.returncode == 0, result.stderr
+            assert "error" not in result.stderr

@@ -197,3 +197,18 @@ def test_search_filter_retry_by_id_and_version(
 
     version = run_cli(["--version"], env)
     assert version.returncode == 0 and version.stdout.startswith("indexer 0.")
+
+
+def test_a_misspelled_variable_is_one_warning_naming_the_real_one(
+    database: str, model_cache: Path
+) -> None:
+    env = cli_env(database, model_cache, INDEXER_CHUNK_SIZE="64")
+    result = run_cli(["status"], env)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "INDEXER_CHUNK_SIZE" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "WARNING" in warnings[0]
+    assert warnings[0].endswith(
+        "INDEXER_CHUNK_SIZE is not a setting of the indexer: it is ignored; "
+        "did you mean INDEXER_CHUNK_TOKENS?"
+    )

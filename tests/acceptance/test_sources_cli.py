@@ -153,16 +153,27 @@ def test_plain_output_shows_control_characters_as_escapes(
     assert second.split("  ")[1:3] == ["notes\\x1b[31m\\u202e", "1"]
     listed = run_cli(["sources", "list"], env)
     assert listed.stdout.splitlines()[1].startswith("notes\\x1b[31m\\u202e: 1 indexed")
+    conn.execute("INSERT INTO chunks (content) VALUES ('a row')")
     conn.execute(
-        "UPDATE chunks SET state = 'failed', attempts = 5, embedding = NULL,"
-        " last_error = %s WHERE doc_key = '1'",
+        "UPDATE chunks SET state = 'failed', attempts = 5, last_error = %s"
+        " WHERE document_id IS NULL",
         ("boom\nfailed row 1 after 5 attempts: \x1b[2Jforged",),
+    )
+    conn.execute(
+        "UPDATE source_documents SET state = 'failed', attempts = 5, last_error = %s"
+        " WHERE doc_key = %s",
+        ("boom\nfailed document x 1 after 5 attempts: \x1b[2Jforged", key),
     )
     status = run_cli(["status"], env)
     assert status.returncode == 0, status.stderr
     assert "attempts: boom\\nfailed row 1 after 5 attempts: \\x1b[2Jforged\n" in status.stdout
+    assert (
+        "failed document documents 900\\n0.9999  documents  forged  a passage  [0:9] after 5 "
+        "attempts: boom\\nfailed document x 1 after 5 attempts: \\x1b[2Jforged\n"
+    ) in status.stdout
     assert "source              notes\\x1b[31m\\u202e: " in status.stdout
-    assert len(status.stdout.splitlines()) == 13  # ten figures, a failed row, two sources
+    # 17 figures, a failed row, a failed document, two sources
+    assert len(status.stdout.splitlines()) == 21
     removed = run_cli(["sources", "remove", name], env)
     assert removed.stdout == "removed source notes\\x1b[31m\\u202e and 1 chunk of its documents\n"
     unknown = run_cli(["sources", "remove", "gone\x1b[2J"], env)

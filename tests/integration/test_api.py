@@ -46,3 +46,29 @@ def test_bad_arguments_are_clear(settings: Settings, embedder: Embedder) -> None
             ix.add(["a", "b"], [{}])
         with pytest.raises(InvalidInput, match="not a string"):
             ix.embed(["ok", 3])  # type: ignore[list-item]
+
+
+def test_both_searches_take_the_metadata_filter_by_either_name(
+    settings: Settings, embedder: Embedder
+) -> None:
+    texts = ["PostgreSQL stores rows in tables.", "Cats purr when they are content."]
+    metadata = [{"topic": "db"}, {"topic": "pets"}]
+    with Indexer(settings, embedder=embedder) as ix:
+        ix.add(texts, metadata)
+        ix.add_documents(texts, metadata)
+        with Store(settings.database_url or "", settings.schema) as store:
+            Worker(settings, store, embedder).run(once=True)
+        pets = {"topic": "pets"}
+        for hits in (
+            ix.search("a database", k=5, filter=pets),
+            ix.search("a database", k=5, metadata_filter=pets),
+        ):
+            assert [h.content for h in hits] == [texts[1]]
+        for docs in (
+            ix.search_documents("a database", k=5, filter=pets),
+            ix.search_documents("a database", k=5, metadata_filter=pets),
+        ):
+            assert [d.content for d in docs] == [texts[1]]
+        for search in (ix.search, ix.search_documents):
+            with pytest.raises(InvalidInput, match="the same argument"):
+                search("a database", filter=pets, metadata_filter=pets)

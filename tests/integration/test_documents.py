@@ -367,7 +367,7 @@ def test_a_source_that_cannot_be_read_fails_its_documents_with_one_line(
     )
     assert [r["state"] for r in failed] == ["failed", "failed"], failed
     assert [r["last_error"] for r in failed] == [
-        "the table public.notes of source public.notes is gone"
+        "cannot read source public.notes: the table public.notes of source public.notes is gone"
     ] * 2
     assert "\n" not in failed[0]["last_error"]
     assert doc_row(conn, 1)["state"] == "indexed"

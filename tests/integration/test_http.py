@@ -166,6 +166,26 @@ def test_health_reports_the_backlog(api: Api, conn: Connection, embedder: Embedd
     assert role is not None and body["search_role"] == role["r"]
 
 
+def test_health_and_metrics_count_rows_and_passages_apart(
+    api: Api, settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    insert(conn, "a row", "another row")
+    report = "A long report about databases, their tables and their indexes. " * 60
+    conn.execute("INSERT INTO documents (content) VALUES (%s), ('a short one')", (report,))
+    drain(settings, embedder, api.metrics)
+    passages = conn.execute("SELECT count(*) AS n FROM chunks WHERE document_id IS NOT NULL")
+    written = passages.fetchone()
+    assert written is not None and written["n"] > 2
+    conn.execute("INSERT INTO documents (content) VALUES ('waiting')")
+    conn.execute("UPDATE source_documents SET state = 'failed' WHERE doc_key = '2'")
+    body = api.client.get("/health").json()
+    assert (body["backlog"], body["failed"]) == (0, 0)
+    assert (body["documents_backlog"], body["documents_failed"]) == (1, 1)
+    values = samples(api.client.get("/metrics").text)
+    assert values[("indexer_rows_embedded_total", frozenset())] == 2
+    assert values[("indexer_passages_written_total", frozenset())] == written["n"]
+
+
 def test_health_is_503_when_the_database_is_unreachable(
     settings: Settings, embedder: Embedder
 ) -> None:

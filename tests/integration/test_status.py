@@ -203,3 +203,100 @@ def test_daemon_in_a_long_model_call_is_active(conn: Connection) -> None:
         row = status(conn)
     assert row["active_workers"] == 1
     assert row["in_flight"] == 20
+
+
+# -- rows and the sources' documents, counted apart -----------------------------------
+
+VECTOR = "[" + ",".join(["1"] + ["0"] * 383) + "]"
+
+
+def document(conn: Connection, content: str, passages: int, state: str) -> None:
+    """A document of the built-in documents source in ``state``; ``passages`` passages
+    written as the daemon writes them."""
+    row = conn.execute(
+        "INSERT INTO documents (content) VALUES (%s) RETURNING id", (content,)
+    ).fetchone()
+    assert row is not None
+    doc = conn.execute(
+        "UPDATE source_documents SET state = %s, chunk_count = %s,"
+        " last_error = CASE WHEN %s = 'failed' THEN 'boom' END"
+        " WHERE doc_key = %s AND source_id = (SELECT id FROM sources WHERE name = 'documents')"
+        " RETURNING id, source_id",
+        (state, passages, state, str(row["id"])),
+    ).fetchone()
+    assert doc is not None
+    for position in range(passages):
+        conn.execute(
+            "INSERT INTO chunks (content, embedding, document_id, source_id, doc_key, position,"
+            " char_start, char_end) VALUES (%s, %s, %s, %s, %s, %s, 0, 1)",
+            (content, VECTOR, doc["id"], doc["source_id"], str(row["id"]), position),
+        )
+
+
+def test_rows_and_passages_are_counted_apart(conn: Connection) -> None:
+    conn.execute(
+        "INSERT INTO chunks (content, embedding)"
+        " SELECT 'row ' || i, %s FROM generate_series(1, 4) i",
+        (VECTOR,),
+    )
+    pending(conn, 2)
+    document(conn, "a long report", 392, "indexed")
+    document(conn, "another report", 0, "failed")
+    document(conn, "a third", 0, "pending")
+    row = status(conn)
+    # Only rows in the rows' columns: 4 embedded, not 4 + 392.
+    assert (row["embedded"], row["pending"], row["backlog"], row["failed"]) == (4, 2, 2, 0)
+    assert row["passages"] == 392
+    assert (row["documents"], row["documents_indexed"], row["documents_failed"]) == (3, 1, 1)
+    assert (row["documents_pending"], row["documents_in_flight"]) == (1, 0)
+
+
+def test_the_rows_rate_leaves_the_documents_batches_out(conn: Connection) -> None:
+    with conn.transaction():
+        pending(conn, 100)
+        daemon = Daemon(conn)
+        daemon.started(10.0)
+        daemon.batches(rows=50, batches=5, began=10.0, ended=0.0)
+        # A batch of documents: 400 passages in 2 s.
+        daemon.event(
+            "batch_completed",
+            0.0,
+            batch_id=uuid.uuid4(),
+            row_count=400,
+            embed_ms=2000,
+            detail='{"documents": [1, 2]}',
+        )
+        row = status(conn)
+    assert rate(row) == pytest.approx(5, abs=0.01)
+    assert eta_seconds(row) == pytest.approx(20, abs=1)
+    assert float(row["passages_per_second"]) == pytest.approx(200, abs=0.01)
+
+
+def test_a_daemon_holding_documents_is_active(conn: Connection) -> None:
+    with conn.transaction():
+        document(conn, "a report", 0, "pending")
+        daemon = Daemon(conn)
+        daemon.started(900.0)
+        conn.execute(
+            "UPDATE source_documents SET state = 'claimed', claimed_by = %s,"
+            " lease_expires_at = now() + interval '40 seconds'",
+            (daemon.worker_id,),
+        )
+        row = status(conn)
+    assert row["active_workers"] == 1
+    assert row["documents_in_flight"] == 1
+
+
+def test_the_downgrade_gives_the_view_its_columns_back(database: str, conn: Connection) -> None:
+    from indexer.db import migrate
+
+    columns = "SELECT * FROM indexer_status LIMIT 0"
+    new = {"passages", "documents", "documents_failed", "passages_per_second"}
+    assert new <= {c.name for c in conn.execute(columns).description or []}
+    migrate.downgrade(database, "public", "0006")
+    assert not new & {c.name for c in conn.execute(columns).description or []}
+    assert conn.execute("SELECT to_regprocedure('retry_documents(text)') AS f").fetchone() == {
+        "f": None
+    }
+    migrate.upgrade(database, "public")
+    assert new <= {c.name for c in conn.execute(columns).description or []}

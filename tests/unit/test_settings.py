@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from indexer.exceptions import ConfigurationError
-from indexer.settings import FIELDS, Settings, env_name
+from indexer.settings import FIELDS, Settings, env_name, libpq_url, unknown_variables
 
 
 def test_defaults_need_no_environment() -> None:
@@ -85,3 +85,48 @@ def test_no_test_hook_in_any_commands_help() -> None:
         text = sub.format_help().lower()
         assert "test" not in text.replace("latest", ""), name
         assert "fail-marker" not in text, name
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+psycopg://app:s@db/app", "postgresql://app:s@db/app"),
+        (
+            "postgresql+psycopg2://app@db/app?sslmode=require",
+            "postgresql://app@db/app?sslmode=require",
+        ),
+        ("postgres+psycopg://app@/app?host=/run", "postgres://app@/app?host=/run"),
+        ("postgresql://app@db/app", "postgresql://app@db/app"),
+        ("host=db dbname=app+psycopg", "host=db dbname=app+psycopg"),
+    ],
+)
+def test_a_sqlalchemy_url_is_read_as_libpq_reads_it(url: str, expected: str) -> None:
+    assert libpq_url(url) == expected
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "closest"),
+    [
+        ("INDEXER_CHUNK_SIZE", "INDEXER_CHUNK_TOKENS"),
+        ("INDEXER_BATCHSIZE", "INDEXER_BATCH_SIZE"),
+        ("INDEXER_SCHEME", "INDEXER_SCHEMA"),
+        ("INDEXER_DATABASE_URL", "DATABASE_URL"),
+        ("INDEXER_HTTP_TOKENS", "INDEXER_HTTP_TOKEN"),
+    ],
+)
+def test_a_misspelled_variable_is_one_warning_naming_the_closest(
+    variable: str, closest: str
+) -> None:
+    lines = unknown_variables({variable: "64", "INDEXER_BATCH_SIZE": "8", "PATH": "/bin"})
+    assert lines == [
+        f"{variable} is not a setting of the indexer: it is ignored; did you mean {closest}?"
+    ]
+
+
+def test_settings_the_test_hooks_and_unrelated_names_warn_of_nothing_or_name_nothing() -> None:
+    known = {env_name(f.name): "1" for f in FIELDS}
+    assert unknown_variables({**known, "INDEXER_HTTP": "x", "INDEXER_TEST_FAIL_MARKER": "x"}) == []
+    assert unknown_variables({"INDEXER_FOO": "1"}) == [
+        "INDEXER_FOO is not a setting of the indexer: it is ignored"
+    ]
