@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -576,3 +578,39 @@ def test_search_hides_what_the_table_no_longer_shows(conn: Connection, database:
         conn.execute("REVOKE USAGE ON SCHEMA app FROM " + reader)  # names from uuid hex
         conn.execute("UPDATE source_documents SET state = 'indexed'")
         assert found() == []  # and no error: the schema is out of its reach
+
+
+# --- README's least-privilege recipe, as written ----------------------------------------
+
+
+def test_readmes_least_privilege_recipe_works_as_written(conn: Connection, database: str) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    recipe = re.search(
+        r"\*\*Least privilege on your own PostgreSQL\*\*.*?```postgresql\n(.*?)```", readme, re.S
+    )
+    assert recipe is not None
+    conn.execute("CREATE SCHEMA app")
+    conn.execute("CREATE TABLE app.notes (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO app.notes VALUES (1, 'a note')")
+    name = "p_" + uuid.uuid4().hex[:12]  # roles are the server's: the recipe's, renamed
+    try:
+        conn.execute(re.sub(r"\bindexer\b", name, recipe.group(1)))
+        ix_dsn = make_conninfo(database, user=name)
+        migrate.upgrade(ix_dsn, "ix")
+        with Store(ix_dsn, "ix") as store:
+            store.add_source("app.notes", text=["body"])
+            assert (
+                store.backfill_source(next(r["id"] for r in store._execute("backfills_due")), 100)
+                == 1
+            )
+        with role(conn, database) as (reader, reader_dsn):
+            with as_role(ix_dsn) as ix:
+                ix.execute("SELECT ix.grant_search(%s)", (reader,))
+            with as_role(reader_dsn) as c:
+                found = c.execute(
+                    "SELECT count(*) FROM ix.search_documents(%s::vector, 5)", (vector(0),)
+                ).fetchone()
+            assert found == (0,)  # nothing indexed yet, and no error
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
