@@ -207,3 +207,14 @@ def settings(database: str, model_cache: Path) -> Settings:
         lease_seconds=30,
         retry_base_seconds=0.2,
     )
+
+
+@pytest.fixture
+def pgvector_08(database: str) -> None:
+    """Skip a test of pgvector 0.8's settings on a server with an older pgvector (0.7 has
+    no iterative scan, and refuses its settings): INDEXER_TEST_POSTGRES=url on 0.7."""
+    with psycopg.connect(database) as c:
+        row = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    version = tuple(int(p) for p in str(row[0] if row else "0").split("-")[0].split("."))
+    if version < (0, 8):
+        pytest.skip(f"tests pgvector 0.8's settings; the server has {row[0] if row else None}")

@@ -150,6 +150,7 @@ def test_readme_async_example(
         assert capsys.readouterr().out.splitlines() == printed
 
 
+@pytest.mark.usefixtures("pgvector_08")
 def test_search_settings_are_the_indexers(database: str) -> None:
     assert EF_SEARCH == STORE_EF_SEARCH
     with engine_for(database) as engine, engine.connect() as conn:

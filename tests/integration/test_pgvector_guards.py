@@ -17,6 +17,8 @@ from ..unit.test_pgvector_settings import shipped_uses
 from .sqla import engine_for
 
 GUARDED = [u for u in shipped_uses() if u.checks_version]
+# The settings are set for real: on pgvector 0.8 or newer (an older one is stood in for).
+pytestmark = pytest.mark.usefixtures("pgvector_08")
 # A literal, not a parameter: a DO block takes none.  Only the versions below go in.
 VERSION_TABLE = "(VALUES ('vector', '{}')) AS pg_extension(extname, extversion)"
 

@@ -160,7 +160,7 @@ def test_filters_of_metadata_and_source(conn: Connection, corpora: list[Corpus])
 
 
 @pytest.fixture
-def crowded(conn: Connection) -> tuple[Corpus, np.ndarray]:
+def crowded(conn: Connection, pgvector_08: None) -> tuple[Corpus, np.ndarray]:
     """One document owns the 200 chunks nearest to the query; 30 others, one each."""
     rng = np.random.default_rng(0)
     query = unit(rng.standard_normal(DIM))
