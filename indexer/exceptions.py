@@ -24,6 +24,11 @@ class DatabaseUnavailable(IndexerError):
     """The database cannot be reached."""
 
 
+class DatabaseRefused(ConfigurationError):
+    """The server refused the login (a wrong or missing password, no such role or
+    database): unlike an outage, waiting does not change its answer."""
+
+
 class ExtensionMissing(IndexerError):
     """The pgvector extension is missing or too old (0.7 or newer is required)."""
 

@@ -2,8 +2,10 @@
 
 Every connection the indexer opens comes from :func:`connect`: the configured schema
 first on its search_path, pgvector's types registered, rows as dicts.  Driver errors
-that mean "the database is not there" become :class:`DatabaseUnavailable`; a DSN libpq
-cannot parse is a :class:`ConfigurationError`, and a password never reaches a message.
+that mean "the database is not there" become :class:`DatabaseUnavailable` (an outage,
+which the daemon waits out); a server that answers and refuses the login is a
+:class:`DatabaseRefused` (see :func:`refusal`), a DSN libpq cannot parse a
+:class:`ConfigurationError`, and a password never reaches a message.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from indexer.db import server
 from indexer.exceptions import (
     ConfigurationError,
+    DatabaseRefused,
     DatabaseUnavailable,
     ExtensionMissing,
     IndexerError,
@@ -35,7 +38,8 @@ APPLICATION_NAME = "indexer"
 #: Seconds to wait for the server to accept a new connection.
 CONNECT_TIMEOUT = 10
 
-# Errors after which the same statement may work once the server is back.
+# Errors after which the same statement may work once the server is back.  (Opening a
+# connection, an OperationalError may also be the server's final "no": see refusal().)
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
     psycopg.errors.AdminShutdown,
@@ -107,17 +111,71 @@ def invalid_dsn(dsn: str) -> ConfigurationError:
     return ConfigurationError(f"invalid database URL{where}: {reason}")
 
 
+#: SQLSTATEs of a server that answered and will not let this login in, however long one
+#: waits: invalid_password (28P01); invalid_authorization_specification (28000: no such
+#: role, a role that may not log in, no pg_hba.conf line for it, a failed peer, ident,
+#: LDAP... check); invalid_catalog_name (3D000: no such database).
+REFUSALS = frozenset({"28P01", "28000", "3D000"})
+
+# What the server says with those SQLSTATEs, as libpq quotes it: after "failed: ", its
+# severity and two spaces.  Needed because libpq keeps the SQLSTATE of a failed
+# connection to itself: psycopg's error for it has sqlstate None, whatever the cause.
+_REFUSAL_WORDS = re.compile(
+    r"FATAL:  (?:"
+    r'.*authentication failed for user "'  # password (28P01), peer, ident, LDAP... (28000)
+    r'|role ".*" does not exist'
+    r'|role ".*" is not permitted to log in'
+    r"|no pg_hba\.conf entry for "
+    r"|pg_hba\.conf rejects connection for "
+    r'|database ".*" does not exist'  # 3D000
+    r")"
+)
+
+
+def refusal(exc: psycopg.Error) -> str | None:
+    """The server's reason when ``exc`` (opening a connection) is its refusal of the
+    login, which waiting does not change; None for an outage, which it may.
+
+    A refusal: the SQLSTATE is one of REFUSALS; or libpq found no password to give a
+    server that asked for one; or the message holds the server's own words for one of
+    REFUSALS.  An outage: no server answered (no socket, connection refused, a timeout,
+    a connection cut), or it answered that it cannot take connections now (starting up,
+    shutting down, in recovery, too many clients).  libpq's own messages (the first
+    kind) never hold the server's "FATAL:  " words, and the second kind's words differ
+    from a refusal's, so neither is taken for one.  A server whose messages are
+    translated (lc_messages) words a refusal differently: nothing matches, and it is
+    waited out as before, never the reverse.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+    if exc.sqlstate in REFUSALS:
+        return lines[0]
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    if exc.pgconn is not None and exc.pgconn.needs_password:
+        return lines[0]
+    # With several addresses (a name that resolves to IPv6 and IPv4, several hosts) the
+    # message has a line per attempt: one server's refusal decides.
+    return next((line for line in lines if _REFUSAL_WORDS.search(line)), None)
+
+
 @contextlib.contextmanager
 def connect_errors(dsn: str) -> Iterator[None]:
     """Driver errors of opening a connection to ``dsn``, as the user's one line."""
     try:
         yield
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact(dsn)}: {first_line(exc)}"
-        ) from exc
-    except psycopg.ProgrammingError:
-        raise invalid_dsn(dsn) from None
+    except psycopg.Error as exc:
+        reason = refusal(exc)
+        if reason is not None:
+            raise DatabaseRefused(
+                f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}"
+            ) from exc
+        if isinstance(exc, psycopg.OperationalError):
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {redact(dsn)}: {first_line(exc)}"
+            ) from exc
+        if isinstance(exc, psycopg.ProgrammingError):
+            raise invalid_dsn(dsn) from None
+        raise
 
 
 def connect(
@@ -128,8 +186,8 @@ def connect(
     vector: bool = True,
     timeout: int = CONNECT_TIMEOUT,
 ) -> Connection:
-    """Open a connection; raise DatabaseUnavailable, ConfigurationError (a malformed DSN)
-    or ExtensionMissing with a clear line."""
+    """Open a connection; raise DatabaseUnavailable, DatabaseRefused, ConfigurationError
+    (a malformed DSN) or ExtensionMissing with a clear line."""
     with connect_errors(dsn):
         conn = psycopg.connect(
             dsn,

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from indexer.db.connect import Connection, connect
@@ -55,6 +56,14 @@ def check_documents_match_their_text(conn: Connection, embedder: Embedder) -> No
     assert orphans == 0
 
 
+def started(conn: Connection, daemon: subprocess.Popen[str]) -> bool:
+    """The daemon is at work: past its start-up (model loaded, database reached)."""
+    query = (
+        "SELECT count(*) FROM events WHERE kind = 'worker_started' AND (detail->>'pid')::int = %s"
+    )
+    return count(conn, query, daemon.pid) > 0
+
+
 def test_sigkill_while_documents_are_re_chunked_loses_and_mixes_nothing(
     database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
 ) -> None:
@@ -69,8 +78,11 @@ def test_sigkill_while_documents_are_re_chunked_loses_and_mixes_nothing(
             for doc_id in rng.sample(range(1, 25), 6):
                 text = document(range(100 * (round_ + 1) + doc_id, 100 * (round_ + 1) + doc_id + 5))
                 conn.execute("UPDATE documents SET content = %s WHERE id = %s", (text, doc_id))
-            time.sleep(rng.uniform(0.5, 2.5))
             victim = rng.randrange(len(daemons))
+            # Killed at a random moment of its work, not of its start-up.
+            at_work = partial(started, conn, daemons[victim])
+            assert wait_until(at_work, 300, 0.1), log.read_text()
+            time.sleep(rng.uniform(0.5, 2.5))
             daemons[victim].send_signal(signal.SIGKILL)
             daemons[victim].wait(10)
             daemons[victim] = start_daemon(env, log)
@@ -84,15 +96,18 @@ def test_sigkill_while_documents_are_re_chunked_loses_and_mixes_nothing(
 def test_concurrent_daemons_index_each_document_once(
     database: str, model_cache: Path, conn: Connection, embedder: Embedder, tmp_path: Path
 ) -> None:
-    conn.execute(
-        "INSERT INTO documents (content)"
-        " SELECT 'Document ' || g || ': ' || repeat('word' || g || ' ', 150)"
-        " FROM generate_series(1, 90) g"
-    )
     env = daemon_env(database, model_cache, INDEXER_DOCUMENT_CLAIM_SIZE="4")
     log = tmp_path / "daemons.log"
     daemons = [start_daemon(env, log) for _ in range(3)]
     try:
+        # The documents come once every daemon is at work: one that started first
+        # could otherwise index them all before the others have loaded the model.
+        assert wait_until(lambda: all(started(conn, d) for d in daemons), 300, 0.1), log.read_text()
+        conn.execute(
+            "INSERT INTO documents (content)"
+            " SELECT 'Document ' || g || ': ' || repeat('word' || g || ' ', 150)"
+            " FROM generate_series(1, 90) g"
+        )
         assert wait_until(lambda: indexed_everything(conn), 180, 0.2), log.read_text()
     finally:
         codes = stop_all(daemons)
@@ -135,7 +150,8 @@ def test_removing_a_source_while_the_daemon_runs(
         conn.execute("INSERT INTO pages VALUES (1000, 'written after the removal')")
         conn.execute("INSERT INTO documents (content) VALUES ('still indexing other sources')")
         assert wait_until(lambda: indexed_everything(conn), 60, 0.1), log.read_text()
-        time.sleep(1.0)  # a batch in flight for the removed source would land by now
+        # Nothing read before the removal is still in flight: the daemon indexes one claim
+        # of documents at a time, and it has indexed the one added after the removal.
         assert daemon.poll() is None
     finally:
         codes = stop_all([daemon])

@@ -22,6 +22,7 @@ from indexer.store import Store
 from indexer.testing import CountingEmbedder
 from indexer.worker import Worker
 
+from ..helpers import wait_until
 from .test_worker import drain, insert
 
 #: Paragraphs of distinct prose, so that chunks (and their hashes) differ.
@@ -236,6 +237,13 @@ def test_a_reader_sees_the_old_chunk_set_or_the_new_one_never_a_mix(
             text = document(range(10 * version, 10 * version + 6))
             conn.execute("UPDATE documents SET content = %s WHERE id = %s", (text, key))
             drain(settings, embedder)
+
+            def read_it(version: int = version) -> bool:
+                return version in seen
+
+            # The reader has read this version before the next replaces it: its reads
+            # span every swap, however the threads were scheduled.
+            assert wait_until(read_it, 60)
     finally:
         done.set()
         thread.join()

@@ -5,7 +5,6 @@ Vectors here are random unit vectors: these tests are about bookkeeping, not the
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -121,9 +120,12 @@ def test_expired_lease_is_reclaimed_and_the_late_write_is_discarded(
 ) -> None:
     (cid,) = insert(conn, "text")
     slow, fast = uuid.uuid4(), uuid.uuid4()
-    slow_rows = store.claim(slow, 10, 1.0, 1000)
+    slow_rows = store.claim(slow, 10, 30, 1000)
     assert store.claim(fast, 10, 30, 1000) == []
-    time.sleep(1.1)
+    # The slow daemon stalls past its lease: as if the 30 s had passed, not waited for.
+    conn.execute(
+        "UPDATE chunks SET lease_expires_at = now() - interval '1 second' WHERE id = %s", (cid,)
+    )
     fast_rows = store.claim(fast, 10, 30, 1000)
     assert [r.id for r in fast_rows] == [cid]
     assert complete(store, slow, slow_rows) == []
@@ -169,7 +171,7 @@ def test_failures_back_off_then_park_then_retry(conn: Connection, store: Store) 
             uuid.uuid4(),
             [(rows[0], f"boom {attempt}\nsecond line")],
             max_attempts=3,
-            retry_base_seconds=0.5,
+            retry_base_seconds=60,
             embed_ms=1.0,
         )
         row = chunk(conn, cid)
@@ -177,8 +179,14 @@ def test_failures_back_off_then_park_then_retry(conn: Connection, store: Store) 
         assert row["last_error"] == f"boom {attempt}"
         if attempt < 3:
             assert row["state"] == "pending"
+            backoff = conn.execute(
+                "SELECT extract(epoch FROM retry_at - updated_at) AS s FROM chunks WHERE id = %s",
+                (cid,),
+            ).fetchone()
+            assert backoff == {"s": 60 * 2 ** (attempt - 1)}  # 1 min, then 2
             assert store.claim(worker, 10, 30, 1000) == []  # backing off
-            time.sleep(0.5 * 2 ** (attempt - 1) + 0.1)
+            # Its retry time comes: as if the minutes had passed, not waited for.
+            conn.execute("UPDATE chunks SET retry_at = now() WHERE id = %s", (cid,))
     assert chunk(conn, cid)["state"] == "failed"
     assert store.claim(worker, 10, 30, 1000) == []
     assert store.status()["failed"] == 1
@@ -223,11 +231,11 @@ def test_notify_on_new_and_changed_rows(database: str, conn: Connection) -> None
         assert listener.wait(0.05)  # starts listening: "look once more"
         assert not listener.wait(0.05)
         insert(conn, "wake up")
-        assert listener.wait(2.0)
+        assert listener.wait(30)  # returns as soon as it arrives
         conn.execute("UPDATE chunks SET metadata = '{\"k\": 1}'")
         assert not listener.wait(0.1)  # metadata alone needs no embedding
         conn.execute("UPDATE chunks SET content = 'changed'")
-        assert listener.wait(2.0)
+        assert listener.wait(30)  # returns as soon as it arrives
     finally:
         listener.close()
 

@@ -261,7 +261,15 @@ def test_a_poison_row_does_not_block_the_others(
     states = {r["id"]: r["state"] for r in conn.execute("SELECT id, state FROM chunks")}
     assert states[ids[4]] in ("pending", "failed")
     assert all(states[i] == "embedded" for i in ids if i != ids[4])
-    time.sleep(0.05)
+
+    def retry_due() -> bool:
+        row = conn.execute(
+            "SELECT retry_at IS NULL OR retry_at <= now() AS due FROM chunks WHERE id = %s",
+            (ids[4],),
+        ).fetchone()
+        return row is not None and bool(row["due"])
+
+    assert wait_until(retry_due, 30)
     drain(poisoned, failing)
     row = conn.execute(
         "SELECT state, attempts, last_error FROM chunks WHERE id = %s", (ids[4],)

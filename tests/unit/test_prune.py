@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from indexer.settings import Settings
 from indexer.testing import FakeStore
 from indexer.worker.prune import PRUNE_BATCH, Pruner
+
+from ..helpers import wait_until
 
 SETTINGS = Settings(database_url="postgresql://unused", cache_max_entries=10)
 
@@ -27,9 +27,10 @@ def test_the_thread_prunes_soon_after_start_and_survives_an_outage() -> None:
     store = FakeStore(down=True)
     pruner = Pruner(store, SETTINGS, every=0.05, first=0.01)
     pruner.start()
-    time.sleep(0.3)
-    store.down = False
-    time.sleep(0.3)
-    pruner.stop()
+    try:
+        assert wait_until(lambda: "prune_events" in store.calls, 30)  # tried while down
+        store.down = False
+        assert wait_until(lambda: "prune_cache" in store.calls, 30)  # a round went through
+    finally:
+        pruner.stop()
     assert store.calls.count("prune_events") >= 2  # retried after the outage
-    assert "prune_cache" in store.calls

@@ -19,6 +19,8 @@ from indexer.settings import Settings
 from indexer.testing import FakeEmbedder, FakeStore, FaultInjector
 from indexer.worker import BatchResult, Worker
 
+from ..helpers import wait_until
+
 SETTINGS = Settings(
     database_url="postgresql://unused",
     batch_size=3,
@@ -147,15 +149,11 @@ def test_the_loop_waits_for_work_and_stops_on_request() -> None:
     thread = threading.Thread(target=worker.run)
     thread.start()
     (cid,) = store.add("arrives later")
-    deadline = threading.Event()
-    for _ in range(200):
-        if store.rows[cid].state == "embedded":
-            break
-        deadline.wait(0.01)
+    embedded = wait_until(lambda: store.rows[cid].state == "embedded", 30)
     worker.stop()
-    thread.join(5)
+    thread.join(30)
     assert not thread.is_alive()
-    assert store.rows[cid].state == "embedded"
+    assert embedded
 
 
 def test_equal_texts_share_one_model_input_and_reuse_is_counted() -> None:
