@@ -211,7 +211,17 @@ def connect(
 
 
 def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
-    path = sql.SQL("{}, public").format(sql.Identifier(schema)).as_string(conn)
+    """The indexer's schema, then public, then the schema pgvector is installed in (if it
+    is another: a database where an early `indexer migrate` of another schema put it)."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+            " WHERE e.extname = 'vector'"
+        ).fetchone()
+    schemas = [schema, "public"]
+    if row is not None and row[0] not in schemas:
+        schemas.append(str(row[0]))
+    path = sql.SQL(", ").join(sql.Identifier(s) for s in schemas).as_string(conn)
     conn.execute("SELECT set_config('search_path', %s, false)", (path,))
 
 

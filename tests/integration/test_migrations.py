@@ -151,3 +151,28 @@ def test_the_start_check_refuses_a_database_that_is_not_utf8(
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("indexer: error: ") and "UTF8" in line
     assert "Traceback" not in result.stderr
+
+
+def test_the_first_migrate_of_another_schema_puts_pgvector_in_public(empty_database: str) -> None:
+    migrate.upgrade(empty_database, "a")
+    with connect(empty_database, "public", autocommit=True, vector=False) as conn:
+        row = conn.execute(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+            " WHERE e.extname = 'vector'"
+        ).fetchone()
+    assert row is not None and row["nspname"] == "public"
+    migrate.upgrade(empty_database, "public")
+    migrate.upgrade(empty_database, "b")
+    for schema in ("a", "public", "b"):
+        with Store(empty_database, schema) as store:
+            assert store.status()["backlog"] == 0
+
+
+def test_pgvector_in_a_schema_of_its_own_is_found(empty_database: str) -> None:
+    # As an earlier version left it: the extension in the first schema migrated.
+    with connect(empty_database, "public", autocommit=True, vector=False) as conn:
+        conn.execute("CREATE SCHEMA a")
+        conn.execute("CREATE EXTENSION vector SCHEMA a")
+    migrate.upgrade(empty_database, "public")
+    with Store(empty_database, "public") as store:
+        assert store.status()["backlog"] == 0
