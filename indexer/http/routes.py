@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from indexer.embedding import TextEmbedder
 from indexer.exceptions import (
     ConfigurationError,
+    DatabaseRefused,
     DatabaseUnavailable,
     ExtensionMissing,
     IndexerError,
@@ -277,7 +278,7 @@ def _add_health(app: FastAPI, res: Resources) -> None:
             reachable = migrated = True
         except (SchemaNotMigrated, ExtensionMissing) as exc:
             reachable, reason = True, str(exc)
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, DatabaseRefused) as exc:
             reason = str(exc)
         except IndexerError as exc:  # a privilege the API's role lacks, say
             reachable, reason = True, str(exc)
