@@ -174,6 +174,10 @@ BEGIN
     IF NOT FOUND OR src.relation IS DISTINCT FROM TG_RELID THEN
         RETURN NULL;  -- not this source's table: a trigger left behind, or not ours
     END IF;
+    IF TG_OP = 'TRUNCATE' THEN  -- reads no column: whatever its key has become
+        DELETE FROM @s.source_documents WHERE source_id = src.id;
+        RETURN NULL;
+    END IF;
     src := @s.current_names(src);
     IF src.key_column IS NULL THEN
         RAISE WARNING 'indexer: source % is not followed: its key column is gone', src.name;
@@ -187,9 +191,7 @@ BEGIN
                       'type that is not built in', src.name, quote_ident(src.key_column);
         RETURN NULL;
     END IF;
-    IF TG_OP = 'TRUNCATE' THEN
-        DELETE FROM @s.source_documents WHERE source_id = src.id;
-    ELSIF TG_OP = 'DELETE' THEN
+    IF TG_OP = 'DELETE' THEN
         EXECUTE format('SELECT array_agg(o.%I::text) FROM old_rows o', src.key_column)
             INTO gone;
     ELSIF TG_OP = 'INSERT' THEN
@@ -203,7 +205,8 @@ BEGIN
                     || array_remove(ARRAY[src.metadata_json], NULL)) AS c;
         EXECUTE format(
             'SELECT array_agg(n.%1$I::text) FROM new_rows n LEFT JOIN old_rows o '
-            'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column, watched)
+            'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column,
+            coalesce(watched, 'false'))  -- every watched column dropped: only new keys
             INTO keys;
         EXECUTE format(
             'SELECT array_agg(o.%1$I::text) FROM old_rows o LEFT JOIN new_rows n '

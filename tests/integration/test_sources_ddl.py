@@ -107,3 +107,14 @@ def test_a_dropped_tables_passages_are_not_found(conn: Connection) -> None:
     assert conn.execute(query, (vector,)).fetchone() == {"n": 1}
     conn.execute("DROP TABLE notes")
     assert conn.execute(query, (vector,)).fetchone() == {"n": 0}
+
+
+def test_writes_go_on_when_every_watched_column_is_dropped(conn: Connection) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text, n int)")
+    conn.execute("SELECT add_source('notes', NULL, ARRAY['body'])")
+    conn.execute("INSERT INTO notes VALUES (1, 'one', 0)")
+    conn.execute("ALTER TABLE notes DROP COLUMN body")
+    conn.execute("UPDATE notes SET n = 1")
+    conn.execute("UPDATE notes SET id = 2")  # a key change: the old key gone, the new queued
+    conn.execute("TRUNCATE notes")
+    assert documents(conn) == {}
