@@ -654,10 +654,15 @@ def _source_line(row: dict[str, Any]) -> str:
         if row["backfilled"]
         else f"back-fill: {plural(row['backfilled_rows'], 'row')} so far"
     )
+    gone = (
+        ""
+        if row.get("table_present", True)
+        else f"; its table {visible(row['source_table'])} is gone: `indexer sources remove`"
+    )
     return (
         f"{visible(row['source'])}: {row['indexed']} indexed, {row['pending']} pending, "
         f"{row['in_flight']} in flight, {row['failed']} failed, {row['truncated']} truncated; "
-        f"{plural(row['chunks'], 'chunk')}; lag {_duration(lag)}; {backfill}"
+        f"{plural(row['chunks'], 'chunk')}; lag {_duration(lag)}; {backfill}{gone}"
     )
 
 

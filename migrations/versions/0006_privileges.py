@@ -737,6 +737,41 @@ BEGIN
 END
 $$;
 
+-- Per source, as in 0005, with the table's current name and whether it is still there
+-- (a table dropped leaves its source, its documents and their passages: the passages are
+-- no longer found, and `indexer sources remove` clears the rest).
+CREATE OR REPLACE VIEW @s.indexer_source_status AS
+SELECT s.name AS source,
+       CASE WHEN t.oid IS NOT NULL THEN format('%I.%I', tn.nspname, t.relname)
+            ELSE format('%I.%I', s.table_schema, s.table_name)
+       END COLLATE "default" AS source_table,
+       coalesce(d.documents, 0) AS documents,
+       coalesce(d.indexed, 0) AS indexed,
+       coalesce(d.pending, 0) AS pending,
+       coalesce(d.in_flight, 0) AS in_flight,
+       coalesce(d.failed, 0) AS failed,
+       coalesce(d.truncated, 0) AS truncated,
+       coalesce(d.chunks, 0) AS chunks,
+       now() - d.oldest_queued_at AS lag,
+       s.backfill_done_at IS NOT NULL AS backfilled,
+       s.backfilled AS backfilled_rows,
+       t.oid IS NOT NULL AS table_present
+FROM @s.sources s
+LEFT JOIN pg_class t ON t.oid = s.relation
+LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+LEFT JOIN LATERAL (
+    SELECT count(*) AS documents,
+           count(*) FILTER (WHERE state = 'indexed') AS indexed,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'claimed') AS in_flight,
+           count(*) FILTER (WHERE state = 'failed') AS failed,
+           count(*) FILTER (WHERE truncated) AS truncated,
+           coalesce(sum(chunk_count) FILTER (WHERE state = 'indexed'), 0) AS chunks,
+           min(queued_at) FILTER (WHERE state IN ('pending', 'claimed')) AS oldest_queued_at
+    FROM @s.source_documents
+    WHERE source_id = s.id
+) d ON true;
+
 -- Passages longer than the daemon now makes them (INDEXER_CHUNK_MAX_CHARS, 8,192 by
 -- default: before, a text the tokenizer folds into few tokens made one chunk of any
 -- length): their documents are queued again, to be cut anew.
@@ -1041,6 +1076,7 @@ FUNCTIONS = (
 REVOKE = "\n".join(f"REVOKE ALL ON FUNCTION @s.{f} FROM PUBLIC;" for f in FUNCTIONS)
 
 DOWNGRADE = r"""
+DROP VIEW @s.indexer_source_status;
 DROP POLICY chunks_read ON @s.chunks;
 DROP POLICY chunks_insert_rows ON @s.chunks;
 DROP POLICY chunks_update_rows ON @s.chunks;
@@ -1132,6 +1168,9 @@ def _functions_of_0005() -> str:
         match = re.search(rf"CREATE FUNCTION {name}\(.*?\n\$\$;\n", script, re.DOTALL)
         assert match is not None, name
         parts.append(match.group(0).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    view = re.search(r"CREATE VIEW indexer_source_status AS.*?\n\) d ON true;\n", script, re.DOTALL)
+    assert view is not None
+    parts.append(view.group(0))
     pin = re.search(
         r"DO \$\$\nBEGIN\n    EXECUTE format\('ALTER FUNCTION source_changed.*?\n\$\$;\n",
         script,

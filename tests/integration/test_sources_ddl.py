@@ -107,6 +107,11 @@ def test_a_dropped_tables_passages_are_not_found(conn: Connection) -> None:
     assert conn.execute(query, (vector,)).fetchone() == {"n": 1}
     conn.execute("DROP TABLE notes")
     assert conn.execute(query, (vector,)).fetchone() == {"n": 0}
+    status = conn.execute(
+        "SELECT source_table, table_present FROM indexer_source_status WHERE source = %s",
+        ("public.notes",),
+    ).fetchone()
+    assert status == {"source_table": "public.notes", "table_present": False}
 
 
 def test_writes_go_on_when_every_watched_column_is_dropped(conn: Connection) -> None:
