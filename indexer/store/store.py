@@ -631,7 +631,8 @@ class Store(DocumentQueries):
         left = self._locking_call("detach_source", {"name": name}, f"remove source {name}")
         if left["detached"] is not None:
             log.warning("%s", left["detached"])
-        return int(self._source_call("remove_source", {"name": name})["removed"])
+        removed = self._locking_call("remove_source", {"name": name}, f"remove source {name}")
+        return int(removed["removed"])
 
     def source_status(self) -> list[dict[str, Any]]:
         """The ``indexer_source_status`` view, one row per source, by name."""

@@ -486,8 +486,14 @@ DECLARE
     src_id integer;
     removed bigint;
 BEGIN
-    PERFORM @s.detach_source(source_name);
     SELECT s.id INTO src_id FROM @s.sources s WHERE s.name = source_name;
+    -- Detached already (in a transaction of its own, as the CLI and API do): no second
+    -- lock on the application's table.
+    IF src_id IS NULL OR EXISTS (
+        SELECT 1 FROM pg_trigger t JOIN @s.sources s ON s.relation = t.tgrelid
+        WHERE s.id = src_id AND t.tgfoid = '@s.source_changed()'::regprocedure) THEN
+        PERFORM @s.detach_source(source_name);
+    END IF;
     DELETE FROM @s.sources WHERE id = src_id;
     SELECT coalesce(sum(chunk_count), 0) INTO removed
     FROM @s.source_documents WHERE source_id = src_id;
