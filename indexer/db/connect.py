@@ -277,3 +277,11 @@ def wrap_errors(what: str) -> Iterator[None]:
         raise
     except TRANSIENT_ERRORS as exc:
         raise DatabaseUnavailable(f"lost the database while {what}: {first_line(exc)}") from exc
+
+
+def quote_name(name: str) -> str:
+    """A name as SQL writes an identifier in a message a user copies: bare when it may be,
+    quoted (and its quotes doubled) when it must be."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'

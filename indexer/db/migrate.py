@@ -30,6 +30,7 @@ from indexer.db.connect import (
     Connection,
     check_dsn,
     connect_errors,
+    quote_name,
     resolve_dsn,
     set_search_path,
     wrap_errors,
@@ -105,14 +106,6 @@ def _role(conn: psycopg.Connection[Any]) -> str:
     return conn.info.parameter_status("session_authorization") or conn.info.user
 
 
-def _ident(conn: psycopg.Connection[Any], name: str) -> str:
-    """``name`` as SQL writes an identifier: quoted only when it must be."""
-    quoted = sql.Identifier(name).as_string(conn)
-    return (
-        name if quoted == f'"{name}"' and name == name.lower() and name.isidentifier() else quoted
-    )
-
-
 def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     """Create ``schema`` unless it exists: a schema an administrator created for the
     indexer's role (CREATE SCHEMA ix AUTHORIZATION indexer) needs no CREATE on the
@@ -126,12 +119,12 @@ def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     assert row is not None
     may_create, database = row
     if not may_create:
-        role = _ident(conn, _role(conn))
+        role = quote_name(_role(conn))
         raise InsufficientPrivilege(
             f"role {role} may not create schema {schema!r} (it needs CREATE on database "
             f"{database!r}): ask an administrator to run GRANT CREATE ON DATABASE "
-            f"{_ident(conn, database)} TO {role}; or to create the schema for it: "
-            f"CREATE SCHEMA {_ident(conn, schema)} AUTHORIZATION {role};"
+            f"{quote_name(database)} TO {role}; or to create the schema for it: "
+            f"CREATE SCHEMA {quote_name(schema)} AUTHORIZATION {role};"
         )
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
@@ -140,7 +133,7 @@ def _check_upgrade(conn: psycopg.Connection[Any], schema: str) -> None:
     """Raise the one line for a privilege an upgrade of ``schema`` needs and this role
     lacks (pgvector's extension, CREATE on the schema, owning the indexer's tables),
     before a migration fails half-way with the server's message."""
-    role = _ident(conn, _role(conn))
+    role = quote_name(_role(conn))
     row = conn.execute(
         "SELECT e.extversion IS NOT NULL, a.name IS NOT NULL,"
         " coalesce(v.superuser, true) AND NOT r.rolsuper,"
@@ -174,7 +167,7 @@ def _check_upgrade(conn: psycopg.Connection[Any], schema: str) -> None:
     if row is not None and not row[0]:
         raise InsufficientPrivilege(
             f"role {role} may not create tables in schema {schema!r}: ask an administrator "
-            f"to run GRANT CREATE ON SCHEMA {_ident(conn, schema)} TO {role}; or give the "
+            f"to run GRANT CREATE ON SCHEMA {quote_name(schema)} TO {role}; or give the "
             f"indexer a schema of its own (CREATE SCHEMA ix AUTHORIZATION {role}; and "
             "INDEXER_SCHEMA=ix)"
         )
@@ -198,11 +191,11 @@ def _check_owner(conn: psycopg.Connection[Any], schema: str, *, unreadable: bool
     owner, superuser, readable = row
     if unreadable and readable:
         return
-    role = _ident(conn, _role(conn))
+    role = quote_name(_role(conn))
     member = (
         ""
         if superuser  # never advise membership in a superuser
-        else f", or ask an administrator to run GRANT {_ident(conn, owner)} TO {role};"
+        else f", or ask an administrator to run GRANT {quote_name(owner)} TO {role};"
     )
     raise InsufficientPrivilege(
         f"role {role} may not upgrade the indexer's tables in schema {schema!r}: they "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from psycopg import sql
 from psycopg.rows import DictRow
 
 from indexer.db import connect as db
+from indexer.db.connect import quote_name
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
 from indexer.exceptions import InsufficientPrivilege, SourceError, first_line, stored_error
@@ -165,14 +165,9 @@ def _or_member(owner: DictRow) -> str:
     if owner["owner_is_superuser"]:
         return ""
     return (
-        f", or ask an administrator to run GRANT {_ident(owner['owner'])} TO "
-        f"{_ident(owner['role'])};"
+        f", or ask an administrator to run GRANT {quote_name(owner['owner'])} TO "
+        f"{quote_name(owner['role'])};"
     )
-
-
-def _ident(name: str) -> str:
-    """A role's name as SQL writes it (quoted only when it must be)."""
-    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 class Store(DocumentQueries):
@@ -267,7 +262,7 @@ class Store(DocumentQueries):
         role = str(row["role"]) if row else (conn.info.user or "this role")
         owner = str(row["owner"]) if row and row["owner"] else None
         line = f"role {role} may not {what} ({first_line(exc)})"
-        schema = _ident(self.schema)
+        schema = quote_name(self.schema)
         grant = {"search": "grant_search", "write": "grant_write"}.get(need)
         if grant is not None:
             call = f"SELECT {schema}.{grant}({sql.Literal(role).as_string(conn)});"
