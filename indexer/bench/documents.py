@@ -15,7 +15,7 @@ one run:
   (every chunk a cache hit), against the first import beside it;
 - a one-paragraph update of a document of at least 50 chunks (topics joined): the
   model inputs of the drain that follows (a
-  :class:`~indexer.testing.CountingEmbedder` records them), against the chunks whose
+  :class:`~indexer.embedding.wrappers.CountingEmbedder` records them), against the chunks whose
   span overlaps the changed paragraph plus one on each side (the overlap).
 
 The vector cache is on in every drain, whatever the settings say: the last two figures
@@ -252,7 +252,7 @@ def bench_documents(ctx: Context, results: dict[str, Any]) -> None:
 
 def _paragraph_update(ctx: Context, schema: str, conn: db.Connection) -> dict[str, Any]:
     """Index one long document, edit its middle paragraph, count the model's inputs."""
-    from indexer.testing import CountingEmbedder
+    from indexer.embedding.wrappers import CountingEmbedder
 
     edit = long_document(ctx.embedder, ctx.settings)
     conn.execute("DELETE FROM documents")

@@ -5,9 +5,13 @@
   isolation code has to find the bad row.
 - :class:`FakeStore` and :class:`FakeEmbedder` let unit tests drive the real
   :class:`~indexer.worker.Worker` loop with no database and no model.
-- ``python -m indexer.testing ARGS...`` runs the real ``indexer`` command with a
-  :class:`FaultInjector` around its embedder when ``INDEXER_TEST_FAIL_MARKER`` is set
-  (acceptance tests of poison rows in a subprocess).
+- :class:`CountingEmbedder` (re-exported from :mod:`indexer.embedding.wrappers`, where
+  the bench finds it too) records every model input.
+- ``python -m indexer.testing ARGS...`` (:mod:`indexer.testing.__main__`) runs the real
+  ``indexer`` command with a :class:`FaultInjector` around its embedder when
+  ``INDEXER_TEST_FAIL_MARKER`` is set (acceptance tests of poison rows in a subprocess).
+  That entry point, not this module, imports the CLI: the CLI loads the bench, which
+  must never lead back here.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,42 +29,22 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.embedding import TextEmbedder, Tokenized
+from indexer.embedding.wrappers import CountingEmbedder, EmbedderWrapper
 from indexer.exceptions import DatabaseUnavailable, EmbeddingError
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
 
 FAIL_MARKER_ENV = "INDEXER_TEST_FAIL_MARKER"
 
-
-class EmbedderWrapper:
-    """An embedder that passes everything to ``inner``; subclasses change one thing."""
-
-    def __init__(self, inner: TextEmbedder) -> None:
-        self.inner = inner
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def cache_key(self) -> str:
-        return self.inner.cache_key
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        return self.inner.tokenize(texts)
-
-    def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
-        return self.inner.token_offsets(text)
-
-    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
-        return self.inner.embed_tokenized(tokenized)
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self.embed_tokenized(self.tokenize(texts))
+__all__ = [
+    "FAIL_MARKER_ENV",
+    "CountingEmbedder",
+    "EmbedderWrapper",
+    "FakeEmbedder",
+    "FakeStore",
+    "FaultInjector",
+    "fault_injecting",
+]
 
 
 class FaultInjector(EmbedderWrapper):
@@ -74,18 +57,6 @@ class FaultInjector(EmbedderWrapper):
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         if any(self.marker in t for t in tokenized.texts):
             raise EmbeddingError(f"injected failure: text contains {self.marker!r}")
-        return self.inner.embed_tokenized(tokenized)
-
-
-class CountingEmbedder(EmbedderWrapper):
-    """A real embedder that records the text of every model input (``texts``)."""
-
-    def __init__(self, inner: TextEmbedder) -> None:
-        super().__init__(inner)
-        self.texts: list[str] = []
-
-    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
-        self.texts.extend(tokenized.texts)
         return self.inner.embed_tokenized(tokenized)
 
 
@@ -340,14 +311,3 @@ def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Setti
     if not marker:
         return load
     return lambda settings: FaultInjector(load(settings), marker)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from indexer.cli import main as cli_main
-    from indexer.embedding import load_embedder
-
-    return cli_main(argv, load=fault_injecting(load_embedder))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

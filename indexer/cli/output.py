@@ -1,0 +1,88 @@
+"""Plain-text output of every command: :func:`visible` keeps user-supplied text on its
+one line, and the small formatters (counts, durations, snippets, JSON values, a
+source's status line) are shared here because ``status`` and ``sources list`` print
+the same lines.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: What a terminal would act on rather than show, or that would reorder what it shows:
+#: C0 and C1 controls and DEL (ESC, CR, NEL...), the line and paragraph separators, the
+#: bidirectional marks, embeddings, overrides and isolates; and lone surrogates, which
+#: cannot even be written out as UTF-8.
+_UNSHOWN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` for a line of plain-text output: each character a terminal would act on
+    (see ``_UNSHOWN``) written as an escape instead (``\\n``, ``\\x1b``, ``\\u202e``), so
+    that a key, a name or an error from the database is always shown on the one line it
+    is printed on and cannot move the cursor, recolour or reorder the text.  Every
+    plain-text line that holds user-supplied text goes through it (``--json`` does not:
+    its strings are JSON-escaped)."""
+    return _UNSHOWN.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
+
+def plural(count: int, word: str) -> str:
+    """``1 event``, ``2 events``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def duration(value: Any) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def snippet(text: str, width: int) -> str:
+    """``text`` on one line, its runs of whitespace (newlines included) made one space,
+    cut to ``width`` characters (an ellipsis marks the cut), then :func:`visible`."""
+    line = " ".join(text.split())
+    return visible(line if len(line) <= width else line[: width - 1] + "…")
+
+
+def jsonable(value: Any) -> Any:
+    if hasattr(value, "total_seconds"):
+        return value.total_seconds()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    return float(value)
+
+
+def source_line(row: dict[str, Any]) -> str:
+    """One source of ``indexer_source_status`` on one line."""
+    lag = row["lag"]
+    backfill = (
+        "back-fill done"
+        if row["backfilled"]
+        else f"back-fill: {plural(row['backfilled_rows'], 'row')} so far"
+    )
+    gone = (
+        ""
+        if row.get("table_present", True)
+        else f"; its table {visible(row['source_table'])} is gone: `indexer sources remove`"
+    )
+    return (
+        f"{visible(row['source'])}: {row['indexed']} indexed, {row['pending']} pending, "
+        f"{row['in_flight']} in flight, {row['failed']} failed, {row['truncated']} truncated; "
+        f"{plural(row['chunks'], 'chunk')}; lag {duration(lag)}; {backfill}{gone}"
+    )
