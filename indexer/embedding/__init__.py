@@ -6,8 +6,10 @@ who only embeds pays for none of the database layer.  Its modules, by job:
 (built graphs, verified and written atomically), :mod:`~indexer.embedding.safetensors`
 and :mod:`~indexer.embedding.bert` (weights -> ONNX graph),
 :mod:`~indexer.embedding.quantize` (the int8 variant), :mod:`~indexer.embedding.session`
-(the ONNX Runtime session), :mod:`~indexer.embedding.tokens` (model-call planning) and
-:mod:`~indexer.embedding.embedder` (the :class:`Embedder` that ties them together).
+(the ONNX Runtime session), :mod:`~indexer.embedding.tokens` (model-call planning),
+:mod:`~indexer.embedding.embedder` (the :class:`Embedder` that ties them together) and
+:mod:`~indexer.embedding.wrappers` (embedders around another: the bench's and the tests'
+input counter).
 """
 
 from __future__ import annotations
