@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings, load: EmbedderLoader) -> int:
+    """``indexer bench``: the bench loads its sections only when it runs."""
     from indexer import bench
 
     return bench.main(args, settings)
