@@ -78,7 +78,7 @@ FILLER = " ".join(["lorem ipsum dolor sit amet"] * 12)  # a passage of ~330 char
 CALLS = (
     "SELECT pg_stat_get_xact_function_calls("
     "'public.passage_visible(integer, text)'::regprocedure),"
-    " pg_stat_get_xact_function_calls('public.readable_sources()'::regprocedure)"
+    " pg_stat_get_xact_function_calls('public.readable_sources(boolean)'::regprocedure)"
 )
 
 

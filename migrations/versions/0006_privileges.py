@@ -686,10 +686,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         FROM pg_class c WHERE c.oid = relation), false)
 $$;
 
--- The sources whose passages a role may read without asking the table row by row: it
--- may SELECT the key, text and metadata columns, and no row-level security applies to
--- it there.  Evaluated once per statement by chunks' row-level security policy.
-CREATE FUNCTION @s.readable_sources() RETURNS integer[]
+-- The sources whose columns (key, text, metadata) a role may SELECT, split by whether
+-- row-level security applies to it on their table: without (``under_rls`` false) their
+-- passages are visible as they are; with, each is asked row by row (passage_visible).
+-- Evaluated once per statement, for each half, by chunks' row-level security policy.
+CREATE FUNCTION @s.readable_sources(under_rls boolean) RETURNS integer[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(s.id), '{}')
     FROM @s.sources s
@@ -698,27 +699,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND @s.columns_readable(s.relation, array_remove(
               ARRAY[s.key_attnum] || s.text_attnums || s.metadata_attnums
               || ARRAY[s.metadata_json_attnum], NULL))
-      AND NOT row_security_active(c.oid)
-$$;
-
--- The sources whose columns a role may read but whose row-level security applies to it:
--- their passages are checked row by row (passage_visible).  Once per statement, too.
-CREATE FUNCTION @s.rls_sources() RETURNS integer[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(array_agg(s.id), '{}')
-    FROM @s.sources s
-    JOIN pg_class c ON c.oid = s.relation
-    WHERE s.key_attnum IS NOT NULL
-      AND @s.columns_readable(s.relation, array_remove(
-              ARRAY[s.key_attnum] || s.text_attnums || s.metadata_attnums
-              || ARRAY[s.metadata_json_attnum], NULL))
-      AND row_security_active(c.oid)
+      AND row_security_active(c.oid) = under_rls
 $$;
 
 -- Whether the calling role may read the row a passage comes from: the key looked up in
 -- the source's table as that role, so the table's grants and policies decide.  Called
--- by chunks' policy for the passages of rls_sources() only, which checked the columns'
--- grants; it checks the key column's again, so that a direct call is no less careful.
+-- by chunks' policy for the passages of readable_sources(true) only, which checked the
+-- columns' grants; it checks the key column's again, so that a direct call is no less
+-- careful.
 CREATE FUNCTION @s.passage_visible(source integer, key text) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -800,8 +788,8 @@ $$;
 ALTER TABLE @s.chunks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY chunks_read ON @s.chunks FOR SELECT
     USING (document_id IS NULL
-           OR source_id = ANY ((SELECT @s.readable_sources())::integer[])
-           OR (source_id = ANY ((SELECT @s.rls_sources())::integer[])
+           OR source_id = ANY ((SELECT @s.readable_sources(false))::integer[])
+           OR (source_id = ANY ((SELECT @s.readable_sources(true))::integer[])
                AND @s.document_current(document_id)
                AND @s.passage_visible(source_id, doc_key)));
 CREATE POLICY chunks_insert_rows ON @s.chunks FOR INSERT WITH CHECK (document_id IS NULL);
@@ -1000,7 +988,7 @@ BEGIN
                    'metadata_attnums, metadata_json_attnum) ON %1$s.sources TO %2$s',
                    @schema_ident_literal, role);
     EXECUTE format(
-        'GRANT EXECUTE ON FUNCTION %1$s.readable_sources(), %1$s.rls_sources(), '
+        'GRANT EXECUTE ON FUNCTION %1$s.readable_sources(boolean), '
         '%1$s.columns_readable(regclass, smallint[]), %1$s.passage_visible(integer, text), '
         '%1$s.document_current(bigint) TO %2$s', @schema_ident_literal, role);
 END
@@ -1064,8 +1052,7 @@ FUNCTIONS = (
     "lock_source(@s.sources)",
     "backfill_source(integer, integer)",
     "source_texts(integer, text[], integer)",
-    "readable_sources()",
-    "rls_sources()",
+    "readable_sources(boolean)",
     "columns_readable(regclass, smallint[])",
     "passage_visible(integer, text)",
     "document_current(bigint)",
@@ -1093,8 +1080,7 @@ DROP FUNCTION @s.grant_search(regrole);
 DROP FUNCTION @s.grant_policy(regrole);
 DROP FUNCTION @s.passage_visible(integer, text);
 DROP FUNCTION @s.document_current(bigint);
-DROP FUNCTION @s.readable_sources();
-DROP FUNCTION @s.rls_sources();
+DROP FUNCTION @s.readable_sources(boolean);
 DROP FUNCTION @s.columns_readable(regclass, smallint[]);
 DROP FUNCTION @s.source_unreadable(@s.sources);
 DROP FUNCTION @s.current_names(@s.sources);
