@@ -166,15 +166,17 @@ def indexer_role(conn: Connection, database: str) -> Iterator[tuple[str, str]]:
         yield name, dsn
 
 
-def test_the_indexer_never_runs_the_table_owners_code(
+@pytest.fixture
+def tenant(
     conn: Connection, database: str, indexer_role: tuple[str, str]
-) -> None:
-    ix_name, ix_dsn = indexer_role
-    with role(conn, database) as (tenant, tenant_dsn):
+) -> Iterator[tuple[str, str]]:
+    """A role owning schema tenant_b (the indexer's role may use it), with a spy table
+    anyone may insert into and ``tenant_b.leak()``, which records who runs it there."""
+    with role(conn, database) as (name, dsn):
         conn.execute(
-            sql.SQL("CREATE SCHEMA tenant_b AUTHORIZATION {}").format(sql.Identifier(tenant))
+            sql.SQL("CREATE SCHEMA tenant_b AUTHORIZATION {}").format(sql.Identifier(name))
         )
-        with as_role(tenant_dsn) as b:
+        with as_role(dsn) as b:
             b.execute("CREATE TABLE tenant_b.spy (who text)")
             b.execute("GRANT INSERT ON tenant_b.spy TO PUBLIC")
             b.execute(
@@ -182,77 +184,85 @@ def test_the_indexer_never_runs_the_table_owners_code(
                 " $f$ BEGIN INSERT INTO tenant_b.spy VALUES (current_user); RETURN true;"
                 " END $f$"
             )
-            b.execute("CREATE TYPE tenant_b.label AS ENUM ('red', 'blue')")
             b.execute(
-                "CREATE FUNCTION tenant_b.label_json(tenant_b.label) RETURNS json"
-                " LANGUAGE plpgsql AS $f$ BEGIN PERFORM tenant_b.leak(); RETURN '1'; END $f$"
+                sql.SQL("GRANT USAGE ON SCHEMA tenant_b TO {}").format(
+                    sql.Identifier(indexer_role[0])
+                )
             )
+        yield name, dsn
+
+
+def test_the_indexer_never_runs_the_table_owners_code(
+    conn: Connection, indexer_role: tuple[str, str], tenant: tuple[str, str]
+) -> None:
+    ix_name, ix_dsn = indexer_role
+    tenant_dsn = tenant[1]
+    with as_role(tenant_dsn) as b:
+        b.execute("CREATE TYPE tenant_b.label AS ENUM ('red', 'blue')")
+        b.execute(
+            "CREATE FUNCTION tenant_b.label_json(tenant_b.label) RETURNS json"
+            " LANGUAGE plpgsql AS $f$ BEGIN PERFORM tenant_b.leak(); RETURN '1'; END $f$"
+        )
+        b.execute(
+            "CREATE CAST (tenant_b.label AS json) WITH FUNCTION tenant_b.label_json(tenant_b.label)"
+        )
+        b.execute("CREATE TYPE tenant_b.txt AS (v text)")
+        b.execute(
+            "CREATE FUNCTION tenant_b.txt_text(tenant_b.txt) RETURNS text"
+            " LANGUAGE plpgsql AS $f$ BEGIN PERFORM tenant_b.leak(); RETURN 'x'; END $f$"
+        )
+        b.execute(
+            "CREATE CAST (tenant_b.txt AS text) WITH FUNCTION tenant_b.txt_text(tenant_b.txt)"
+        )
+        b.execute(
+            "CREATE TABLE tenant_b.notes (id bigint PRIMARY KEY, body text,"
+            " extra tenant_b.txt, tag tenant_b.label)"
+        )
+        b.execute("INSERT INTO tenant_b.notes VALUES (1, 'one', row('more'), 'red')")
+        b.execute(
+            sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.notes TO {}").format(sql.Identifier(ix_name))
+        )
+    with Store(ix_dsn, "ix") as store:
+        store.add_source("tenant_b.notes", text=["body", "extra"], metadata=["tag"])
+        with as_role(ix_dsn) as ix:
+            row = ix.execute("SELECT id FROM ix.sources WHERE NOT builtin").fetchone()
+        assert row is not None
+        source = int(row[0])
+        texts = store.source_texts(source, ["1"], 1000)
+        assert [(t.key, t.text, t.metadata) for t in texts] == [
+            ("1", "one\n\n(more)", {"tag": "red"})
+        ]
+        with as_role(tenant_dsn) as b:
+            b.execute("INSERT INTO tenant_b.notes VALUES (2, 'two', row('x'), 'blue')")
+            b.execute("UPDATE tenant_b.notes SET extra = row('changed') WHERE id = 1")
+            b.execute("ALTER TABLE tenant_b.notes ENABLE ROW LEVEL SECURITY")
+            b.execute("CREATE POLICY p ON tenant_b.notes USING (tenant_b.leak())")
+        with pytest.raises(SourceError, match=r"row-level security on tenant_b\.notes"):
+            store.source_texts(source, ["1"], 1000)
+        with pytest.raises(SourceError, match=r"row-level security on tenant_b\.notes") as e:
+            store.backfill_source(source, 10)
+        assert "\n" not in str(e.value)
+        with as_role(tenant_dsn) as b:
+            b.execute("CREATE TABLE tenant_b.more (id bigint PRIMARY KEY, body text)")
+            b.execute("ALTER TABLE tenant_b.more ENABLE ROW LEVEL SECURITY")
+            b.execute("CREATE POLICY p ON tenant_b.more USING (tenant_b.leak())")
             b.execute(
-                "CREATE CAST (tenant_b.label AS json)"
-                " WITH FUNCTION tenant_b.label_json(tenant_b.label)"
-            )
-            b.execute("CREATE TYPE tenant_b.txt AS (v text)")
-            b.execute(
-                "CREATE FUNCTION tenant_b.txt_text(tenant_b.txt) RETURNS text"
-                " LANGUAGE plpgsql AS $f$ BEGIN PERFORM tenant_b.leak(); RETURN 'x'; END $f$"
-            )
-            b.execute(
-                "CREATE CAST (tenant_b.txt AS text) WITH FUNCTION tenant_b.txt_text(tenant_b.txt)"
-            )
-            b.execute(
-                "CREATE TABLE tenant_b.notes (id bigint PRIMARY KEY, body text,"
-                " extra tenant_b.txt, tag tenant_b.label)"
-            )
-            b.execute("INSERT INTO tenant_b.notes VALUES (1, 'one', row('more'), 'red')")
-            b.execute(
-                sql.SQL("GRANT USAGE ON SCHEMA tenant_b TO {}").format(sql.Identifier(ix_name))
-            )
-            b.execute(
-                sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.notes TO {}").format(
+                sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.more TO {}").format(
                     sql.Identifier(ix_name)
                 )
             )
-        with Store(ix_dsn, "ix") as store:
-            store.add_source("tenant_b.notes", text=["body", "extra"], metadata=["tag"])
-            with as_role(ix_dsn) as ix:
-                row = ix.execute("SELECT id FROM ix.sources WHERE NOT builtin").fetchone()
-            assert row is not None
-            source = int(row[0])
-            texts = store.source_texts(source, ["1"], 1000)
-            assert [(t.key, t.text, t.metadata) for t in texts] == [
-                ("1", "one\n\n(more)", {"tag": "red"})
-            ]
-            with as_role(tenant_dsn) as b:
-                b.execute("INSERT INTO tenant_b.notes VALUES (2, 'two', row('x'), 'blue')")
-                b.execute("UPDATE tenant_b.notes SET extra = row('changed') WHERE id = 1")
-                b.execute("ALTER TABLE tenant_b.notes ENABLE ROW LEVEL SECURITY")
-                b.execute("CREATE POLICY p ON tenant_b.notes USING (tenant_b.leak())")
-            with pytest.raises(SourceError, match=r"row-level security on tenant_b\.notes"):
-                store.source_texts(source, ["1"], 1000)
-            with pytest.raises(SourceError, match=r"row-level security on tenant_b\.notes") as e:
-                store.backfill_source(source, 10)
-            assert "\n" not in str(e.value)
-            with as_role(tenant_dsn) as b:
-                b.execute("CREATE TABLE tenant_b.more (id bigint PRIMARY KEY, body text)")
-                b.execute("ALTER TABLE tenant_b.more ENABLE ROW LEVEL SECURITY")
-                b.execute("CREATE POLICY p ON tenant_b.more USING (tenant_b.leak())")
-                b.execute(
-                    sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.more TO {}").format(
-                        sql.Identifier(ix_name)
-                    )
-                )
-            with pytest.raises(SourceError) as refused:
-                store.add_source("tenant_b.more", text=["body"])
-            assert str(refused.value).startswith(
-                f"row-level security on tenant_b.more applies to role {ix_name}:"
-            )
-        with as_role(ix_dsn) as ix:
-            queued = ix.execute(
-                "SELECT doc_key, version FROM ix.source_documents ORDER BY doc_key"
-            ).fetchall()
-        assert queued == [("1", 1), ("2", 1)]  # 1: queued by the update of extra alone
-        spied = conn.execute("SELECT who FROM tenant_b.spy").fetchall()
-        assert spied == []
+        with pytest.raises(SourceError) as refused:
+            store.add_source("tenant_b.more", text=["body"])
+        assert str(refused.value).startswith(
+            f"row-level security on tenant_b.more applies to role {ix_name}:"
+        )
+    with as_role(ix_dsn) as ix:
+        queued = ix.execute(
+            "SELECT doc_key, version FROM ix.source_documents ORDER BY doc_key"
+        ).fetchall()
+    assert queued == [("1", 1), ("2", 1)]  # 1: queued by the update of extra alone
+    spied = conn.execute("SELECT who FROM tenant_b.spy").fetchall()
+    assert spied == []
 
 
 # --- search as roles ------------------------------------------------------------------
@@ -475,66 +485,52 @@ def test_a_role_that_does_not_own_the_table_removes_its_source(
 
 
 def test_a_column_changed_while_the_daemon_waits_runs_none_of_the_owners_code(
-    conn: Connection, database: str, indexer_role: tuple[str, str]
+    conn: Connection, indexer_role: tuple[str, str], tenant: tuple[str, str]
 ) -> None:
     ix_name, ix_dsn = indexer_role
-    with role(conn, database) as (tenant, tenant_dsn):
-        conn.execute(
-            sql.SQL("CREATE SCHEMA tenant_b AUTHORIZATION {}").format(sql.Identifier(tenant))
+    tenant_dsn = tenant[1]
+    with as_role(tenant_dsn) as b:
+        b.execute("CREATE TYPE tenant_b.mt AS (v text)")
+        b.execute(
+            "CREATE FUNCTION tenant_b.mt_text(tenant_b.mt) RETURNS text LANGUAGE plpgsql AS"
+            " $f$ BEGIN PERFORM tenant_b.leak(); RETURN 'x'; END $f$"
         )
-        with as_role(tenant_dsn) as b:
-            b.execute("CREATE TABLE tenant_b.spy (who text)")
-            b.execute("GRANT INSERT ON tenant_b.spy TO PUBLIC")
-            b.execute("CREATE TYPE tenant_b.mt AS (v text)")
-            b.execute(
-                "CREATE FUNCTION tenant_b.mt_text(tenant_b.mt) RETURNS text LANGUAGE plpgsql AS"
-                " $f$ BEGIN INSERT INTO tenant_b.spy VALUES (current_user); RETURN 'x'; END $f$"
-            )
-            b.execute(
-                "CREATE CAST (tenant_b.mt AS text) WITH FUNCTION tenant_b.mt_text(tenant_b.mt)"
-            )
-            b.execute("CREATE TABLE tenant_b.notes (id bigint PRIMARY KEY, body text)")
-            b.execute("INSERT INTO tenant_b.notes VALUES (1, 'one')")
-            b.execute(
-                sql.SQL("GRANT USAGE ON SCHEMA tenant_b TO {}").format(sql.Identifier(ix_name))
-            )
-            b.execute(
-                sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.notes TO {}").format(
-                    sql.Identifier(ix_name)
+        b.execute("CREATE CAST (tenant_b.mt AS text) WITH FUNCTION tenant_b.mt_text(tenant_b.mt)")
+        b.execute("CREATE TABLE tenant_b.notes (id bigint PRIMARY KEY, body text)")
+        b.execute("INSERT INTO tenant_b.notes VALUES (1, 'one')")
+        b.execute(
+            sql.SQL("GRANT SELECT, TRIGGER ON tenant_b.notes TO {}").format(sql.Identifier(ix_name))
+        )
+    with Store(ix_dsn, "ix") as store:
+        store.add_source("tenant_b.notes", text=["body"])
+        with as_role(ix_dsn) as ix:
+            (source,) = ix.execute("SELECT id FROM ix.sources WHERE NOT builtin").fetchone() or (0,)
+        with psycopg.connect(tenant_dsn) as a:  # one transaction, committed below
+            a.execute("ALTER TABLE tenant_b.notes RENAME COLUMN body TO body_old")
+            a.execute("ALTER TABLE tenant_b.notes ADD COLUMN body tenant_b.mt DEFAULT row('x')")
+            outcome: list[Any] = []
+            reader = threading.Thread(
+                target=lambda: _catch(
+                    outcome, lambda: outcome.append(store.source_texts(source, ["1"], 1000))
                 )
             )
-        with Store(ix_dsn, "ix") as store:
-            store.add_source("tenant_b.notes", text=["body"])
-            with as_role(ix_dsn) as ix:
-                (source,) = ix.execute(
-                    "SELECT id FROM ix.sources WHERE NOT builtin"
-                ).fetchone() or (0,)
-            with psycopg.connect(tenant_dsn) as a:  # one transaction, committed below
-                a.execute("ALTER TABLE tenant_b.notes RENAME COLUMN body TO body_old")
-                a.execute("ALTER TABLE tenant_b.notes ADD COLUMN body tenant_b.mt DEFAULT row('x')")
-                outcome: list[Any] = []
-                reader = threading.Thread(
-                    target=lambda: _catch(
-                        outcome, lambda: outcome.append(store.source_texts(source, ["1"], 1000))
-                    )
-                )
-                reader.start()
-                # The daemon's read waits for the table: commit then (it may also give up).
-                wait_until(
-                    lambda: (
-                        conn.execute(
-                            "SELECT count(*) AS n FROM pg_locks"
-                            " WHERE relation = 'tenant_b.notes'::regclass AND NOT granted"
-                        ).fetchone()
-                        == {"n": 1}
-                        or not reader.is_alive()
-                    ),
-                    timeout=60,
-                )
-                a.commit()
-                reader.join()
-        assert len(outcome) == 1
-        assert conn.execute("SELECT who FROM tenant_b.spy").fetchall() == []
+            reader.start()
+            # The daemon's read waits for the table: commit then (it may also give up).
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) AS n FROM pg_locks"
+                        " WHERE relation = 'tenant_b.notes'::regclass AND NOT granted"
+                    ).fetchone()
+                    == {"n": 1}
+                    or not reader.is_alive()
+                ),
+                timeout=60,
+            )
+            a.commit()
+            reader.join()
+    assert len(outcome) == 1
+    assert conn.execute("SELECT who FROM tenant_b.spy").fetchall() == []
 
 
 def test_search_hides_what_the_table_no_longer_shows(conn: Connection, database: str) -> None:
