@@ -513,22 +513,33 @@ SMALL_ANSWER = 30_000
 
 def _long_documents(conn: Connection, embedder: Embedder, documents: int) -> None:
     """``documents`` documents of the built-in source, two passages of about 1,000
-    characters each, all with one vector (so the order is the document ids')."""
-    vector = embedder.embed(["a long passage"])[0]
+    characters each, document i's a little farther from the query "a passage" than
+    document i - 1's (so the order is the document ids', whatever path the HNSW scan
+    takes: with one vector for all, which of the tied passages it met first varied)."""
+    query = embedder.embed(["a passage"])[0].astype(np.float64)
+    away = np.zeros_like(query)
+    away[int(np.argmin(np.abs(query)))] = 1.0
+    away -= away.dot(query) * query  # orthogonal to the query
+    away /= np.linalg.norm(away)
     conn.execute(
         "INSERT INTO source_documents (source_id, doc_key, state, chunk_count) "
         "SELECT s.id, i::text, 'indexed', 2 FROM sources s, generate_series(1, %s) i "
         "WHERE s.name = 'documents'",
         (documents,),
     )
-    conn.execute(
-        "INSERT INTO chunks (content, embedding, state, document_id, source_id, doc_key, "
-        "position, char_start, char_end) "
-        "SELECT repeat('passage ', 124) || d.doc_key || '/' || p, %s, 'embedded', d.id, "
-        "d.source_id, d.doc_key, p, p * 1000, p * 1000 + 992 + length(d.doc_key) + 2 "
-        "FROM source_documents d, generate_series(0, 1) p",
-        (vector,),
-    )
+    vectors = []
+    for i in range(1, documents + 1):
+        v = query + 0.01 * i * away  # cosine to the query: 1 / sqrt(1 + (0.01 i)^2)
+        vectors.append((str(i), (v / np.linalg.norm(v)).astype(np.float32)))
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO chunks (content, embedding, state, document_id, source_id, doc_key, "
+            "position, char_start, char_end) "
+            "SELECT repeat('passage ', 124) || d.doc_key || '/' || p, %s, 'embedded', d.id, "
+            "d.source_id, d.doc_key, p, p * 1000, p * 1000 + 992 + length(d.doc_key) + 2 "
+            "FROM source_documents d, generate_series(0, 1) p WHERE d.doc_key = %s",
+            [(vector, key) for key, vector in vectors],
+        )
 
 
 def test_a_document_search_answer_is_cut_to_whole_results_within_its_bound(
