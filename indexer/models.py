@@ -7,7 +7,8 @@ and index definition in the catalog), so the two cannot drift apart.
 
 ``VectorCache`` is the vector cache.  ``Source``, ``SourceDocument`` and ``Document`` are
 the sources of migration 0005: the registered tables, the queue of their documents, and
-the built-in ``documents`` table.  Register a table with ``SELECT add_source(...)``
+the built-in ``documents`` table; ``SourceChange`` the changes their triggers append
+(migration 0008).  Register a table with ``SELECT add_source(...)``
 (or ``indexer sources add``), not by inserting into ``sources``: that also installs its
 triggers.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
 (read them with ``select * from ...``) and the triggers and functions.  The foreign key
@@ -402,6 +403,36 @@ class SourceDocument(Base):
         )
 
 
+class SourceChange(Base):
+    """A row of ``source_changes``: what a source table's trigger saw (migration 0008),
+    until the daemon applies it: a key changed, a key gone, or the whole table
+    truncated (``doc_key`` None).  Appended by the triggers only; read it, never write it.
+    """
+
+    __tablename__ = "source_changes"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, Identity(always=True), primary_key=True, autoincrement=True
+    )
+    source_id: Mapped[int] = mapped_column(Integer)  # no foreign key: see migration 0008
+    doc_key: Mapped[str | None] = mapped_column(Text)
+    gone: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        Index("source_changes_key_idx", "source_id", "doc_key"),
+        {
+            "comment": "What the triggers of sources' tables saw, to be applied by the daemon "
+            "(apply_source_changes): a key changed or gone, or the table truncated (doc_key NULL)."
+        },
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"SourceChange(id={self.id!r}, source_id={self.source_id!r}, "
+            f"doc_key={self.doc_key!r}, gone={self.gone!r})"
+        )
+
+
 class Document(Base):
     """A row of the built-in ``documents`` table: insert ``content`` (any length) and
     ``metadata_``; the daemon chunks, embeds and indexes it (``search_documents``)."""
@@ -443,6 +474,7 @@ __all__ = [
     "Event",
     "EventKind",
     "Source",
+    "SourceChange",
     "SourceDocument",
     "State",
     "VectorCache",

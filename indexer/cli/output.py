@@ -81,8 +81,12 @@ def source_line(row: dict[str, Any]) -> str:
         if row.get("table_present", True)
         else f"; its table {visible(row['source_table'])} is gone: `indexer sources remove`"
     )
+    changes = row.get("changes_pending") or 0
+    unapplied = f"; {plural(changes, 'change')} not applied yet" if changes else ""
+    problem = f"; problem: {visible(row['problem'])}" if row.get("problem") else ""
     return (
         f"{visible(row['source'])}: {row['indexed']} indexed, {row['pending']} pending, "
         f"{row['in_flight']} in flight, {row['failed']} failed, {row['truncated']} truncated; "
-        f"{plural(row['chunks'], 'chunk')}; lag {duration(lag)}; {backfill}{gone}"
+        f"{plural(row['chunks'], 'chunk')}; lag {duration(lag)}; {backfill}{unapplied}{gone}"
+        f"{problem}"
     )

@@ -200,7 +200,7 @@ def connect(
         # The server may go away between the handshake and these first statements
         # (a restart): that is an outage too, not a crash.
         with wrap_errors("preparing a new connection"):
-            set_search_path(conn, schema)
+            set_session(conn, schema)
             if vector:
                 register(conn)
             conn.autocommit = autocommit
@@ -210,9 +210,13 @@ def connect(
     return conn
 
 
-def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
-    """The indexer's schema, then public, then the schema pgvector is installed in (if it
-    is another: a database where an early `indexer migrate` of another schema put it)."""
+def set_session(conn: psycopg.Connection[Any], schema: str) -> None:
+    """The session the indexer's statements are written for: its search_path (the
+    indexer's schema, then public, then the schema pgvector is installed in if it is
+    another: a database where an early `indexer migrate` of another schema put it), and
+    READ COMMITTED whatever the database's default_transaction_isolation (the daemon's
+    statements wait for, skip or re-read rows other transactions hold, as READ
+    COMMITTED lets them)."""
     with conn.cursor(row_factory=tuple_row) as cursor:
         row = cursor.execute(
             "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
@@ -222,7 +226,11 @@ def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
     if row is not None and row[0] not in schemas:
         schemas.append(str(row[0]))
     path = sql.SQL(", ").join(sql.Identifier(s) for s in schemas).as_string(conn)
-    conn.execute("SELECT set_config('search_path', %s, false)", (path,))
+    conn.execute(
+        "SELECT set_config('search_path', %s, false),"
+        " set_config('default_transaction_isolation', 'read committed', false)",
+        (path,),
+    )
 
 
 def _installed_pgvector(conn: psycopg.Connection[Any]) -> str | None:

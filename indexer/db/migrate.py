@@ -32,7 +32,7 @@ from indexer.db.connect import (
     connect_errors,
     quote_name,
     resolve_dsn,
-    set_search_path,
+    set_session,
     wrap_errors,
 )
 from indexer.exceptions import (
@@ -78,7 +78,7 @@ def _alembic_connection(dsn: str, schema: str) -> Iterator[SAConnection]:
         try:
             check_encoding(raw)
             _create_schema(raw, schema)
-            set_search_path(raw, schema)
+            set_session(raw, schema)
             raw.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
             raw.autocommit = False
         except BaseException:

@@ -20,7 +20,7 @@ from indexer.db.connect import (
     CONNECT_TIMEOUT,
     Connection,
     register,
-    set_search_path,
+    set_session,
 )
 
 
@@ -40,7 +40,7 @@ def open_pool(
     registering its types."""
 
     def prepare(conn: Connection) -> None:
-        set_search_path(conn, schema)
+        set_session(conn, schema)
         pgvector = register(conn)
         if configure is not None:
             configure(conn, pgvector)

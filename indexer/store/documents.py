@@ -88,6 +88,12 @@ def _source_name(store: _Executes, source_id: int) -> str:
 class DocumentQueries:
     """The Store's document queue (see the module docstring)."""
 
+    def apply_source_changes(self: _Executes, batch: int = 10_000) -> int:
+        """Apply up to ``batch`` of the changes the sources' triggers appended; how
+        many it took (0: none, or another daemon is applying them)."""
+        rows = self._execute("apply_source_changes", {"batch": batch})
+        return int(rows[0]["applied"])
+
     def claim_documents(
         self: _Executes, worker_id: uuid.UUID, limit: int, lease_seconds: float
     ) -> list[ClaimedDocument]:

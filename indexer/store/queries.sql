@@ -160,6 +160,11 @@ UPDATE chunks
 SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL
 WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(worker_id)s AND state = 'claimed';
 
+-- apply_source_changes --
+-- Apply what the sources' triggers appended (migration 0008), oldest first: keys queued
+-- again or deleted.  0 when another daemon is applying them right now.
+SELECT apply_source_changes(%(batch)s::integer) AS applied;
+
 -- claim_documents --
 -- Lease up to %(limit)s documents of the sources that need work (pending and due, or
 -- claimed under an expired lease), like claim does for rows.
@@ -473,8 +478,9 @@ WHERE c.oid = to_regclass('chunks');
 -- search_coverage --
 -- Why a search found nothing: whether any row is embedded, or waiting; whether this
 -- role can see any passage (of the source named, if one is), as chunks' row-level
--- security lets it; and whether any document (of that source) is indexed, waiting or
--- failed (NULL for a role that may not read source_documents).
+-- security lets it; and whether any document (of that source) is indexed, waiting (or
+-- a change of its table's rows not applied yet) or failed (NULL for a role that may
+-- not read source_documents).
 WITH source AS (
     SELECT s.id FROM sources s WHERE s.name = %(source)s::text
 )
@@ -490,10 +496,14 @@ SELECT EXISTS (SELECT 1 FROM chunks WHERE document_id IS NULL AND state = 'embed
                    WHERE d.state = 'indexed' AND coalesce(d.chunk_count, 0) > 0
                      AND (%(source)s::text IS NULL OR d.source_id = (SELECT id FROM source)))
        END AS documents_indexed,
-       CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
+       CASE WHEN has_table_privilege('source_documents', 'SELECT')
+                 AND has_table_privilege('source_changes', 'SELECT') THEN
            EXISTS (SELECT 1 FROM source_documents d
                    WHERE d.state IN ('pending', 'claimed')
                      AND (%(source)s::text IS NULL OR d.source_id = (SELECT id FROM source)))
+           OR EXISTS (SELECT 1 FROM source_changes g
+                      WHERE NOT g.gone
+                        AND (%(source)s::text IS NULL OR g.source_id = (SELECT id FROM source)))
        END AS documents_waiting,
        CASE WHEN has_table_privilege('source_documents', 'SELECT') THEN
            EXISTS (SELECT 1 FROM source_documents d

@@ -279,6 +279,10 @@ class FakeStore:
 
     # The document queue: a FakeStore holds no source and no document, so the worker's
     # document work always finds nothing; anything further is a test's mistake.
+    def apply_source_changes(self, batch: int = 10_000) -> int:
+        self._enter("apply_source_changes")
+        return 0
+
     def claim_documents(self, worker_id: uuid.UUID, limit: int, lease_seconds: float) -> list[Any]:
         self._enter("claim_documents")
         return []

@@ -53,6 +53,8 @@ LOCKED_DEFER = 5.0
 class DocumentStore(BackfillStore, Protocol):
     """What the document work needs of :class:`indexer.store.Store`."""
 
+    def apply_source_changes(self, batch: int = ...) -> int: ...
+
     def claim_documents(
         self, worker_id: uuid.UUID, limit: int, lease_seconds: float
     ) -> list[ClaimedDocument]: ...
@@ -187,18 +189,19 @@ class DocumentWork:
         self.keeper.drop()
 
     def step(self) -> bool:
-        """Back-fill one key range of each source that needs it, then claim and index
-        documents; False when there was nothing to do."""
+        """Apply the sources' changes, back-fill one key range of each source that needs
+        it, then claim and index documents; False when there was nothing to do."""
         self.keeper.check()
         if self.held:
             self.store.release_documents(self.worker_id, self.held)
             self.held = []
+        applied = self.store.apply_source_changes()
         queued = self.backfill.step()
         start = time.perf_counter()
         s = self.settings
         docs = self.store.claim_documents(self.worker_id, s.document_claim_size, s.lease_seconds)
         if not docs:
-            return queued > 0
+            return queued > 0 or applied > 0
         self.held = [d.id for d in docs]
         self.keeper.hold(self.held)
         try:

@@ -29,6 +29,7 @@ def count(conn: Connection, query: str, *params: object) -> int:
 def indexed_everything(conn: Connection) -> bool:
     return (
         count(conn, "SELECT count(*) FROM source_documents WHERE state <> 'indexed'") == 0
+        and count(conn, "SELECT count(*) FROM source_changes") == 0
         and count(conn, "SELECT count(*) FROM sources WHERE backfill_done_at IS NULL") == 0
     )
 

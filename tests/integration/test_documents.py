@@ -23,6 +23,7 @@ from indexer.testing import CountingEmbedder
 from indexer.worker import Worker
 
 from ..helpers import wait_until
+from .test_sources_sql import apply_changes
 from .test_worker import drain, insert
 
 #: Paragraphs of distinct prose, so that chunks (and their hashes) differ.
@@ -158,6 +159,7 @@ def test_re_importing_unchanged_documents_calls_no_model(
     drain(settings, embedder)
     first = conn.execute("SELECT count(*) AS n FROM chunks").fetchone()
     conn.execute("DELETE FROM documents")
+    apply_changes(conn)  # the daemon's first step
     assert conn.execute("SELECT count(*) AS n FROM chunks").fetchone() == {"n": 0}
     for t in texts:
         add_document(conn, t)
@@ -186,6 +188,7 @@ def test_an_edit_during_embedding_never_writes_the_stale_chunks(
         def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
             if not self.texts:
                 other.execute("UPDATE documents SET content = %s WHERE id = %s", (new_text, key))
+                apply_changes(other)  # as another daemon would, before this one writes
             return super().embed(texts)
 
     try:
@@ -350,10 +353,12 @@ def test_a_source_table_is_indexed_and_kept_in_step(
     assert {doc_row(conn, k, name)["version"] for k in keys} == {1}
     conn.execute('UPDATE "App Data"."Tickets" SET body = %s WHERE k = %s', ("rewritten", keys[0]))
     conn.execute('DELETE FROM "App Data"."Tickets" WHERE k = %s', (keys[1],))
-    assert chunks_of(conn, keys[1], name) == []  # at once, in the application's statement
+    apply_changes(conn)  # the daemon's first step
+    assert chunks_of(conn, keys[1], name) == []
     drain(settings, counting)
     assert [r["content"] for r in chunks_of(conn, keys[0], name)] == ["Ticket 0\n\nrewritten"]
     conn.execute('TRUNCATE "App Data"."Tickets"')
+    apply_changes(conn)
     count = conn.execute("SELECT count(*) AS n FROM chunks WHERE doc_key IS NOT NULL")
     assert count.fetchone() == {"n": 0}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from indexer.db.connect import Connection
+from tests.integration.test_sources_sql import apply_changes
 
 DIM = 384
 
@@ -51,6 +52,7 @@ def test_a_selective_filter_still_returns_k_documents(conn: Connection) -> None:
     conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
     conn.execute("SELECT add_source('notes', NULL, ARRAY['body'])")
     conn.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 400) g")
+    apply_changes(conn)
     vectors = _vectors(2000, seed=3)
     with conn.cursor() as cur:
         cur.executemany(

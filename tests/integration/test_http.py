@@ -35,6 +35,7 @@ from indexer.store import DocumentHit, Store
 from indexer.store.queries import QUERIES
 from indexer.worker import Worker
 from tests.helpers import CORPUS, wait_until
+from tests.integration.test_sources_sql import apply_changes
 
 # A unix socket directory that does not exist: connecting fails at once.
 UNREACHABLE = "postgresql:///indexer?host=/nonexistent/indexer-socket-dir"
@@ -177,6 +178,7 @@ def test_health_and_metrics_count_rows_and_passages_apart(
     written = passages.fetchone()
     assert written is not None and written["n"] > 2
     conn.execute("INSERT INTO documents (content) VALUES ('waiting')")
+    apply_changes(conn)
     conn.execute("UPDATE source_documents SET state = 'failed' WHERE doc_key = '2'")
     body = api.client.get("/health").json()
     assert (body["backlog"], body["failed"]) == (0, 0)

@@ -27,6 +27,7 @@ from indexer.store import Store
 from indexer.store import store as store_module
 
 from ..helpers import wait_until
+from .test_sources_sql import apply_changes
 
 DIM = 384
 
@@ -53,6 +54,9 @@ def as_role(dsn: str) -> psycopg.Connection[Any]:
 
 
 def documents_of(conn: Connection, source: str) -> list[str]:
+    """The source's documents, once the triggers' changes are applied (as a daemon
+    does)."""
+    apply_changes(conn)
     rows = conn.execute(
         "SELECT d.doc_key FROM source_documents d JOIN sources s ON s.id = d.source_id"
         " WHERE s.name = %s ORDER BY d.doc_key",
@@ -257,6 +261,7 @@ def test_the_indexer_never_runs_the_table_owners_code(
             f"row-level security on tenant_b.more applies to role {ix_name}:"
         )
     with as_role(ix_dsn) as ix:
+        ix.execute("SELECT ix.apply_source_changes()")
         queued = ix.execute(
             "SELECT doc_key, version FROM ix.source_documents ORDER BY doc_key"
         ).fetchall()
@@ -271,6 +276,7 @@ def test_the_indexer_never_runs_the_table_owners_code(
 def add_passages(conn: Connection, source: str) -> None:
     """What the daemon writes for each document of ``source``: one passage, with a
     vector along the axis of its row number."""
+    apply_changes(conn)
     conn.execute(
         "INSERT INTO chunks (content, embedding, document_id, source_id, doc_key, position,"
         " char_start, char_end)"
@@ -376,6 +382,7 @@ def test_functions_act_on_their_own_schema_whatever_the_search_path(
     ]
     assert conn.execute("SELECT name FROM public.sources WHERE NOT builtin").fetchall() == []
     conn.execute("INSERT INTO public.t VALUES (1, 'one')")
+    conn.execute("SELECT nc3.apply_source_changes()")
     assert conn.execute("SELECT count(*) AS n FROM nc3.source_documents").fetchone() == {"n": 1}
     conn.execute("SET search_path = pg_catalog")
     found = conn.execute(
@@ -477,6 +484,7 @@ def test_a_role_that_does_not_own_the_table_removes_its_source(
             with as_role(owner_dsn) as app:
                 app.execute("INSERT INTO app.notes VALUES (3, 'three')")
         with as_role(ix_dsn) as ix:
+            ix.execute("SELECT ix.apply_source_changes()")
             keys = ix.execute(
                 "SELECT doc_key FROM ix.source_documents d JOIN ix.sources s"
                 " ON s.id = d.source_id WHERE s.name = 'app.notes'"
@@ -572,6 +580,7 @@ def test_search_hides_what_the_table_no_longer_shows(conn: Connection, database:
         with as_role(reader_dsn) as c, pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute("SELECT backfill_after FROM sources")  # a key, of any table
         conn.execute("REVOKE USAGE ON SCHEMA app FROM " + reader)  # names from uuid hex
+        apply_changes(conn)
         conn.execute("UPDATE source_documents SET state = 'indexed'")
         assert found() == []  # and no error: the schema is out of its reach
 

@@ -16,6 +16,7 @@ from indexer import Indexer, Settings
 from indexer.db import migrate
 from indexer.db.connect import Connection
 from indexer.exceptions import InsufficientPrivilege, SourceError
+from tests.integration.test_sources_sql import apply_changes
 
 
 @contextlib.contextmanager
@@ -32,6 +33,7 @@ def role(conn: Connection, database: str) -> Iterator[tuple[str, str]]:
 
 def fail(conn: Connection, source: str, *keys: str) -> None:
     """Park these documents of ``source`` as failed, as the daemon would."""
+    apply_changes(conn)
     conn.execute(
         "UPDATE source_documents SET state = 'failed', attempts = 5, last_error = 'boom',"
         " retry_at = NULL WHERE doc_key = ANY(%s)"

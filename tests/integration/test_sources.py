@@ -22,6 +22,7 @@ from indexer.exceptions import InvalidInput, SourceError
 from indexer.store import Store
 
 from .test_http import Api, serve
+from .test_sources_sql import apply_changes
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def index_document(
 ) -> None:
     """Write a document's chunks as the daemon does: its source_documents row indexed,
     one chunks row per passage with its vector, position and character span."""
+    apply_changes(conn)
     row = conn.execute(
         "INSERT INTO source_documents (source_id, doc_key, state, chunk_count) "
         "SELECT id, %s, 'indexed', %s FROM sources WHERE name = %s "
@@ -109,7 +111,11 @@ def test_add_list_and_remove_a_source(ix: Indexer, conn: Connection) -> None:
     assert rows["documents"]["backfilled"] is True
     # A new row is queued by the trigger.
     conn.execute("INSERT INTO notes (id, title) VALUES (10, 'new')")
-    assert {r["source"]: r for r in ix.sources()}["public.notes"]["pending"] == 1
+    status = {r["source"]: r for r in ix.sources()}["public.notes"]
+    assert (status["changes_pending"], status["pending"]) == (1, 0)
+    apply_changes(conn)  # as a daemon does first
+    status = {r["source"]: r for r in ix.sources()}["public.notes"]
+    assert (status["changes_pending"], status["pending"]) == (0, 1)
 
     conn.execute("UPDATE source_documents SET state = 'indexed', chunk_count = 4")
     assert ix.remove_source("public.notes") == 4
@@ -227,6 +233,7 @@ def test_add_documents_queues_them(ix: Indexer, conn: Connection) -> None:
         (ids[0], "a long text", {"lang": "en"}),
         (ids[1], "another", {}),
     ]
+    apply_changes(conn)
     status = {r["source"]: r for r in ix.sources()}["documents"]
     assert status["pending"] == 2
     with pytest.raises(InvalidInput, match="same length"):
@@ -384,9 +391,11 @@ def test_metrics_have_per_source_gauges(api: Api, conn: Connection, ix: Indexer)
     make_notes(conn, rows=2)
     ix.add_source("notes", text=["body"])
     conn.execute("INSERT INTO notes (id, body) VALUES (5, 'five'), (6, 'six'), (7, 'seven')")
+    apply_changes(conn)
     conn.execute("UPDATE source_documents SET state = 'failed' WHERE doc_key = '5'")
     conn.execute("UPDATE source_documents SET state = 'claimed' WHERE doc_key = '6'")
     ix.add_documents(["one"])
+    apply_changes(conn)
     conn.execute(
         "UPDATE source_documents SET state = 'indexed', "
         "queued_at = now() - interval '1 hour' WHERE doc_key = '1'"
@@ -412,6 +421,7 @@ def test_metrics_count_indexed_documents_and_lag(
 ) -> None:
     index_document(conn, embedder, "documents", "100", ["indexed"])
     ix.add_documents(["waiting"])
+    apply_changes(conn)
     conn.execute(
         "UPDATE source_documents SET queued_at = now() - interval '1 hour' WHERE state = 'pending'"
     )
@@ -436,9 +446,11 @@ def test_the_application_role_needs_no_rights_on_the_indexer_tables(
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute("SELECT 1 FROM source_documents")
             app.execute("INSERT INTO notes (id, body) VALUES (2, 'two'), (3, 'three')")
+            apply_changes(conn)  # as a daemon does
             app.execute("UPDATE notes SET lang = 'de' WHERE id = 2")  # metadata: queued
             app.execute("UPDATE notes SET title = 'x' WHERE id = 3")  # not watched: nothing
             app.execute("DELETE FROM notes WHERE id = 1")
+        apply_changes(conn)
         rows = conn.execute(
             "SELECT doc_key, version FROM source_documents d JOIN sources s "
             "ON s.id = d.source_id WHERE s.name = 'public.notes' ORDER BY doc_key"

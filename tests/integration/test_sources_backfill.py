@@ -18,7 +18,14 @@ from indexer.db import migrate
 from indexer.db.connect import Connection, connect
 
 from ..helpers import wait_until
-from .test_sources_sql import add_chunks, add_source, chunk_keys, documents, keys_of
+from .test_sources_sql import (
+    add_chunks,
+    add_source,
+    apply_changes,
+    chunk_keys,
+    documents,
+    keys_of,
+)
 
 
 def backfill(conn: Connection, source: int, batch: int) -> int | None:
@@ -48,6 +55,7 @@ def test_backfill_queues_ranges_in_key_order_once(conn: Connection) -> None:
     assert documents(conn, source) == {}  # the rows already there wait for the back-fill
     # Queued by the triggers before the back-fill reaches them: left alone by it.
     conn.execute("UPDATE notes SET body = 'changed' WHERE id = 3")
+    apply_changes(conn)  # applied between the two updates: the second queues it again
     conn.execute("UPDATE notes SET body = 'changed again' WHERE id = 3")
     conn.execute("INSERT INTO notes VALUES (30, 'new')")
     assert {k: d["version"] for k, d in documents(conn, source).items()} == {"3": 2, "30": 1}

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from indexer.db.connect import Connection
 
-from .test_sources_sql import add_source
+from .test_sources_sql import add_source, apply_changes
 
 DIM = 384
 
@@ -49,6 +49,7 @@ class Corpus:
             sql.SQL("INSERT INTO {} VALUES (%s, 'text', %s)").format(sql.Identifier(self.table)),
             (key, topic),
         )
+        apply_changes(self.conn)
         doc = self.conn.execute(
             "SELECT id FROM source_documents WHERE source_id = %s AND doc_key = %s",
             (self.source, str(key)),

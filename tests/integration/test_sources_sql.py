@@ -38,8 +38,17 @@ def add_source(
     return int(row["id"])
 
 
+def apply_changes(conn: Connection) -> int:
+    """What a daemon does before it claims documents: apply the changes the triggers
+    appended (migration 0008).  How many it took."""
+    row = conn.execute("SELECT apply_source_changes() AS n").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
 def documents(conn: Connection, source: int) -> dict[str, dict[str, Any]]:
-    """The source's documents by key."""
+    """The source's documents by key, once the triggers' changes are applied."""
+    apply_changes(conn)
     rows = conn.execute(
         "SELECT * FROM source_documents WHERE source_id = %s ORDER BY id", (source,)
     ).fetchall()
@@ -53,6 +62,7 @@ def keys_of(conn: Connection, table: str, key: str) -> set[str]:
 
 def add_chunks(conn: Connection, source: int, key: str, n: int) -> None:
     """What the daemon would write for an indexed document: n chunks rows."""
+    apply_changes(conn)
     conn.execute(
         "INSERT INTO chunks (content, document_id, source_id, doc_key, position,"
         " char_start, char_end)"
@@ -159,6 +169,7 @@ def test_a_source_whose_schema_table_and_columns_need_quotes(
 
 def _claim(conn: Connection, source: int, key: str) -> None:
     """What a daemon's claim leaves on a document."""
+    apply_changes(conn)
     conn.execute(
         "UPDATE source_documents SET state = 'claimed', claimed_by = %s, attempts = 2,"
         " lease_expires_at = now() + interval '1 minute', last_error = 'earlier failure',"
@@ -254,6 +265,7 @@ def test_a_key_swap_in_one_statement_requeues_both(conn: Connection, notes: int)
 
 def test_a_shift_of_every_key_in_one_statement(conn: Connection, notes: int) -> None:
     conn.execute("INSERT INTO notes (id, body) VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+    apply_changes(conn)
     with conn.transaction():
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
         conn.execute("UPDATE notes SET id = id + 1")
@@ -384,6 +396,7 @@ def test_the_applications_role_needs_no_right_on_the_indexers_tables(
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             app.execute("SELECT 1 FROM source_documents")
         app.execute('INSERT INTO "My App"."Support Tickets" ("Title") VALUES (\'a\'), (\'b\')')
+        apply_changes(conn)  # a daemon applies them: the update queues the document again
         app.execute('UPDATE "My App"."Support Tickets" SET "Title" = \'c\' WHERE "Title" = \'a\'')
         app.execute('DELETE FROM "My App"."Support Tickets" WHERE "Title" = \'b\'')
     docs = documents(conn, tickets)

@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from indexer.db.connect import Connection
+from tests.integration.test_sources_sql import apply_changes
 
 
 @dataclass
@@ -217,6 +218,7 @@ def document(conn: Connection, content: str, passages: int, state: str) -> None:
         "INSERT INTO documents (content) VALUES (%s) RETURNING id", (content,)
     ).fetchone()
     assert row is not None
+    apply_changes(conn)
     doc = conn.execute(
         "UPDATE source_documents SET state = %s, chunk_count = %s,"
         " last_error = CASE WHEN %s = 'failed' THEN 'boom' END"

@@ -1,0 +1,411 @@
+"""Source changes: the triggers only append, the daemon applies; sources' problems shown
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-05
+
+source_changes, source_changed (the triggers' function)
+    Until now the triggers queued and deleted documents themselves, inside the
+    application's transaction: an upsert and a delete on ``source_documents`` (and the
+    delete's cascade into ``chunks``) read index and heap pages that other
+    transactions' bookkeeping writes.  Under SERIALIZABLE those reads are predicate
+    locks, and unrelated transactions failed each other (4 sessions deleting disjoint
+    rows: 80.8% serialization failures with a source, 0% without).  The triggers now
+    only append to ``source_changes`` (a key changed, a key is gone, or the table was
+    truncated: ``doc_key`` NULL) and notify the daemons; an append reads nothing that
+    another transaction writes.  The daemon applies the changes in their order
+    (``apply_source_changes``) before it claims documents.
+
+    A deleted row's passages must not be found in the meantime (nor while no daemon
+    runs): search_documents leaves out the passages of a key with a change that says
+    its row is gone (``change_pending_gone``).  Passages of a changed row are served
+    until its new text is indexed, as before; to a role under row-level security, none
+    of a row with a change not applied yet (``document_current``, as for a document
+    queued again).
+
+apply_source_changes(batch)
+    Takes up to ``batch`` changes, oldest first (one caller at a time: a transaction
+    that cannot take the advisory lock applies nothing), and applies them as the
+    triggers of migration 0006 did, key by key: a key whose row was deleted loses its
+    document and passages; a key whose row exists after its latest change is queued
+    (again, or anew after a delete); a truncation deletes the source's documents
+    first, and only the changes made after it count.  A key's changes come
+    in the order they were committed, since the key is unique: a second change to a key
+    waits for the first transaction's row lock.  Changes of removed sources are
+    dropped.  Returns how many changes it took.  The daemon's role only (the owner).
+
+indexer_source_status
+    Two new columns, at the end: ``changes_pending`` (appended by the triggers, not
+    applied yet) and ``problem``, one line when the source is registered in a way the
+    indexer no longer accepts at ``sources add`` (before migration 0006):
+
+    * its table is partitioned: statements on its partitions do not fire the triggers
+      on the partitioned table, so their changes are missed;
+    * its key's type is not smallint, integer, bigint, text, varchar or uuid: the key's
+      text depends on the session's settings (TimeZone, DateStyle, extra_float_digits,
+      bytea_output, IntervalStyle), and a key written under other settings than the
+      daemon's is not recognised.
+
+    Both say to remove the source and register it again as ``sources add`` now accepts
+    it (each partition as a source; a key column of one of those types).
+
+The daemon's connections use READ COMMITTED whatever the database's default
+(``default_transaction_isolation``): the daemon's own statements are written for it.
+"""
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+# @s: the indexer's schema, @v: pgvector's (quoted identifiers); see migration 0006.
+UPGRADE = r"""
+CREATE TABLE @s.source_changes (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- No foreign key: its check would read sources in the application's transaction.
+    source_id integer NOT NULL,
+    doc_key text,
+    gone boolean NOT NULL
+);
+COMMENT ON TABLE @s.source_changes IS
+    'What the triggers of sources'' tables saw, to be applied by the daemon '
+    '(apply_source_changes): a key changed or gone, or the table truncated (doc_key NULL).';
+CREATE INDEX source_changes_key_idx ON @s.source_changes (source_id, doc_key);
+
+-- The triggers on a source table (see migration 0006 for what they trust and refuse).
+-- They append and notify; they read no row another transaction writes.
+CREATE OR REPLACE FUNCTION @s.source_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    src @s.sources;
+    key_type oid;
+    watched text;
+    appended bigint;
+    more bigint;
+BEGIN
+    IF TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' OR TG_NARGS <> 1
+       OR TG_ARGV[0] !~ '^[0-9]{1,9}$' THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO src FROM @s.sources s WHERE s.id = TG_ARGV[0]::integer;
+    IF NOT FOUND OR src.relation IS DISTINCT FROM TG_RELID THEN
+        RETURN NULL;  -- not this source's table: a trigger left behind, or not ours
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN  -- reads no column: whatever its key has become
+        INSERT INTO @s.source_changes (source_id, doc_key, gone) VALUES (src.id, NULL, true);
+        PERFORM pg_notify('indexer_chunks', @schema_literal);
+        RETURN NULL;
+    END IF;
+    src := @s.current_names(src);
+    IF src.key_column IS NULL THEN
+        RAISE WARNING 'indexer: source % is not followed: its key column is gone', src.name;
+        RETURN NULL;
+    END IF;
+    SELECT a.atttypid INTO key_type FROM pg_attribute a
+    WHERE a.attrelid = TG_RELID AND a.attname = src.key_column AND a.attnum > 0
+      AND NOT a.attisdropped;
+    IF key_type IS NULL OR key_type >= 16384 THEN
+        RAISE WARNING 'indexer: source % is not followed: its key column % is gone or of a '
+                      'type that is not built in', src.name, quote_ident(src.key_column);
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        EXECUTE format('INSERT INTO %2$s.source_changes (source_id, doc_key, gone) '
+                       'SELECT $1, o.%1$I::text, true FROM old_rows o',
+                       src.key_column, @schema_ident_literal)
+            USING src.id;
+        GET DIAGNOSTICS appended = ROW_COUNT;
+    ELSIF TG_OP = 'INSERT' THEN
+        EXECUTE format('INSERT INTO %2$s.source_changes (source_id, doc_key, gone) '
+                       'SELECT $1, n.%1$I::text, false FROM new_rows n',
+                       src.key_column, @schema_ident_literal)
+            USING src.id;
+        GET DIAGNOSTICS appended = ROW_COUNT;
+    ELSE
+        SELECT string_agg(format('format(%L, o.%I) IS DISTINCT FROM format(%L, n.%I)',
+                                 '%L', c, '%L', c), ' OR ')
+        INTO watched
+        FROM unnest(src.text_columns || src.metadata_columns
+                    || array_remove(ARRAY[src.metadata_json], NULL)) AS c;
+        EXECUTE format(
+            'INSERT INTO %3$s.source_changes (source_id, doc_key, gone) '
+            'SELECT $1, n.%1$I::text, false FROM new_rows n LEFT JOIN old_rows o '
+            'ON o.%1$I = n.%1$I WHERE o.%1$I IS NULL OR %2$s', src.key_column,
+            coalesce(watched, 'false'),  -- every watched column dropped: only new keys
+            @schema_ident_literal)
+            USING src.id;
+        GET DIAGNOSTICS appended = ROW_COUNT;
+        EXECUTE format(
+            'INSERT INTO %2$s.source_changes (source_id, doc_key, gone) '
+            'SELECT $1, o.%1$I::text, true FROM old_rows o LEFT JOIN new_rows n '
+            'ON n.%1$I = o.%1$I WHERE n.%1$I IS NULL', src.key_column, @schema_ident_literal)
+            USING src.id;
+        GET DIAGNOSTICS more = ROW_COUNT;
+        appended := appended + more;
+    END IF;
+    IF appended > 0 THEN
+        PERFORM pg_notify('indexer_chunks', @schema_literal);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION @s.apply_source_changes(batch integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    plan jsonb;
+    step jsonb;
+    taken bigint;
+    sid integer;
+    keys text[];
+BEGIN
+    -- One caller at a time: the changes of a key are applied in their order.
+    IF NOT pg_try_advisory_xact_lock(
+               (@schema_ident_literal || '.source_changes')::regclass::oid::bigint) THEN
+        RETURN 0;
+    END IF;
+    WITH taken AS (
+        DELETE FROM @s.source_changes c
+        WHERE c.id IN (SELECT o.id FROM @s.source_changes o ORDER BY o.id
+                       LIMIT greatest(coalesce(batch, 10000), 1))
+        RETURNING c.id, c.source_id, c.doc_key, c.gone
+    ), cut AS (
+        SELECT t.source_id, max(t.id) FILTER (WHERE t.doc_key IS NULL) AS truncated_at,
+               count(*) AS n
+        FROM taken t GROUP BY t.source_id
+    ), keyed AS (  -- per key: was its row deleted; is it gone now (its latest change)
+        SELECT t.source_id, t.doc_key, bool_or(t.gone) AS deleted,
+               (array_agg(t.gone ORDER BY t.id DESC))[1] AS gone
+        FROM taken t JOIN cut ON cut.source_id = t.source_id
+        WHERE t.doc_key IS NOT NULL AND t.id > coalesce(cut.truncated_at, 0)
+        GROUP BY t.source_id, t.doc_key
+    )
+    SELECT sum(cut.n),
+           jsonb_agg(jsonb_build_object(
+               'source', cut.source_id,
+               'truncated', cut.truncated_at IS NOT NULL,
+               'deleted', (SELECT coalesce(jsonb_agg(k.doc_key), '[]') FROM keyed k
+                           WHERE k.source_id = cut.source_id AND k.deleted),
+               'changed', (SELECT coalesce(jsonb_agg(k.doc_key), '[]') FROM keyed k
+                           WHERE k.source_id = cut.source_id AND NOT k.gone)))
+               FILTER (WHERE s.id IS NOT NULL)  -- a removed source's changes are dropped
+    INTO taken, plan
+    FROM cut LEFT JOIN @s.sources s ON s.id = cut.source_id;
+    FOR step IN SELECT * FROM jsonb_array_elements(coalesce(plan, '[]')) LOOP
+        sid := (step->>'source')::integer;
+        IF (step->>'truncated')::boolean THEN
+            DELETE FROM @s.source_documents WHERE source_id = sid;
+        END IF;
+        keys := ARRAY(SELECT jsonb_array_elements_text(step->'deleted'));
+        IF cardinality(keys) > 0 THEN
+            -- See migration 0005: wait for a back-fill that queued these keys, then delete.
+            INSERT INTO @s.source_documents (source_id, doc_key)
+            SELECT DISTINCT sid, k FROM unnest(keys) AS k ORDER BY k
+            ON CONFLICT (source_id, doc_key) DO NOTHING;
+            DELETE FROM @s.source_documents WHERE source_id = sid AND doc_key = ANY(keys);
+        END IF;
+        PERFORM @s.queue_documents(sid, ARRAY(SELECT jsonb_array_elements_text(step->'changed')));
+    END LOOP;
+    RETURN coalesce(taken, 0);
+END
+$$;
+
+-- Whether a source's key (or its whole table) has a change not applied yet that says
+-- its row is gone: search leaves the row's passages out.  A row deleted and inserted
+-- again is new text, left out too until the daemon has applied both.  SECURITY DEFINER, as
+-- document_current: searching roles are not given source_changes, which holds keys of
+-- rows they may not read; this answers only for a passage the role already reads.
+CREATE FUNCTION @s.change_pending_gone(source integer, key text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM @s.source_changes g
+                   WHERE g.source_id = source AND g.gone
+                     AND (g.doc_key = key OR g.doc_key IS NULL))
+$$;
+
+-- Under row-level security a passage is served only while its document is current
+-- (migration 0006): indexed, and now also with no change to its row waiting to be
+-- applied, so that a row that becomes readable with new text does not show its old
+-- text meanwhile.
+CREATE OR REPLACE FUNCTION @s.document_current(document bigint) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM @s.source_documents d
+                   WHERE d.id = document AND d.state = 'indexed'
+                     AND NOT EXISTS (SELECT 1 FROM @s.source_changes g
+                                     WHERE g.source_id = d.source_id
+                                       AND (g.doc_key = d.doc_key OR g.doc_key IS NULL)))
+$$;
+"""
+
+# The status view, as 0006 made it, with the two columns added at the end.
+STATUS_VIEW = r"""
+CREATE OR REPLACE VIEW @s.indexer_source_status AS
+SELECT s.name AS source,
+       CASE WHEN t.oid IS NOT NULL THEN format('%I.%I', tn.nspname, t.relname)
+            ELSE format('%I.%I', s.table_schema, s.table_name)
+       END COLLATE "default" AS source_table,
+       coalesce(d.documents, 0) AS documents,
+       coalesce(d.indexed, 0) AS indexed,
+       coalesce(d.pending, 0) AS pending,
+       coalesce(d.in_flight, 0) AS in_flight,
+       coalesce(d.failed, 0) AS failed,
+       coalesce(d.truncated, 0) AS truncated,
+       coalesce(d.chunks, 0) AS chunks,
+       now() - d.oldest_queued_at AS lag,
+       s.backfill_done_at IS NOT NULL AS backfilled,
+       s.backfilled AS backfilled_rows,
+       t.oid IS NOT NULL AS table_present,
+       (SELECT count(*) FROM @s.source_changes g WHERE g.source_id = s.id) AS changes_pending,
+       CASE
+           WHEN t.relkind = 'p' THEN
+               'its table is partitioned: changes made through its partitions are missed; '
+               'remove the source and add each partition as a source'
+           WHEN k.atttypid NOT IN ('smallint'::regtype, 'integer'::regtype,
+                                   'bigint'::regtype, 'text'::regtype,
+                                   'character varying'::regtype, 'uuid'::regtype) THEN
+               format('its key column %s is of type %s, whose text depends on session '
+                      'settings: changes written under other settings are missed; remove '
+                      'the source and add it with a key column of type smallint, integer, '
+                      'bigint, text, varchar or uuid',
+                      quote_ident(k.attname), format_type(k.atttypid, NULL))
+       END AS problem
+FROM @s.sources s
+LEFT JOIN pg_class t ON t.oid = s.relation
+LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+LEFT JOIN pg_attribute k ON k.attrelid = s.relation AND k.attnum = s.key_attnum
+                        AND NOT k.attisdropped
+LEFT JOIN LATERAL (
+    SELECT count(*) AS documents,
+           count(*) FILTER (WHERE state = 'indexed') AS indexed,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'claimed') AS in_flight,
+           count(*) FILTER (WHERE state = 'failed') AS failed,
+           count(*) FILTER (WHERE truncated) AS truncated,
+           coalesce(sum(chunk_count) FILTER (WHERE state = 'indexed'), 0) AS chunks,
+           min(queued_at) FILTER (WHERE state IN ('pending', 'claimed')) AS oldest_queued_at
+    FROM @s.source_documents
+    WHERE source_id = s.id
+) d ON true;
+"""
+
+REVOKE = r"""
+REVOKE EXECUTE ON FUNCTION @s.apply_source_changes(integer),
+    @s.change_pending_gone(integer, text) FROM PUBLIC;
+-- Roles that may already search get what search_documents now calls.
+DO $$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT a.grantee::regrole
+        FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+        WHERE p.oid = '@s.document_current(bigint)'::regprocedure
+          AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.change_pending_gone(integer, text) '
+                       'TO %2$s', @schema_ident_literal, grantee);
+    END LOOP;
+END
+$$;
+"""
+
+DOWNGRADE = r"""
+DO $$
+BEGIN
+    -- Wait for a daemon applying changes, then apply the rest (the lock is re-entrant).
+    PERFORM pg_advisory_xact_lock(
+        (@schema_ident_literal || '.source_changes')::regclass::oid::bigint);
+    WHILE EXISTS (SELECT 1 FROM @s.source_changes) LOOP
+        PERFORM @s.apply_source_changes(100000);
+    END LOOP;
+END
+$$;
+"""
+
+DOWNGRADE_DROP = r"""
+DROP VIEW @s.indexer_source_status;
+DROP FUNCTION @s.change_pending_gone(integer, text);
+DROP FUNCTION @s.apply_source_changes(integer);
+DROP TABLE @s.source_changes;
+"""
+
+# The passages search_documents reads: not those whose row the latest change deleted.
+_SEARCHED = "WHERE c.embedding IS NOT NULL AND c.document_id IS NOT NULL"
+_NOT_GONE = _SEARCHED + " AND NOT @s.change_pending_gone(c.source_id, c.doc_key)"
+_POLICY_GRANT = "'%1$s.document_current(bigint) TO %2$s'"
+
+
+def _migration(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        f"indexer_migration_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _of_0006(pattern: str) -> str:
+    match = re.search(pattern, _migration("0006_privileges").UPGRADE, re.DOTALL)
+    assert match is not None, pattern
+    return match.group(0)
+
+
+def _search_documents() -> str:
+    """0006's search_documents (its one definition), reading only passages whose row is
+    not gone."""
+    function = _of_0006(r"CREATE OR REPLACE FUNCTION @s\.search_documents\(.*?\n\$\$;\n")
+    assert function.count(_SEARCHED) == 2
+    return function.replace(_SEARCHED, _NOT_GONE)
+
+
+def _grant_policy(*, with_changes: bool) -> str:
+    """0006's grant_policy, granting change_pending_gone too (with_changes)."""
+    function = _of_0006(r"CREATE FUNCTION @s\.grant_policy\(.*?\n\$\$;\n").replace(
+        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
+    )
+    if with_changes:
+        assert function.count(_POLICY_GRANT) == 1
+        function = function.replace(
+            _POLICY_GRANT,
+            "'%1$s.document_current(bigint), %1$s.change_pending_gone(integer, text) TO %2$s'",
+        )
+    return function
+
+
+def _source_changed_of_0006() -> str:
+    return _of_0006(r"CREATE OR REPLACE FUNCTION @s\.source_changed\(\).*?\n\$\$;\n")
+
+
+def _status_view_of_0006() -> str:
+    view = _of_0006(r"CREATE OR REPLACE VIEW @s\.indexer_source_status AS.*?\n\) d ON true;\n")
+    return view.replace("CREATE OR REPLACE VIEW", "CREATE VIEW", 1)
+
+
+def _run(script: str) -> None:
+    # 0006's placeholder substitution (schema and pgvector's schema, quoted).
+    _migration("0006_privileges")._run(script)
+
+
+def upgrade() -> None:
+    _run(UPGRADE + STATUS_VIEW + _search_documents() + _grant_policy(with_changes=True) + REVOKE)
+
+
+def downgrade() -> None:
+    # Apply what the triggers appended, then put back 0006's functions (the triggers
+    # queue and delete documents themselves again).
+    _run(DOWNGRADE)
+    _run(
+        _source_changed_of_0006()
+        + _of_0006(r"CREATE OR REPLACE FUNCTION @s\.search_documents\(.*?\n\$\$;\n")
+        + _of_0006(r"CREATE FUNCTION @s\.document_current\(.*?\n\$\$;\n").replace(
+            "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
+        )
+        + _grant_policy(with_changes=False)
+        + DOWNGRADE_DROP
+        + _status_view_of_0006()
+    )
