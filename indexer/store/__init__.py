@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from indexer.store.cache import CacheStats
+from indexer.store.hits import DocumentHit, SearchHit
 from indexer.store.listen import NOTIFY_CHANNEL, Listener
-from indexer.store.store import CacheStats, ClaimedRow, DocumentHit, SearchHit, Store
+from indexer.store.queue import ClaimedRow
+from indexer.store.store import Store
 
 __all__ = [
     "NOTIFY_CHANNEL",

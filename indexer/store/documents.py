@@ -12,15 +12,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import errors
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from indexer.exceptions import IndexerError, SourceBusy, SourceError, first_line, stored_error
+from indexer.store.protocol import Executes
 
 #: Reading a user's table can fail for reasons of that table (dropped, a column renamed,
 #: rights revoked, a statement timeout): any driver error that reaches here (a lost
@@ -69,13 +69,7 @@ class DocumentWrite:
     truncated: bool = False
 
 
-class _Executes(Protocol):
-    def _execute(
-        self, name: str, params: dict[str, Any] | None = None, *, binary: bool = False
-    ) -> list[DictRow]: ...
-
-
-def _source_name(store: _Executes, source_id: int) -> str:
+def _source_name(store: Executes, source_id: int) -> str:
     """The source's name for a message (its id if it cannot be read: removed meanwhile,
     or the database went away)."""
     try:
@@ -88,14 +82,14 @@ def _source_name(store: _Executes, source_id: int) -> str:
 class DocumentQueries:
     """The Store's document queue (see the module docstring)."""
 
-    def apply_source_changes(self: _Executes, batch: int = 10_000) -> int:
+    def apply_source_changes(self: Executes, batch: int = 10_000) -> int:
         """Apply up to ``batch`` of the changes the sources' triggers appended; how
         many it took (0: none, or another daemon is applying them)."""
         rows = self._execute("apply_source_changes", {"batch": batch})
         return int(rows[0]["applied"])
 
     def claim_documents(
-        self: _Executes, worker_id: uuid.UUID, limit: int, lease_seconds: float
+        self: Executes, worker_id: uuid.UUID, limit: int, lease_seconds: float
     ) -> list[ClaimedDocument]:
         rows = self._execute(
             "claim_documents",
@@ -109,7 +103,7 @@ class DocumentQueries:
         return docs
 
     def source_texts(
-        self: _Executes, source_id: int, keys: Sequence[str], max_chars: int
+        self: Executes, source_id: int, keys: Sequence[str], max_chars: int
     ) -> list[SourceText]:
         """The documents' current text, cut to ``max_chars`` characters (one more is
         read, so that a caller can tell a cut text); a deleted key is absent.  Raises
@@ -128,7 +122,7 @@ class DocumentQueries:
         return [SourceText(r["doc_key"], r["content"] or "", r["metadata"] or {}) for r in rows]
 
     def cached_vectors(
-        self: _Executes, cache_key: str, hashes: Sequence[bytes]
+        self: Executes, cache_key: str, hashes: Sequence[bytes]
     ) -> dict[bytes, np.ndarray]:
         if not hashes:
             return {}
@@ -138,7 +132,7 @@ class DocumentQueries:
         return {bytes(r["hash"]): r["embedding"].to_numpy() for r in rows}
 
     def replace_documents(
-        self: _Executes,
+        self: Executes,
         worker_id: uuid.UUID,
         batch_id: uuid.UUID,
         writes: Sequence[DocumentWrite],
@@ -183,7 +177,7 @@ class DocumentQueries:
         return list(row["documents"]), list(row["chunk_ids"]), row["reused_count"]
 
     def cache_vectors(
-        self: _Executes, cache_key: str, hashes: Sequence[bytes], vectors: Sequence[np.ndarray]
+        self: Executes, cache_key: str, hashes: Sequence[bytes], vectors: Sequence[np.ndarray]
     ) -> None:
         if hashes:
             self._execute(
@@ -192,7 +186,7 @@ class DocumentQueries:
             )
 
     def forget_documents(
-        self: _Executes, worker_id: uuid.UUID, docs: Sequence[ClaimedDocument]
+        self: Executes, worker_id: uuid.UUID, docs: Sequence[ClaimedDocument]
     ) -> list[int]:
         """Delete queued documents whose row no longer exists (guarded); their ids."""
         if not docs:
@@ -208,7 +202,7 @@ class DocumentQueries:
         return sorted(r["id"] for r in rows)
 
     def fail_documents(
-        self: _Executes,
+        self: Executes,
         worker_id: uuid.UUID,
         batch_id: uuid.UUID,
         failures: Sequence[tuple[ClaimedDocument, str]],
@@ -233,7 +227,7 @@ class DocumentQueries:
         return list(rows[0]["documents"])
 
     def extend_document_lease(
-        self: _Executes, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
+        self: Executes, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
     ) -> list[int]:
         if not ids:
             return []
@@ -243,12 +237,12 @@ class DocumentQueries:
         )
         return sorted(r["id"] for r in rows)
 
-    def release_documents(self: _Executes, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
+    def release_documents(self: Executes, worker_id: uuid.UUID, ids: Sequence[int]) -> None:
         if ids:
             self._execute("release_documents", {"worker_id": worker_id, "ids": list(ids)})
 
     def defer_documents(
-        self: _Executes, worker_id: uuid.UUID, ids: Sequence[int], seconds: float
+        self: Executes, worker_id: uuid.UUID, ids: Sequence[int], seconds: float
     ) -> None:
         """Documents of a locked table: pending again, due in ``seconds``, no attempt
         counted."""
@@ -257,11 +251,11 @@ class DocumentQueries:
                 "defer_documents", {"worker_id": worker_id, "ids": list(ids), "seconds": seconds}
             )
 
-    def backfills_due(self: _Executes) -> list[tuple[int, str]]:
+    def backfills_due(self: Executes) -> list[tuple[int, str]]:
         """Sources whose existing rows are not all queued yet: (id, name)."""
         return [(r["id"], r["name"]) for r in self._execute("backfills_due")]
 
-    def backfill_source(self: _Executes, source_id: int, batch: int) -> int | None:
+    def backfill_source(self: Executes, source_id: int, batch: int) -> int | None:
         """Queue the next key range of a source's rows: the rows read, or None when its
         back-fill is done or another daemon is at it.  Raises SourceError when the table
         cannot be read."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from indexer.worker.claim import BatchResult
-from indexer.worker.loop import Worker, WorkStore
+from indexer.worker.loop import Worker
+from indexer.worker.stores import WorkStore
 
 __all__ = ["BatchResult", "WorkStore", "Worker"]

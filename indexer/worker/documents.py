@@ -22,90 +22,28 @@ cache and the documents go back to the queue.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Protocol
 
-import numpy as np
-
-from indexer.chunking import chunk_text
 from indexer.embedding import TextEmbedder
 from indexer.exceptions import EmbeddingError, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
-from indexer.worker.backfill import Backfill, BackfillStore
+from indexer.worker.backfill import Backfill
 from indexer.worker.claim import BatchResult
 from indexer.worker.lease import LeaseKeeper
+from indexer.worker.plan import Round, misses, plan
+from indexer.worker.stores import DocumentStore
 
 logger = logging.getLogger(__name__)
 
 #: How long the documents of a source whose table another transaction has locked wait
 #: before they are tried again (reading gives up after 200 ms; nothing is counted).
 LOCKED_DEFER = 5.0
-
-
-class DocumentStore(BackfillStore, Protocol):
-    """What the document work needs of :class:`indexer.store.Store`."""
-
-    def apply_source_changes(self, batch: int = ...) -> int: ...
-
-    def claim_documents(
-        self, worker_id: uuid.UUID, limit: int, lease_seconds: float
-    ) -> list[ClaimedDocument]: ...
-
-    def source_texts(
-        self, source_id: int, keys: Sequence[str], max_chars: int
-    ) -> list[SourceText]: ...
-
-    def cached_vectors(
-        self, cache_key: str, hashes: Sequence[bytes]
-    ) -> dict[bytes, np.ndarray]: ...
-
-    def cache_vectors(
-        self, cache_key: str, hashes: Sequence[bytes], vectors: Sequence[np.ndarray]
-    ) -> None: ...
-
-    def replace_documents(
-        self,
-        worker_id: uuid.UUID,
-        batch_id: uuid.UUID,
-        writes: Sequence[DocumentWrite],
-        *,
-        model: str,
-        cache_key: str | None,
-        token_count: int,
-        claim_ms: float,
-        embed_ms: float,
-    ) -> tuple[list[int], list[int], int]: ...
-
-    def forget_documents(
-        self, worker_id: uuid.UUID, docs: Sequence[ClaimedDocument]
-    ) -> list[int]: ...
-
-    def fail_documents(
-        self,
-        worker_id: uuid.UUID,
-        batch_id: uuid.UUID,
-        failures: Sequence[tuple[ClaimedDocument, str]],
-        *,
-        max_attempts: int,
-        retry_base_seconds: float,
-        embed_ms: float = 0.0,
-    ) -> list[int]: ...
-
-    def extend_document_lease(
-        self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
-    ) -> list[int]: ...
-
-    def release_documents(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None: ...
-
-    def defer_documents(self, worker_id: uuid.UUID, ids: Sequence[int], seconds: float) -> None: ...
 
 
 class _DocumentLeases:
@@ -118,32 +56,6 @@ class _DocumentLeases:
         self, worker_id: uuid.UUID, ids: Sequence[int], lease_seconds: float
     ) -> list[int]:
         return self.store.extend_document_lease(worker_id, ids, lease_seconds)
-
-
-@dataclass
-class _Planned:
-    """A claimed document, chunked, waiting for its chunks' vectors."""
-
-    document: ClaimedDocument
-    metadata: dict[str, Any]
-    chunks: list[tuple[int, int, int, str, bytes]]  # position, start, end, text, hash
-    tokens: dict[bytes, int]
-    truncated: bool
-
-
-@dataclass
-class _Round:
-    """One claim of documents on its way through the model."""
-
-    planned: list[_Planned]
-    vectors: dict[bytes, np.ndarray]
-    cached: set[bytes]
-    #: hashes embedded in this round and not yet written to the cache by a write.
-    fresh: set[bytes] = field(default_factory=set)
-    bad: dict[bytes, str] = field(default_factory=dict)
-    claim_ms: float = 0.0
-    embed_ms: float = 0.0
-    tokens: int = 0
 
 
 class DocumentWork:
@@ -251,16 +163,16 @@ class DocumentWork:
             if source is None:
                 continue
             try:
-                planned.append(self._plan(doc, source))
+                planned.append(plan(doc, source, self.settings, self.embedder))
             except Exception as exc:  # a property of this document: it must not stop the rest
                 unplannable.append((doc, f"could not be chunked: {type(exc).__name__}: {exc}"))
         if unplannable:
             self._fail(unplannable, 0.0)
         hashes = list({h for p in planned for *_, h in p.chunks})
         cached = self.store.cached_vectors(self.cache_key, hashes) if self.cache_key else {}
-        run = _Round(planned, dict(cached), set(cached), claim_ms=claim_ms)
+        run = Round(planned, dict(cached), set(cached), claim_ms=claim_ms)
         self._write_ready(run)
-        todo = self._misses(run)
+        todo = misses(run)
         first = True
         while todo and run.planned and not self.stop_event.is_set():
             if not first:
@@ -280,41 +192,7 @@ class DocumentWork:
             self.store.release_documents(self.worker_id, sorted(left))
             self.held = [i for i in self.held if i not in left]
 
-    def _plan(self, doc: ClaimedDocument, source: SourceText) -> _Planned:
-        s = self.settings
-        text = source.text
-        truncated = len(text) > s.document_max_chars
-        if truncated:
-            text = text[: s.document_max_chars]
-        chunking = chunk_text(
-            text,
-            self.embedder,
-            chunk_tokens=s.chunk_tokens,
-            overlap_tokens=s.chunk_overlap,
-            max_chunks=s.document_max_chunks,
-            max_chars=s.chunk_max_chars,
-        )
-        chunks = []
-        tokens: dict[bytes, int] = {}
-        for position, chunk in enumerate(chunking.chunks):
-            digest = hashlib.sha256(chunk.text[: s.max_chars].encode("utf-8")).digest()
-            chunks.append((position, chunk.start, chunk.end, chunk.text, digest))
-            tokens[digest] = chunk.tokens + 2
-        return _Planned(doc, source.metadata, chunks, tokens, truncated or chunking.truncated)
-
-    def _misses(self, run: _Round) -> list[bytes]:
-        """Hashes still without a vector, each once, in document order (so documents
-        complete, and are written, one after another)."""
-        seen: set[bytes] = set()
-        order = []
-        for p in run.planned:
-            for *_, digest in p.chunks:
-                if digest not in run.vectors and digest not in seen:
-                    seen.add(digest)
-                    order.append(digest)
-        return order
-
-    def _embed(self, run: _Round, hashes: list[bytes]) -> None:
+    def _embed(self, run: Round, hashes: list[bytes]) -> None:
         text_of = {h: t for p in run.planned for *_, t, h in p.chunks}
         texts = [text_of[h] for h in hashes]
         start = time.perf_counter()
@@ -340,7 +218,7 @@ class DocumentWork:
                 run.fresh.add(digest)
                 run.tokens += max((p.tokens.get(digest, 0) for p in run.planned), default=0)
 
-    def _still_held(self, run: _Round) -> bool:
+    def _still_held(self, run: Round) -> bool:
         ids = [p.document.id for p in run.planned]
         held = set(
             self.store.extend_document_lease(self.worker_id, ids, self.settings.lease_seconds)
@@ -357,7 +235,7 @@ class DocumentWork:
             self.held = [i for i in self.held if i not in gone]
         return bool(run.planned)
 
-    def _write_ready(self, run: _Round) -> None:
+    def _write_ready(self, run: Round) -> None:
         """Write every document whose chunks all have a vector; fail those with a chunk
         the model could not embed."""
         ready = [p for p in run.planned if all(h in run.vectors for *_, h in p.chunks)]
@@ -401,7 +279,7 @@ class DocumentWork:
         run.claim_ms = run.embed_ms = 0.0
         run.tokens = 0
 
-    def _keep_fresh(self, run: _Round) -> None:
+    def _keep_fresh(self, run: Round) -> None:
         if self.cache_key and run.fresh:
             fresh = sorted(run.fresh)
             self.store.cache_vectors(self.cache_key, fresh, [run.vectors[h] for h in fresh])
@@ -428,7 +306,7 @@ class DocumentWork:
         written: list[int],
         chunk_ids: list[int],
         reused: int,
-        run: _Round,
+        run: Round,
         stale: int,
     ) -> None:
         self.documents_written += len(written)

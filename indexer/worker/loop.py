@@ -14,7 +14,7 @@ matches no row and is discarded.  Rows are therefore embedded exactly once per
 content version.
 
 The loop holds no SQL (that is :mod:`indexer.store`) and no model code (that is
-:mod:`indexer.embedding`); it needs of them only :class:`WorkStore` and
+:mod:`indexer.embedding`); it needs of them only :class:`~indexer.worker.stores.WorkStore` and
 :class:`~indexer.embedding.TextEmbedder`.
 """
 
@@ -28,82 +28,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from indexer.embedding import TextEmbedder, Tokenized
-from indexer.exceptions import DatabaseUnavailable, EmbeddingError
+from indexer.exceptions import DatabaseUnavailable
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
 from indexer.worker.claim import BatchResult, Claim, PendingWrite
-from indexer.worker.documents import DocumentStore, DocumentWork
-from indexer.worker.lease import LeaseKeeper, LeaseStore
-from indexer.worker.prune import Pruner, PruneStore
+from indexer.worker.documents import DocumentWork
+from indexer.worker.embed import embed_isolating
+from indexer.worker.lease import LeaseKeeper
+from indexer.worker.outage import Outage
+from indexer.worker.prune import Pruner
+from indexer.worker.stores import WorkStore
 
 logger = logging.getLogger(__name__)
-
-MAX_BACKOFF_SECONDS = 10.0
-
-
-class WorkSignal(Protocol):
-    """Wakes the idle worker when rows need work (:class:`indexer.store.Listener`)."""
-
-    def wait(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-class WorkStore(LeaseStore, PruneStore, DocumentStore, Protocol):
-    """What the worker needs of :class:`indexer.store.Store` (a fake in unit tests)."""
-
-    def listener(self) -> WorkSignal: ...
-
-    def claim(
-        self,
-        worker_id: uuid.UUID,
-        limit: int,
-        lease_seconds: float,
-        max_chars: int,
-        cache_key: str | None = None,
-    ) -> list[ClaimedRow]: ...
-
-    def complete_batch(
-        self,
-        worker_id: uuid.UUID,
-        batch_id: uuid.UUID,
-        rows: Sequence[ClaimedRow],
-        embeddings: np.ndarray,
-        *,
-        model: str,
-        token_count: int,
-        claim_ms: float,
-        embed_ms: float,
-        reused: Sequence[bool] | None = None,
-        cache_key: str | None = None,
-    ) -> list[int]: ...
-
-    def fail_rows(
-        self,
-        worker_id: uuid.UUID,
-        batch_id: uuid.UUID,
-        failures: Sequence[tuple[ClaimedRow, str]],
-        *,
-        max_attempts: int,
-        retry_base_seconds: float,
-        embed_ms: float,
-    ) -> list[int]: ...
-
-    def release(self, worker_id: uuid.UUID, ids: Sequence[int]) -> None: ...
-
-    def record_event(
-        self,
-        kind: str,
-        worker_id: uuid.UUID,
-        *,
-        row_count: int = 0,
-        detail: dict[str, Any] | None = None,
-    ) -> None: ...
 
 
 class Worker:
@@ -130,8 +71,7 @@ class Worker:
         self.pruner = Pruner(store, settings)
         #: The vector cache's key for this embedder; None when the cache is off.
         self.cache_key = embedder.cache_key if settings.cache else None
-        self._down_since: float | None = None
-        self._backoff = 0.5
+        self._outage = Outage(settings.db_down_timeout)
         self.batches = 0
         self.rows_written = 0
         self.passages_written = 0
@@ -177,7 +117,7 @@ class Worker:
                         started = True
                     if not self._step(once):
                         break
-                    self._database_back()
+                    self._outage.over()
                 except DatabaseUnavailable as exc:
                     self._database_down(exc)
         finally:
@@ -287,7 +227,7 @@ class Worker:
         start = time.perf_counter()
         self._keeper.hold([*(r.id for r in rows), *waiting])
         try:
-            good_groups, bad_groups = self._embed_isolating(groups, tokenized)
+            good_groups, bad_groups = embed_isolating(self.embedder, groups, tokenized)
         finally:
             self._keeper.hold(waiting)
         embed_ms = (time.perf_counter() - start) * 1000
@@ -378,40 +318,8 @@ class Worker:
         )
         self._count(result)
 
-    def _embed_isolating(
-        self, groups: Sequence[list[ClaimedRow]], tokenized: Tokenized
-    ) -> tuple[list[tuple[list[ClaimedRow], np.ndarray]], list[tuple[list[ClaimedRow], str]]]:
-        """Embed texts (one per group of rows); when the model fails, split the batch
-        to find the bad texts.
-
-        A batch with one bad text costs about 2*log2(n) extra model calls, and the
-        good texts are still embedded in this pass.
-        """
-        try:
-            vectors = self.embedder.embed_tokenized(tokenized)
-        except Exception as exc:  # any model failure is a property of some text(s)
-            if len(groups) == 1:
-                message = (
-                    f"{type(exc).__name__}: {exc}"
-                    if not isinstance(exc, EmbeddingError)
-                    else str(exc)
-                )
-                ids = ", ".join(str(r.id) for r in groups[0])
-                logger.warning("row %s failed to embed: %s", ids, message)
-                return [], [(groups[0], message)]
-            middle = len(groups) // 2
-            good_a, bad_a = self._embed_isolating(groups[:middle], tokenized.select(range(middle)))
-            good_b, bad_b = self._embed_isolating(
-                groups[middle:], tokenized.select(range(middle, len(groups)))
-            )
-            return good_a + good_b, bad_a + bad_b
-        return list(zip(groups, vectors, strict=True)), []
-
     def _database_down(self, exc: DatabaseUnavailable) -> None:
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            logger.warning("database unavailable, retrying: %s", exc)
+        if self._outage.begins(exc):
             if self._claim is not None:
                 # Leases cannot be renewed while the database is away: give the rest
                 # of the claim back once it returns, rather than embed rows that
@@ -420,21 +328,7 @@ class Worker:
                 self._claim = None
                 self._keeper.drop()
             self.documents.drop()
-        elif now - self._down_since > self.settings.db_down_timeout:
-            raise DatabaseUnavailable(
-                f"database unavailable for {now - self._down_since:.0f} s "
-                f"(INDEXER_DB_DOWN_TIMEOUT={self.settings.db_down_timeout:g}): {exc}"
-            ) from exc
-        self.stop_event.wait(self._backoff)
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
-
-    def _database_back(self) -> None:
-        if self._down_since is not None:
-            logger.warning(
-                "database available again after %.1f s", time.monotonic() - self._down_since
-            )
-        self._down_since = None
-        self._backoff = 0.5
+        self._outage.wait(self.stop_event)
 
     def _shutdown(self, started: bool) -> None:
         self._keeper.stop()

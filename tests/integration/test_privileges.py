@@ -24,7 +24,7 @@ from indexer.db import migrate
 from indexer.db.connect import Connection
 from indexer.exceptions import SourceError
 from indexer.store import Store
-from indexer.store import store as store_module
+from indexer.store import sources as store_sources
 
 from ..helpers import wait_until
 from .test_sources_sql import apply_changes
@@ -398,7 +398,7 @@ def test_functions_act_on_their_own_schema_whatever_the_search_path(
 def test_adding_and_removing_a_source_never_queue_the_application(
     conn: Connection, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "LOCK_TRIES", 3)
+    monkeypatch.setattr(store_sources, "LOCK_TRIES", 3)
     conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
     with (
         psycopg.connect(database) as app,
