@@ -46,6 +46,7 @@ from indexer.exceptions import (
     SourceError,
     first_line,
 )
+from indexer.http import console
 from indexer.http.bounds import HttpLimits
 from indexer.http.docs import render as render_docs
 from indexer.http.middleware import (
@@ -76,7 +77,7 @@ from indexer.settings import Settings
 logger = logging.getLogger(__name__)
 
 #: The paths the request metrics name; any other path counts as "other".
-ENDPOINTS = ("/health", "/metrics", "/embed", "/search")
+ENDPOINTS = ("/health", "/metrics", "/embed", "/search", *console.ENDPOINTS)
 
 #: The error bodies the OpenAPI schema lists for /embed and /search.
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -155,7 +156,7 @@ def create_app(
         LimitBody, limit=limits.max_body_bytes, budget=res.budget, timeout=limits.body_timeout
     )
     app.add_middleware(LimitRequests, limit=limits.max_requests)
-    app.add_middleware(RequireToken, tokens=tokens)
+    app.add_middleware(RequireToken, tokens=tokens, open_paths=console.TOKEN_FREE_PATHS)
     app.add_middleware(CatchAll)
     app.add_middleware(CountRequests, metrics=res.metrics, endpoints=ENDPOINTS)
     _add_error_handlers(app, res)
@@ -165,6 +166,7 @@ def create_app(
     _add_search(app, res)
     _document_bodies(app, EmbedRequest, SearchRequest)
     _add_docs(app)
+    app.include_router(console.router(res))
     return app
 
 

@@ -30,6 +30,7 @@ from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
 from indexer.exceptions import InsufficientPrivilege, SourceError, first_line, stored_error
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
+from indexer.store.console import ConsoleQueries
 from indexer.store.documents import DocumentQueries
 from indexer.store.listen import Listener
 from indexer.store.queries import QUERIES
@@ -155,6 +156,8 @@ _DOING: dict[str, tuple[str, str]] = {
     "remove_source": ("remove a source", "owner"),
     "source_texts": ("read a source's table", "source"),
     "backfill_source": ("back-fill a source", "source"),
+    "throughput": ("read the events", "owner"),
+    "passage_context": ("read a source's table", "source"),
 }
 
 
@@ -170,7 +173,7 @@ def _or_member(owner: DictRow) -> str:
     )
 
 
-class Store(DocumentQueries):
+class Store(DocumentQueries, ConsoleQueries):
     """The indexer's tables in ``schema`` of the database at ``dsn``.
 
     ``check`` (default on): the first call makes sure pgvector is there and the schema

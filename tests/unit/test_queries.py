@@ -28,10 +28,11 @@ def test_text_before_the_first_header_is_not_a_query() -> None:
 
 
 def test_every_query_the_store_runs_is_defined() -> None:
-    # The Store's own module and its document-queue mixin (which runs them through the
-    # Store's _execute).
+    # The Store's own module and its mixins (the document queue, the console's reads),
+    # which run them through the Store's _execute.
     source = "".join(
-        (PACKAGE / "store" / name).read_text() for name in ("store.py", "documents.py")
+        (PACKAGE / "store" / name).read_text()
+        for name in ("store.py", "documents.py", "console.py")
     )
     used = set(re.findall(r'(?:_execute|_one|_source_call|_locking_call)\(\s*"([a-z_]+)"', source))
     used |= set(re.findall(r'QUERIES\["([a-z_]+)"\]', source))
