@@ -41,6 +41,11 @@ def long_note() -> str:
     return "\n\n".join(paragraphs)
 
 
+def note_text() -> str:
+    """The long note as its source reads it (title and body, joined by a blank line)."""
+    return f"Database notes\n\n{long_note()}"
+
+
 @dataclass(frozen=True)
 class ConsoleData:
     failed_row: int
@@ -108,7 +113,7 @@ def populate(conn: Connection, settings: Settings, embedder: Embedder) -> Consol
     conn.execute("INSERT INTO events (kind, worker_id, at) VALUES ('worker_stopped', %s,"
                  " now() - interval '20 minutes')", (earlier,))  # fmt: skip
     batches(conn, live, range(12, -1, -1), 24)
-    start = long_note().index(NEEDLE) + len("Database notes\n\n")
+    start = note_text().index(NEEDLE)
     return ConsoleData(
         failed_row=int(failed["id"]),
         pending_rows=[int(r["id"]) for r in pending],

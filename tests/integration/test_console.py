@@ -154,7 +154,8 @@ def test_retry_requeues_a_failed_row_or_a_sources_documents(
     assert document == {"state": "pending"}
     unknown = post({"source": "nope"})
     assert (unknown.status_code, unknown.json()) == (422, {"error": "no source named nope"})
-    for bad in ({}, {"rows": []}, {"rows": [1], "source": SOURCE}, {"rows": ["1"]}, [1]):
+    bodies: list[Any] = [{}, {"rows": []}, {"rows": [1], "source": SOURCE}, {"rows": ["1"]}, [1]]
+    for bad in bodies:
         assert post(bad).status_code == 422, bad
     not_json = guarded.client.post("/console/api/retry", content=b"{}", headers=BEARER)
     assert not_json.status_code == 422
