@@ -56,10 +56,11 @@ class ConsoleData:
 
 
 def batches(conn: Connection, worker: uuid.UUID, minutes_ago: range, rows: int) -> None:
-    """batch_completed events, one every minute of ``minutes_ago`` (and one every 10 s
-    of the last minute when it starts at 0)."""
+    """batch_completed events, one every minute of ``minutes_ago``, and for minute 0 one
+    every 5 s of the last 25 (the rates count the last minute: those stay in it for 35 s
+    more, however slowly a test goes on to read them)."""
     for minute in minutes_ago:
-        seconds = [minute * 60] if minute else [50, 40, 30, 20, 10]
+        seconds = [minute * 60] if minute else [25, 20, 15, 10, 5]
         for ago in seconds:
             conn.execute(
                 "INSERT INTO events (kind, worker_id, batch_id, at, row_count, reused_count,"
