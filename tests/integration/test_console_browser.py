@@ -358,3 +358,15 @@ def resources(page: Page) -> dict[str, int]:
         for name, size in entries
         if "/console/console." in name
     }
+
+
+def test_without_a_token_configured_the_page_reads_at_once(
+    browser: WebDriver, settings: Settings, database: str, embedder: Embedder
+) -> None:
+    with serve(settings, database, embedder) as api:
+        page = Page(browser, api.server.url)
+        page.open()
+        assert wait_until(page.loaded, WAIT)
+        assert not page.shown("#login") and not page.shown("#forget")
+        assert page.value("backlog") == "0"
+        assert page.text("#failed-rows") == "No failed rows."
