@@ -74,7 +74,7 @@ class MemoryBudget:
 
 
 class RequireToken:
-    """With ``tokens`` (non-empty), every path but /health needs
+    """With ``tokens`` (non-empty), every path but ``open_paths`` (/health) needs
     ``Authorization: Bearer <one of them>``; otherwise 401 with
     ``WWW-Authenticate: Bearer``.  Each token is compared in constant time, all of them
     every time, so the answer's timing tells nothing about which one came close.
@@ -83,12 +83,15 @@ class RequireToken:
     token slipped through: the settings refuse one, and this guard fails closed.
     """
 
-    def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, tokens: Sequence[str], open_paths: Collection[str] = OPEN_PATHS
+    ) -> None:
         self.app = app
         self.tokens = [t.encode() for t in tokens]
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.tokens or scope.get("path") in OPEN_PATHS:
+        if scope["type"] != "http" or not self.tokens or scope.get("path") in self.open_paths:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from indexer.embedding import TextEmbedder
 from indexer.exceptions import ConfigurationError
+from indexer.http import console
 from indexer.http.bodies import document_bodies
 from indexer.http.bounds import HttpLimits
 from indexer.http.docs import render as render_docs
@@ -37,7 +38,7 @@ from indexer.metrics import Metrics
 from indexer.settings import Settings
 
 #: The paths the request metrics name; any other path counts as "other".
-ENDPOINTS = ("/health", "/metrics", "/embed", "/search")
+ENDPOINTS = ("/health", "/metrics", "/embed", "/search", *console.ENDPOINTS)
 
 
 def load_tokens(settings: Settings) -> list[str]:
@@ -109,7 +110,7 @@ def create_app(
         LimitBody, limit=limits.max_body_bytes, budget=res.budget, timeout=limits.body_timeout
     )
     app.add_middleware(LimitRequests, limit=limits.max_requests)
-    app.add_middleware(RequireToken, tokens=tokens)
+    app.add_middleware(RequireToken, tokens=tokens, open_paths=console.TOKEN_FREE_PATHS)
     app.add_middleware(CatchAll)
     app.add_middleware(CountRequests, metrics=res.metrics, endpoints=ENDPOINTS)
     add_error_handlers(app, res)
@@ -119,6 +120,7 @@ def create_app(
     add_search(app, res)
     document_bodies(app, EmbedRequest, SearchRequest)
     _add_docs(app)
+    app.include_router(console.router(res))
     return app
 
 

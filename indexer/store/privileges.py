@@ -39,6 +39,8 @@ DOING: dict[str, tuple[str, str]] = {
     "remove_source": ("remove a source", "owner"),
     "source_texts": ("read a source's table", "source"),
     "backfill_source": ("back-fill a source", "source"),
+    "throughput": ("read the events", "owner"),
+    "passage_context": ("read a source's table", "source"),
 }
 
 

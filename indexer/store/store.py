@@ -29,6 +29,7 @@ from indexer.db.pool import open_pool
 from indexer.exceptions import InsufficientPrivilege, SourceError, first_line
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.store.cache import CacheQueries
+from indexer.store.console import ConsoleQueries
 from indexer.store.documents import DocumentQueries
 from indexer.store.hits import DocumentHit, SearchHit
 from indexer.store.listen import Listener
@@ -43,7 +44,7 @@ from indexer.store.sources import SourceQueries
 EF_SEARCH = 100
 
 
-class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries):
+class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQueries):
     """The indexer's tables in ``schema`` of the database at ``dsn``.
 
     ``check`` (default on): the first call makes sure pgvector is there and the schema

@@ -133,3 +133,13 @@ def test_migrate_from_the_installed_package(
     assert first.stdout.strip() == f"schema 'public' upgraded from nothing to {head}"
     again = _run([str(installed / "indexer"), "migrate"], cwd=tmp_path, env=env)
     assert again.stdout.strip() == f"schema 'public' is already at revision {head}"
+
+
+def test_the_web_console_ships_in_the_wheel(installed: Path, tmp_path: Path) -> None:
+    code = (
+        "from indexer.http.console import shell; s = shell(); "
+        "print(len(s.page.body), len(s.script.body), len(s.style.body))"
+    )
+    result = _run([str(installed / "python"), "-c", code], cwd=tmp_path, env=_env())
+    assert result.returncode == 0, result.stderr
+    assert all(int(size) > 1000 for size in result.stdout.split()), result.stdout
