@@ -102,7 +102,14 @@ class Worker:
         rest of its claim is released at once.  Raises DatabaseUnavailable when the
         database stays away longer than INDEXER_DB_DOWN_TIMEOUT.
         """
-        logger.info("worker %s starting", self.worker_id)
+        logger.info(
+            "worker %s starting; documents are cut into passages of %d tokens, %d overlapping"
+            " (a change of these settings applies to documents indexed from now on: the others"
+            " keep their passages until their text changes)",
+            self.worker_id,
+            self.settings.chunk_tokens,
+            self.settings.chunk_overlap,
+        )
         started = False
         self._keeper.start()
         self.documents.start()

@@ -7,11 +7,14 @@ exactly; the integration tests run the same loop on PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import uuid
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from indexer.embedding import Tokenized
 from indexer.exceptions import EmbeddingError
@@ -213,3 +216,15 @@ def test_rows_taken_over_by_another_daemon_are_not_embedded() -> None:
     embedded = {t for call in embedder.calls for t in call}
     assert embedded.isdisjoint({store.rows[i].content for i in taken})
     assert {i for i, r in store.rows.items() if r.state == "embedded"} == set(ids) - taken
+
+
+def test_the_start_says_how_documents_are_cut_and_that_a_change_is_not_retroactive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = dataclasses.replace(SETTINGS, chunk_tokens=120, chunk_overlap=10)
+    with caplog.at_level(logging.INFO, logger="indexer.worker.loop"):
+        Worker(settings, FakeStore(), FakeEmbedder()).run(once=True)
+    started = [r.getMessage() for r in caplog.records if "starting" in r.getMessage()]
+    assert len(started) == 1
+    assert "passages of 120 tokens, 10 overlapping" in started[0]
+    assert "applies to documents indexed from now on" in started[0]
