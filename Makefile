@@ -33,7 +33,7 @@ lint: install
 # The reference pages are generated from the code as the site is built (docs/hooks.py):
 # a broken link or anchor, or a note about something the code no longer has, fails it.
 docs: install
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint docs
 	$(BIN)/pytest -m "not slow"

@@ -226,11 +226,8 @@ def _usage_part(action: argparse.Action) -> str:
         if action.choices is not None:
             return "{" + ",".join(map(str, action.choices)) + "}"
         return str(action.metavar or action.dest).upper()
-    option = action.option_strings[-1] if len(action.option_strings) > 1 else action.option_strings[0]
-    if action.nargs == 0:
-        text = option
-    else:
-        text = f"{option} {action.metavar or action.dest.upper()}"
+    option = action.option_strings[-1]  # the long form, when there are two
+    text = option if action.nargs == 0 else f"{option} {action.metavar or action.dest.upper()}"
     return text if action.required else f"[{text}]"
 
 
@@ -291,11 +288,10 @@ def migrated_database() -> Iterator[str]:
     DATA_DIR.parent.mkdir(parents=True, exist_ok=True)
     dsn = server.start(DATA_DIR)
     name = "docs_" + uuid.uuid4().hex[:12]
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        database = psycopg.conninfo.make_conninfo(**{**info, "dbname": name})
+        database = psycopg.conninfo.make_conninfo(dsn, dbname=name)
         migrate.upgrade(database, SCHEMA)
         yield database
     finally:

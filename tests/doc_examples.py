@@ -39,6 +39,13 @@ RUN = ("sh", "sql", "postgresql", "python")
 OUTPUT = ("text", "json")
 PAGE_OPTIONS = ("daemon", "tour-rows")
 TOLERANCE = 5e-4
+#: Pages whose examples a test of their own runs (with checks of its own), not
+#: tests/acceptance/test_doc_examples.py.
+OWN_TESTS = {
+    "README.md": "tests/acceptance/test_readme_tour.py",
+    "docs/_notes/http.md": "tests/acceptance/test_readme_samples.py",
+    "docs/how-to/sqlalchemy.md": "tests/integration/test_orm_readme.py",
+}
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _COMMENT = re.compile(r"<!--\s*(not run|output varies|examples)\s*:\s*(.*?)\s*-->", re.DOTALL)
@@ -62,7 +69,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        path = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
+        return f"{path}:{self.line}"
 
 
 @dataclass
@@ -73,7 +81,7 @@ class Page:
 
     @property
     def name(self) -> str:
-        return str(self.path.relative_to(ROOT))
+        return str(self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path)
 
 
 def pages() -> list[Path]:
