@@ -420,6 +420,8 @@ def sql_page(catalog: Catalog) -> str:
             note = notes.get(relation.name)
             if note:
                 body.append(note)
+            if relation.name == "events":
+                continue  # its columns, with their notes, are on the Events page
             body.append(_columns_table(relation, notes))
     return _page("SQL functions, views and tables", notes, body)
 

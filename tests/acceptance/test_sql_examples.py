@@ -54,10 +54,7 @@ def test_sql_example_runs_in_psql(
 
 def test_every_sql_block_of_readme_and_the_docs_is_run() -> None:
     blocks = [
-        block
-        for page in all_pages()
-        for block in page.blocks
-        if block.tag in ("sql", "postgresql")
+        block for page in all_pages() for block in page.blocks if block.tag in ("sql", "postgresql")
     ]
     assert len(blocks) >= 10
     for block in blocks:
