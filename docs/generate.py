@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import sys
 import uuid
@@ -286,7 +287,15 @@ def migrated_database() -> Iterator[str]:
     from indexer.db import migrate, server
 
     DATA_DIR.parent.mkdir(parents=True, exist_ok=True)
-    dsn = server.start(DATA_DIR)
+    # Its "created a new embedded database" warning is for users of that server: the
+    # build's own is expected to be new.
+    quiet = logging.getLogger("indexer.db.server")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        dsn = server.start(DATA_DIR)
+    finally:
+        quiet.setLevel(level)
     name = "docs_" + uuid.uuid4().hex[:12]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
