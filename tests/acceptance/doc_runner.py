@@ -44,11 +44,14 @@ EXAMPLE_URL = "postgresql://app:secret@db.example.com/app"
 EXAMPLE_SQLALCHEMY_URL = "postgresql+psycopg://app:secret@db.example.com/app"
 EXAMPLE_PORT = ":8080"
 
-#: Run before every sh block: ``indexer`` is this checkout's command; background jobs
-#: (a line ending in ``&``) log to a file and are stopped when the page ends, and an HTTP
-#: API started in the background is waited for before the next line runs.
+#: ``indexer`` on the blocks' PATH: this checkout's command.  A script that execs, not a
+#: shell function, so that ``$!`` of ``indexer run ... &`` is the daemon itself.
+INDEXER_SCRIPT = '#!/bin/sh\nexec "$EXAMPLES_PYTHON" -m indexer.cli "$@"\n'
+
+#: Run before every sh block: background jobs (a line ending in ``&``) log to a file and
+#: are stopped when the page ends, and an HTTP API started in the background is waited
+#: for before the next line runs.
 PRELUDE = r"""
-indexer() { "$EXAMPLES_PYTHON" -m indexer.cli "$@"; }
 __wait_http() {
     local address="${1/0.0.0.0/127.0.0.1}"
     for _ in $(seq 600); do
@@ -94,8 +97,13 @@ class Runner:
         self.sqlalchemy = sqlalchemy_url(database).render_as_string(hide_password=False)
         self.port = _free_port()
         self.tmp = tmp
+        bin_dir = tmp / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "indexer").write_text(INDEXER_SCRIPT)
+        (bin_dir / "indexer").chmod(0o755)
         self.env = {
             **env,
+            "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}",
             "EXAMPLES_PYTHON": sys.executable,
             "EXAMPLES_LOG": str(tmp / "background.log"),
             "EXAMPLES_PIDS": str(tmp / "background.pids"),
@@ -169,10 +177,24 @@ class Runner:
 
     def stop(self) -> None:
         pids = self.tmp / "background.pids"
-        if pids.exists():
-            for pid in pids.read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGTERM)
+        started = [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+        def gone() -> bool:
+            # Not our children (bash started them, and is gone): a pid that is no more,
+            # or a zombie nobody has reaped yet, has stopped.
+            for pid in started:
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    continue
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    return False
+            return True
+
+        assert wait_until(gone, timeout=60), f"background jobs still running: {started}"
         if self.daemon is not None:
             self.daemon.terminate()
             self.daemon.wait(60)
