@@ -70,7 +70,8 @@ def default_model_cache() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the indexer can be told.  See README's configuration table."""
+    """Everything the indexer can be told.  The docs' settings reference is generated
+    from these fields (docs/generate.py): names, variables, defaults and help."""
 
     database_url: str | None = field(
         default=None,
@@ -151,7 +152,7 @@ class Settings:
         },
     )
     cache_max_entries: int = field(
-        # About 2.2 GB of disk per million vectors (measured: README, The vector cache).
+        # About 2.2 GB of disk per million vectors (measured: docs/benchmarks/vector-cache.md).
         default=1_000_000,
         metadata={"help": "vectors the cache keeps; the least recently used go beyond this"},
     )
@@ -159,11 +160,11 @@ class Settings:
         default=90.0, metadata={"help": "cached vectors not reused for this long are pruned"}
     )
     chunk_tokens: int = field(
-        # Measured on 578 man pages and Python topics (README, Documents): 128-token
+        # Measured on 578 man pages and Python topics (docs/benchmarks/documents.md): 128-token
         # windows found deep passages better than 200 or 254 and summary queries as well.
         default=128,
         metadata={
-            "help": "content tokens per chunk of a document (at most INDEXER_MAX_TOKENS - 2)"
+            "help": "content tokens per chunk of a document (at most 254: the model reads 256)"
         },
     )
     chunk_overlap: int = field(

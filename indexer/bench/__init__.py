@@ -1,9 +1,10 @@
-"""`indexer bench`: the figures the README's Performance section quotes.
+"""`indexer bench`: the figures the docs' benchmarks quote (docs/benchmarks/performance.md).
 
-Six sections, each in a module of its own (:mod:`~indexer.bench.model`,
+Eight sections, each in a module of its own (:mod:`~indexer.bench.model`,
 :mod:`~indexer.bench.backfill`, :mod:`~indexer.bench.latency`,
 :mod:`~indexer.bench.search`, :mod:`~indexer.bench.memory`,
-:mod:`~indexer.bench.claim`); :mod:`~indexer.bench.targets` holds the targets as one
+:mod:`~indexer.bench.claim`, :mod:`~indexer.bench.cache`,
+:mod:`~indexer.bench.documents`); :mod:`~indexer.bench.targets` holds the targets as one
 table of data and :mod:`~indexer.bench.report` prints them.  Importing this package
 loads only the command's parser; the measuring code loads when :func:`main` runs.
 """

@@ -2,7 +2,7 @@
 
 The daemon's :class:`~indexer.embedding.Embedder` embeds the short lines and the ~1 KB
 chunks; beside it, in the same runs, the opt-in int8 variant and (when installed)
-sentence-transformers on PyTorch, the reference the README compares with.  Every run
+sentence-transformers on PyTorch, the reference the benchmarks compare with.  Every run
 also measures ONNX Runtime's fp32 GEMM peak, the ceiling of an fp32 model here.
 Runs alternate their order, and the ratios are paired run by run.
 """

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None, *, load: EmbedderLoader = load_embed
         print(
             f"indexer: error: {visible(first_line(exc))}: the role this command connects "
             "as lacks that privilege; ask the owner of the indexer's tables, or an "
-            "administrator, to grant it (README: Security)",
+            "administrator, to grant it (docs: Roles and least privilege)",
             file=sys.stderr,
         )
         return 1

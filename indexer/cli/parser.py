@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=[settings_of[name]], help=help_text, description=help_text
         )
 
-    add("migrate", "create or upgrade the schema (chunks, events, indexes, views)")
+    add(
+        "migrate",
+        "create or upgrade the schema (tables, triggers, indexes, views, functions)",
+    )
     run = add("run", "run the embedding daemon")
     run.add_argument("--once", action="store_true", help="drain the backlog, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bar with --once")
@@ -267,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     from indexer import bench  # light at import; heavy parts load when it runs
 
     bench.add_arguments(
-        add("bench", "measure model, backfill, latency, search, memory and claim cost")
+        add(
+            "bench",
+            "measure model, backfill, latency, search, memory, claim, cache and documents",
+        )
     )
     server_cmd = add("server", "start or stop the embedded PostgreSQL")
     server_cmd.add_argument("action", choices=["start", "stop"])

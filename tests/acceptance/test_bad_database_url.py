@@ -79,7 +79,7 @@ def test_migrate_says_whether_it_changed_the_schema(empty_database: str, model_c
 
 
 def test_a_sqlalchemy_url_is_accepted(database: str, model_cache: Path) -> None:
-    # README's own form, postgresql+psycopg://, which libpq alone refuses.
+    # The docs' SQLAlchemy form, postgresql+psycopg://, which libpq alone refuses.
     info = psycopg.conninfo.conninfo_to_dict(database)
     for driver in ("psycopg", "psycopg2"):
         url = f"postgresql+{driver}://{info['user']}@/{info['dbname']}?host={info['host']}"

@@ -1,66 +1,30 @@
-"""README's "Your own tables and long documents" runs as a reader runs it: every sh, sql
-and python block of the section, in order, in one database (the CLI's, psql's and the
-Python API's steps must not trip over one another)."""
+"""README's five-minute tour runs as a reader runs it, beside a real `indexer run`: the
+insert in psql, `indexer status` and `indexer search` printing what README shows, the SQL
+in psql, `indexer embed`, and the Python API (tests/acceptance/doc_runner.py runs it;
+the sources tour that used to follow it is docs/how-to/own-table.md, run by
+test_doc_examples.py)."""
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from indexer.db.connect import Connection
 from indexer.embedding import Embedder
 
-from ..conftest import ROOT
-from ..helpers import cli_env
-from .test_sql_examples import TOUR_ROWS
-
-_README = (ROOT / "README.md").read_text()
-_SECTION = _README[
-    _README.index("## Your own tables and long documents") : _README.index(
-        "### Documents: what was measured"
-    )
-]
-BLOCKS = re.findall(r"^```(sh|sql|python)\n(.*?)^```$", _SECTION, re.DOTALL | re.MULTILINE)
+from ..doc_examples import ROOT, read_page
+from .doc_runner import run_page
 
 
-def test_the_sources_tour_runs_in_order(
+def test_the_five_minute_tour_runs_and_prints_what_readme_shows(
     database: str,
     model_cache: Path,
-    conn: Connection,
     embedder: Embedder,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert [kind for kind, _ in BLOCKS].count("sh") >= 3
-    # The five-minute tour's rows, which the section's SQL refers to.
-    vectors = embedder.embed([text for text, _ in TOUR_ROWS])
-    for (text, metadata), vector in zip(TOUR_ROWS, vectors, strict=True):
-        conn.execute(
-            "INSERT INTO chunks (content, metadata, embedding) VALUES (%s, %s, %s)",
-            (text, metadata, vector),
-        )
-    env = cli_env(database, model_cache, INDEXER_LOG_LEVEL="WARNING")
-    psql = shutil.which("psql")
-    assert psql is not None
-    indexer = f"{sys.executable} -m indexer.cli"
-    for kind, block in BLOCKS:
-        if kind == "python":
-            for name in ("DATABASE_URL", "INDEXER_MODEL_CACHE"):
-                monkeypatch.setenv(name, env[name])
-            exec(compile(block, "README.md", "exec"), {})
-            continue
-        stdin = None
-        if kind == "sh":
-            command = ["bash", "-e", "-o", "pipefail", "-c"]
-            command.append(block.replace(".venv/bin/indexer", indexer))
-        else:  # on stdin, as pasted: psql's backslash commands included
-            command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database]
-            stdin = block
-        result = subprocess.run(
-            command, env=env, input=stdin, capture_output=True, text=True, timeout=120, check=False
-        )
-        assert result.returncode == 0, (block, result.stderr)
+    page = read_page(ROOT / "README.md")
+    tagged = [b.tag for b in page.blocks if b.not_run is None]
+    assert tagged.count("sh") >= 4 and "sql" in tagged and "python" in tagged, tagged
+    assert sum(b.output is not None for b in page.blocks) >= 2  # status and search
+    run_page(page, database, model_cache, embedder, tmp_path, monkeypatch)

@@ -1,7 +1,7 @@
 """Never lose or corrupt a row: real daemons (subprocesses), real PostgreSQL, real faults.
 
 Each scenario has a short variant in the default run and a long one marked ``slow``
-(`make test-slow`); the long runs' figures are in README's Reliability section.
+(`make test-slow`); the long runs' figures are in docs/benchmarks/reliability.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""The SQL files under sql/ and every ```sql block of README run as shipped, in psql,
-against a migrated database."""
+"""The SQL files under sql/ run as shipped, in psql, against a migrated database.
+
+The SQL blocks of README and of the docs run in psql in the order of their page, with
+the page's other examples (tests/acceptance/doc_runner.py): here, only that none is left
+out without a test that runs it."""
 
 from __future__ import annotations
 
@@ -14,21 +17,10 @@ from indexer.db.connect import Connection
 from indexer.embedding import Embedder
 
 from ..conftest import ROOT
+from ..doc_examples import all_pages
 from ..helpers import CORPUS
 
 SQL_FILES = sorted((ROOT / "sql").glob("*.sql"))
-_README = (ROOT / "README.md").read_text()
-#: (line number, text) of each ```sql block of README.
-README_BLOCKS = [
-    (_README.count("\n", 0, m.start()) + 1, m.group(1))
-    for m in re.finditer(r"^```sql\n(.*?)^```$", _README, re.DOTALL | re.MULTILINE)
-]
-#: The rows of README's five-minute tour: its SQL refers to them by id.
-TOUR_ROWS = [
-    ("PostgreSQL is an open source relational database.", '{"topic": "db"}'),
-    ("Cats sleep up to sixteen hours a day.", '{"topic": "pets"}'),
-    ("The stock market fell sharply today.", '{"topic": "news"}'),
-]
 
 
 def _psql(database: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,24 +52,13 @@ def test_sql_example_runs_in_psql(
     assert "ERROR" not in result.stderr
 
 
-def test_readme_has_sql_blocks() -> None:
-    assert len(README_BLOCKS) >= 2
-
-
-@pytest.mark.parametrize(
-    "block", [b for _, b in README_BLOCKS], ids=[f"README.md:{n}" for n, _ in README_BLOCKS]
-)
-def test_readme_sql_block_runs_in_psql(
-    block: str, database: str, conn: Connection, embedder: Embedder
-) -> None:
-    vectors = embedder.embed([text for text, _ in TOUR_ROWS])
-    for (text, metadata), vector in zip(TOUR_ROWS, vectors, strict=True):
-        conn.execute(
-            "INSERT INTO chunks (content, metadata, embedding, state) "
-            "VALUES (%s, %s, %s, 'embedded')",
-            (text, metadata, vector),
-        )
-    # Pasted into psql as it stands: no placeholder may be left for the reader to fill.
-    result = _psql(database, stdin=block)
-    assert result.returncode == 0, result.stderr
-    assert "ERROR" not in result.stderr
+def test_every_sql_block_of_readme_and_the_docs_is_run() -> None:
+    blocks = [
+        block for page in all_pages() for block in page.blocks if block.tag in ("sql", "postgresql")
+    ]
+    assert len(blocks) >= 10
+    for block in blocks:
+        if block.not_run is not None:
+            # Only where another test runs it: the reason names that test.
+            named = re.search(r"tests/\S+\.py", block.not_run)
+            assert named is not None and (ROOT / named.group(0)).exists(), block.where

@@ -275,7 +275,8 @@ def test_a_non_public_schema_through_schema_translate_map(database: str) -> None
             session.add(Chunk(content="hello tenant"))
             session.commit()
             assert session.scalars(select(Chunk.content)).all() == ["hello tenant"]
-    # README's other way: the schema first on the search_path, no translate map.
+    # The docs' other way (how-to/sqlalchemy.md): the schema first on the search_path, no
+    # translate map.
     on_path = create_engine(
         sqlalchemy_url(database),
         poolclass=NullPool,

@@ -1,7 +1,7 @@
-"""README's "From SQLAlchemy" examples run as written, against a real daemon's work.
+"""The examples of docs/how-to/sqlalchemy.md run as written, against a real daemon's work.
 
-The Python blocks of that section run in order, in one namespace, with the README's
-placeholder URL replaced by the test database's and a worker embedding in a thread.
+The page's Python blocks run in order, in one namespace, with its placeholder URL
+replaced by the test database's and a worker embedding in a thread.
 Then the plan of the ORM query they define is checked: the HNSW index serves it.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +27,21 @@ from indexer.store.store import EF_SEARCH as STORE_EF_SEARCH
 from indexer.worker import Worker
 
 from ..conftest import ROOT
+from ..doc_examples import read_page
 from .sqla import engine_for, sqlalchemy_url
 
 README_URL = "postgresql+psycopg://app:secret@db.example.com/app"
 INDEX = "chunks_embedding_idx"
 
 
+PAGE = ROOT / "docs" / "how-to" / "sqlalchemy.md"
+
+
 def readme_blocks() -> list[str]:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## From SQLAlchemy\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    """The page's Python blocks, in order (every one: none is marked not run)."""
+    blocks = read_page(PAGE).blocks
+    assert all(b.tag == "python" and b.not_run is None for b in blocks)
+    return [b.text for b in blocks]
 
 
 @contextlib.contextmanager
@@ -57,7 +61,7 @@ def worker_thread(settings: Settings, embedder: Embedder) -> Iterator[None]:
 
 @pytest.fixture
 def model_home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # README's Embedder() uses the default cache (under XDG_CACHE_HOME): point it at
+    # The page's Embedder() uses the default cache (under XDG_CACHE_HOME): point it at
     # the tests' converted model instead of converting it again.
     (tmp_path / "indexer").mkdir()
     (tmp_path / "indexer" / "models").symlink_to(model_cache.resolve())
@@ -66,7 +70,7 @@ def model_home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatc
 
 def run_blocks(blocks: list[str], url: str, namespace: dict[str, Any]) -> None:
     for block in blocks:
-        exec(compile(block.replace(README_URL, url), "README.md", "exec"), namespace)
+        exec(compile(block.replace(README_URL, url), str(PAGE), "exec"), namespace)
 
 
 def plan(engine: Engine, statement: Any) -> str:

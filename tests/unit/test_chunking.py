@@ -350,11 +350,12 @@ def test_a_text_without_a_space_becomes_many_bounded_chunks(embedder: Embedder) 
 
 
 def test_ordinary_text_is_never_cut_by_the_default_bound(embedder: Embedder) -> None:
-    # README (prose, tables, shell and SQL, URLs) and Python's documentation topics, in
-    # the largest windows the model reads: the bound changes no chunk.
+    # README and the docs (prose, tables, shell and SQL, URLs) and Python's documentation
+    # topics, in the largest windows the model reads: the bound changes no chunk.
     from pydoc_data.topics import topics
 
-    texts = [(ROOT / "README.md").read_text(encoding="utf-8"), *topics.values()]
+    ours = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    texts = [*(path.read_text(encoding="utf-8") for path in ours), *topics.values()]
     for text in texts:
         bounded = chunk_text(text, embedder, chunk_tokens=254, overlap_tokens=32)
         free = chunk_text(text, embedder, chunk_tokens=254, overlap_tokens=32, max_chars=10**9)

