@@ -18,7 +18,7 @@ source_changes, source_changed (the triggers' function)
 
     A deleted row's passages must not be found in the meantime (nor while no daemon
     runs): search_documents leaves out the passages of a key with a change that says
-    its row is gone (``change_pending_gone``).  Passages of a changed row are served
+    its row is gone (``document_gone``).  Passages of a changed row are served
     until its new text is indexed, as before; to a role under row-level security, none
     of a row with a change not applied yet (``document_current``, as for a document
     queued again).
@@ -215,16 +215,18 @@ BEGIN
 END
 $$;
 
--- Whether a source's key (or its whole table) has a change not applied yet that says
--- its row is gone: search leaves the row's passages out.  A row deleted and inserted
--- again is new text, left out too until the daemon has applied both.  SECURITY DEFINER, as
+-- Whether a document's row (or its whole table) has a change not applied yet that says
+-- the row is gone: search leaves its passages out.  A row deleted and inserted again is
+-- new text, left out too until the daemon has applied both.  SECURITY DEFINER, as
 -- document_current: searching roles are not given source_changes, which holds keys of
--- rows they may not read; this answers only for a passage the role already reads.
-CREATE FUNCTION @s.change_pending_gone(source integer, key text) RETURNS boolean
+-- rows they may not read.  It takes a document id, as document_current does, never a
+-- key: a role that calls it with ids of its choosing learns no key.
+CREATE FUNCTION @s.document_gone(document bigint) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM @s.source_changes g
-                   WHERE g.source_id = source AND g.gone
-                     AND (g.doc_key = key OR g.doc_key IS NULL))
+    SELECT EXISTS (SELECT 1 FROM @s.source_documents d
+                   JOIN @s.source_changes g ON g.source_id = d.source_id AND g.gone
+                                           AND (g.doc_key = d.doc_key OR g.doc_key IS NULL)
+                   WHERE d.id = document)
 $$;
 
 -- Under row-level security a passage is served only while its document is current
@@ -294,7 +296,7 @@ LEFT JOIN LATERAL (
 
 REVOKE = r"""
 REVOKE EXECUTE ON FUNCTION @s.apply_source_changes(integer),
-    @s.change_pending_gone(integer, text) FROM PUBLIC;
+    @s.document_gone(bigint) FROM PUBLIC;
 -- Roles that may already search get what search_documents now calls.
 DO $$
 DECLARE
@@ -306,7 +308,7 @@ BEGIN
         WHERE p.oid = '@s.document_current(bigint)'::regprocedure
           AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.change_pending_gone(integer, text) '
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.document_gone(bigint) '
                        'TO %2$s', @schema_ident_literal, grantee);
     END LOOP;
 END
@@ -328,14 +330,14 @@ $$;
 
 DOWNGRADE_DROP = r"""
 DROP VIEW @s.indexer_source_status;
-DROP FUNCTION @s.change_pending_gone(integer, text);
+DROP FUNCTION @s.document_gone(bigint);
 DROP FUNCTION @s.apply_source_changes(integer);
 DROP TABLE @s.source_changes;
 """
 
 # The passages search_documents reads: not those whose row the latest change deleted.
 _SEARCHED = "WHERE c.embedding IS NOT NULL AND c.document_id IS NOT NULL"
-_NOT_GONE = _SEARCHED + " AND NOT @s.change_pending_gone(c.source_id, c.doc_key)"
+_NOT_GONE = _SEARCHED + " AND NOT @s.document_gone(c.document_id)"
 _POLICY_GRANT = "'%1$s.document_current(bigint) TO %2$s'"
 
 
@@ -364,7 +366,7 @@ def _search_documents() -> str:
 
 
 def _grant_policy(*, with_changes: bool) -> str:
-    """0006's grant_policy, granting change_pending_gone too (with_changes)."""
+    """0006's grant_policy, granting document_gone too (with_changes)."""
     function = _of_0006(r"CREATE FUNCTION @s\.grant_policy\(.*?\n\$\$;\n").replace(
         "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
     )
@@ -372,7 +374,7 @@ def _grant_policy(*, with_changes: bool) -> str:
         assert function.count(_POLICY_GRANT) == 1
         function = function.replace(
             _POLICY_GRANT,
-            "'%1$s.document_current(bigint), %1$s.change_pending_gone(integer, text) TO %2$s'",
+            "'%1$s.document_current(bigint), %1$s.document_gone(bigint) TO %2$s'",
         )
     return function
 
