@@ -53,6 +53,11 @@ class ModelNotFound(IndexerError):
     """
 
 
+class ModelChanged(ModelNotFound):
+    """The model's files no longer match its description: describe the model again
+    (its vectors will change)."""
+
+
 class EmbeddingError(IndexerError):
     """The model could not embed a text."""
 

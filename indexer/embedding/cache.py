@@ -28,6 +28,7 @@ __all__ = [
     "cached_file_is_valid",
     "cached_path",
     "ensure_cache_dir",
+    "file_sha256",
     "read_source",
     "sidecar_path",
 ]
@@ -54,6 +55,15 @@ def read_source(path: Path) -> bytes:
     """The bytes a cached graph is built from (and named after, by their sha256)."""
     try:
         return path.read_bytes()
+    except OSError as exc:
+        raise ModelNotFound(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a file, read in pieces (a graph can be hundreds of MB)."""
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         raise ModelNotFound(f"cannot read {path}: {exc.strerror or exc}") from exc
 

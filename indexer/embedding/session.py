@@ -2,7 +2,8 @@
 
 :class:`ModelSession` owns what is fixed once a graph is loaded: the session and its
 options, which outputs the graph offers (pooled ``sentence_embedding``, or a raw
-``last_hidden_state`` pooled here), whether it takes ``token_type_ids``, and the run
+``last_hidden_state`` pooled here as the model's description says), whether it takes
+``token_type_ids``, and the run
 option that hands the memory arena back.  Nothing in it changes after ``__init__``,
 so one instance serves several threads.  ``onnxruntime`` is imported when a session
 is opened, not when the package is, so a caller that never embeds never loads it.
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexer.embedding.graph import Pooling
 from indexer.exceptions import ConfigurationError, EmbeddingError, ModelNotFound, first_line
 
-__all__ = ["ModelSession", "check_providers", "default_threads"]
+__all__ = ["ModelSession", "check_providers", "default_threads", "pool_hidden_states"]
 
 _REQUIRED_INPUTS = ("input_ids", "attention_mask")
 _OPTIONAL_INPUTS = ("token_type_ids",)
@@ -88,13 +90,27 @@ def _release_options() -> Any:
 
 
 class ModelSession:
-    """One loaded graph: runs a model call and returns unit vectors [texts, dim]."""
+    """One loaded graph: runs a model call and returns its vectors [texts, dim].
+
+    ``pooling`` and ``normalize`` apply only to a graph whose output is
+    ``last_hidden_state``; a ``sentence_embedding`` output is already pooled.
+    """
 
     dim: int
 
-    def __init__(self, onnx_path: Path, threads: int, providers: Sequence[str]) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        threads: int,
+        providers: Sequence[str],
+        *,
+        pooling: Pooling = "mean",
+        normalize: bool = True,
+    ) -> None:
         import onnxruntime as ort
 
+        self._pooling: Pooling = pooling
+        self._normalize = normalize
         self._release = _release_options()
         try:
             self._session = ort.InferenceSession(
@@ -117,7 +133,7 @@ class ModelSession:
         else:
             raise ModelNotFound(
                 f"{onnx_path} has outputs {outputs}; expected sentence_embedding "
-                "(float32 [batch, dim], pooled and normalised) or last_hidden_state"
+                "(float32 [batch, dim], pooled) or last_hidden_state"
             )
         self._feed_token_types = "token_type_ids" in inputs
         self.dim = int(self.run(np.array([[0]], np.int64), np.array([[1]], np.int64)).shape[1])
@@ -146,15 +162,25 @@ class ModelSession:
                 f"tokens: {first_line(exc)}"
             ) from exc
         out: npt.NDArray[np.float32] = np.asarray(output, dtype=np.float32)
-        return _mean_pool_and_normalise(out, mask) if self._pool_here else out
+        if not self._pool_here:
+            return out
+        return pool_hidden_states(out, mask, self._pooling, self._normalize)
 
 
-def _mean_pool_and_normalise(
-    hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]
+def pool_hidden_states(
+    hidden: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.int64],
+    pooling: Pooling,
+    normalize: bool,
 ) -> npt.NDArray[np.float32]:
-    """What the built graph does inside, for a graph that stops at last_hidden_state."""
-    weights = mask.astype(np.float32)[:, :, None]
-    pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    normalised: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-    return normalised
+    """What a built graph does inside, for a graph that stops at last_hidden_state."""
+    if pooling == "cls":
+        pooled = hidden[:, 0, :]
+    else:
+        weights = mask.astype(np.float32)[:, :, None]
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    if normalize:
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        pooled = pooled / np.maximum(norms, 1e-12)
+    result: npt.NDArray[np.float32] = np.ascontiguousarray(pooled, dtype=np.float32)
+    return result

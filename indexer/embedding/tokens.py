@@ -90,7 +90,10 @@ class TextEmbedder(Protocol):
         are shared through the vector cache only between equal keys."""
         ...
 
-    def tokenize(self, texts: Sequence[str]) -> Tokenized: ...
+    def tokenize(self, texts: Sequence[str], *, query: bool = False) -> Tokenized:
+        """Texts as the model reads them: as documents, or as queries (``query``),
+        each after the model's prefix for that kind."""
+        ...
 
     def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
         """Character spans of a text's content tokens, untruncated (for chunking)."""
@@ -98,4 +101,10 @@ class TextEmbedder(Protocol):
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]: ...
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Vectors of documents (what the daemon writes)."""
+        ...
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Vectors of search queries (with the model's query prefix, if it has one)."""
+        ...

@@ -34,8 +34,8 @@ class EmbedderWrapper:
     def dim(self) -> int:
         return self.inner.dim
 
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        return self.inner.tokenize(texts)
+    def tokenize(self, texts: Sequence[str], *, query: bool = False) -> Tokenized:
+        return self.inner.tokenize(texts, query=query)
 
     def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
         return self.inner.token_offsets(text)
@@ -45,6 +45,9 @@ class EmbedderWrapper:
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return self.embed_tokenized(self.tokenize(texts))
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.embed_tokenized(self.tokenize(texts, query=True))
 
 
 class CountingEmbedder(EmbedderWrapper):

@@ -74,7 +74,7 @@ class FakeEmbedder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
 
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+    def tokenize(self, texts: Sequence[str], *, query: bool = False) -> Tokenized:
         return Tokenized(tuple(texts), tuple(tuple(range(len(t.split()) + 2)) for t in texts))
 
     def token_offsets(self, text: str) -> Sequence[tuple[int, int]]:
@@ -89,6 +89,9 @@ class FakeEmbedder:
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         return self.embed_tokenized(self.tokenize(texts))
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.embed_tokenized(self.tokenize(texts, query=True))
 
     @classmethod
     def vector(cls, text: str) -> npt.NDArray[np.float32]:

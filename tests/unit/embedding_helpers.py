@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,27 @@ def onnx_folder(folder: Path, onnx_path: Path) -> Path:
 
 
 def safetensors_folder(folder: Path) -> Path:
-    """A sentence-transformers folder holding the packaged weights under another name."""
+    """A sentence-transformers folder holding the packaged model under another name
+    (every file and folder of the package's, as symlinks)."""
     folder.mkdir()
-    for name in ("model.safetensors", "config.json", "tokenizer.json"):
-        (folder / name).symlink_to(package_dir() / name)
+    for path in package_dir().iterdir():
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
+#: Tiny random models of each kind the indexer builds, with sentence-transformers'
+#: vectors beside them (tests/fixtures/make_tiny_models.py made both).
+TINY_MODELS = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+TINY_NAMES = ("bert-mean", "bert-cls", "mpnet-mean")
+
+
+def tiny_reference(name: str) -> dict[str, Any]:
+    """The fixture's reference: prefixes, max tokens and items (text, query, document)."""
+    data: dict[str, Any] = json.loads((TINY_MODELS / f"{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def tiny_copy(name: str, folder: Path) -> Path:
+    """A writable copy of a tiny model's folder (for tests that change a file)."""
+    shutil.copytree(TINY_MODELS / name, folder)
     return folder

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from indexer.embedding.bert import PACKAGED_ONNX_SHA256, build_onnx, read_config
+from indexer.embedding.architectures import builder_for, read_config
+from indexer.embedding.bert import PACKAGED_ONNX_SHA256, build_onnx
+from indexer.embedding.graph import Pooling
 from indexer.embedding.safetensors import read_safetensors_bytes
 from indexer.exceptions import ModelNotFound
 
@@ -27,26 +29,31 @@ def test_build_is_byte_stable() -> None:
     first = build_onnx(tensors, config)
     assert hashlib.sha256(first).hexdigest() == PACKAGED_ONNX_SHA256
     assert build_onnx(tensors, config) == first
+    # The other poolings are other graphs, each as stable.
+    choices: tuple[tuple[Pooling, bool], ...] = (("cls", True), ("cls", False), ("mean", False))
+    others = {
+        build_onnx(tensors, config, pooling=pooling, normalize=normalize)
+        for pooling, normalize in choices
+    }
+    assert len(others) == 3
+    assert first not in others
+    assert build_onnx(tensors, config, pooling="cls", normalize=False) in others
 
 
-def _folder(tmp_path: Path, config: Any, pooling: Any = None) -> Path:
+def _folder(tmp_path: Path, config: Any) -> Path:
     (tmp_path / "config.json").write_text(json.dumps(config))
-    if pooling is not None:
-        (tmp_path / "1_Pooling").mkdir()
-        (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     return tmp_path
 
 
-def test_read_config_accepts_the_packaged_model_and_mean_pooling(tmp_path: Path) -> None:
+def test_read_config_accepts_the_packaged_model(tmp_path: Path) -> None:
     assert read_config(package_dir())["hidden_size"] == 384
-    folder = _folder(tmp_path, _config(), {"pooling_mode_mean_tokens": True})
-    assert read_config(folder) == _config()
+    assert builder_for(_config(), "config.json").tag == "bert-g1"
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model_type": "roberta"}, "describes a 'roberta' model; only BERT models"),
+        ({"model_type": "roberta"}, "describes a 'roberta' model; only bert and mpnet models"),
         ({"hidden_act": "relu"}, "hidden_act 'relu' is not supported"),
         ({"position_embedding_type": "relative_key"}, "only absolute position embeddings"),
     ],
@@ -55,15 +62,7 @@ def test_read_config_refuses_other_architectures(
     tmp_path: Path, change: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ModelNotFound, match=message):
-        read_config(_folder(tmp_path, _config() | change))
-
-
-def test_read_config_refuses_other_pooling(tmp_path: Path) -> None:
-    folder = _folder(
-        tmp_path, _config(), {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
-    )
-    with pytest.raises(ModelNotFound, match="only mean pooling is supported"):
-        read_config(folder)
+        builder_for(read_config(_folder(tmp_path, _config() | change)), "config.json")
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
