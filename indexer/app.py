@@ -110,7 +110,7 @@ class Indexer:
         check_k(k)
         if not query.strip():
             raise InvalidInput("the query is empty")
-        vector = self.embed([query])[0]
+        vector = self.embedder.embed_queries([query])[0]
         return self.store.search(vector, k, metadata_filter=wanted, max_chars=max_chars)
 
     def add_documents(
@@ -180,7 +180,7 @@ class Indexer:
         check_passages(passages)
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("the query is empty")
-        vector = self.embed([text])[0]
+        vector = self.embedder.embed_queries([text])[0]
         return self.store.search_documents(
             vector, k, filter=filter, source=source, passages=passages
         )

@@ -198,6 +198,11 @@ class Resources:
         with self.model_calls:
             return self.embedder.embed(texts)
 
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Vectors of search queries (the model's query prefix, if it has one)."""
+        with self.model_calls:
+            return self.embedder.embed_queries(texts)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

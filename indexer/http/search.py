@@ -61,7 +61,7 @@ def _search(res: Resources, raw: bytes) -> Response:
     del raw
     _check_filter(body.filter, res.limits.max_filter_bytes)
     check_texts([body.query], "query")
-    vector = res.embed([body.query])[0]
+    vector = res.embed_queries([body.query])[0]
     answer = _Answer(res.limits.max_answer_bytes)
     try:
         if body.group == "document":
