@@ -226,7 +226,14 @@ def test_graphs_are_cached_by_what_decides_them(tmp_path: Path) -> None:
     assert name("bert-mean", pooling="cls").startswith("bert-mean-g1-cls-")
     assert name("bert-cls").startswith("bert-cls-g1-cls-raw-")
     assert name("mpnet-mean").startswith("mpnet-mean-mpnet-g1-")
-    assert name("mpnet-mean", variant="int8").startswith("mpnet-mean-mpnet-g1-")
+
+
+def test_int8_is_refused_for_mpnet() -> None:
+    with pytest.raises(ConfigurationError, match="not offered for MPNet models") as info:
+        describe_folder(TINY_MODELS / "mpnet-mean", variant="int8")
+    _one_line(info)
+    with pytest.raises(ConfigurationError, match="not offered for MPNet models"):
+        describe_folder(TINY_MODELS / "mpnet-mean").with_options(variant="int8")
 
 
 def test_the_embedder_takes_a_record_or_a_folder(tmp_path: Path) -> None:
