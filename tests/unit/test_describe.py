@@ -391,3 +391,12 @@ def test_a_supplied_graph_refuses_int8_before_reading_it(tmp_path: Path) -> None
     (folder / "tokenizer.json").symlink_to(TINY_MODELS / "bert-cls" / "tokenizer.json")
     with pytest.raises(ConfigurationError, match="int8 model variant is only available"):
         describe_folder(folder, pooling="mean", variant="int8")
+
+
+def test_the_packaged_models_cache_key_is_the_one_earlier_releases_wrote(
+    tmp_path: Path,
+) -> None:
+    """Vectors cached before model records existed stay reusable: all-MiniLM-L6-v2 (no
+    prefix, mean-pooled, normalised) keeps its key, a digest of the graph it runs
+    (pinned by PACKAGED_ONNX_SHA256) and of its tokenizer.json."""
+    assert Embedder(cache_dir=tmp_path).cache_key == "all-MiniLM-L6-v2:256:d54ad06c2a9f3b30"
