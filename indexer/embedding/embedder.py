@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,8 +121,10 @@ class Embedder:
         (about 0.1 s per 100 MB of graph), when first asked for.
         """
         record = self.record
-        if record.query_prefix or record.document_prefix or not (
-            record.pooling == "mean" and record.normalize
+        if (
+            record.query_prefix
+            or record.document_prefix
+            or not (record.pooling == "mean" and record.normalize)
         ):
             return f"{self.name}:{self.max_tokens}:{record.fingerprint[:16]}"
         digest = hashlib.sha256()
