@@ -197,21 +197,30 @@ def _storable(text: str, what: str) -> str:
 
 
 class RetryRequest(_Body):
-    """Either ``rows`` (failed rows' ids) or ``source`` (a source's failed documents)."""
+    """Either ``rows`` (failed rows' ids) or ``source`` (a source's failed documents:
+    all of them, or those whose ``keys`` are given)."""
 
     rows: list[int] | None = Field(default=None, min_length=1, max_length=MAX_FAILED_SHOWN)
     source: str | None = None
+    keys: list[str] | None = Field(default=None, min_length=1, max_length=MAX_FAILED_SHOWN)
 
     @model_validator(mode="after")
     def _one(self) -> RetryRequest:
         if (self.rows is None) == (self.source is None):
             raise ValueError('give either "rows" (ids of failed rows) or "source" (a name)')
+        if self.keys is not None and self.source is None:
+            raise ValueError('"keys" are the keys of failed documents of "source"')
         return self
 
     @field_validator("source")
     @classmethod
     def _source(cls, value: str | None) -> str | None:
         return None if value is None else _storable(value, "the source")
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_storable(k, "a key") for k in value]
 
 
 class SpanIn(_Body):
@@ -277,7 +286,7 @@ def _retry(res: Resources, raw: bytes) -> dict[str, Any]:
     body = parse_body(raw, RetryRequest, res.limits)
     if body.rows is not None:
         return {"rows": res.store.retry_failed(body.rows)}
-    return {"documents": res.store.retry_failed_documents(body.source)}
+    return {"documents": res.store.retry_failed_documents(body.source, body.keys)}
 
 
 def _context(res: Resources, raw: bytes) -> dict[str, Any]:

@@ -20,6 +20,7 @@ DOING: dict[str, tuple[str, str]] = {
     "insert_documents": ("add documents", "write"),
     "retry_failed": ("re-queue failed rows", "write"),
     "retry_documents": ("re-queue failed documents", "write"),
+    "retry_document_keys": ("re-queue failed documents", "owner"),
     "search_coverage": ("search", "search"),
     "prune_events": ("prune events", "owner"),
     "prune_cache_age": ("prune the vector cache", "owner"),

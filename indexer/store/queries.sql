@@ -461,6 +461,23 @@ LIMIT %(limit)s;
 -- Re-queue the failed documents of every source, or of the one named (migration 0007).
 SELECT source, requeued FROM retry_documents(%(source)s);
 
+-- retry_document_keys --
+-- Re-queue the failed documents of one source whose keys are given (the web console's
+-- retry of one document), and wake the daemons.  The daemon's role only: a role with
+-- retry_documents() re-queues a whole source's, and learns no key.
+WITH retried AS (
+    UPDATE source_documents d
+    SET state = 'pending', attempts = 0, last_error = NULL, retry_at = NULL,
+        claimed_by = NULL, lease_expires_at = NULL, queued_at = now()
+    FROM sources s
+    WHERE s.name = %(source)s::text AND d.source_id = s.id AND d.state = 'failed'
+      AND d.doc_key = ANY(%(keys)s::text[])
+    RETURNING d.id
+)
+SELECT count(*) AS requeued,
+       CASE WHEN count(*) > 0 THEN pg_notify('indexer_chunks', current_schema()) END AS woken
+FROM retried;
+
 -- source_name --
 SELECT name FROM sources WHERE id = %(source)s;
 

@@ -26,7 +26,7 @@ from psycopg.rows import DictRow
 from indexer.db import connect as db
 from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
-from indexer.exceptions import InsufficientPrivilege, SourceError, first_line
+from indexer.exceptions import InsufficientPrivilege, InvalidInput, SourceError, first_line
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.store.cache import CacheQueries
 from indexer.store.console import ConsoleQueries
@@ -171,9 +171,17 @@ class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQ
         """Documents parked as failed: source (its name), key, attempts, last_error."""
         return [dict(r) for r in self._execute("failed_documents", {"limit": limit})]
 
-    def retry_failed_documents(self, source: str | None = None) -> dict[str, int]:
-        """Re-queue the failed documents of every source, or of ``source``; how many per
-        source (SourceError for an unknown name)."""
+    def retry_failed_documents(
+        self, source: str | None = None, keys: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Re-queue the failed documents of every source, or of ``source`` (only those
+        with these ``keys``, if given); how many per source (SourceError for an
+        unknown name)."""
+        if keys is not None:
+            if source is None:
+                raise InvalidInput("keys of failed documents need their source")
+            row = self._one("retry_document_keys", {"source": source, "keys": list(keys)})
+            return {source: int(row["requeued"])} if row["requeued"] else {}
         try:
             rows = self._execute("retry_documents", {"source": source})
         except psycopg.errors.UndefinedObject as exc:  # no source of that name

@@ -148,13 +148,30 @@ def test_retry_requeues_a_failed_row_or_a_sources_documents(
                        (data.failed_row,)).fetchone()  # fmt: skip
     assert row == {"state": "pending", "attempts": 0, "last_error": None}
     assert post({"rows": [data.failed_row]}).json() == {"rows": []}  # no longer failed
-    assert post({"source": SOURCE}).json() == {"documents": {SOURCE: 1}}
+    one = {"source": SOURCE, "keys": ["no such key", data.failed_document]}
+    assert post(one).json() == {"documents": {SOURCE: 1}}  # one document, by its key
+    document = conn.execute("SELECT state FROM source_documents WHERE doc_key = %s",
+                            (data.failed_document,)).fetchone()  # fmt: skip
+    assert document == {"state": "pending"}
+    assert post(one).json() == {"documents": {}}  # no longer failed
+    conn.execute("UPDATE source_documents SET state = 'failed' WHERE doc_key = %s",
+                 (data.failed_document,))  # fmt: skip
+    assert post({"source": SOURCE}).json() == {"documents": {SOURCE: 1}}  # all of them
     document = conn.execute("SELECT state FROM source_documents WHERE doc_key = %s",
                             (data.failed_document,)).fetchone()  # fmt: skip
     assert document == {"state": "pending"}
     unknown = post({"source": "nope"})
     assert (unknown.status_code, unknown.json()) == (422, {"error": "no source named nope"})
-    bodies: list[Any] = [{}, {"rows": []}, {"rows": [1], "source": SOURCE}, {"rows": ["1"]}, [1]]
+    bodies: list[Any] = [
+        {},
+        {"rows": []},
+        {"rows": [1], "source": SOURCE},
+        {"rows": ["1"]},
+        [1],
+        {"keys": ["1"]},
+        {"source": SOURCE, "keys": []},
+        {"source": SOURCE, "keys": ["\u0000"]},
+    ]
     for bad in bodies:
         assert post(bad).status_code == 422, bad
     not_json = guarded.client.post("/console/api/retry", content=b"{}", headers=BEARER)

@@ -318,12 +318,15 @@ def test_search_highlights_the_passage_and_retry_requeues_failures(
     assert wait_until(lambda: state("chunks", "id", str(data.failed_row)) == "pending", WAIT)
     assert wait_until(lambda: page.text("#failed-rows") == "No failed rows.", WAIT)
     assert page.text("#retry-message") == f"Re-queued row {data.failed_row}."
-    page.find(f'button[data-retry-source="{SOURCE}"]').click()
+    assert page.find(f'button[data-retry-source="{SOURCE}"]').is_displayed()  # all of them
+    page.find(f'button[data-retry-document="{data.failed_document}"]').click()  # this one
     assert wait_until(
         lambda: state("source_documents", "doc_key", data.failed_document) == "pending", WAIT
     )
     assert wait_until(lambda: page.text("#failed-documents") == "No failed documents.", WAIT)
-    assert page.text("#retry-message") == f"Re-queued 1 document of {SOURCE}."
+    assert page.text("#retry-message") == (
+        f"Re-queued document {data.failed_document} of {SOURCE}."
+    )
     assert wait_until(lambda: page.value("failed") == "0", WAIT)
 
 

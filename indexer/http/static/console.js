@@ -257,11 +257,17 @@
       el("td", { text: d.key }),
       figure("td", "attempts", d.attempts, "count"),
       el("td", { class: "error", text: d.last_error || "" }),
-      el("td", { title: d.queued_at, text: ago(d.queued_at) })));
+      el("td", { title: d.queued_at, text: ago(d.queued_at) }),
+      el("td", {}, el("button", {
+        type: "button",
+        "data-retry-document": d.key,
+        text: "Retry",
+        onclick: (event) => retry({ source: d.source, keys: [d.key] }, event.currentTarget),
+      }))));
     if (data.documents.length === data.limit) {
-      documents.push(emptyRow(5, `The first ${data.limit} failed documents.`));
+      documents.push(emptyRow(6, `The first ${data.limit} failed documents.`));
     }
-    $("failed-documents").replaceChildren(...(documents.length ? documents : [emptyRow(5, "No failed documents.")]));
+    $("failed-documents").replaceChildren(...(documents.length ? documents : [emptyRow(6, "No failed documents.")]));
   }
 
   async function retry(body, button) {
@@ -271,6 +277,9 @@
       let text;
       if (body.rows) {
         text = done.rows.length ? `Re-queued row ${done.rows.join(", ")}.` : `Row ${body.rows[0]} is no longer failed.`;
+      } else if (body.keys) {
+        const count = Object.values(done.documents).reduce((a, b) => a + b, 0);
+        text = count ? `Re-queued document ${body.keys[0]} of ${body.source}.` : `Document ${body.keys[0]} of ${body.source} is no longer failed.`;
       } else {
         const count = Object.values(done.documents).reduce((a, b) => a + b, 0);
         text = `Re-queued ${plural(count, "document")} of ${body.source}.`;
