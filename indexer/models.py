@@ -417,6 +417,11 @@ class SourceChange(Base):
     source_id: Mapped[int] = mapped_column(Integer)  # no foreign key: see migration 0008
     doc_key: Mapped[str | None] = mapped_column(Text)
     gone: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(
+        Text,
+        comment="Why the change could not be applied (a key too long for the documents' "
+        "index, say): it is kept, not applied again, and shown as its source's problem.",
+    )
 
     __table_args__ = (
         Index("source_changes_key_idx", "source_id", "doc_key"),

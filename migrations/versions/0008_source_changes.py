@@ -16,38 +16,47 @@ source_changes, source_changed (the triggers' function)
     another transaction writes.  The daemon applies the changes in their order
     (``apply_source_changes``) before it claims documents.
 
-    A deleted row's passages must not be found in the meantime (nor while no daemon
-    runs): search_documents leaves out the passages of a key with a change that says
-    its row is gone (``document_gone``).  Passages of a changed row are served
-    until its new text is indexed, as before; to a role under row-level security, none
-    of a row with a change not applied yet (``document_current``, as for a document
-    queued again).
+    Until the daemon has applied a change, search serves what it served before it: a
+    deleted row's passages too, for a role that may read the row's table.  Search does
+    not read ``source_changes``: a transaction that searches and then writes a source
+    table would otherwise conflict, under SERIALIZABLE, with every other one that does.
+    To a role under row-level security, a row with a change not applied yet shows no
+    passage (``document_current``, as for a document queued again): a row that becomes
+    readable with new text never shows its old text.
 
 apply_source_changes(batch)
-    Takes up to ``batch`` changes, oldest first (one caller at a time: a transaction
-    that cannot take the advisory lock applies nothing), and applies them as the
+    Takes up to ``batch`` changes, oldest first, of the sources whose row it can lock
+    (``FOR NO KEY UPDATE SKIP LOCKED``: one caller at a time per source, and a lock
+    only a role that may update ``sources`` can take), and applies them as the
     triggers of migration 0006 did, key by key: a key whose row was deleted loses its
     document and passages; a key whose row exists after its latest change is queued
     (again, or anew after a delete); a truncation deletes the source's documents
-    first, and only the changes made after it count.  A key's changes come
-    in the order they were committed, since the key is unique: a second change to a key
-    waits for the first transaction's row lock.  Changes of removed sources are
+    first, and only the changes made after it count.  A key's changes come in the
+    order they were committed, since the key is unique and its index checked at once:
+    a second change to a key waits for the first transaction's row lock.  A change
+    that cannot be applied (a key too long for the documents' index) is kept with its
+    error and not applied again; the others go on.  Changes of removed sources are
     dropped.  Returns how many changes it took.  The daemon's role only (the owner).
+
+add_source
+    Refuses a partition, as it refused a partitioned table (statements on the
+    partitioned table do not fire a partition's statement triggers), and a key whose
+    only unique index is deferrable (two rows may share a key until commit, and their
+    changes would come out of order).
 
 indexer_source_status
     Two new columns, at the end: ``changes_pending`` (appended by the triggers, not
-    applied yet) and ``problem``, one line when the source is registered in a way the
-    indexer no longer accepts at ``sources add`` (before migration 0006):
+    applied yet) and ``problem``, one line when the source is registered in a way
+    ``sources add`` no longer accepts, or has changes that could not be applied:
 
-    * its table is partitioned: statements on its partitions do not fire the triggers
-      on the partitioned table, so their changes are missed;
+    * its table is partitioned, or a partition: changes made through the other table
+      are missed;
     * its key's type is not smallint, integer, bigint, text, varchar or uuid: the key's
       text depends on the session's settings (TimeZone, DateStyle, extra_float_digits,
       bytea_output, IntervalStyle), and a key written under other settings than the
-      daemon's is not recognised.
-
-    Both say to remove the source and register it again as ``sources add`` now accepts
-    it (each partition as a source; a key column of one of those types).
+      daemon's is not recognised;
+    * its key has no unique index checked at once;
+    * changes that could not be applied, how many, and the first one's error.
 
 The daemon's connections use READ COMMITTED whatever the database's default
 (``default_transaction_isolation``): the daemon's own statements are written for it.
@@ -70,11 +79,15 @@ CREATE TABLE @s.source_changes (
     -- No foreign key: its check would read sources in the application's transaction.
     source_id integer NOT NULL,
     doc_key text,
-    gone boolean NOT NULL
+    gone boolean NOT NULL,
+    error text
 );
 COMMENT ON TABLE @s.source_changes IS
     'What the triggers of sources'' tables saw, to be applied by the daemon '
     '(apply_source_changes): a key changed or gone, or the table truncated (doc_key NULL).';
+COMMENT ON COLUMN @s.source_changes.error IS
+    'Why the change could not be applied (a key too long for the documents'' index, say): '
+    'it is kept, not applied again, and shown as its source''s problem.';
 CREATE INDEX source_changes_key_idx ON @s.source_changes (source_id, doc_key);
 
 -- The triggers on a source table (see migration 0006 for what they trust and refuse).
@@ -155,24 +168,54 @@ BEGIN
 END
 $$;
 
+-- One source's share of a batch of changes, applied (see apply_source_changes).
+CREATE FUNCTION @s.apply_source_step(sid integer, truncated boolean, deleted text[],
+                                      changed text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF truncated THEN
+        DELETE FROM @s.source_documents WHERE source_id = sid;
+    END IF;
+    IF cardinality(deleted) > 0 THEN
+        -- See migration 0005: wait for a back-fill that queued these keys, then delete.
+        INSERT INTO @s.source_documents (source_id, doc_key)
+        SELECT DISTINCT sid, k FROM unnest(deleted) AS k ORDER BY k
+        ON CONFLICT (source_id, doc_key) DO NOTHING;
+        DELETE FROM @s.source_documents WHERE source_id = sid AND doc_key = ANY(deleted);
+    END IF;
+    PERFORM @s.queue_documents(sid, changed);
+END
+$$;
+
 CREATE FUNCTION @s.apply_source_changes(batch integer DEFAULT 10000) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     plan jsonb;
     step jsonb;
     taken bigint;
+    orphans bigint;
     sid integer;
-    keys text[];
+    deleted text[];
+    changed text[];
+    k text;
+    locked integer[];
 BEGIN
-    -- One caller at a time: the changes of a key are applied in their order.
-    IF NOT pg_try_advisory_xact_lock(
-               (@schema_ident_literal || '.source_changes')::regclass::oid::bigint) THEN
-        RETURN 0;
-    END IF;
+    -- A source's changes are applied by one caller at a time, in their order: each
+    -- caller takes those of the sources whose row it could lock (a lock only a role
+    -- that may update sources can take), and leaves the others to the caller holding them.
+    locked := ARRAY(SELECT s.id FROM @s.sources s
+                    WHERE EXISTS (SELECT 1 FROM @s.source_changes g
+                                  WHERE g.source_id = s.id AND g.error IS NULL)
+                    ORDER BY s.id
+                    FOR NO KEY UPDATE SKIP LOCKED);
+    DELETE FROM @s.source_changes g  -- those of removed sources
+    WHERE NOT EXISTS (SELECT 1 FROM @s.sources s WHERE s.id = g.source_id);
+    GET DIAGNOSTICS orphans = ROW_COUNT;
     WITH taken AS (
         DELETE FROM @s.source_changes c
-        WHERE c.id IN (SELECT o.id FROM @s.source_changes o ORDER BY o.id
-                       LIMIT greatest(coalesce(batch, 10000), 1))
+        WHERE c.id IN (SELECT o.id FROM @s.source_changes o
+                       WHERE o.source_id = ANY(locked) AND o.error IS NULL
+                       ORDER BY o.id LIMIT greatest(coalesce(batch, 10000), 1))
         RETURNING c.id, c.source_id, c.doc_key, c.gone
     ), cut AS (
         SELECT t.source_id, max(t.id) FILTER (WHERE t.doc_key IS NULL) AS truncated_at,
@@ -189,57 +232,63 @@ BEGIN
            jsonb_agg(jsonb_build_object(
                'source', cut.source_id,
                'truncated', cut.truncated_at IS NOT NULL,
-               'deleted', (SELECT coalesce(jsonb_agg(k.doc_key), '[]') FROM keyed k
-                           WHERE k.source_id = cut.source_id AND k.deleted),
-               'changed', (SELECT coalesce(jsonb_agg(k.doc_key), '[]') FROM keyed k
-                           WHERE k.source_id = cut.source_id AND NOT k.gone)))
-               FILTER (WHERE s.id IS NOT NULL)  -- a removed source's changes are dropped
+               'deleted', (SELECT coalesce(jsonb_agg(k.doc_key ORDER BY k.doc_key), '[]')
+                           FROM keyed k WHERE k.source_id = cut.source_id AND k.deleted),
+               'changed', (SELECT coalesce(jsonb_agg(k.doc_key ORDER BY k.doc_key), '[]')
+                           FROM keyed k WHERE k.source_id = cut.source_id AND NOT k.gone))
+               ORDER BY cut.source_id)
     INTO taken, plan
-    FROM cut LEFT JOIN @s.sources s ON s.id = cut.source_id;
+    FROM cut;
     FOR step IN SELECT * FROM jsonb_array_elements(coalesce(plan, '[]')) LOOP
         sid := (step->>'source')::integer;
-        IF (step->>'truncated')::boolean THEN
-            DELETE FROM @s.source_documents WHERE source_id = sid;
-        END IF;
-        keys := ARRAY(SELECT jsonb_array_elements_text(step->'deleted'));
-        IF cardinality(keys) > 0 THEN
-            -- See migration 0005: wait for a back-fill that queued these keys, then delete.
-            INSERT INTO @s.source_documents (source_id, doc_key)
-            SELECT DISTINCT sid, k FROM unnest(keys) AS k ORDER BY k
-            ON CONFLICT (source_id, doc_key) DO NOTHING;
-            DELETE FROM @s.source_documents WHERE source_id = sid AND doc_key = ANY(keys);
-        END IF;
-        PERFORM @s.queue_documents(sid, ARRAY(SELECT jsonb_array_elements_text(step->'changed')));
+        deleted := ARRAY(SELECT jsonb_array_elements_text(step->'deleted'));
+        changed := ARRAY(SELECT jsonb_array_elements_text(step->'changed'));
+        BEGIN
+            PERFORM @s.apply_source_step(sid, (step->>'truncated')::boolean, deleted, changed);
+        EXCEPTION WHEN OTHERS THEN
+            -- One change that cannot be applied (a key too long for the documents'
+            -- index, say) must not hold up the others: apply them one by one, and keep
+            -- each one that fails, with its error (the source's problem in its status).
+            IF (step->>'truncated')::boolean THEN
+                DELETE FROM @s.source_documents WHERE source_id = sid;
+            END IF;
+            FOREACH k IN ARRAY deleted LOOP
+                BEGIN
+                    PERFORM @s.apply_source_step(sid, false, ARRAY[k], '{}');
+                EXCEPTION WHEN OTHERS THEN
+                    INSERT INTO @s.source_changes (source_id, doc_key, gone, error)
+                    VALUES (sid, k, true, SQLERRM);
+                END;
+            END LOOP;
+            FOREACH k IN ARRAY changed LOOP
+                BEGIN
+                    PERFORM @s.apply_source_step(sid, false, '{}', ARRAY[k]);
+                EXCEPTION WHEN OTHERS THEN
+                    INSERT INTO @s.source_changes (source_id, doc_key, gone, error)
+                    VALUES (sid, k, false, SQLERRM);
+                END;
+            END LOOP;
+        END;
     END LOOP;
-    RETURN coalesce(taken, 0);
+    RETURN coalesce(taken, 0) + orphans;
 END
-$$;
-
--- Whether a document's row (or its whole table) has a change not applied yet that says
--- the row is gone: search leaves its passages out.  A row deleted and inserted again is
--- new text, left out too until the daemon has applied both.  SECURITY DEFINER, as
--- document_current: searching roles are not given source_changes, which holds keys of
--- rows they may not read.  It takes a document id, as document_current does, never a
--- key: a role that calls it with ids of its choosing learns no key.
-CREATE FUNCTION @s.document_gone(document bigint) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM @s.source_documents d
-                   JOIN @s.source_changes g ON g.source_id = d.source_id AND g.gone
-                                           AND (g.doc_key = d.doc_key OR g.doc_key IS NULL)
-                   WHERE d.id = document)
 $$;
 
 -- Under row-level security a passage is served only while its document is current
 -- (migration 0006): indexed, and now also with no change to its row waiting to be
 -- applied, so that a row that becomes readable with new text does not show its old
 -- text meanwhile.
+-- (Index scans whatever the statistics say: a table analysed while nearly empty must not
+-- make each call read every change of a bulk update.)
 CREATE OR REPLACE FUNCTION @s.document_current(document bigint) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off AS $$
     SELECT EXISTS (SELECT 1 FROM @s.source_documents d
                    WHERE d.id = document AND d.state = 'indexed'
                      AND NOT EXISTS (SELECT 1 FROM @s.source_changes g
-                                     WHERE g.source_id = d.source_id
-                                       AND (g.doc_key = d.doc_key OR g.doc_key IS NULL)))
+                                     WHERE g.source_id = d.source_id AND g.doc_key = d.doc_key)
+                     AND NOT EXISTS (SELECT 1 FROM @s.source_changes g
+                                     WHERE g.source_id = d.source_id AND g.doc_key IS NULL))
 $$;
 """
 
@@ -261,11 +310,17 @@ SELECT s.name AS source,
        s.backfill_done_at IS NOT NULL AS backfilled,
        s.backfilled AS backfilled_rows,
        t.oid IS NOT NULL AS table_present,
-       (SELECT count(*) FROM @s.source_changes g WHERE g.source_id = s.id) AS changes_pending,
+       (SELECT count(*) FROM @s.source_changes g
+        WHERE g.source_id = s.id AND g.error IS NULL) AS changes_pending,
        CASE
            WHEN t.relkind = 'p' THEN
                'its table is partitioned: changes made through its partitions are missed; '
-               'remove the source and add each partition as a source'
+               'a partitioned table cannot be a source: remove it'
+           WHEN t.relispartition THEN
+               format('its table is a partition of %s: changes made through that table '
+                      'are missed; a partition cannot be a source: remove it',
+                      (SELECT i.inhparent::regclass FROM pg_inherits i
+                       WHERE i.inhrelid = t.oid LIMIT 1))
            WHEN k.atttypid NOT IN ('smallint'::regtype, 'integer'::regtype,
                                    'bigint'::regtype, 'text'::regtype,
                                    'character varying'::regtype, 'uuid'::regtype) THEN
@@ -274,12 +329,29 @@ SELECT s.name AS source,
                       'the source and add it with a key column of type smallint, integer, '
                       'bigint, text, varchar or uuid',
                       quote_ident(k.attname), format_type(k.atttypid, NULL))
+           WHEN k.attnum IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM pg_index i
+               WHERE i.indrelid = s.relation AND i.indisunique AND i.indimmediate
+                 AND i.indnkeyatts = 1 AND i.indkey[0] = k.attnum
+                 AND i.indpred IS NULL AND i.indexprs IS NULL) THEN
+               format('its key column %s has no unique index that is checked at once (a '
+                      'deferrable one lets two rows share a key until commit): changes may be '
+                      'applied out of order; remove the source and add it with such a key',
+                      quote_ident(k.attname))
+           WHEN f.n > 0 THEN
+               format('%s could not be applied (the first: %s); its rows are not indexed',
+                      CASE WHEN f.n = 1 THEN '1 change' ELSE f.n || ' changes' END, f.error)
        END AS problem
 FROM @s.sources s
 LEFT JOIN pg_class t ON t.oid = s.relation
 LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
 LEFT JOIN pg_attribute k ON k.attrelid = s.relation AND k.attnum = s.key_attnum
                         AND NOT k.attisdropped
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n, min(g.error) AS error
+    FROM @s.source_changes g
+    WHERE g.source_id = s.id AND g.error IS NOT NULL
+) f ON true
 LEFT JOIN LATERAL (
     SELECT count(*) AS documents,
            count(*) FILTER (WHERE state = 'indexed') AS indexed,
@@ -296,32 +368,52 @@ LEFT JOIN LATERAL (
 
 REVOKE = r"""
 REVOKE EXECUTE ON FUNCTION @s.apply_source_changes(integer),
-    @s.document_gone(bigint) FROM PUBLIC;
--- Roles that may already search get what search_documents now calls.
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT DISTINCT a.grantee::regrole
-        FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
-        WHERE p.oid = '@s.document_current(bigint)'::regprocedure
-          AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.document_gone(bigint) '
-                       'TO %2$s', @schema_ident_literal, grantee);
-    END LOOP;
-END
-$$;
+    @s.apply_source_step(integer, boolean, text[], text[]) FROM PUBLIC;
 """
+
+# add_source as 0006 made it, refusing a partition (statements on its partitioned table
+# do not fire its statement triggers) and a key whose unique index is deferrable (two
+# rows may share the key until commit, and their changes come out of order): what
+# changes in its text, old and new.
+_ADD_SOURCE_NOW = (
+    (
+        "'reach the indexer''s triggers on it; add each partition as a source',",
+        "'reach the indexer''s triggers on it; partitioned tables cannot be sources',",
+    ),
+    (
+        """    ELSIF kind <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', qualified USING ERRCODE = 'wrong_object_type';
+""",
+        """    ELSIF kind <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', qualified USING ERRCODE = 'wrong_object_type';
+    ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = rel AND c.relispartition)
+    THEN
+        RAISE EXCEPTION '% is a partition: statements on its partitioned table would not '
+                        'reach the indexer''s triggers on it; partitions and partitioned '
+                        'tables cannot be sources', qualified
+            USING ERRCODE = 'wrong_object_type';
+""",
+    ),
+    (
+        "WHERE i.indrelid = rel AND i.indisunique AND i.indnkeyatts = 1",
+        "WHERE i.indrelid = rel AND i.indisunique AND i.indimmediate AND i.indnkeyatts = 1",
+    ),
+    (
+        "'index on it alone)', quote_ident(key_column), qualified",
+        "'index on it alone, and not deferrable)', quote_ident(key_column), qualified",
+    ),
+)
+
 
 DOWNGRADE = r"""
 DO $$
 BEGIN
-    -- Wait for a daemon applying changes, then apply the rest (the lock is re-entrant).
-    PERFORM pg_advisory_xact_lock(
-        (@schema_ident_literal || '.source_changes')::regclass::oid::bigint);
-    WHILE EXISTS (SELECT 1 FROM @s.source_changes) LOOP
+    -- No change may come in, nor be taken by a daemon, from here on: the sources first
+    -- (the order in which apply_source_changes locks), then the changes; both wait for
+    -- the transactions holding them.  Then apply every change.
+    LOCK TABLE @s.sources IN EXCLUSIVE MODE;
+    LOCK TABLE @s.source_changes IN EXCLUSIVE MODE;
+    WHILE EXISTS (SELECT 1 FROM @s.source_changes WHERE error IS NULL) LOOP
         PERFORM @s.apply_source_changes(100000);
     END LOOP;
 END
@@ -330,15 +422,10 @@ $$;
 
 DOWNGRADE_DROP = r"""
 DROP VIEW @s.indexer_source_status;
-DROP FUNCTION @s.document_gone(bigint);
 DROP FUNCTION @s.apply_source_changes(integer);
+DROP FUNCTION @s.apply_source_step(integer, boolean, text[], text[]);
 DROP TABLE @s.source_changes;
 """
-
-# The passages search_documents reads: not those whose row the latest change deleted.
-_SEARCHED = "WHERE c.embedding IS NOT NULL AND c.document_id IS NOT NULL"
-_NOT_GONE = _SEARCHED + " AND NOT @s.document_gone(c.document_id)"
-_POLICY_GRANT = "'%1$s.document_current(bigint) TO %2$s'"
 
 
 def _migration(name: str) -> ModuleType:
@@ -357,25 +444,17 @@ def _of_0006(pattern: str) -> str:
     return match.group(0)
 
 
-def _search_documents() -> str:
-    """0006's search_documents (its one definition), reading only passages whose row is
-    not gone."""
-    function = _of_0006(r"CREATE OR REPLACE FUNCTION @s\.search_documents\(.*?\n\$\$;\n")
-    assert function.count(_SEARCHED) == 2
-    return function.replace(_SEARCHED, _NOT_GONE)
+def _add_source_of_0006() -> str:
+    function = _of_0006(r"CREATE FUNCTION @s\.add_source\(.*?\n\$\$;\n")
+    return function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
-def _grant_policy(*, with_changes: bool) -> str:
-    """0006's grant_policy, granting document_gone too (with_changes)."""
-    function = _of_0006(r"CREATE FUNCTION @s\.grant_policy\(.*?\n\$\$;\n").replace(
-        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
-    )
-    if with_changes:
-        assert function.count(_POLICY_GRANT) == 1
-        function = function.replace(
-            _POLICY_GRANT,
-            "'%1$s.document_current(bigint), %1$s.document_gone(bigint) TO %2$s'",
-        )
+def _add_source() -> str:
+    """0006's add_source (its one definition), refusing partitions and deferrable keys."""
+    function = _add_source_of_0006()
+    for old, new in _ADD_SOURCE_NOW:
+        assert function.count(old) == 1, old
+        function = function.replace(old, new)
     return function
 
 
@@ -394,20 +473,20 @@ def _run(script: str) -> None:
 
 
 def upgrade() -> None:
-    _run(UPGRADE + STATUS_VIEW + _search_documents() + _grant_policy(with_changes=True) + REVOKE)
+    _run(UPGRADE + STATUS_VIEW + _add_source() + REVOKE)
 
 
 def downgrade() -> None:
     # Apply what the triggers appended, then put back 0006's functions (the triggers
-    # queue and delete documents themselves again).
-    _run(DOWNGRADE)
+    # queue and delete documents themselves again).  One transaction: the locks taken
+    # first hold until the table is gone.
     _run(
-        _source_changed_of_0006()
-        + _of_0006(r"CREATE OR REPLACE FUNCTION @s\.search_documents\(.*?\n\$\$;\n")
+        DOWNGRADE
+        + _source_changed_of_0006()
+        + _add_source_of_0006()
         + _of_0006(r"CREATE FUNCTION @s\.document_current\(.*?\n\$\$;\n").replace(
             "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
         )
-        + _grant_policy(with_changes=False)
         + DOWNGRADE_DROP
         + _status_view_of_0006()
     )

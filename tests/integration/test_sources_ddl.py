@@ -90,7 +90,26 @@ def test_a_partitioned_table_is_refused_in_one_line(conn: Connection) -> None:
         conn.execute("SELECT add_source('parts', NULL, ARRAY['body'])")
     assert str(refused.value).splitlines()[0] == (
         "public.parts is a partitioned table: statements on its partitions would not reach the"
-        " indexer's triggers on it; add each partition as a source"
+        " indexer's triggers on it; partitioned tables cannot be sources"
+    )
+    conn.execute("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10)")
+    with pytest.raises(psycopg.errors.WrongObjectType) as refused:
+        conn.execute("SELECT add_source('parts_1', NULL, ARRAY['body'])")
+    assert str(refused.value).splitlines()[0] == (
+        "public.parts_1 is a partition: statements on its partitioned table would not reach"
+        " the indexer's triggers on it; partitions and partitioned tables cannot be sources"
+    )
+
+
+def test_a_key_whose_unique_index_is_deferrable_is_refused_in_one_line(conn: Connection) -> None:
+    """Two rows may share a deferrable key until commit: their changes would come out of
+    order (a row inserted while its old self is deleted lost its document)."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, body text)")
+    with pytest.raises(psycopg.errors.InvalidTableDefinition) as refused:
+        conn.execute("SELECT add_source('notes', NULL, ARRAY['body'])")
+    assert str(refused.value).splitlines()[0] == (
+        "key column id of public.notes is not unique and NOT NULL (no primary key or unique"
+        " index on it alone, and not deferrable)"
     )
 
 
