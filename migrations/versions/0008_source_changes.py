@@ -40,9 +40,11 @@ apply_source_changes(batch)
 
 add_source
     Refuses a partition, as it refused a partitioned table (statements on the
-    partitioned table do not fire a partition's statement triggers), and a key whose
-    only unique index is deferrable (two rows may share a key until commit, and their
-    changes would come out of order).
+    partitioned table do not fire a partition's statement triggers); a key whose only
+    unique index is deferrable (two rows may share a key until commit, and their
+    changes would come out of order); and a table that is a source of the indexer in
+    another schema (the triggers' names are the same: the other source would lose
+    them, and miss every change).
 
 indexer_source_status
     Two new columns, at the end: ``changes_pending`` (appended by the triggers, not
@@ -393,6 +395,31 @@ _ADD_SOURCE_NOW = (
                         'tables cannot be sources', qualified
             USING ERRCODE = 'wrong_object_type';
 """,
+    ),
+    (
+        """qualified USING ERRCODE = 'duplicate_object';
+    END IF;
+""",
+        """qualified USING ERRCODE = 'duplicate_object';
+    END IF;
+    SELECT n.nspname INTO nsp_other
+    FROM pg_catalog.pg_trigger tg
+    JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
+    JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE tg.tgrelid = rel AND tg.tgname LIKE 'indexer\\_source\\_%'
+      AND p.proname = 'source_changed' AND p.oid <> '@s.source_changed()'::regprocedure
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% is already a source of the indexer in schema %: its triggers would '
+                        'be replaced, and that source would miss every change', qualified,
+                        quote_ident(nsp_other)
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+""",
+    ),
+    (
+        "    qualified text;\n",
+        "    qualified text;\n    nsp_other text;\n",
     ),
     (
         "WHERE i.indrelid = rel AND i.indisunique AND i.indnkeyatts = 1",

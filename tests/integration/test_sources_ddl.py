@@ -6,6 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from indexer.db import migrate
 from indexer.db.connect import Connection
 
 from .test_sources_sql import apply_changes
@@ -149,3 +150,21 @@ def test_writes_go_on_when_every_watched_column_is_dropped(conn: Connection) -> 
     conn.execute("UPDATE notes SET id = 2")  # a key change: the old key gone, the new queued
     conn.execute("TRUNCATE notes")
     assert documents(conn) == {}
+
+
+def test_a_source_of_another_indexer_schema_is_refused_in_one_line(
+    conn: Connection, database: str
+) -> None:
+    """The triggers' names are the same in every indexer schema: registering the table
+    in a second one would replace the first one's triggers, and silence its source."""
+    conn.execute("CREATE TABLE shared (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT add_source('shared', NULL, ARRAY['body'])")
+    migrate.upgrade(database, "b")
+    with pytest.raises(psycopg.errors.DuplicateObject) as refused:
+        conn.execute("SELECT b.add_source('public.shared', NULL, ARRAY['body'])")
+    assert str(refused.value).splitlines()[0] == (
+        "public.shared is already a source of the indexer in schema public: its triggers would"
+        " be replaced, and that source would miss every change"
+    )
+    conn.execute("INSERT INTO shared VALUES (1, 'one')")
+    assert documents(conn, "public.shared") == {"1": 1}
