@@ -41,8 +41,10 @@ apply_source_changes(batch)
 add_source
     Refuses a partition, as it refused a partitioned table (statements on the
     partitioned table do not fire a partition's statement triggers); a key whose only
-    unique index is deferrable (two rows may share a key until commit, and their
-    changes would come out of order); and a table that is a source of the indexer in
+    unique constraint is INITIALLY DEFERRED (two rows may share a key until commit,
+    and their changes would come out of order; a DEFERRABLE INITIALLY IMMEDIATE one is
+    checked, waiting for a concurrent writer of the key, before the statement's
+    trigger runs); and a table that is a source of the indexer in
     another schema (the triggers' names are the same: the other source would lose
     them, and miss every change).
 
@@ -57,7 +59,7 @@ indexer_source_status
       text depends on the session's settings (TimeZone, DateStyle, extra_float_digits,
       bytea_output, IntervalStyle), and a key written under other settings than the
       daemon's is not recognised;
-    * its key has no unique index checked at once;
+    * its key's unique constraint is INITIALLY DEFERRED;
     * changes that could not be applied, how many, and the first one's error.
 
 The daemon's connections use READ COMMITTED whatever the database's default
@@ -333,13 +335,15 @@ SELECT s.name AS source,
                       quote_ident(k.attname), format_type(k.atttypid, NULL))
            WHEN k.attnum IS NOT NULL AND NOT EXISTS (
                SELECT 1 FROM pg_index i
-               WHERE i.indrelid = s.relation AND i.indisunique AND i.indimmediate
+               WHERE i.indrelid = s.relation AND i.indisunique
                  AND i.indnkeyatts = 1 AND i.indkey[0] = k.attnum
-                 AND i.indpred IS NULL AND i.indexprs IS NULL) THEN
-               format('its key column %s has no unique index that is checked at once (a '
-                      'deferrable one lets two rows share a key until commit): changes may be '
-                      'applied out of order; remove the source and add it with such a key',
-                      quote_ident(k.attname))
+                 AND i.indpred IS NULL AND i.indexprs IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM pg_constraint c
+                                 WHERE c.conindid = i.indexrelid AND c.condeferred)) THEN
+               format('its key column %s has no unique index checked at the end of each '
+                      'statement (an INITIALLY DEFERRED one lets two rows share a key until '
+                      'commit): changes may be applied out of order; remove the source and '
+                      'add it with such a key', quote_ident(k.attname))
            WHEN f.n > 0 THEN
                format('%s could not be applied (the first: %s); its rows are not indexed',
                       CASE WHEN f.n = 1 THEN '1 change' ELSE f.n || ' changes' END, f.error)
@@ -374,9 +378,10 @@ REVOKE EXECUTE ON FUNCTION @s.apply_source_changes(integer),
 """
 
 # add_source as 0006 made it, refusing a partition (statements on its partitioned table
-# do not fire its statement triggers) and a key whose unique index is deferrable (two
-# rows may share the key until commit, and their changes come out of order): what
-# changes in its text, old and new.
+# do not fire its statement triggers), a key whose unique constraint is INITIALLY
+# DEFERRED (two rows may share the key until commit, and their changes come out of
+# order) and a table that is another indexer schema's source: what changes in its
+# text, old and new.
 _ADD_SOURCE_NOW = (
     (
         "'reach the indexer''s triggers on it; add each partition as a source',",
@@ -423,11 +428,13 @@ _ADD_SOURCE_NOW = (
     ),
     (
         "WHERE i.indrelid = rel AND i.indisunique AND i.indnkeyatts = 1",
-        "WHERE i.indrelid = rel AND i.indisunique AND i.indimmediate AND i.indnkeyatts = 1",
+        "WHERE i.indrelid = rel AND i.indisunique AND i.indnkeyatts = 1 AND NOT EXISTS ("
+        "SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid"
+        " AND c.condeferred)",
     ),
     (
         "'index on it alone)', quote_ident(key_column), qualified",
-        "'index on it alone, and not deferrable)', quote_ident(key_column), qualified",
+        "'index on it alone, not INITIALLY DEFERRED)', quote_ident(key_column), qualified",
     ),
 )
 

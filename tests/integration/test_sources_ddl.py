@@ -103,14 +103,16 @@ def test_a_partitioned_table_is_refused_in_one_line(conn: Connection) -> None:
 
 
 def test_a_key_whose_unique_index_is_deferrable_is_refused_in_one_line(conn: Connection) -> None:
-    """Two rows may share a deferrable key until commit: their changes would come out of
-    order (a row inserted while its old self is deleted lost its document)."""
+    """Two rows may share an INITIALLY DEFERRED key until commit: their changes would come
+    out of order (a row inserted while its old self is deleted lost its document).  A
+    DEFERRABLE INITIALLY IMMEDIATE key (checked at the end of each statement, before
+    the statement's trigger) is accepted: see test_sources_sql's ``notes``."""
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, body text)")
     with pytest.raises(psycopg.errors.InvalidTableDefinition) as refused:
         conn.execute("SELECT add_source('notes', NULL, ARRAY['body'])")
     assert str(refused.value).splitlines()[0] == (
         "key column id of public.notes is not unique and NOT NULL (no primary key or unique"
-        " index on it alone, and not deferrable)"
+        " index on it alone, not INITIALLY DEFERRED)"
     )
 
 
