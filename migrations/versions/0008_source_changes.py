@@ -249,17 +249,21 @@ BEGIN
         changed := ARRAY(SELECT jsonb_array_elements_text(step->'changed'));
         BEGIN
             PERFORM @s.apply_source_step(sid, (step->>'truncated')::boolean, deleted, changed);
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation
+                       OR program_limit_exceeded THEN
             -- One change that cannot be applied (a key too long for the documents'
             -- index, say) must not hold up the others: apply them one by one, and keep
             -- each one that fails, with its error (the source's problem in its status).
+            -- Other errors (a lock, a deadlock, the server going away) are the whole
+            -- batch's: it is rolled back and taken again.
             IF (step->>'truncated')::boolean THEN
                 DELETE FROM @s.source_documents WHERE source_id = sid;
             END IF;
             FOREACH k IN ARRAY deleted LOOP
                 BEGIN
                     PERFORM @s.apply_source_step(sid, false, ARRAY[k], '{}');
-                EXCEPTION WHEN OTHERS THEN
+                EXCEPTION WHEN data_exception OR integrity_constraint_violation
+                               OR program_limit_exceeded THEN
                     INSERT INTO @s.source_changes (source_id, doc_key, gone, error)
                     VALUES (sid, k, true, SQLERRM);
                 END;
@@ -267,7 +271,8 @@ BEGIN
             FOREACH k IN ARRAY changed LOOP
                 BEGIN
                     PERFORM @s.apply_source_step(sid, false, '{}', ARRAY[k]);
-                EXCEPTION WHEN OTHERS THEN
+                EXCEPTION WHEN data_exception OR integrity_constraint_violation
+                               OR program_limit_exceeded THEN
                     INSERT INTO @s.source_changes (source_id, doc_key, gone, error)
                     VALUES (sid, k, false, SQLERRM);
                 END;
