@@ -256,9 +256,7 @@ BEGIN
             -- each one that fails, with its error (the source's problem in its status).
             -- Other errors (a lock, a deadlock, the server going away) are the whole
             -- batch's: it is rolled back and taken again.
-            IF (step->>'truncated')::boolean THEN
-                DELETE FROM @s.source_documents WHERE source_id = sid;
-            END IF;
+            PERFORM @s.apply_source_step(sid, (step->>'truncated')::boolean, '{}', '{}');
             FOREACH k IN ARRAY deleted LOOP
                 BEGIN
                     PERFORM @s.apply_source_step(sid, false, ARRAY[k], '{}');

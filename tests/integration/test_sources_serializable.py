@@ -107,6 +107,17 @@ def _serialization_failures(
     return sum(failures)
 
 
+def _waits_for_a_lock(conn: Connection, statement: str) -> bool:
+    """Whether a session of this database running a statement LIKE ``statement`` waits
+    for a lock: the state a concurrency test waits for, never a time."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE %s",
+        (statement,),
+    ).fetchone()
+    return row is not None and row["n"] > 0
+
+
 def _delete(app: psycopg.Connection[Any], table: sql.Identifier, key: int) -> None:
     app.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(table), (key,))
 
@@ -358,18 +369,10 @@ def test_a_downgrade_applies_every_change_even_one_committed_while_it_waits(
         except BaseException as exc:  # reported by the test
             errors.append(exc)
 
-    def downgrade_waits() -> bool:
-        row = conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND query LIKE %s",
-            ("%LOCK TABLE%",),
-        ).fetchone()
-        return row is not None and row["n"] > 0
-
     worker = threading.Thread(target=down)
     worker.start()
     try:
-        assert wait_until(downgrade_waits, 60)
+        assert wait_until(lambda: _waits_for_a_lock(conn, "%LOCK TABLE%"), 60)
         app.commit()
     finally:
         app.close()
@@ -406,17 +409,10 @@ def test_a_key_checked_at_the_end_of_each_statement_keeps_its_changes_in_order(
             except BaseException as exc:  # reported by the test
                 errors.append(exc)
 
-        def insert_waits() -> bool:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO notes%%'"
-            ).fetchone()
-            return row is not None and row["n"] > 0
-
         worker = threading.Thread(target=insert)
         worker.start()
         try:
-            assert wait_until(insert_waits, 60)
+            assert wait_until(lambda: _waits_for_a_lock(conn, "INSERT INTO notes%"), 60)
             deleter.commit()
         finally:
             worker.join(60)
