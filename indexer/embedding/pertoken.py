@@ -58,6 +58,7 @@ __all__ = [
     "GELU_FLOOR",
     "SYMMETRIC_ZERO_POINT",
     "Linear",
+    "check_pooling",
     "quantize_weight",
     "rewrite",
     "smoothing_factors",
@@ -236,6 +237,21 @@ def _l2_norm(rw: _Rewriter, node: Any) -> None:
     rw.op("Sqrt", [_ordered_sum(rw, squares, 1, "q.norm")], node.output[0])
 
 
+def check_pooling(model: Any) -> None:
+    """Raise :class:`ModelNotFound` unless ``model`` pools as the builder's graphs do."""
+    found = {
+        node.output[0]
+        for node in model.graph.node
+        if (node.output[0], node.op_type) in ((_POOLED_SUM, "ReduceSum"), (_NORM, "ReduceL2"))
+    }
+    missing = {_POOLED_SUM, _NORM} - found
+    if missing:
+        raise ModelNotFound(
+            f"the graph has no {', '.join(sorted(missing))} node as indexer.embedding.bert "
+            "builds it; only graphs converted by the indexer can be quantized"
+        )
+
+
 def rewrite(model: Any, linears: Sequence[Linear]) -> bytes:
     """The serialised int8 graph: ``model`` (fp32, from :mod:`indexer.embedding.bert`)
     with every MatMul of ``linears`` quantized per token and batch-invariant pooling.
@@ -243,9 +259,9 @@ def rewrite(model: Any, linears: Sequence[Linear]) -> bytes:
     Raises :class:`ModelNotFound` for a graph without the builder's pooling nodes.
     Byte-stable: the same inputs give the same bytes.
     """
+    check_pooling(model)
     rw = _Rewriter(model)
     by_node = {linear.node: linear for linear in linears}
-    replaced: set[str] = set()
     for node in model.graph.node:
         if node.name in by_node and node.op_type == "MatMul":
             _quantized_linear(rw, node, by_node[node.name])
@@ -255,14 +271,6 @@ def rewrite(model: Any, linears: Sequence[Linear]) -> bytes:
             _l2_norm(rw, node)
         else:
             rw.nodes.append(node)
-            continue
-        replaced.add(node.output[0])
-    missing = {_POOLED_SUM, _NORM} - replaced
-    if missing:
-        raise ModelNotFound(
-            f"the graph has no {', '.join(sorted(missing))} node as indexer.embedding.bert "
-            "builds it; only graphs converted by the indexer can be quantized"
-        )
     return _serialise(rw)
 
 

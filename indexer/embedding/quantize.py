@@ -52,6 +52,7 @@ from indexer.embedding.calibrate import channel_maxima
 from indexer.embedding.pertoken import (
     SYMMETRIC_ZERO_POINT,
     Linear,
+    check_pooling,
     rewrite,
     smoothing_factors,
 )
@@ -228,6 +229,8 @@ def quantize_bytes(fp32: bytes, recipe: Recipe, *, source: Path | str) -> bytes:
         model = onnx.load_model_from_string(fp32)
     except Exception as exc:
         raise ModelNotFound(f"{source} is not a readable ONNX graph: {first_line(exc)}") from exc
+    select_nodes(model, recipe)  # a foreign graph is refused before it is calibrated
+    check_pooling(model)
     return rewrite(model, _linears(model, recipe))
 
 
