@@ -74,6 +74,10 @@ def test_quick_bench_reports_every_section(
         positive(int8[kind], "texts_per_s", "tokens_per_s", "x_fp32")
         # Close to fp32, not equal: the quality the opt-in variant trades for speed.
         assert 0.95 <= int8[kind]["min_cosine_fp32"] < 0.99999
+    # A text's int8 vector is the same alone and in any batch, to the last bit.
+    assert int8["batch_texts"] == 24 and int8["batch_max_abs_diff"] == 0.0
+    assert 0.0 <= int8["fp32_batch_max_abs_diff"] < 1e-5
+    assert 0.5 <= int8["neighbours"]["recall_at_10"] <= 1.0
 
     reference = results["reference"]
     if importlib.util.find_spec("sentence_transformers") is None:
