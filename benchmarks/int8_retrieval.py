@@ -6,7 +6,8 @@ and the Python documentation topics; summary, purpose and deep queries, each que
 relevant document the one it came from.  Two ways to search, as that script's first
 rows: each document one row (the model reads its first 256 tokens), and its 128:16
 chunks (the daemon's defaults) with a document scored by its best chunk.  Scores are
-exact (numpy), so the figures compare the vectors and nothing else.
+exact (numpy), so the figures compare the vectors and nothing else.  The cosine columns
+compare every text of the corpus (documents, chunks, queries) with its fp32 vector.
 """
 
 from __future__ import annotations
@@ -81,12 +82,16 @@ def print_retrieval(rows: Sequence[tuple[str, Embedder]], args: argparse.Namespa
         + "; recall in percent of the relevant document in the top 1 / top 10"
     )
     columns = [f"{name} R@{k}" for name in sets for k in KS]
-    print(f"| config | documents as | {' | '.join(columns)} |")
-    print("|" + "---|" * (2 + len(columns)))
+    print(f"| config | documents as | {' | '.join(columns)} | cos min | cos median |")
+    print("|" + "---|" * (4 + len(columns)))
+    everything: Floats | None = None
     for name, embedder in rows:
         single = embed_cached(embedder, [d.text for d in corpus], cache)
         chunks = embed_cached(embedder, chunked.texts, cache)
         queries = {s: embed_cached(embedder, [q.text for q in qs], cache) for s, qs in sets.items()}
+        vectors = np.concatenate([single, chunks, *queries.values()])
+        everything = vectors if everything is None else everything
+        cos = (vectors * everything).sum(axis=1)  # to fp32 (the first row), text by text
         relevant = {s: [q.document for q in qs] for s, qs in sets.items()}
         ways = {
             "one row": {s: (queries[s] @ single.T).astype(np.float64) for s in sets},
@@ -94,4 +99,5 @@ def print_retrieval(rows: Sequence[tuple[str, Embedder]], args: argparse.Namespa
         }
         for way, scores in ways.items():
             cells = [f"{100 * recall(scores[s], relevant[s], k):.1f}" for s in sets for k in KS]
-            print(f"| {name} | {way} | {' | '.join(cells)} |", flush=True)
+            agreement = f"{cos.min():.4f} | {np.median(cos):.5f}"
+            print(f"| {name} | {way} | {' | '.join(cells)} | {agreement} |", flush=True)
