@@ -131,8 +131,16 @@ def test_quick_bench_reports_every_section(
     assert cache["lookup_large_entries"] > cache["lookup_small_entries"]
 
     targets = {t["name"]: t for t in report["targets"]}
-    assert len(targets) == 15
+    assert len(targets) == 16
     assert all(t["met"] in (True, False, None) for t in targets.values())
+    int8_checks = {c["label"]: c for c in targets["int8 (opt-in) vs fp32"]["checks"]}
+    assert int8_checks["batch |diff|"] == {
+        "label": "batch |diff|",
+        "figure": 0.0,
+        "op": "<=",
+        "threshold": 0,
+        "met": True,
+    }
     model_target = next(t for name, t in targets.items() if name.startswith("model fp32"))
     checks = {c["label"]: c for c in model_target["checks"]}
     gemm = checks["of GEMM peak"]
