@@ -32,7 +32,32 @@ document one row and with its 128:16 chunks (a document scored by its best chunk
 Graphs and vectors are cached in ``--cache-dir``.  A tool for people, not part of CI;
 not used by the package.
 
-Measured: see the table at the end of this docstring (filled in by hand from a run).
+Measured on 2 cores of an Intel Xeon (family/model 6/167, AVX-512 VNNI), onnxruntime
+1.32.0, with other engineers' test suites sharing the cores (load average 2-5), one run:
+``--repeats 5 --configs per_call,per_token,no_smoothing,symmetric_gelu,plain,plain_3_fp32
+--quality``, then ``--cpu-time --repeats 5`` for the second speed column of each kind
+(x fp32 in wall clock / in one thread's CPU time; fp32 ran 712 short and 50 mixed
+texts/s on the wall clock):
+
+    config          MatMuls  short x fp32  mixed x fp32  cos min  median   batch diff  top10
+    per_call             21   1.67 / 1.63   1.42 / 1.50   0.9891  0.99567  0.03        0.886
+    per_token (shipped)  24   2.10 / 2.43   1.81 / 2.01   0.9973  0.99905  0           0.951
+    no_smoothing         24   2.14 / 2.59   1.87 / 2.08   0.9937  0.99776  0           0.937
+    symmetric_gelu       24   2.05 / -      1.85 / -      0.9971  0.99878  0           0.944
+    plain                24   2.15 / -      1.93 / -      0.9934  0.99753  0           0.923
+    plain_3_fp32         21   1.84 / 2.05   1.66 / 1.85   0.9959  0.99861  0           0.939
+
+(fp32's batch diff: 1.2e-07.)  Quality corpus, 578 documents (5,826 chunks), 578 summary,
+464 purpose and 363 deep queries, recall@1 / recall@10 in percent; the last column is the
+lowest cosine to fp32 over all its 8,211 texts (per_token's: a line of 128 underscores):
+
+    config     documents as  summary      purpose      deep         cos min
+    fp32       one row       94.3 / 99.7  88.6 / 98.9  34.2 / 59.2  1
+    fp32       best chunk    96.4 / 100   93.3 / 99.4  74.4 / 92.8
+    per_call   one row       94.1 / 99.7  89.4 / 98.9  35.0 / 59.5  0.9889
+    per_call   best chunk    96.4 / 100   92.5 / 99.4  74.7 / 92.6
+    per_token  one row       94.1 / 99.7  88.4 / 98.9  34.2 / 59.0  0.9951
+    per_token  best chunk    96.4 / 100   93.3 / 99.4  73.6 / 93.1
 """
 
 from __future__ import annotations
