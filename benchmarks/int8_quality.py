@@ -17,7 +17,8 @@ options), and gets one row:
   sharing the cores) cancels out as far as it can.  ``--cpu-time`` runs every session
   on one thread and times the thread's CPU time instead of the wall clock: on a shared
   machine that measures the work, not the queue for the cores;
-* the min and median cosine of its vectors to the fp32 vectors (corpus and queries);
+* the min and median cosine of its vectors to the fp32 vectors (corpus and queries), and
+  the min over :data:`TINY_TEXTS` (one-word queries, a rule of underscores);
 * batch independence: 100 texts of the corpus embedded alone, then in shuffled batches
   of 8 and of 64 (each one model call, padded to its longest text); the largest
   absolute difference between two vectors of the same text;
@@ -39,15 +40,18 @@ Measured on 2 cores of an Intel Xeon (family/model 6/167, AVX-512 VNNI), onnxrun
 (x fp32 in wall clock / in one thread's CPU time; fp32 ran 712 short and 50 mixed
 texts/s on the wall clock):
 
-    config          MatMuls  short x fp32  mixed x fp32  cos min  median   batch diff  top10
-    per_call             21   1.67 / 1.63   1.42 / 1.50   0.9891  0.99567  0.03        0.886
-    per_token (shipped)  24   2.10 / 2.43   1.81 / 2.01   0.9973  0.99905  0           0.951
-    no_smoothing         24   2.14 / 2.59   1.87 / 2.08   0.9937  0.99776  0           0.937
-    symmetric_gelu       24   2.05 / -      1.85 / -      0.9971  0.99878  0           0.944
-    plain                24   2.15 / -      1.93 / -      0.9934  0.99753  0           0.923
-    plain_3_fp32         21   1.84 / 2.05   1.66 / 1.85   0.9959  0.99861  0           0.939
+    config          MatMuls  short x fp32  mixed x fp32  cos min  median   tiny    batch diff  top10
+    per_call             21   1.67 / 1.63   1.42 / 1.50   0.9891  0.99567  0.9720  0.03        0.886
+    per_token (shipped)  24   2.10 / 2.43   1.81 / 2.01   0.9973  0.99905  0.9915  0           0.951
+    no_smoothing         24   2.14 / 2.59   1.87 / 2.08   0.9937  0.99776  0.9794  0           0.937
+    symmetric_gelu       24   2.05 / -      1.85 / -      0.9971  0.99878  0.9899  0           0.944
+    plain                24   2.15 / -      1.93 / -      0.9934  0.99753  0.9817  0           0.923
+    plain_3_fp32         21   1.84 / 2.05   1.66 / 1.85   0.9959  0.99861  0.9886  0           0.939
 
-(fp32's batch diff: 1.2e-07.)  Quality corpus, 578 documents (5,826 chunks), 578 summary,
+(fp32's batch diff: 1.2e-07.  ``tiny``: the lowest cosine over :data:`TINY_TEXTS`, measured
+in a later ``--no-timing`` run; per_token's lowest are "!" 0.9915, "ok" 0.9938, "?" 0.9942.)
+
+Quality corpus, 578 documents (5,826 chunks), 578 summary,
 464 purpose and 363 deep queries, recall@1 / recall@10 in percent; the last column is the
 lowest cosine to fp32 over all its 8,211 texts (per_token's: a line of 128 underscores):
 
@@ -91,6 +95,13 @@ FP32 = "fp32"
 PER_CALL = "per_call"
 BATCH_TEXTS = 100
 BATCH_SIZES = (8, 64)
+#: Inputs shorter than any line of the corpus (1-3 tokens between [CLS] and [SEP]), and
+#: runs of one character (a man page's rule of underscores): a vector made of few
+#: distinct tokens has no other tokens to average its rounding errors with.
+TINY_TEXTS = (
+    "ok", "?", "!", "x", "a", "42", "yes", "no", "db", "ls", "git", "foo", "error",
+    "python", "how to", "api key", "sql join", "hello world", "_" * 10, "=" * 200,
+)  # fmt: skip
 
 #: The per-token recipes compared (names are what --configs takes).
 RECIPES: dict[str, Recipe] = {
@@ -125,6 +136,7 @@ class Row:
     folder: Path | None = None
     corpus: Floats = field(default_factory=lambda: np.empty((0, 0), np.float32))
     queries: Floats = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    tiny: Floats = field(default_factory=lambda: np.empty((0, 0), np.float32))
     batch_diff: float = float("nan")
     seconds: dict[str, list[float]] = field(default_factory=lambda: {"short": [], "mixed": []})
     ratios: dict[str, list[float]] = field(default_factory=lambda: {"short": [], "mixed": []})
@@ -313,8 +325,8 @@ def _print_table(
     header = (
         f"{'config':<18} {'int8 MatMuls':>12} {'short texts/s':>14} {'x fp32 (range)':>17} "
         f"{'mixed texts/s':>14} {'x fp32 (range)':>17} {'cos min':>8} {'min short':>9} "
-        f"{'min mixed':>9} {'cos median':>10} {'batch diff':>10} {'top10 overlap':>13} "
-        f"{'top1 same':>9}"
+        f"{'min mixed':>9} {'cos median':>10} {'min tiny':>8} {'batch diff':>10} "
+        f"{'top10 overlap':>13} {'top1 same':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -324,11 +336,12 @@ def _print_table(
         )
         found = _top_k(row.queries, row.corpus)
         speed = _speed_columns(row, texts, timed)
+        tiny = float((row.tiny * reference.tiny).sum(1).min())
         print(
             f"{row.name:<18} {row.nodes:>12} {speed[0]:>14} {speed[1]:>17} {speed[2]:>14} "
             f"{speed[3]:>17} {cos.min():>8.4f} {cos[:short_end].min():>9.4f} "
             f"{cos[short_end:documents].min():>9.4f} {np.median(cos):>10.5f} "
-            f"{row.batch_diff:>10.2g} {_overlap(found, truth):>13.3f} "
+            f"{tiny:>8.4f} {row.batch_diff:>10.2g} {_overlap(found, truth):>13.3f} "
             f"{float(np.mean(found[:, 0] == truth[:, 0])):>9.3f}"
         )
 
@@ -344,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in [reference, *rows]:  # also the warm-up of every session
             row.corpus = row.embedder.embed(documents)
             row.queries = row.embedder.embed(corpus.queries)
+            row.tiny = row.embedder.embed(list(TINY_TEXTS))
             row.batch_diff = batch_difference(_one_call_each(row, args), batch_texts)
         _say(f"quality pass done: {len(documents)} documents, {len(corpus.queries)} queries")
         if not args.no_timing:
