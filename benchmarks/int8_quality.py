@@ -53,7 +53,7 @@ in a later ``--no-timing`` run; per_token's lowest are "!" 0.9915, "ok" 0.9938, 
 
 Quality corpus, 578 documents (5,826 chunks), 578 summary,
 464 purpose and 363 deep queries, recall@1 / recall@10 in percent; the last column is the
-lowest cosine to fp32 over all its 8,211 texts (per_token's: a line of 128 underscores):
+lowest cosine to fp32 over all its 7,809 texts (per_token's: a line of 128 underscores):
 
     config     documents as  summary      purpose      deep         cos min
     fp32       one row       94.3 / 99.7  88.6 / 98.9  34.2 / 59.2  1
