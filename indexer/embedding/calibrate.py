@@ -46,10 +46,18 @@ def _vocabulary_size(model: Any) -> int:
     raise ModelNotFound("the graph has no embedding table that input_ids index")
 
 
-def calibration_ids(vocabulary: int) -> npt.NDArray[np.int64]:
+def _positions(model: Any) -> int:
+    """Rows of the position table (:data:`_TOKENS` if the graph names none)."""
+    for table in model.graph.initializer:
+        if table.name.endswith("position_embeddings.weight") and len(table.dims) == 2:
+            return int(table.dims[0])
+    return _TOKENS
+
+
+def calibration_ids(vocabulary: int, tokens: int = _TOKENS) -> npt.NDArray[np.int64]:
     """The token ids the maxima are measured on: [sequences, tokens], fixed forever."""
     rng = np.random.RandomState(CALIBRATION_SEED)
-    return rng.randint(0, vocabulary, size=(_SEQUENCES, _TOKENS)).astype(np.int64)
+    return rng.randint(0, vocabulary, size=(_SEQUENCES, tokens)).astype(np.int64)
 
 
 def channel_maxima(model: Any, tensors: Sequence[str]) -> dict[str, npt.NDArray[np.float64]]:
@@ -74,7 +82,8 @@ def channel_maxima(model: Any, tensors: Sequence[str]) -> dict[str, npt.NDArray[
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # a probe, not the user's session: no optimiser notes
-    ids = calibration_ids(_vocabulary_size(model))
+    # A model with fewer positions (a small test model) gets shorter sequences.
+    ids = calibration_ids(_vocabulary_size(model), min(_TOKENS, _positions(model)))
     feed: dict[str, npt.NDArray[np.int64]] = {_IDS_INPUT: ids, "attention_mask": np.ones_like(ids)}
     try:
         session = ort.InferenceSession(

@@ -16,14 +16,15 @@ call, padded to any longer text.  Three things make that hold:
   ONNX Runtime applies after the GEMM).  ``MatMulInteger`` itself takes only one
   activation zero point per call, hence the zero points below.
 * **Sums over positions add one position after another.**  ONNX Runtime's
-  ``ReduceSum`` over the sequence axis (the mean pooling) vectorises differently for a
+  ``ReduceSum`` over the sequence axis (mean pooling) vectorises differently for a
   batch padded to 256 tokens than for one text of 19 (measured: the pooled sum moved by
   up to 2.3e-5, the vector by 3e-8); ``CumSum`` adds positions in order, and padded
   positions (masked to exact zeros) come after the last real one, so the last element
-  of the cumulative sum is the same number either way.  The L2 norm is made the same
-  way.  Everything else in the graph (embeddings, layer norm, GELU, softmax over
-  masked scores, the fp32 attention MatMuls) was measured to give bit-identical rows
-  alone and in padded batches already.
+  of the cumulative sum is the same number either way.  The L2 norm (of a normalised
+  model) is made the same way; CLS pooling reads one position and needs nothing.
+  Everything else in the graph (embeddings, layer norm, GELU, softmax over masked
+  scores, the fp32 attention MatMuls) was measured to give bit-identical rows alone
+  and in padded batches already.
 
 Activations, per kind of input:
 
@@ -238,25 +239,22 @@ def _l2_norm(rw: _Rewriter, node: Any) -> None:
 
 
 def check_pooling(model: Any) -> None:
-    """Raise :class:`ModelNotFound` unless ``model`` pools as the builder's graphs do."""
-    found = {
-        node.output[0]
-        for node in model.graph.node
-        if (node.output[0], node.op_type) in ((_POOLED_SUM, "ReduceSum"), (_NORM, "ReduceL2"))
-    }
-    missing = {_POOLED_SUM, _NORM} - found
-    if missing:
-        raise ModelNotFound(
-            f"the graph has no {', '.join(sorted(missing))} node as indexer.embedding.bert "
-            "builds it; only graphs converted by the indexer can be quantized"
-        )
+    """Raise :class:`ModelNotFound` for a graph that sums over positions or channels
+    other than where the builders of :mod:`indexer.embedding.graph` do (the rewrite
+    would leave such a sum to vary with padding)."""
+    for node in model.graph.node:
+        if node.op_type.startswith("Reduce") and node.op_type not in ("ReduceSum", "ReduceL2"):
+            raise ModelNotFound(f"the graph reduces with {node.op_type}: not a graph we built")
+        if node.op_type == "ReduceL2" and node.output[0] != _NORM:
+            raise ModelNotFound(f"the graph's {node.output[0]} is not the builder's norm")
 
 
 def rewrite(model: Any, linears: Sequence[Linear]) -> bytes:
-    """The serialised int8 graph: ``model`` (fp32, from :mod:`indexer.embedding.bert`)
-    with every MatMul of ``linears`` quantized per token and batch-invariant pooling.
+    """The serialised int8 graph: ``model`` (fp32, from :mod:`indexer.embedding.graph`'s
+    builders) with every MatMul of ``linears`` quantized per token, and its pooled sum
+    and norm (if it has them) summed in order.
 
-    Raises :class:`ModelNotFound` for a graph without the builder's pooling nodes.
+    Raises :class:`ModelNotFound` for a graph whose reductions are not the builders'.
     Byte-stable: the same inputs give the same bytes.
     """
     check_pooling(model)

@@ -35,7 +35,13 @@ from indexer.embedding.quantize import (
 from indexer.embedding.resolve import PACKAGED_MODEL_NAME, ModelFiles, resolve_model
 from indexer.exceptions import ConfigurationError, ModelNotFound
 
-from .embedding_helpers import onnx_folder, safetensors_folder, sha256_of
+from .embedding_helpers import (
+    TINY_MODELS,
+    onnx_folder,
+    safetensors_folder,
+    sha256_of,
+    tiny_reference,
+)
 
 #: The int8 file name every cache already holds: changing it would rebuild on upgrade.
 PACKAGED_INT8_NAME = (
@@ -308,15 +314,30 @@ def test_unwritable_cache_dir(fp32_files: ModelFiles, tmp_path: Path) -> None:
         quantized_onnx_path(fp32_files.onnx_path, blocker / "models")
 
 
-def test_a_graph_without_the_builders_pooling_is_refused(fp32_files: ModelFiles) -> None:
+def test_a_graph_with_a_norm_of_its_own_is_refused(fp32_files: ModelFiles) -> None:
     import onnx
 
     model = onnx.load(str(fp32_files.onnx_path))
     for node in model.graph.node:
         if node.op_type == "ReduceL2":
             node.output[0] = "renamed"
-    with pytest.raises(ModelNotFound, match=r"no norm\.l2 node"):
+    with pytest.raises(ModelNotFound, match="renamed is not the builder's norm"):
         quantize_bytes(model.SerializeToString(), SHIPPED_RECIPE, source="renamed.onnx")
+
+
+def test_a_cls_pooled_model_gets_the_same_int8_vector_alone_and_in_a_batch(
+    tmp_path: Path,
+) -> None:
+    # A tiny BERT with CLS pooling (64 positions: the calibration shortens its ids).
+    int8 = Embedder(
+        TINY_MODELS / "bert-cls", cache_dir=tmp_path, variant="int8", token_budget=1 << 16
+    )
+    fp32 = Embedder(TINY_MODELS / "bert-cls", cache_dir=tmp_path)
+    texts = [item["text"] for item in tiny_reference("bert-cls")["items"]] + ["x", "a b c d e"]
+    together = int8.embed(texts)
+    alone = np.stack([int8.embed([text])[0] for text in texts])
+    assert np.array_equal(together, alone)
+    assert ((together * fp32.embed(texts)).sum(axis=1) > 0.99).all()
 
 
 def test_bad_recipes() -> None:
