@@ -4,7 +4,8 @@ The daemon's :class:`~indexer.embedding.Embedder` embeds the short lines and the
 chunks; beside it, in the same runs, the opt-in int8 variant and (when installed)
 sentence-transformers on PyTorch, the reference the benchmarks compare with.  Every run
 also measures ONNX Runtime's fp32 GEMM peak, the ceiling of an fp32 model here.
-Runs alternate their order, and the ratios are paired run by run.
+Runs alternate their order, and the ratios are paired run by run.  The int8 variant's
+batch independence and neighbour recall are :mod:`indexer.bench.variant`'s.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from indexer.bench.machine import (
     torch_gemm_peak_gflops,
     usable_cores,
 )
+from indexer.bench.variant import variant_figures
 from indexer.embedding import Embedder, load_embedder
 from indexer.exceptions import IndexerError
 from indexer.settings import Settings
@@ -205,7 +207,18 @@ def bench_model(ctx: Context, results: dict[str, Any]) -> None:
     _time_runs(ctx, runs, runners, threads)
 
     model = _fp32_figures(ctx, runs, threads)
-    model["int8"] = {"skipped": int8_skipped} if int8 is None else _int8_figures(runs, int8)
+    if int8 is None:
+        model["int8"] = {"skipped": int8_skipped}
+    else:
+        model["int8"] = _int8_figures(runs, int8)
+        del int8, runners["int8"]  # its session, before the batch check opens larger ones
+        fp32_docs, int8_docs = (
+            np.concatenate([runs.outputs[f"{label}_short"], runs.outputs[f"{label}_mixed"]])
+            for label in ("onnx", "int8")
+        )
+        model["int8"].update(
+            variant_figures(ctx.settings, ctx.corpus, ctx.plan.batch_texts, (fp32_docs, int8_docs))
+        )
     results["model"] = model
     ctx.vectors = np.concatenate([runs.outputs["onnx_short"], runs.outputs["onnx_mixed"]])
     results["reference"] = {"skipped": why_not} if reference is None else _reference_figures(runs)

@@ -34,6 +34,8 @@ class Plan:
     search_copies: int
     #: Long Python documentation topics indexed as documents (at most: Python 3.11 has 34).
     documents: int
+    #: Texts embedded alone and in batches by the model section's batch check.
+    batch_texts: int
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -56,6 +58,7 @@ class Plan:
             claims=60 if quick else 300,
             search_copies=args.search_copies,
             documents=8 if quick else 1_000,
+            batch_texts=24 if quick else 100,
         )
         if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
             raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")

@@ -55,7 +55,28 @@ def _model_rows(r: dict[str, Any], results: Results) -> list[Row]:
                 f"median {m['median_cosine_fp32']:.4f})",
             )
         )
+    if "batch_max_abs_diff" in int8:
+        rows.extend(_variant_rows(int8))
     return rows
+
+
+def _variant_rows(int8: dict[str, Any]) -> list[Row]:
+    """Batch independence (int8 and fp32) and int8's recall of fp32's neighbours."""
+    sizes = "/".join(map(str, int8["batch_sizes"]))
+    n = int8["neighbours"]
+    return [
+        (
+            "model",
+            f"  same text alone vs in batches of {sizes} ({int8['batch_texts']} texts)",
+            f"max |diff| int8 {int8['batch_max_abs_diff']:.2g}, "
+            f"fp32 {int8['fp32_batch_max_abs_diff']:.2g}",
+        ),
+        (
+            "model",
+            f"  int8 neighbours vs fp32 ({n['queries']} queries, exact top 10)",
+            f"recall@1 {n['recall_at_1']:.3f}  recall@10 {n['recall_at_10']:.3f}",
+        ),
+    ]
 
 
 def _reference_rows(r: dict[str, Any], results: Results) -> list[Row]:

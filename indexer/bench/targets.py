@@ -46,7 +46,8 @@ class Check:
     read: Reader
     op: str
     threshold: float
-    #: How figures are shown: "%" (a fraction), "x", " ms", " GB" or "" (a number).
+    #: How figures are shown: "%" (a fraction), "x", " ms", " GB", "" (a number) or
+    #: "g" (a number that may be tiny, ``digits`` significant digits).
     unit: str = ""
     digits: int = 2
 
@@ -65,13 +66,15 @@ class Check:
             shown = "skipped"
         elif self.unit == "%":
             shown = f"{value:.{self.digits}%}"
+        elif self.unit == "g":
+            shown = f"{value:.{self.digits}g}"
         else:
             shown = f"{value:.{self.digits}f}{self.unit}"
         return f"{self.label} {shown}".strip()
 
     def wanted(self) -> str:
         limit = f"{self.threshold * 100:g}%" if self.unit == "%" else f"{self.threshold:g}"
-        suffix = "" if self.unit == "%" else self.unit
+        suffix = "" if self.unit in ("%", "g") else self.unit
         return f"{self.label} {self.op} {limit}{suffix}".strip()
 
 
@@ -128,6 +131,12 @@ def _model_note(results: Results) -> str:
     return note
 
 
+def _int8_min_cosine(model: dict[str, Any]) -> float:
+    """The lowest cosine to fp32 of any int8 vector, short lines and chunks."""
+    int8 = model["int8"]
+    return float(min(int8[name]["min_cosine_fp32"] for name in ("short", "mixed")))
+
+
 def _latency_note(results: Results) -> str:
     short = results["latency"].get("short", {})
     if "p50_ms" not in short:
@@ -159,6 +168,22 @@ TARGETS: tuple[TargetSpec, ...] = (
             Check("cos", "reference", key("min_cosine"), ">=", 0.9999, "", 7),
         ),
         note=_model_note,
+    ),
+    TargetSpec(
+        # The opt-in variant must be worth its opt-in: faster on real chunks, close to
+        # fp32 for every text, and a text's vector the same whatever else is embedded.
+        "int8 (opt-in) vs fp32",
+        "model",
+        (
+            Check("mixed", "model", key("int8", "mixed", "x_fp32"), ">=", 1.6, "x"),
+            Check("min cos", "model", _int8_min_cosine, ">=", 0.995, "", 4),
+            Check("batch |diff|", "model", key("int8", "batch_max_abs_diff"), "<=", 0, "g", 2),
+        ),
+        note=lambda results: (
+            f"int8 skipped: {results['model']['int8']['skipped']}"
+            if "skipped" in results["model"].get("int8", {})
+            else ""
+        ),
     ),
     TargetSpec(
         "backfill vs raw model",

@@ -14,7 +14,8 @@ steps, one module each:
    :mod:`~indexer.embedding.architectures` picks: :mod:`~indexer.embedding.bert` or
    :mod:`~indexer.embedding.mpnet` (on :mod:`~indexer.embedding.graph`, from weights
    :mod:`~indexer.embedding.safetensors` reads), and :mod:`~indexer.embedding.quantize`
-   for the int8 variant;
+   for the int8 variant (its graph rewritten by :mod:`~indexer.embedding.pertoken`,
+   calibrated by :mod:`~indexer.embedding.calibrate`);
 4. open: the :class:`Embedder` (:mod:`~indexer.embedding.embedder`) runs the graph in a
    :mod:`~indexer.embedding.session` and plans model calls with
    :mod:`~indexer.embedding.tokens`.

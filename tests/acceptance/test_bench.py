@@ -74,6 +74,10 @@ def test_quick_bench_reports_every_section(
         positive(int8[kind], "texts_per_s", "tokens_per_s", "x_fp32")
         # Close to fp32, not equal: the quality the opt-in variant trades for speed.
         assert 0.95 <= int8[kind]["min_cosine_fp32"] < 0.99999
+    # A text's int8 vector is the same alone and in any batch, to the last bit.
+    assert int8["batch_texts"] == 24 and int8["batch_max_abs_diff"] == 0.0
+    assert 0.0 <= int8["fp32_batch_max_abs_diff"] < 1e-5
+    assert 0.5 <= int8["neighbours"]["recall_at_10"] <= 1.0
 
     reference = results["reference"]
     if importlib.util.find_spec("sentence_transformers") is None:
@@ -127,8 +131,16 @@ def test_quick_bench_reports_every_section(
     assert cache["lookup_large_entries"] > cache["lookup_small_entries"]
 
     targets = {t["name"]: t for t in report["targets"]}
-    assert len(targets) == 15
+    assert len(targets) == 16
     assert all(t["met"] in (True, False, None) for t in targets.values())
+    int8_checks = {c["label"]: c for c in targets["int8 (opt-in) vs fp32"]["checks"]}
+    assert int8_checks["batch |diff|"] == {
+        "label": "batch |diff|",
+        "figure": 0.0,
+        "op": "<=",
+        "threshold": 0,
+        "met": True,
+    }
     model_target = next(t for name, t in targets.items() if name.startswith("model fp32"))
     checks = {c["label"]: c for c in model_target["checks"]}
     gemm = checks["of GEMM peak"]

@@ -16,10 +16,15 @@ from indexer.bench.report import render, table
 from indexer.bench.targets import TARGETS, evaluate
 
 MODEL_TARGET = "model fp32 vs sentence-transformers and GEMM peak (mixed)"
+INT8_TARGET = "int8 (opt-in) vs fp32"
 
 
 def _speed(texts_per_s: float) -> dict[str, Any]:
     return {"texts_per_s": texts_per_s, "tokens_per_s": texts_per_s * 20, "useful_gflops": 30.0}
+
+
+def _cosines(lowest: float) -> dict[str, float]:
+    return {"min_cosine_fp32": lowest, "median_cosine_fp32": 0.999}
 
 
 def good_results() -> dict[str, Any]:
@@ -30,7 +35,16 @@ def good_results() -> dict[str, Any]:
         "gemm_peak_gflops": 100.0,
         "short": fp32,
         "mixed": {**fp32, "mean_tokens": 240.0},
-        "int8": {"skipped": "the configured variant is int8"},
+        "int8": {
+            "model": "all-MiniLM-L6-v2-int8",
+            "short": {**_speed(1800.0), "x_fp32": 2.0, **_cosines(0.998)},
+            "mixed": {**_speed(1700.0), "x_fp32": 1.9, **_cosines(0.9985)},
+            "batch_texts": 100,
+            "batch_sizes": [8, 64],
+            "batch_max_abs_diff": 0.0,
+            "fp32_batch_max_abs_diff": 1.2e-07,
+            "neighbours": {"queries": 200, "recall_at_1": 0.95, "recall_at_10": 0.975},
+        },
     }
     ref_speed = {**_speed(600.0), "speedup": 1.4, "min_cosine": 0.99999}
     reference = {
@@ -158,7 +172,7 @@ def by_name(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_target_met() -> None:
     targets = by_name(good_results())
-    assert len(targets) == len(TARGETS) == 15
+    assert len(targets) == len(TARGETS) == 16
     assert {t.verdict for t in targets.values()} == {"met"}
     assert all(t.met is True for t in targets.values())
     model = targets[MODEL_TARGET]
@@ -176,6 +190,9 @@ def test_every_target_met() -> None:
         (("reference", "mixed", "speedup"), 1.2, MODEL_TARGET, "vs sentence-transformers"),
         (("model", "mixed", "of_gemm_peak"), 0.74, MODEL_TARGET, "of GEMM peak"),
         (("reference", "min_cosine"), 0.9998, MODEL_TARGET, "cos"),
+        (("model", "int8", "mixed", "x_fp32"), 1.59, INT8_TARGET, "mixed"),
+        (("model", "int8", "short", "min_cosine_fp32"), 0.9949, INT8_TARGET, "min cos"),
+        (("model", "int8", "batch_max_abs_diff"), 3e-08, INT8_TARGET, "batch |diff|"),
         (("backfill", "ratio_to_raw"), 0.89, "backfill vs raw model", ""),
         (("latency", "p95_ms"), 301.0, "INSERT -> embedded", "p95"),
         (("search", "recall_at_10"), 0.94, "search recall@10", ""),
@@ -233,6 +250,18 @@ def test_skipped_reference_still_judges_the_gemm_half() -> None:
     assert model.met is False
     assert model.verdict == "MISSED"
     assert "of GEMM peak 60%" in model.value
+
+
+def test_int8_target_shows_tiny_differences_and_a_skipped_variant() -> None:
+    results = good_results()
+    results["model"]["int8"]["batch_max_abs_diff"] = 2.98e-08
+    int8 = by_name(results)[INT8_TARGET]
+    assert int8.value == "mixed 1.90x, min cos 0.9980, batch |diff| 3e-08"
+    assert int8.wanted == "mixed >= 1.6x, min cos >= 0.995, batch |diff| <= 0"
+    results["model"]["int8"] = {"skipped": "the configured variant is int8"}
+    int8 = by_name(results)[INT8_TARGET]
+    assert int8.verdict == "not measured"
+    assert int8.note.endswith("int8 skipped: the configured variant is int8")
 
 
 def test_failed_and_unrun_sections() -> None:
@@ -295,6 +324,8 @@ def test_render_prints_every_section_and_target() -> None:
     assert {r[0] for r in rows} == set(results)
     assert ("reference", "skipped", "torch is not installed") in rows
     assert any("80% of GEMM peak" in r[2] for r in rows if r[0] == "model")
+    assert any(r[2] == "max |diff| int8 0, fp32 1.2e-07" for r in rows if r[0] == "model")
+    assert any(r[2] == "recall@1 0.950  recall@10 0.975" for r in rows if r[0] == "model")
     targets = lines[lines.index("targets:") + 1 :]
     assert targets[0] == (
         f"  partly met   {MODEL_TARGET}: vs sentence-transformers skipped, of GEMM peak 80%, "

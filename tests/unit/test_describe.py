@@ -66,7 +66,7 @@ def test_the_packaged_model() -> None:
 def test_the_variant_and_max_tokens_of_the_settings() -> None:
     int8 = describe(None, variant="int8", max_tokens=128)
     assert int8.label == f"{PACKAGED_MODEL_NAME}-int8"
-    assert int8.builder.startswith("bert-g1+int8-q1-no_early_ffn_out-")
+    assert int8.builder.startswith("bert-g1+int8-q2-per_token-")
     assert int8.max_tokens == 128
     assert int8 == describe_packaged().with_options(max_tokens=128, variant="int8")
     with pytest.raises(ConfigurationError, match="one of fp32, int8, not 'int4'"):
