@@ -466,6 +466,104 @@ class Document(Base):
         return f"Document(id={self.id!r}, content={self.content[:40]!r})"
 
 
+class EmbeddingModel(Base):
+    """A row of ``models`` (migration 0009): a model whose vectors the indexer keeps.
+
+    Written by ``add_model`` / ``activate_model`` / ``drop_model`` (``indexer models
+    add|activate|drop``), which also create and drop its vectors' table; read it, do not
+    write it.  ``storage`` ``column``: its vectors are ``chunks.embedding``; ``table``:
+    ``model_<id>_vectors`` (``chunk_id``, ``content_version``, ``content_hash``,
+    ``embedding``, ``embedded_at``; not modelled, since each has its own dimension).
+    """
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(
+        Integer, Identity(always=True), primary_key=True, autoincrement=True
+    )
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text, server_default=text("'local'::text"))
+    dimension: Mapped[int] = mapped_column(Integer)
+    halfvec: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    storage: Mapped[str] = mapped_column(
+        Text, comment="column: chunks.embedding; table: model_<id>_vectors"
+    )
+    record: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB,
+        comment="Everything that decides the vectors, as the daemon describes the model (NULL "
+        "until a daemon adopts a model registered by the upgrade)",
+    )
+    fingerprint: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    fill_after: Mapped[int] = mapped_column(
+        BigInteger,
+        server_default=text("0"),
+        comment="The chunks up to this id are queued for the model, or have its vector",
+    )
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+    activated_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+
+    __table_args__ = (
+        UniqueConstraint("name", name="models_name_key"),
+        CheckConstraint("name ~ '^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$'", name="models_name_check"),
+        CheckConstraint("kind IN ('local')", name="models_kind_check"),
+        CheckConstraint("dimension BETWEEN 1 AND 16000", name="models_dimension_check"),
+        CheckConstraint("storage IN ('column', 'table')", name="models_storage_check"),
+        CheckConstraint("NOT (halfvec AND storage = 'column')", name="models_halfvec_check"),
+        Index("models_active_idx", text("(true)"), unique=True, postgresql_where=text("active")),
+        Index(
+            "models_column_idx",
+            text("(true)"),
+            unique=True,
+            postgresql_where=text("storage = 'column'"),
+        ),
+        {
+            "comment": "The models whose vectors the indexer keeps (indexer models list|add|"
+            "activate|drop); the active one serves search by default."
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"EmbeddingModel(id={self.id!r}, name={self.name!r}, active={self.active!r})"
+
+
+class ModelWork(Base):
+    """A row of ``model_pending``: a chunk a model has not embedded yet (the daemon's)."""
+
+    __tablename__ = "model_pending"
+
+    model_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    fresh: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    claimed_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    lease_expires_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    retry_at: Mapped[datetime.datetime | None] = mapped_column(_TIMESTAMPTZ)
+    failed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+    __table_args__ = (
+        Index(
+            "model_pending_queue_idx",
+            "model_id",
+            text("fresh DESC"),
+            "chunk_id",
+            postgresql_where=text("NOT failed"),
+        ),
+        {
+            "comment": "Chunks a model has not embedded yet (newest work first; failed: "
+            "parked, see last_error)"
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"ModelWork(model_id={self.model_id!r}, chunk_id={self.chunk_id!r})"
+
+
 __all__ = [
     "DIMENSIONS",
     "DOCUMENT_STATES",
@@ -476,8 +574,10 @@ __all__ = [
     "Chunk",
     "Document",
     "DocumentState",
+    "EmbeddingModel",
     "Event",
     "EventKind",
+    "ModelWork",
     "Source",
     "SourceChange",
     "SourceDocument",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import errors
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from indexer.exceptions import IndexerError, SourceBusy, SourceError, first_line, stored_error
@@ -142,38 +143,59 @@ class DocumentQueries:
         token_count: int,
         claim_ms: float,
         embed_ms: float,
+        model_id: int | None = None,
+        in_column: bool = True,
     ) -> tuple[list[int], list[int], int]:
         """Replace the chunk sets of ``writes``' documents (guarded) and log the batch;
         return the ids of the documents written, of their new chunk rows, and how many
-        of those reused a vector."""
+        of those reused a vector.  ``model_id``, ``in_column``: as for complete_batch
+        (the new passages' vectors go to the model's table in the same transaction)."""
         chunks = [(w, c) for w in writes for c in w.chunks]
         vectors = [c.embedding for _, c in chunks]
-        rows = self._execute(
-            "replace_documents",
-            {
-                "worker_id": worker_id,
-                "batch_id": batch_id,
-                "doc_ids": [w.document.id for w in writes],
-                "versions": [w.document.version for w in writes],
-                "chunk_counts": [len(w.chunks) for w in writes],
-                "truncated": [w.truncated for w in writes],
-                "chunk_docs": [w.document.id for w, _ in chunks],
-                "positions": [c.position for _, c in chunks],
-                "starts": [c.start for _, c in chunks],
-                "ends": [c.end for _, c in chunks],
-                "contents": [c.text for _, c in chunks],
-                "metadata": [Jsonb(w.metadata) for w, _ in chunks],
-                "embeddings": vectors,
-                "hashes": [c.hash for _, c in chunks],
-                "reused": [c.reused for _, c in chunks],
-                "model": model,
-                "cache_key": cache_key,
-                "token_count": token_count,
-                "claim_ms": claim_ms,
-                "embed_ms": embed_ms,
-            },
-        )
-        row = rows[0]
+        params = {
+            "worker_id": worker_id,
+            "batch_id": batch_id,
+            "doc_ids": [w.document.id for w in writes],
+            "versions": [w.document.version for w in writes],
+            "chunk_counts": [len(w.chunks) for w in writes],
+            "truncated": [w.truncated for w in writes],
+            "chunk_docs": [w.document.id for w, _ in chunks],
+            "positions": [c.position for _, c in chunks],
+            "starts": [c.start for _, c in chunks],
+            "ends": [c.end for _, c in chunks],
+            "contents": [c.text for _, c in chunks],
+            "metadata": [Jsonb(w.metadata) for w, _ in chunks],
+            "embeddings": vectors,
+            "hashes": [c.hash for _, c in chunks],
+            "reused": [c.reused for _, c in chunks],
+            "model": model,
+            "cache_key": cache_key,
+            "token_count": token_count,
+            "claim_ms": claim_ms,
+            "embed_ms": embed_ms,
+            "model_id": model_id,
+            "in_column": in_column,
+        }
+
+        def passages_vectors(rows: list[DictRow]) -> list[tuple[str, dict[str, Any]]]:
+            if in_column:
+                return []
+            at = {(w.document.id, c.position): c for w, c in chunks}
+            added = [(int(i), at[(int(d), int(p))]) for i, d, p in rows[0]["added"]]
+            return [
+                (
+                    "store_model_vectors",
+                    {
+                        "model_id": model_id,
+                        "ids": [i for i, _ in added],
+                        "versions": [1] * len(added),
+                        "embeddings": [c.embedding for _, c in added],
+                        "hashes": [c.hash for _, c in added],
+                    },
+                )
+            ]
+
+        row = self._execute_all([("replace_documents", params)], then=passages_vectors)[0][0]
         return list(row["documents"]), list(row["chunk_ids"]), row["reused_count"]
 
     def cache_vectors(

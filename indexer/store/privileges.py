@@ -42,6 +42,11 @@ DOING: dict[str, tuple[str, str]] = {
     "backfill_source": ("back-fill a source", "source"),
     "throughput": ("read the events", "owner"),
     "passage_context": ("read a source's table", "source"),
+    "models": ("read the models", "search"),
+    "model_status": ("read the models' status", "owner"),
+    "add_model": ("add a model", "owner"),
+    "activate_model": ("activate a model", "owner"),
+    "drop_model": ("drop a model", "owner"),
 }
 
 

@@ -8,6 +8,7 @@ Each mixin (:mod:`~indexer.store.queue`, :mod:`~indexer.store.documents`,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from psycopg.rows import DictRow
@@ -19,3 +20,10 @@ class Executes(Protocol):
     ) -> list[DictRow]: ...
 
     def _one(self, name: str, params: dict[str, Any] | None = None) -> DictRow: ...
+
+    def _execute_all(
+        self,
+        steps: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        then: Callable[[list[DictRow]], Sequence[tuple[str, dict[str, Any]]]] | None = None,
+    ) -> list[list[DictRow]]: ...

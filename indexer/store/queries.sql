@@ -70,8 +70,8 @@ WITH input AS (
          AS t(id, content_version, embedding, hash, reused)
 ), written AS (
     UPDATE chunks AS c
-    SET embedding = input.embedding,
-        embedding_model = %(model)s,
+    SET embedding = CASE WHEN %(in_column)s THEN input.embedding ELSE c.embedding END,
+        embedding_model = CASE WHEN %(in_column)s THEN %(model)s ELSE c.embedding_model END,
         embedded_at = now(),
         content_hash = input.hash,
         state = 'embedded',
@@ -87,6 +87,15 @@ WITH input AS (
       AND c.claimed_by = %(worker_id)s
       AND c.state = 'claimed'
     RETURNING c.id, input.reused
+), queued AS (
+    -- Every other model embeds the new text too (migration 0009); a claim of an older
+    -- text is given up (its write will find another version).
+    INSERT INTO model_pending (model_id, chunk_id)
+    SELECT m.id, written.id FROM written CROSS JOIN models AS m
+    WHERE m.id IS DISTINCT FROM %(model_id)s::integer
+    ON CONFLICT (model_id, chunk_id) DO UPDATE
+    SET fresh = true, claimed_by = NULL, lease_expires_at = NULL, attempts = 0,
+        last_error = NULL, retry_at = NULL, failed = false
 ), cached AS (
     INSERT INTO vector_cache (model, hash, embedding)
     SELECT DISTINCT ON (input.hash) %(cache_key)s::text, input.hash, input.embedding
@@ -249,13 +258,20 @@ WITH docs AS (
     INSERT INTO chunks (content, metadata, embedding, embedding_model, embedded_at,
                         content_hash, document_id, source_id, doc_key, position, char_start,
                         char_end)
-    SELECT input.content, input.metadata, input.embedding, %(model)s, now(), input.hash,
+    SELECT input.content, input.metadata,
+           CASE WHEN %(in_column)s THEN input.embedding END,
+           CASE WHEN %(in_column)s THEN %(model)s END, now(), input.hash,
            held.id, held.source_id, held.doc_key, input.position, input.char_start,
            input.char_end
     FROM input
     JOIN held ON held.id = input.document_id
     ORDER BY input.document_id, input.position
-    RETURNING id
+    RETURNING id, document_id, position
+), queued AS (
+    INSERT INTO model_pending (model_id, chunk_id)
+    SELECT m.id, added.id FROM added CROSS JOIN models AS m
+    WHERE m.id IS DISTINCT FROM %(model_id)s::integer
+    ON CONFLICT DO NOTHING
 ), cached AS (
     INSERT INTO vector_cache (model, hash, embedding)
     SELECT DISTINCT ON (input.hash) %(cache_key)s::text, input.hash, input.embedding
@@ -293,7 +309,9 @@ SELECT 'batch_completed', %(worker_id)s, %(batch_id)s,
            'stale_documents', cardinality(%(doc_ids)s::bigint[]) - (SELECT count(*) FROM done),
            'chunks_removed', (SELECT count(*) FROM removed),
            'model', %(model)s::text)
-RETURNING chunk_ids, reused_count, detail -> 'documents' AS documents;
+RETURNING chunk_ids, reused_count, detail -> 'documents' AS documents,
+          (SELECT coalesce(jsonb_agg(jsonb_build_array(id, document_id, position)), '[]')
+           FROM added) AS added;
 
 -- cache_vectors --
 -- Keep vectors computed for documents that could not be written (a stop request, a
@@ -534,7 +552,7 @@ SELECT EXISTS (SELECT 1 FROM chunks WHERE document_id IS NULL AND state = 'embed
 -- index; the metadata filter (jsonb containment, '{}' matches all) is applied during
 -- the index scan, and pgvector's iterative scan (0.8+) keeps going until k rows pass.
 SELECT id, score, left(content, %(max_chars)s) AS content, metadata
-FROM search_chunks(%(query)s::vector, %(k)s::integer, %(filter)s::jsonb);
+FROM search_chunks(%(query)s::vector, %(k)s::integer, %(filter)s::jsonb, %(model)s::text);
 
 -- search_width --
 -- hnsw.ef_search bounds how many rows one HNSW scan can return; %(local)s: for the
@@ -701,10 +719,107 @@ ORDER BY s.name;
 -- the one definition, the same a user runs in SQL.
 SELECT source, key, score, content, position, char_start, char_end, metadata, passages
 FROM search_documents(%(query)s::vector, %(k)s::integer, %(filter)s::jsonb, %(source)s::text,
-                      %(passages)s::integer);
+                      %(passages)s::integer, %(model)s::text);
 
 -- insert_documents --
 -- Rows of the built-in documents table (its trigger queues them for the daemon).
 INSERT INTO documents (content, metadata)
 SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[])
 RETURNING id;
+
+-- store_model_vectors --
+-- A model's vectors, into chunks.embedding or the model's table (migration 0009),
+-- for the chunks still at the version they were computed for; returns those written.
+SELECT store_model_vectors(%(model_id)s::integer, %(ids)s::bigint[], %(versions)s::integer[],
+                           %(embeddings)b::vector[], %(hashes)s::bytea[]) AS written;
+
+-- models --
+SELECT id, name, kind, dimension, halfvec, storage, record, fingerprint, active, created_at,
+       activated_at
+FROM models
+ORDER BY id;
+
+-- model_status --
+SELECT * FROM indexer_model_status ORDER BY model;
+
+-- add_model --
+SELECT add_model(%(name)s::text, %(dimension)s::integer, %(record)s::jsonb,
+                 %(fingerprint)s::text, %(halfvec)s::boolean) AS id;
+
+-- adopt_model --
+SELECT adopt_model(%(model_id)s::integer, %(name)s::text, %(record)s::jsonb,
+                   %(fingerprint)s::text);
+
+-- activate_model --
+SELECT activate_model(%(name)s::text, %(force)s::boolean) AS missing;
+
+-- drop_model --
+SELECT drop_model(%(name)s::text);
+
+-- fill_model --
+-- Queue the next range of chunks that a model has not embedded (0: none left).
+SELECT fill_model(%(model_id)s::integer, %(batch)s::integer) AS spanned;
+
+-- claim_model_work --
+-- Lease up to %(limit)s chunks a model has to embed, newest work first, each with the
+-- text the model reads, its hash and the model's cached vector (as claim does).  Work
+-- whose chunk is gone is dropped on the way.
+WITH candidates AS (
+    SELECT p.chunk_id
+    FROM model_pending AS p
+    WHERE p.model_id = %(model_id)s AND NOT p.failed
+      AND ((p.claimed_by IS NULL AND (p.retry_at IS NULL OR p.retry_at <= now()))
+           OR p.lease_expires_at < now())
+    ORDER BY p.fresh DESC, p.chunk_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM model_pending AS p
+    USING candidates
+    WHERE p.model_id = %(model_id)s AND p.chunk_id = candidates.chunk_id
+      AND NOT EXISTS (SELECT 1 FROM chunks AS c WHERE c.id = candidates.chunk_id)
+), claimed AS (
+    UPDATE model_pending AS p
+    SET claimed_by = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM candidates
+    WHERE p.model_id = %(model_id)s AND p.chunk_id = candidates.chunk_id
+    RETURNING p.chunk_id, p.attempts
+), texts AS (
+    SELECT c.id, c.content_version, left(c.content, %(max_chars)s) AS content,
+           claimed.attempts
+    FROM claimed JOIN chunks AS c ON c.id = claimed.chunk_id
+), hashed AS (
+    SELECT texts.*, sha256(convert_to(texts.content, 'UTF8')) AS hash FROM texts
+)
+SELECT hashed.id, hashed.content_version, hashed.content, hashed.attempts, hashed.hash,
+       v.embedding AS cached
+FROM hashed
+LEFT JOIN vector_cache AS v ON v.model = %(cache_key)s::text AND v.hash = hashed.hash;
+
+-- finish_model_work --
+-- The model's work on these chunks is done (written, or its text changed meanwhile:
+-- the new text is queued again when the active model writes it).  Work queued again
+-- while this daemon held it (claimed_by reset) stays.
+DELETE FROM model_pending
+WHERE model_id = %(model_id)s AND chunk_id = ANY(%(ids)s::bigint[])
+  AND claimed_by = %(worker_id)s;
+
+-- fail_model_work --
+-- Chunks a model could not embed: retried with a backoff, then parked (failed).
+UPDATE model_pending AS p
+SET attempts = p.attempts + 1,
+    last_error = input.error,
+    failed = p.attempts + 1 >= %(max_attempts)s,
+    retry_at = now() + make_interval(
+        secs => %(retry_base_seconds)s::float8 * power(2, p.attempts)),
+    claimed_by = NULL,
+    lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS input(id, error)
+WHERE p.model_id = %(model_id)s AND p.chunk_id = input.id AND p.claimed_by = %(worker_id)s;
+
+-- release_model_work --
+UPDATE model_pending
+SET claimed_by = NULL, lease_expires_at = NULL
+WHERE model_id = %(model_id)s AND chunk_id = ANY(%(ids)s::bigint[])
+  AND claimed_by = %(worker_id)s;

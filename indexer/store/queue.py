@@ -32,6 +32,15 @@ class ClaimedRow:
     cached: np.ndarray | None = field(default=None, compare=False)
 
 
+def _model_vectors(model_id: int | None, params: dict[str, Any]) -> dict[str, Any]:
+    """store_model_vectors' parameters for a batch's rows: every row at the version
+    read (a vector is right for its text, whichever daemon's write of the row won)."""
+    if model_id is None:
+        raise ValueError("vectors kept outside chunks.embedding need their model's id")
+    keys = ("ids", "versions", "embeddings", "hashes")
+    return {"model_id": model_id, **{k: params[k] for k in keys}}
+
+
 class ChunkQueries:
     """The Store's chunk queue (see the module docstring)."""
 
@@ -83,30 +92,38 @@ class ChunkQueries:
         embed_ms: float,
         reused: Sequence[bool] | None = None,
         cache_key: str | None = None,
+        model_id: int | None = None,
+        in_column: bool = True,
     ) -> list[int]:
         """Write vectors (guarded) and the batch_completed event; return the ids written.
 
         ``reused[i]``: row i's vector came from the cache (or from an equal text of the
         same claim) and cost no model call; the others enter the cache under
-        ``cache_key`` (None: the cache is off).
+        ``cache_key`` (None: the cache is off).  ``model_id``: the registered model that
+        computed them (every other model is queued to embed the rows too); its vectors
+        go to ``chunks.embedding`` when ``in_column``, else to its table, in the same
+        transaction.
         """
-        row = self._one(
-            "complete_batch",
-            {
-                "worker_id": worker_id,
-                "batch_id": batch_id,
-                "ids": [r.id for r in rows],
-                "versions": [r.content_version for r in rows],
-                "embeddings": list(embeddings),
-                "hashes": [r.hash for r in rows],
-                "reused": list(reused) if reused is not None else [False] * len(rows),
-                "cache_key": cache_key,
-                "model": model,
-                "token_count": token_count,
-                "claim_ms": claim_ms,
-                "embed_ms": embed_ms,
-            },
-        )
+        params = {
+            "worker_id": worker_id,
+            "batch_id": batch_id,
+            "ids": [r.id for r in rows],
+            "versions": [r.content_version for r in rows],
+            "embeddings": list(embeddings),
+            "hashes": [r.hash for r in rows],
+            "reused": list(reused) if reused is not None else [False] * len(rows),
+            "cache_key": cache_key,
+            "model": model,
+            "token_count": token_count,
+            "claim_ms": claim_ms,
+            "embed_ms": embed_ms,
+            "model_id": model_id,
+            "in_column": in_column,
+        }
+        steps: list[tuple[str, dict[str, Any]]] = [("complete_batch", params)]
+        if not in_column:
+            steps.append(("store_model_vectors", _model_vectors(model_id, params)))
+        row = self._execute_all(steps)[0][0]
         return list(row["chunk_ids"])
 
     def fail_rows(

@@ -33,6 +33,7 @@ from indexer.store.console import ConsoleQueries
 from indexer.store.documents import DocumentQueries
 from indexer.store.hits import DocumentHit, SearchHit
 from indexer.store.listen import Listener
+from indexer.store.models import ModelQueries
 from indexer.store.privileges import DOING, or_member, privilege_error
 from indexer.store.queries import QUERIES
 from indexer.store.queue import ChunkQueries
@@ -44,7 +45,9 @@ from indexer.store.sources import SourceQueries
 EF_SEARCH = 100
 
 
-class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQueries):
+class Store(
+    ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQueries, ModelQueries
+):
     """The indexer's tables in ``schema`` of the database at ``dsn``.
 
     ``check`` (default on): the first call makes sure pgvector is there and the schema
@@ -145,6 +148,30 @@ class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQ
             cursor = conn.execute(query, params, binary=binary)
             return cursor.fetchall() if cursor.description is not None else []
 
+    def _execute_all(
+        self,
+        steps: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        then: Callable[[list[DictRow]], Sequence[tuple[str, dict[str, Any]]]] | None = None,
+    ) -> list[list[DictRow]]:
+        """Run named queries in one transaction; the rows of each.  ``then``, if given,
+        is handed the last step's rows and returns more steps, run in the same
+        transaction."""
+        name = steps[0][0]
+        doing, need = DOING.get(name, (f"run {name}", "owner"))
+        results: list[list[DictRow]] = []
+        connection = self._connection(f"running {name}", doing=doing, need=need)
+        with connection as conn, conn.transaction():
+            todo = list(steps)
+            while todo:
+                query_name, params = todo.pop(0)
+                query: LiteralString = QUERIES[query_name]
+                cursor = conn.execute(query, params)
+                results.append(cursor.fetchall() if cursor.description is not None else [])
+                if not todo and then is not None:
+                    todo, then = list(then(results[-1])), None
+        return results
+
     def _one(self, name: str, params: dict[str, Any] | None = None) -> DictRow:
         rows = self._execute(name, params)
         if len(rows) != 1:
@@ -217,13 +244,16 @@ class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQ
         *,
         metadata_filter: dict[str, Any] | None = None,
         max_chars: int = CONTENT_CHARS,
+        model: str | None = None,
     ) -> list[SearchHit]:
-        """The k embedded rows nearest to ``query`` (cosine), best first."""
+        """The k embedded rows nearest to ``query`` (cosine), best first, by the
+        vectors of ``model`` (None: the active model)."""
         params = {
             "query": query,
             "k": k,
             "filter": json.dumps(metadata_filter or {}),
             "max_chars": max_chars,
+            "model": model,
         }
         with self._connection("searching", doing="search", need="search") as conn:
             if k <= EF_SEARCH:
@@ -245,6 +275,7 @@ class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQ
         source: str | None = None,
         passages: int = 3,
         take: Callable[[DocumentHit], bool] | None = None,
+        model: str | None = None,
     ) -> list[DocumentHit]:
         """The k documents whose best chunk is nearest to ``query`` (cosine), best first;
         only chunks whose metadata contains ``filter``, of ``source`` (None: all).
@@ -260,6 +291,7 @@ class Store(ChunkQueries, DocumentQueries, SourceQueries, CacheQueries, ConsoleQ
             "filter": json.dumps(filter or {}),
             "source": source,
             "passages": passages,
+            "model": model,
         }
         hits: list[DocumentHit] = []
 

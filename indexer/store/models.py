@@ -1,0 +1,244 @@
+"""The model registry (migration 0009): the models whose vectors the indexer keeps,
+which one is active, and each model's queue of chunks still to embed.
+
+A mixin of :class:`indexer.store.Store`, like :mod:`indexer.store.queue`.  A model's
+vectors are kept in ``chunks.embedding`` (``storage`` ``column``: the model the
+upgrade registered) or in a table of its own; ``store_model_vectors`` writes either,
+so no caller needs to know which.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from indexer.exceptions import InvalidInput, ModelNotFound, first_line
+from indexer.store.protocol import Executes
+from indexer.store.queue import ClaimedRow
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A row of ``models``.  ``record`` and ``fingerprint`` are None for the model the
+    upgrade registered until a daemon that runs it has adopted it."""
+
+    id: int
+    name: str
+    kind: str
+    dimension: int
+    halfvec: bool
+    storage: str
+    record: dict[str, Any] | None
+    fingerprint: str | None
+    active: bool
+    created_at: datetime.datetime
+    activated_at: datetime.datetime | None
+
+    @property
+    def in_column(self) -> bool:
+        """Its vectors are ``chunks.embedding`` (else a table of its own)."""
+        return self.storage == "column"
+
+
+class ModelQueries:
+    """The Store's model registry (see the module docstring)."""
+
+    def models(self: Executes) -> list[RegisteredModel]:
+        """Every registered model, oldest first."""
+        return [RegisteredModel(**dict(r)) for r in self._execute("models")]
+
+    def model_status(self: Executes) -> list[dict[str, Any]]:
+        """``indexer_model_status``: per model, chunks covered and missing, work queued
+        and parked (exact counts: one pass over chunks per model)."""
+        return [dict(r) for r in self._execute("model_status")]
+
+    def add_model(
+        self: Executes,
+        name: str,
+        *,
+        dimension: int,
+        record: dict[str, Any],
+        fingerprint: str,
+        halfvec: bool = False,
+    ) -> int:
+        """Register a model (its table and HNSW index are made now); its id.
+        InvalidInput with one line for a name taken or a model already registered."""
+        try:
+            row = self._one(
+                "add_model",
+                {
+                    "name": name,
+                    "dimension": dimension,
+                    "record": Jsonb(record),
+                    "fingerprint": fingerprint,
+                    "halfvec": halfvec,
+                },
+            )
+        except (psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation) as exc:
+            raise InvalidInput(_model_error(exc, name)) from exc
+        return int(row["id"])
+
+    def adopt_model(
+        self: Executes, model_id: int, name: str, record: dict[str, Any], fingerprint: str
+    ) -> None:
+        """Fill in the record of the model the upgrade registered (once)."""
+        self._execute(
+            "adopt_model",
+            {
+                "model_id": model_id,
+                "name": name,
+                "record": Jsonb(record),
+                "fingerprint": fingerprint,
+            },
+        )
+
+    def activate_model(self: Executes, name: str, *, force: bool = False) -> int:
+        """Make ``name`` the active model (one transaction); how many embedded chunks
+        lacked its vector (0 unless ``force``).  ModelNotFound for an unknown name;
+        InvalidInput, saying how many are missing, while some are and not ``force``."""
+        try:
+            return int(self._one("activate_model", {"name": name, "force": force})["missing"])
+        except psycopg.errors.UndefinedObject as exc:
+            raise ModelNotFound(first_line(exc)) from exc
+        except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+            raise InvalidInput(first_line(exc)) from exc
+
+    def drop_model(self: Executes, name: str) -> None:
+        """Drop a model that is not active, and its vectors."""
+        try:
+            self._execute("drop_model", {"name": name})
+        except psycopg.errors.UndefinedObject as exc:
+            raise ModelNotFound(first_line(exc)) from exc
+        except psycopg.errors.ObjectInUse as exc:
+            raise InvalidInput(first_line(exc)) from exc
+
+    # -- the daemon's side --------------------------------------------------------------
+
+    def fill_model(self: Executes, model_id: int, batch: int = 1000) -> int:
+        """Queue the next range of chunks embedded before the model could see them;
+        how many chunk ids it spanned (0: none left, or another daemon is at it)."""
+        return int(self._one("fill_model", {"model_id": model_id, "batch": batch})["spanned"])
+
+    def claim_model_work(
+        self: Executes,
+        model_id: int,
+        worker_id: uuid.UUID,
+        limit: int,
+        lease_seconds: float,
+        max_chars: int,
+        cache_key: str | None,
+    ) -> list[ClaimedRow]:
+        """Lease up to ``limit`` chunks the model has to embed (newest work first)."""
+        rows = self._execute(
+            "claim_model_work",
+            {
+                "model_id": model_id,
+                "worker_id": worker_id,
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+                "max_chars": max_chars,
+                "cache_key": cache_key,
+            },
+            binary=True,
+        )
+        return sorted(
+            (
+                ClaimedRow(
+                    r["id"],
+                    r["content_version"],
+                    r["content"],
+                    r["attempts"],
+                    bytes(r["hash"]),
+                    None if r["cached"] is None else r["cached"].to_numpy(),
+                )
+                for r in rows
+            ),
+            key=lambda r: r.id,
+        )
+
+    def finish_model_work(
+        self: Executes,
+        model_id: int,
+        worker_id: uuid.UUID,
+        rows: Sequence[ClaimedRow],
+        vectors: Sequence[np.ndarray],
+        *,
+        cache_key: str | None,
+        fresh: Sequence[bool],
+    ) -> list[int]:
+        """Write a model's vectors for leased chunks (those still at the version read),
+        end that work, and keep the fresh vectors in the cache: one transaction.
+        Returns the chunks written."""
+        ids = [r.id for r in rows]
+        steps: list[tuple[str, dict[str, Any]]] = [
+            (
+                "store_model_vectors",
+                {
+                    "model_id": model_id,
+                    "ids": ids,
+                    "versions": [r.content_version for r in rows],
+                    "embeddings": list(vectors),
+                    "hashes": [r.hash for r in rows],
+                },
+            ),
+            ("finish_model_work", {"model_id": model_id, "ids": ids, "worker_id": worker_id}),
+        ]
+        new = [i for i, is_fresh in enumerate(fresh) if is_fresh]
+        if cache_key is not None and new:
+            steps.append(
+                (
+                    "cache_vectors",
+                    {
+                        "cache_key": cache_key,
+                        "hashes": [rows[i].hash for i in new],
+                        "embeddings": [vectors[i] for i in new],
+                    },
+                )
+            )
+        results = self._execute_all(steps)
+        return list(results[0][0]["written"])
+
+    def fail_model_work(
+        self: Executes,
+        model_id: int,
+        worker_id: uuid.UUID,
+        failures: Sequence[tuple[ClaimedRow, str]],
+        *,
+        max_attempts: int,
+        retry_base_seconds: float,
+    ) -> None:
+        """Chunks the model could not embed: retried later, or parked with the error."""
+        self._execute(
+            "fail_model_work",
+            {
+                "model_id": model_id,
+                "worker_id": worker_id,
+                "ids": [r.id for r, _ in failures],
+                "errors": [e for _, e in failures],
+                "max_attempts": max_attempts,
+                "retry_base_seconds": retry_base_seconds,
+            },
+        )
+
+    def release_model_work(
+        self: Executes, model_id: int, worker_id: uuid.UUID, ids: Sequence[int]
+    ) -> None:
+        self._execute(
+            "release_model_work", {"model_id": model_id, "worker_id": worker_id, "ids": list(ids)}
+        )
+
+
+def _model_error(exc: psycopg.Error, name: str) -> str:
+    if isinstance(exc, psycopg.errors.CheckViolation):
+        return (
+            f"{name!r} is not a model name: use letters, digits and . _ : + - "
+            "(at most 100, starting with a letter or digit)"
+        )
+    return first_line(exc)
