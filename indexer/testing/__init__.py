@@ -200,6 +200,8 @@ class FakeStore:
         *,
         reused: Sequence[bool] | None = None,
         cache_key: str | None = None,
+        model_id: int | None = None,
+        in_column: bool = True,
         **figures: Any,
     ) -> list[int]:
         self._enter("complete_batch")
@@ -305,11 +307,23 @@ class FakeStore:
     def defer_documents(self, worker_id: uuid.UUID, ids: Sequence[int], seconds: float) -> None:
         return None
 
+    # The model registry: a FakeStore registers none, so the worker's one embedder is
+    # the only model, and no other model has work.
+    def models(self) -> list[Any]:
+        return []
+
+    def fill_model(self, model_id: int, batch: int = 1000) -> int:
+        return 0
+
+    def claim_model_work(self, model_id: int, *args: Any) -> list[ClaimedRow]:
+        return []
+
     def _no_documents(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("FakeStore holds no documents")
 
     source_texts = cached_vectors = cache_vectors = _no_documents
     replace_documents = fail_documents = forget_documents = backfill_source = _no_documents
+    finish_model_work = fail_model_work = _no_documents
 
 
 def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:

@@ -29,13 +29,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from itertools import groupby
 
-from indexer.embedding import TextEmbedder
 from indexer.exceptions import EmbeddingError, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import Backfill
 from indexer.worker.claim import BatchResult
 from indexer.worker.lease import LeaseKeeper
+from indexer.worker.models import LoadedModel
 from indexer.worker.plan import Round, misses, plan
 from indexer.worker.stores import DocumentStore
 
@@ -65,18 +65,18 @@ class DocumentWork:
         self,
         settings: Settings,
         store: DocumentStore,
-        embedder: TextEmbedder,
+        model: LoadedModel,
         worker_id: uuid.UUID,
         *,
-        cache_key: str | None,
+        cache: bool,
         stop_event: threading.Event,
         report: Callable[[BatchResult], None],
     ) -> None:
         self.settings = settings
         self.store = store
-        self.embedder = embedder
+        self.cache = cache
+        self.use(model)
         self.worker_id = worker_id
-        self.cache_key = cache_key
         self.stop_event = stop_event
         self.report = report
         self.keeper = LeaseKeeper(_DocumentLeases(store), worker_id, settings.lease_seconds)
@@ -85,6 +85,13 @@ class DocumentWork:
         self.held: list[int] = []
         self.backfill = Backfill(store, settings.backfill_batch)
         self.documents_written = 0
+
+    def use(self, model: LoadedModel) -> None:
+        """Index documents with ``model`` from the next round on (the active model)."""
+        self.model = model
+        self.embedder = model.embedder
+        #: The vector cache's key for the embedder; None when the cache is off.
+        self.cache_key = model.embedder.cache_key if self.cache else None
 
     def start(self) -> None:
         self.keeper.start()
@@ -270,6 +277,8 @@ class DocumentWork:
             token_count=run.tokens,
             claim_ms=run.claim_ms,
             embed_ms=run.embed_ms,
+            model_id=self.model.id,
+            in_column=self.model.in_column,
         )
         done = {p.document.id for p in ready}
         run.planned = [p for p in run.planned if p.document.id not in done]

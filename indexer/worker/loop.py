@@ -40,6 +40,7 @@ from indexer.worker.claim import BatchResult, Claim, PendingWrite
 from indexer.worker.documents import DocumentWork
 from indexer.worker.embed import embed_isolating
 from indexer.worker.lease import LeaseKeeper
+from indexer.worker.models import Loader, ModelFill, ModelSet
 from indexer.worker.outage import Outage
 from indexer.worker.prune import Pruner
 from indexer.worker.stores import WorkStore
@@ -56,9 +57,13 @@ class Worker:
         *,
         stop_event: threading.Event | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
+        load_model: Loader | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        #: The registered models (``load_model`` gives the embedder of each; without
+        #: it, ``embedder`` runs the active model and no other model is kept current).
+        self.models = ModelSet(store, embedder, load_model)
         self.embedder = embedder
         self.listener = store.listener()
         self.stop_event = stop_event or threading.Event()
@@ -69,7 +74,7 @@ class Worker:
         self._to_release: list[int] = []
         self._keeper = LeaseKeeper(store, self.worker_id, settings.lease_seconds)
         self.pruner = Pruner(store, settings)
-        #: The vector cache's key for this embedder; None when the cache is off.
+        #: The vector cache's key for the active model; None when the cache is off.
         self.cache_key = embedder.cache_key if settings.cache else None
         self._outage = Outage(settings.db_down_timeout)
         self.batches = 0
@@ -78,12 +83,13 @@ class Worker:
         self.documents = DocumentWork(
             settings,
             store,
-            embedder,
+            self.models.active,
             self.worker_id,
-            cache_key=self.cache_key,
+            cache=settings.cache,
             stop_event=self.stop_event,
             report=self._count_documents,
         )
+        self.fill = ModelFill(settings, store, self.models, self.worker_id, cache=settings.cache)
         #: Whether the next idle moment tries documents before rows (they alternate, so
         #: neither queue starves the other).
         self._documents_turn = True
@@ -140,6 +146,7 @@ class Worker:
             self.store.release(self.worker_id, self._to_release)
             self._to_release = []
         if self._claim is None:
+            self._follow_active_model()
             documents_first, self._documents_turn = self._documents_turn, not self._documents_turn
             if documents_first and self.documents.step():
                 return True
@@ -147,9 +154,12 @@ class Worker:
             if self._claim is None:
                 if not documents_first and self.documents.step():
                     return True
+                if self.fill.step():
+                    return True
                 if once:
                     return False
                 self._idle()
+                self._follow_active_model(force=True)
                 return True
         claim = self._claim
         if not claim.fresh and not self._still_held(claim):
@@ -167,6 +177,14 @@ class Worker:
             self._claim = None
         self.process(groups, tokenized, claim_ms, rest)
         return True
+
+    def _follow_active_model(self, *, force: bool = False) -> None:
+        """Between claims: embed new text with the model activated since, if any."""
+        if self.models.refresh(force=force):
+            active = self.models.active
+            self.embedder = active.embedder
+            self.cache_key = active.embedder.cache_key if self.settings.cache else None
+            self.documents.use(active)
 
     def _still_held(self, claim: Claim) -> bool:
         """Renew the leases of the claim's rows before its next batch, and drop those
@@ -266,6 +284,8 @@ class Worker:
                 embed_ms=batch.embed_ms,
                 reused=[r.id in batch.reused for r, _ in batch.good],
                 cache_key=self.cache_key,
+                model_id=self.models.active.id,
+                in_column=self.models.active.in_column,
             )
             reused = len(batch.reused.intersection(written))
             batch.good = []  # committed: a retry after an outage must not write them again

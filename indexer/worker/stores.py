@@ -19,6 +19,7 @@ from indexer.store import ClaimedRow
 from indexer.store.documents import ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import BackfillStore
 from indexer.worker.lease import LeaseStore
+from indexer.worker.models import ModelStore
 from indexer.worker.prune import PruneStore
 
 
@@ -54,6 +55,8 @@ class DocumentStore(BackfillStore, Protocol):
         token_count: int,
         claim_ms: float,
         embed_ms: float,
+        model_id: int | None = None,
+        in_column: bool = True,
     ) -> tuple[list[int], list[int], int]: ...
 
     def forget_documents(
@@ -88,7 +91,7 @@ class WorkSignal(Protocol):
     def close(self) -> None: ...
 
 
-class WorkStore(LeaseStore, PruneStore, DocumentStore, Protocol):
+class WorkStore(LeaseStore, PruneStore, DocumentStore, ModelStore, Protocol):
     """What the worker needs of :class:`indexer.store.Store` (a fake in unit tests)."""
 
     def listener(self) -> WorkSignal: ...
@@ -115,6 +118,8 @@ class WorkStore(LeaseStore, PruneStore, DocumentStore, Protocol):
         embed_ms: float,
         reused: Sequence[bool] | None = None,
         cache_key: str | None = None,
+        model_id: int | None = None,
+        in_column: bool = True,
     ) -> list[int]: ...
 
     def fail_rows(

@@ -1,0 +1,244 @@
+"""The registered models a daemon embeds with, and the work of those it does not
+write first (migration 0009).
+
+The **active** model's vectors are written by the row and document queues, as one
+model's always were; those writes queue the same chunks for every other registered
+model (``model_pending``).  :class:`ModelFill` works those queues off when the row and
+document queues are empty: newest work first, then the chunks that were embedded
+before a model was added (``fill_model`` queues them range by range).  So a model added
+while text keeps coming in is kept current for new text first, and catches up on the
+old text in the background, until it covers every chunk and can be activated.
+
+The daemon keeps every registered model current, not only the active one: the
+previous model stays complete after a switch, so switching back is instant.  Dropping
+a model stops its work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from indexer.embedding import TextEmbedder
+from indexer.settings import Settings
+from indexer.store import ClaimedRow
+from indexer.store.models import RegisteredModel
+from indexer.worker.claim import Claim
+from indexer.worker.embed import embed_isolating
+
+logger = logging.getLogger(__name__)
+
+#: How often a busy daemon reads the registry again (an idle one reads it on each
+#: wake-up): how soon it embeds new text with a model just activated.
+REFRESH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered model and the embedder that computes its vectors."""
+
+    id: int | None
+    name: str
+    in_column: bool
+    embedder: TextEmbedder
+
+
+class ModelStore(Protocol):
+    """What the models' work needs of :class:`indexer.store.Store`."""
+
+    def models(self) -> list[RegisteredModel]: ...
+
+    def fill_model(self, model_id: int, batch: int = ...) -> int: ...
+
+    def claim_model_work(
+        self,
+        model_id: int,
+        worker_id: uuid.UUID,
+        limit: int,
+        lease_seconds: float,
+        max_chars: int,
+        cache_key: str | None,
+    ) -> list[ClaimedRow]: ...
+
+    def finish_model_work(
+        self,
+        model_id: int,
+        worker_id: uuid.UUID,
+        rows: list[ClaimedRow],
+        vectors: list[np.ndarray],
+        *,
+        cache_key: str | None,
+        fresh: list[bool],
+    ) -> list[int]: ...
+
+    def fail_model_work(
+        self,
+        model_id: int,
+        worker_id: uuid.UUID,
+        failures: list[tuple[ClaimedRow, str]],
+        *,
+        max_attempts: int,
+        retry_base_seconds: float,
+    ) -> None: ...
+
+
+#: Gives the embedder of a registered model (None: this daemon cannot run it).
+Loader = Callable[[RegisteredModel], TextEmbedder | None]
+
+
+class ModelSet:
+    """The registered models this daemon can run: the active one, and the others.
+
+    ``default`` runs the active model when ``load`` gives nothing for it (a daemon
+    built around one embedder: tests, ``indexer embed``).  With no registry (a store
+    that registers none), ``default`` is the only model, written to ``chunks.embedding``.
+    """
+
+    def __init__(self, store: ModelStore, default: TextEmbedder, load: Loader | None = None):
+        self.store = store
+        self.default = default
+        self.load = load
+        self._loaded: dict[int, TextEmbedder] = {}
+        self.active = LoadedModel(None, default.name, True, default)
+        self.others: list[LoadedModel] = []
+        self._read_at = float("-inf")
+        self._registry: tuple[tuple[int, bool], ...] = ()
+
+    def refresh(self, *, now: float | None = None, force: bool = False) -> bool:
+        """Read the registry again (at most every REFRESH_SECONDS unless ``force``);
+        True when the model written first has changed."""
+        clock = time.monotonic() if now is None else now
+        if not force and clock - self._read_at < REFRESH_SECONDS:
+            return False
+        self._read_at = clock
+        models = self.store.models()
+        shape = tuple((m.id, m.active) for m in models)
+        if shape == self._registry:
+            return False
+        self._registry = shape
+        before = self.active
+        active: LoadedModel | None = None
+        others: list[LoadedModel] = []
+        for model in models:
+            embedder = self._embedder(model)
+            if embedder is None:
+                continue
+            loaded = LoadedModel(model.id, model.name, model.in_column, embedder)
+            if model.active:
+                active = loaded
+            else:
+                others.append(loaded)
+        if active is None:
+            # This daemon cannot run the active model: it keeps writing the one it runs
+            # (to that model's own vectors, queueing the others' work).
+            active = next((m for m in others if m.embedder is self.default), before)
+            others = [m for m in others if m.id != active.id]
+            logger.warning(
+                "the active model cannot run in this daemon; it embeds new text with %s",
+                active.name,
+            )
+        self.active, self.others = active, others
+        for gone in set(self._loaded) - {m.id for m in models}:
+            del self._loaded[gone]
+        changed = (before.id, before.embedder) != (active.id, active.embedder)
+        if changed:
+            logger.info("embedding new text with model %s first", active.name)
+        return changed
+
+    def _embedder(self, model: RegisteredModel) -> TextEmbedder | None:
+        if model.id in self._loaded:
+            return self._loaded[model.id]
+        embedder = self.load(model) if self.load is not None else None
+        if embedder is None and model.active and self.load is None:
+            embedder = self.default
+        if embedder is not None:
+            self._loaded[model.id] = embedder
+        return embedder
+
+    @property
+    def all(self) -> list[LoadedModel]:
+        """The active model first, then the others."""
+        return [self.active, *self.others]
+
+
+class ModelFill:
+    """Embeds, for each model this daemon runs, the chunks queued for it (see the
+    module docstring); one batch a step."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        models: ModelSet,
+        worker_id: uuid.UUID,
+        *,
+        cache: bool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self.worker_id = worker_id
+        self.cache = cache
+        self.written = 0
+
+    def step(self) -> bool:
+        """One batch of one model's work; False when no model this daemon runs has any."""
+        for model in self.models.all:
+            if model.id is None:
+                continue
+            if self._batch(model):
+                return True
+        return False
+
+    def _batch(self, model: LoadedModel) -> bool:
+        assert model.id is not None
+        s = self.settings
+        cache_key = model.embedder.cache_key if self.cache else None
+        rows = self.store.claim_model_work(
+            model.id, self.worker_id, s.batch_size, s.lease_seconds, s.max_chars, cache_key
+        )
+        if not rows:
+            return self.store.fill_model(model.id) > 0
+        claim = Claim.of(rows, model.embedder.tokenize, 0.0)
+        written: list[tuple[ClaimedRow, np.ndarray, bool]] = [
+            (r, r.cached, False) for r in claim.reused if r.cached is not None
+        ]
+        failures: list[tuple[ClaimedRow, str]] = []
+        if claim.groups:
+            groups, tokenized, _ = claim.take(len(claim.groups))
+            good, bad = embed_isolating(model.embedder, groups, tokenized)
+            for group, vector in good:
+                written.extend((r, vector, i == 0) for i, r in enumerate(group))
+            failures = [(r, error) for group, error in bad for r in group]
+        if written:
+            done = self.store.finish_model_work(
+                model.id,
+                self.worker_id,
+                [r for r, _, _ in written],
+                [v for _, v, _ in written],
+                cache_key=cache_key,
+                fresh=[f for _, _, f in written],
+            )
+            self.written += len(done)
+            logger.info(
+                "model %s: %d vectors written (%d without a model call), %d failed",
+                model.name,
+                len(done),
+                sum(1 for _, _, f in written if not f),
+                len(failures),
+            )
+        if failures:
+            self.store.fail_model_work(
+                model.id,
+                self.worker_id,
+                failures,
+                max_attempts=s.max_attempts,
+                retry_base_seconds=s.retry_base_seconds,
+            )
+        return True
