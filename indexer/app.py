@@ -32,6 +32,7 @@ from indexer.exceptions import DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
+from indexer.registry import Embedders, reconcile
 from indexer.settings import Settings, libpq_url, unknown_variables
 from indexer.signals import stop_on_signals
 from indexer.store import CacheStats, DocumentHit, SearchHit, Store
@@ -62,6 +63,7 @@ class Indexer:
         self._embedder = embedder
         self._dsn = libpq_url(dsn) if dsn else None
         self._store: Store | None = None
+        self._embedders: Embedders | None = None
 
     @property
     def embedder(self) -> TextEmbedder:
@@ -102,16 +104,30 @@ class Indexer:
         filter: dict[str, Any] | None = None,
         metadata_filter: dict[str, Any] | None = None,
         max_chars: int = CONTENT_CHARS,
+        model: str | None = None,
     ) -> list[SearchHit]:
         """The k embedded rows nearest to ``query`` (cosine), best first; only rows whose
         metadata contains ``filter`` (``metadata_filter`` is the same argument, by the
-        name it had first)."""
+        name it had first); by ``model``'s vectors (None: the active model's)."""
         wanted = _one_filter(filter, metadata_filter)
         check_k(k)
         if not query.strip():
             raise InvalidInput("the query is empty")
-        vector = self.embedder.embed_queries([query])[0]
-        return self.store.search(vector, k, metadata_filter=wanted, max_chars=max_chars)
+        embedder, name = self._query_model(model)
+        vector = embedder.embed_queries([query])[0]
+        return self.store.search(vector, k, metadata_filter=wanted, max_chars=max_chars, model=name)
+
+    def _query_model(self, model: str | None) -> tuple[TextEmbedder, str]:
+        """The embedder of the model a search names (None: the active one), and its
+        name, which the search passes on: the query is compared with that model's
+        vectors even if another is activated meanwhile."""
+        if self._embedders is None:
+            self._embedders = Embedders(self.settings, self.embedder)
+        return self._embedders.for_query(self.store.models(), model)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every registered model with its coverage (``indexer_model_status``)."""
+        return self.store.model_status()
 
     def add_documents(
         self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
@@ -170,19 +186,22 @@ class Indexer:
         metadata_filter: dict[str, Any] | None = None,
         source: str | None = None,
         passages: int = 3,
+        model: str | None = None,
     ) -> list[DocumentHit]:
         """The k documents (of every source, or of ``source``) whose best passage is
         nearest to ``text`` (cosine), best first, each with its ``passages`` best
         passages; only passages whose metadata contains ``filter`` (or
-        ``metadata_filter``, its name in :meth:`search`: either name works in both)."""
+        ``metadata_filter``, its name in :meth:`search`: either name works in both);
+        by ``model``'s vectors (None: the active model's)."""
         filter = _one_filter(filter, metadata_filter)
         check_k(k)
         check_passages(passages)
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("the query is empty")
-        vector = self.embedder.embed_queries([text])[0]
+        embedder, name = self._query_model(model)
+        vector = embedder.embed_queries([text])[0]
         return self.store.search_documents(
-            vector, k, filter=filter, source=source, passages=passages
+            vector, k, filter=filter, source=source, passages=passages, model=name
         )
 
     def status(self) -> dict[str, Any]:
@@ -321,9 +340,25 @@ class Daemon:
                 logger.info(
                     "using database %s (%s), schema %r", redact(dsn), where, settings.schema
                 )
-                self._serve(dsn, store, embedder)
+                embedders = self._models(store, embedder)
+                self._serve(dsn, store, embedder, embedders)
 
-    def _serve(self, dsn: str, store: Store, embedder: TextEmbedder) -> None:
+    def _models(self, store: Store, embedder: TextEmbedder) -> Embedders | None:
+        """The registered models, checked against their files before any work (one line
+        for a model changed on disk); None while the database is away (the worker then
+        runs the settings' model alone until the registry can be read)."""
+        embedders = Embedders(self.settings, embedder)
+        try:
+            reconcile(store.models(), embedder, store)
+            for model in store.models():
+                embedders.get(model)
+        except DatabaseUnavailable:
+            return None
+        return embedders
+
+    def _serve(
+        self, dsn: str, store: Store, embedder: TextEmbedder, embedders: Embedders | None
+    ) -> None:
         metrics = Metrics()
         progress = self._progress(store)
         callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
@@ -334,7 +369,8 @@ class Daemon:
             for callback in callbacks:
                 callback(result)
 
-        worker = Worker(self.settings, store, embedder, on_batch=on_batch)
+        load = embedders.loader if embedders is not None else None
+        worker = Worker(self.settings, store, embedder, on_batch=on_batch, load_model=load)
         # On the bar's terminal, log lines print above the bar, which stays one line.
         above = logs.above_progress(progress) if progress is not None else contextlib.nullcontext()
         try:

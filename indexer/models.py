@@ -266,7 +266,7 @@ class VectorCache(Base):
 
     model: Mapped[str] = mapped_column(Text, primary_key=True)
     hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
-    embedding: Mapped[Any] = mapped_column(Vector(DIMENSIONS))
+    embedding: Mapped[Any] = mapped_column(Vector())  # any model's dimension
     created_at: Mapped[datetime.datetime] = mapped_column(
         _TIMESTAMPTZ, server_default=text("now()")
     )

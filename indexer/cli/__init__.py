@@ -23,6 +23,7 @@ import psycopg
 
 from indexer import logs
 from indexer.app import EmbedderLoader
+from indexer.cli.models import cmd_models
 from indexer.cli.ops import (
     FAILED_SHOWN,
     STATUS_FIELDS,
@@ -106,6 +107,7 @@ COMMANDS: dict[str, Command] = {
     "events": cmd_events,
     "cache": cmd_cache,
     "sources": cmd_sources,
+    "models": cmd_models,
     "documents": cmd_documents,
     "server": cmd_server,
     "bench": cmd_bench,

@@ -42,6 +42,7 @@ USES: dict[str, tuple[str, ...]] = {
     "cache": (*_DATABASE, "max_chars", "cache_max_entries", "cache_max_age_days", *_LOGS),
     "sources": (*_DATABASE, *_LOGS),
     "documents": (*_DATABASE, *_LOGS),
+    "models": (*_DATABASE, *_MODEL, *_LOGS),
     "server": ("data_dir", *_LOGS),
     "bench": _ALL,
 }
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --documents: the best passages each document carries in --json (default 3)",
     )
+    search.add_argument(
+        "--model",
+        metavar="NAME",
+        help="search this registered model's vectors (`indexer models list`; default: the "
+        "active one)",
+    )
     status = add(
         "status",
         "rows: backlog, in flight, embedded, failed, rate and ETA; documents and passages; "
@@ -245,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(the table and its rows stay)",
         parents=[common],
     ).add_argument("name", metavar="NAME", help="the source's name (`indexer sources list`)")
+    _models_parser(sub, settings_of["models"])
     documents_help = "add documents of any length to the built-in documents table"
     documents = sub.add_parser("documents", help=documents_help, description=documents_help)
     document_actions = documents.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -305,3 +313,57 @@ def version() -> str:
         return importlib.metadata.version("pg-indexer")
     except importlib.metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+def _models_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    about = "the models whose vectors the indexer keeps: list, add, activate, drop"
+    models = sub.add_parser("models", help=about, description=about)
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser(
+        "list",
+        help="per model: active, dimension, chunks covered and missing, work queued, failed",
+        parents=[common],
+    ).add_argument("--json", action="store_true", help="one JSON object per line")
+    add = actions.add_parser(
+        "add",
+        help="register a model; the daemon embeds every chunk with it in the background "
+        "(new text first) until it can be activated",
+        parents=[common],
+    )
+    add.add_argument(
+        "folder",
+        metavar="FOLDER",
+        help="a sentence-transformers folder (BERT or MPNet), a folder with model.onnx + "
+        "tokenizer.json, or `packaged` (all-MiniLM-L6-v2)",
+    )
+    add.add_argument("--name", help="the model's name (default: the folder's)")
+    add.add_argument(
+        "--pooling", choices=("mean", "cls"), help="for model.onnx folders without a config"
+    )
+    add.add_argument("--query-prefix", metavar="TEXT", help="put before every query")
+    add.add_argument("--document-prefix", metavar="TEXT", help="put before every text embedded")
+    add.add_argument("--max-tokens", type=int, metavar="N", help="tokens the model reads")
+    add.add_argument(
+        "--variant", choices=("fp32", "int8"), default="fp32", help="fp32 (default) or int8"
+    )
+    add.add_argument(
+        "--halfvec",
+        action="store_true",
+        help="store its vectors as halfvec (2 bytes a dimension: half the table and index)",
+    )
+    activate = actions.add_parser(
+        "activate",
+        help="make a model the one search uses (one transaction; refused while chunks lack "
+        "its vectors, unless --force)",
+        parents=[common],
+    )
+    activate.add_argument("name", metavar="NAME")
+    activate.add_argument(
+        "--force",
+        action="store_true",
+        help="switch although some chunks lack its vectors (missing from its answers until "
+        "embedded)",
+    )
+    actions.add_parser(
+        "drop", help="drop a model that is not active, and its vectors", parents=[common]
+    ).add_argument("name", metavar="NAME")

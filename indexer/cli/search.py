@@ -42,7 +42,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
         if value is not None:
             raise InvalidInput(f"{option} goes with --documents")
     with Indexer(settings, embedder=load(settings)) as ix:
-        hits = ix.search(args.text, args.k, filter=metadata_filter)
+        hits = ix.search(args.text, args.k, filter=metadata_filter, model=args.model)
         empty = None if hits or args.json else _no_rows(ix.store.search_coverage(), args.filter)
     for hit in hits:
         if args.json:
@@ -104,7 +104,12 @@ def _search_documents(
     passages = check_passages(3 if args.passages is None else args.passages, "--passages")
     with Indexer(settings, embedder=load(settings)) as ix:
         hits = ix.search_documents(
-            args.text, args.k, filter=metadata_filter, source=args.source, passages=passages
+            args.text,
+            args.k,
+            filter=metadata_filter,
+            source=args.source,
+            passages=passages,
+            model=args.model,
         )
         empty = (
             None

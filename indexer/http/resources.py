@@ -30,6 +30,8 @@ from indexer.exceptions import DatabaseUnavailable
 from indexer.http.bounds import HttpLimits
 from indexer.http.middleware import MemoryBudget
 from indexer.metrics import Metrics
+from indexer.registry import Embedders
+from indexer.settings import Settings
 from indexer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -172,8 +174,13 @@ class Resources:
         embedder: TextEmbedder,
         metrics: Metrics,
         limits: HttpLimits | None = None,
+        *,
+        settings: Settings | None = None,
     ) -> None:
         self.embedder = embedder
+        #: Every registered model's embedder: a query is embedded by the model it is
+        #: compared with.
+        self.embedders = Embedders(settings or Settings(), embedder)
         self.metrics = metrics
         self.limits = limits = limits or HttpLimits()
         self.outage = OutageLog()
@@ -202,6 +209,14 @@ class Resources:
         """Vectors of search queries (the model's query prefix, if it has one)."""
         with self.model_calls:
             return self.embedder.embed_queries(texts)
+
+    def embed_query(self, text: str, model: str | None) -> tuple[npt.NDArray[np.float32], str]:
+        """A search query's vector by the model it names (None: the active one), and
+        that model's name (the search passes it on, so a switch in between cannot mix
+        models)."""
+        embedder, name = self.embedders.for_query(self.store.models(), model)
+        with self.model_calls:
+            return embedder.embed_queries([text])[0], name
 
     def close(self) -> None:
         if not self._closed:

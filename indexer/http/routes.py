@@ -31,6 +31,7 @@ from indexer.http.embed import add_embed
 from indexer.http.errors import add_error_handlers
 from indexer.http.health import add_health, add_metrics
 from indexer.http.middleware import CatchAll, CountRequests, LimitBody, LimitRequests, RequireToken
+from indexer.http.models import add_models
 from indexer.http.resources import Resources
 from indexer.http.schemas import EmbedRequest, ErrorBody, SearchRequest
 from indexer.http.search import add_search
@@ -38,7 +39,7 @@ from indexer.metrics import Metrics
 from indexer.settings import Settings
 
 #: The paths the request metrics name; any other path counts as "other".
-ENDPOINTS = ("/health", "/metrics", "/embed", "/search", *console.ENDPOINTS)
+ENDPOINTS = ("/health", "/metrics", "/embed", "/search", "/models", *console.ENDPOINTS)
 
 
 def load_tokens(settings: Settings) -> list[str]:
@@ -76,7 +77,7 @@ def create_app(
     """
     tokens = load_tokens(settings)
     limits = limits or HttpLimits()
-    res = Resources(dsn, settings.schema, embedder, metrics or Metrics(), limits)
+    res = Resources(dsn, settings.schema, embedder, metrics or Metrics(), limits, settings=settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +119,7 @@ def create_app(
     add_metrics(app, res)
     add_embed(app, res)
     add_search(app, res)
+    add_models(app, res)
     document_bodies(app, EmbedRequest, SearchRequest)
     _add_docs(app)
     app.include_router(console.router(res))

@@ -92,6 +92,12 @@ class SearchRequest(_Body):
         le=MAX_PASSAGES,
         description='with "group": "document": the best passages each document carries',
     )
+    model: str | None = Field(
+        default=None,
+        max_length=100,
+        description="the registered model whose vectors are searched (GET /models); "
+        "default: the active one",
+    )
 
     @model_validator(mode="after")
     def _document_options(self) -> SearchRequest:

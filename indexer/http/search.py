@@ -61,7 +61,7 @@ def _search(res: Resources, raw: bytes) -> Response:
     del raw
     _check_filter(body.filter, res.limits.max_filter_bytes)
     check_texts([body.query], "query")
-    vector = res.embed_queries([body.query])[0]
+    vector, model = res.embed_query(body.query, body.model)
     answer = _Answer(res.limits.max_answer_bytes)
     try:
         if body.group == "document":
@@ -73,11 +73,12 @@ def _search(res: Resources, raw: bytes) -> Response:
                 filter=body.filter,
                 source=body.source,
                 passages=body.passages,
+                model=model,
                 take=lambda d: answer.add(DocumentResult.model_validate(d, from_attributes=True)),
             )
         else:
             hits = res.store.search(
-                vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS
+                vector, body.k, metadata_filter=body.filter, max_chars=CONTENT_CHARS, model=model
             )
             for h in hits:
                 result = SearchResult(

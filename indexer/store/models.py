@@ -107,7 +107,7 @@ class ModelQueries:
             return int(self._one("activate_model", {"name": name, "force": force})["missing"])
         except psycopg.errors.UndefinedObject as exc:
             raise ModelNotFound(first_line(exc)) from exc
-        except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        except psycopg.errors.InvalidParameterValue as exc:
             raise InvalidInput(first_line(exc)) from exc
 
     def drop_model(self: Executes, name: str) -> None:
@@ -116,8 +116,12 @@ class ModelQueries:
             self._execute("drop_model", {"name": name})
         except psycopg.errors.UndefinedObject as exc:
             raise ModelNotFound(first_line(exc)) from exc
-        except psycopg.errors.ObjectInUse as exc:
+        except psycopg.errors.InvalidParameterValue as exc:
             raise InvalidInput(first_line(exc)) from exc
+
+    def nothing_embedded(self: Executes) -> bool:
+        """No chunk has a vector yet."""
+        return bool(self._one("nothing_embedded")["empty"])
 
     # -- the daemon's side --------------------------------------------------------------
 

@@ -823,3 +823,7 @@ UPDATE model_pending
 SET claimed_by = NULL, lease_expires_at = NULL
 WHERE model_id = %(model_id)s AND chunk_id = ANY(%(ids)s::bigint[])
   AND claimed_by = %(worker_id)s;
+
+-- nothing_embedded --
+-- No chunk has a vector yet (a fresh store: its first model may be any).
+SELECT NOT EXISTS (SELECT 1 FROM chunks WHERE state = 'embedded') AS empty;

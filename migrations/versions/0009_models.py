@@ -52,6 +52,10 @@ search_chunks, search_documents, similar_chunks
     Their earlier signatures are dropped, and the roles that could execute them can
     execute the new ones.
 
+vector_cache
+    ``embedding`` is ``vector`` of any dimension: every model's vectors are cached
+    (by the model's cache key), whatever its dimension.
+
 indexer_model_status
     Per model: active, dimension, storage, chunks covered and missing, work queued and
     parked (failed).
@@ -110,6 +114,9 @@ SELECT coalesce((SELECT c.embedding_model FROM @s.chunks c
        coalesce((SELECT max(c.id) FROM @s.chunks c), 0)
 FROM pg_attribute a
 WHERE a.attrelid = '@s.chunks'::regclass AND a.attname = 'embedding';
+
+-- The vector cache keeps every model's vectors, of any dimension (keyed by model).
+ALTER TABLE @s.vector_cache ALTER COLUMN embedding TYPE @v.vector;
 
 CREATE TABLE @s.model_pending (
     model_id integer NOT NULL REFERENCES @s.models (id) ON DELETE CASCADE,
@@ -339,7 +346,7 @@ BEGIN
         RAISE EXCEPTION 'model % lacks vectors for % of % embedded chunks: wait for the '
             'daemon to embed them (indexer models list shows progress), or force the '
             'switch', target.name, missing, embedded
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE @s.models m SET active = false WHERE m.active;
     UPDATE @s.models m SET active = true, activated_at = now() WHERE m.id = target.id;
@@ -361,7 +368,7 @@ BEGIN
         RAISE EXCEPTION 'no model named %', drop_model.name USING ERRCODE = 'undefined_object';
     ELSIF target.active THEN
         RAISE EXCEPTION 'model % is active: activate another one first', target.name
-            USING ERRCODE = 'object_in_use';
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF target.storage = 'column' THEN
         UPDATE @s.chunks c SET embedding = NULL WHERE c.embedding IS NOT NULL;
@@ -796,6 +803,15 @@ DROP FUNCTION @s.model_search(text, @v.vector);
 DROP FUNCTION @s.model_vectors(integer);
 DROP TABLE @s.model_pending;
 DROP TABLE @s.models;
+DO $$
+DECLARE
+    dims integer := (SELECT a.atttypmod FROM pg_attribute a
+                     WHERE a.attrelid = '@s.chunks'::regclass AND a.attname = 'embedding');
+BEGIN
+    DELETE FROM @s.vector_cache WHERE @v.vector_dims(embedding) <> dims;
+    EXECUTE format('ALTER TABLE @s.vector_cache ALTER COLUMN embedding TYPE @v.vector(%s)', dims);
+END
+$$;
 """
 
 

@@ -1,0 +1,177 @@
+"""The model registry as a daemon, a search and ``indexer models`` use it.
+
+The registry itself is the ``models`` table (migration 0009, read and written through
+:mod:`indexer.store.models`); this module joins it to the models on disk:
+
+* :func:`reconcile`, at daemon start: the model the settings name must be registered
+  under its fingerprint.  The model the upgrade registered is adopted by the first
+  daemon that runs it (its record and fingerprint filled in); from then on a model
+  whose files give another fingerprint under a registered name is refused with one
+  line: its vectors would no longer be comparable with those stored.
+* :class:`Embedders`: the embedder of each registered model, opened from its record
+  (the settings' embedder for its own fingerprint), once.  A query is embedded by the
+  model whose vectors it is compared with, and the search names that model to the
+  database, so a switch between the two steps cannot mix models.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from indexer.embedding import TextEmbedder
+from indexer.embedding.describe import ModelRecord
+from indexer.embedding.embedder import Embedder
+from indexer.exceptions import ConfigurationError, InvalidInput, ModelChanged, ModelNotFound
+from indexer.settings import Settings
+from indexer.store.models import RegisteredModel
+
+logger = logging.getLogger(__name__)
+
+
+def record_of(embedder: TextEmbedder) -> ModelRecord | None:
+    """The record of an :class:`Embedder` (None for a test's stand-in)."""
+    record = getattr(embedder, "record", None)
+    return record if isinstance(record, ModelRecord) else None
+
+
+def reconcile(models: list[RegisteredModel], embedder: TextEmbedder, store: Any) -> None:
+    """Check the settings' model against the registry at daemon start (see the module
+    docstring); adopt the upgrade's model when it is that one, or when no chunk has
+    a vector yet.  ConfigurationError or ModelChanged with one line otherwise."""
+    record = record_of(embedder)
+    if record is None:
+        return
+    fingerprint = record.fingerprint
+    if any(m.fingerprint == fingerprint for m in models):
+        return
+    named = next((m for m in models if m.name == embedder.name), None)
+    unadopted = next((m for m in models if m.fingerprint is None), None)
+    free = named is None or named is unadopted
+    if (
+        unadopted is not None
+        and free
+        and unadopted.dimension == embedder.dim
+        and (unadopted is named or store.nothing_embedded())
+    ):
+        store.adopt_model(unadopted.id, embedder.name, record.as_dict(), fingerprint)
+        logger.info("model %s registered as the store's model", embedder.name)
+        return
+    if named is not None and named.fingerprint is not None:
+        raise ModelChanged(
+            f"model {named.name}: its files now give fingerprint {fingerprint[:12]}, the "
+            f"registry holds {named.fingerprint[:12]} (its stored vectors came from other "
+            "files, weights or settings): restore the files, or register the changed model "
+            "under another name (indexer models add) and activate it"
+        )
+    registered = ", ".join(m.name for m in models) or "none"
+    raise ConfigurationError(
+        f"model {embedder.name} (INDEXER_MODEL_DIR / INDEXER_MODEL_VARIANT) is not "
+        f"registered (registered: {registered}): add it with `indexer models add`, or "
+        "unset those variables to run the registered models"
+    )
+
+
+class Embedders:
+    """The embedder of each registered model, opened once (thread-safe).
+
+    ``configured`` serves the model with its fingerprint (and every model, when it has
+    no record: a test's stand-in); the others are opened from their records, with the
+    settings' threads, provider and token budget.
+    """
+
+    def __init__(self, settings: Settings, configured: TextEmbedder) -> None:
+        self.settings = settings
+        self.configured = configured
+        self._open: dict[str, TextEmbedder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: RegisteredModel) -> TextEmbedder:
+        """The model's embedder; ModelNotFound / ModelChanged with one line when its
+        files are missing or changed."""
+        mine = record_of(self.configured)
+        if mine is None or model.fingerprint == mine.fingerprint:
+            return self.configured
+        if model.record is None:
+            raise ModelNotFound(
+                f"model {model.name} has no record yet: run a daemon with it once "
+                "(INDEXER_MODEL_DIR) so that it is adopted"
+            )
+        with self._lock:
+            if model.name not in self._open:
+                record = ModelRecord.from_dict(model.record)
+                if model.fingerprint != record.fingerprint:
+                    raise ModelChanged(f"model {model.name}: its record is not its fingerprint's")
+                s = self.settings
+                self._open[model.name] = Embedder(
+                    record=record,
+                    cache_dir=s.model_cache,
+                    threads=s.threads or None,
+                    providers=(s.provider,),
+                    token_budget=s.token_budget,
+                    max_chars=s.max_chars,
+                )
+            return self._open[model.name]
+
+    def loader(self, model: RegisteredModel) -> TextEmbedder | None:
+        """:meth:`get` for a running daemon: a model it cannot open is logged and left
+        to the daemons that can (None)."""
+        try:
+            return self.get(model)
+        except (ModelNotFound, ConfigurationError) as exc:
+            logger.error("model %s cannot run in this daemon: %s", model.name, exc)
+            return None
+
+    def for_query(
+        self, models: list[RegisteredModel], name: str | None
+    ) -> tuple[TextEmbedder, str]:
+        """The embedder and name of the model a search names (None: the active one)."""
+        if not models:
+            return self.configured, name or self.configured.name
+        if name is None:
+            chosen = next((m for m in models if m.active), None)
+            if chosen is None:
+                raise ModelNotFound("no model is active: activate one (indexer models activate)")
+        else:
+            chosen = next((m for m in models if m.name == name), None)
+            if chosen is None:
+                known = ", ".join(m.name for m in models)
+                raise InvalidInput(f"no model named {name!r} (registered: {known})")
+        return self.get(chosen), chosen.name
+
+
+def describe_for_registry(
+    folder: str,
+    *,
+    name: str | None,
+    pooling: str | None,
+    query_prefix: str | None,
+    document_prefix: str | None,
+    max_tokens: int | None,
+    variant: str,
+) -> ModelRecord:
+    """A model folder (or ``packaged`` for the packaged all-MiniLM-L6-v2), described for
+    ``indexer models add``."""
+    from indexer.embedding.describe import describe_folder, describe_packaged
+
+    if folder == "packaged":
+        record = describe_packaged(variant=variant, max_tokens=max_tokens)
+        if any(x is not None for x in (pooling, query_prefix, document_prefix)):
+            raise ConfigurationError("the packaged model's pooling and prefixes are its own")
+        return record if name is None else _renamed(record, name)
+    return describe_folder(
+        folder,
+        name=name,
+        pooling=pooling,
+        query_prefix=query_prefix,
+        document_prefix=document_prefix,
+        max_tokens=max_tokens,
+        variant=variant,
+    )
+
+
+def _renamed(record: ModelRecord, name: str) -> ModelRecord:
+    import dataclasses
+
+    return dataclasses.replace(record, name=name)

@@ -1,0 +1,161 @@
+"""The model registry (migration 0009): a second model added beside the first, filled in
+the background, activated in one transaction, rolled back, dropped; search by model;
+a model changed on disk refused; privileges of the new tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from indexer.embedding import Embedder
+from indexer.embedding.describe import describe_folder
+from indexer.exceptions import InvalidInput, ModelChanged
+from indexer.registry import Embedders, reconcile
+from indexer.settings import Settings
+from indexer.store import Store
+from indexer.worker import Worker
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "models"
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings.database_url or "", settings.schema) as s:
+        yield s
+
+
+@pytest.fixture
+def second(model_cache: Path) -> Embedder:
+    """A tiny BERT with CLS pooling and a query prefix: another dimension, other vectors."""
+    return Embedder(record=describe_folder(FIXTURES / "bert-cls"), cache_dir=model_cache)
+
+
+def _worker(settings: Settings, store: Store, embedder: Embedder) -> Worker:
+    reconcile(store.models(), embedder, store)
+    return Worker(settings, store, embedder, load_model=Embedders(settings, embedder).loader)
+
+
+def _status(store: Store) -> dict[str, dict[str, object]]:
+    return {str(r["model"]): r for r in store.model_status()}
+
+
+def _add(store: Store, second: Embedder) -> int:
+    return store.add_model(
+        "tiny-cls",
+        dimension=second.dim,
+        record=second.record.as_dict(),
+        fingerprint=second.record.fingerprint,
+    )
+
+
+def test_switch_fill_activate_rollback_drop(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    texts = [f"note {i} about the {['sea', 'mountains', 'city'][i % 3]}" for i in range(30)]
+    store.insert_chunks(texts, ["{}"] * len(texts))
+    _worker(settings, store, embedder).run(once=True)
+    (first,) = store.models()
+    assert first.active and first.in_column and first.fingerprint == embedder.record.fingerprint
+
+    _add(store, second)
+    with pytest.raises(InvalidInput, match="lacks vectors for 30 of 30 embedded chunks"):
+        store.activate_model("tiny-cls")
+
+    # The daemon fills the new model in the background; search keeps the first one.
+    _worker(settings, store, embedder).run(once=True)
+    status = _status(store)
+    assert status["tiny-cls"]["missing"] == 0 and status["tiny-cls"]["covered"] == 30
+    query = embedder.embed_queries(["the sea"])[0]
+    assert len(store.search(query, 5)) == 5
+
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT c.content, v.embedding::real[] FROM model_2_vectors v "
+            "JOIN chunks c ON c.id = v.chunk_id ORDER BY c.id"
+        ).fetchall()
+    assert len(rows) == 30
+    expected = second.embed([r[0] for r in rows])
+    assert np.allclose(np.array([r[1] for r in rows]), expected, atol=1e-6)
+
+    assert store.activate_model("tiny-cls") == 0
+    small = second.embed_queries(["the sea"])[0]
+    hits = store.search(small, 5)  # the active model: tiny-cls
+    assert len(hits) == 5
+    with pytest.raises(psycopg.errors.DataException, match="has 384 dimensions"):
+        store.search(query, 5)
+    assert [h.id for h in store.search(query, 5, model=first.name)]
+
+    # New text: written with the active model first, then the other one.
+    store.insert_chunks(["a new note about rivers"], ["{}"])
+    _worker(settings, store, embedder).run(once=True)
+    status = _status(store)
+    assert status["tiny-cls"]["missing"] == 0 and status[first.name]["missing"] == 0
+    # An edit: the old vectors are never served for the new text.
+    with psycopg.connect(database) as conn:
+        conn.execute("UPDATE chunks SET content = 'about deserts' WHERE id = 1")
+    assert 1 not in {h.id for h in store.search(small, 31)}
+    assert _status(store)["tiny-cls"]["missing"] == 0  # pending, not embedded: not counted
+    _worker(settings, store, embedder).run(once=True)
+    assert 1 in {h.id for h in store.search(small, 31)}
+    assert 1 in {h.id for h in store.search(query, 31, model=first.name)}
+
+    # Rollback is instant: the first model was kept current.
+    assert store.activate_model(first.name) == 0
+    assert len(store.search(query, 5)) == 5
+    with pytest.raises(InvalidInput, match="is active"):
+        store.drop_model(first.name)
+    store.drop_model("tiny-cls")
+    assert [m.name for m in store.models()] == [first.name]
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT to_regclass('model_2_vectors')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM model_pending").fetchone() == (0,)
+
+
+def test_forced_switch_serves_what_is_there(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder
+) -> None:
+    store.insert_chunks(["one", "two", "three"], ["{}"] * 3)
+    _worker(settings, store, embedder).run(once=True)
+    _add(store, second)
+    assert store.activate_model("tiny-cls", force=True) == 3
+    small = second.embed_queries(["one"])[0]
+    assert store.search(small, 3) == []  # nothing of the new model yet: empty, never mixed
+    _worker(settings, store, embedder).run(once=True)  # the daemon now runs tiny-cls first
+    assert len(store.search(small, 3)) == 3
+
+
+def test_a_model_changed_on_disk_is_refused(
+    settings: Settings, store: Store, model_cache: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "tiny"
+    shutil.copytree(FIXTURES / "bert-cls", folder)
+    record = describe_folder(folder)
+    store.add_model(
+        "tiny", dimension=record.dimension, record=record.as_dict(), fingerprint=record.fingerprint
+    )
+    config = folder / "config_sentence_transformers.json"
+    prompts = json.loads(config.read_text())
+    prompts["prompts"]["query"] = "query: "
+    config.write_text(json.dumps(prompts))  # another query prefix: other vectors
+    changed = Embedder(record=describe_folder(folder), cache_dir=model_cache)
+    with pytest.raises(ModelChanged, match="restore the files"):
+        reconcile(store.models(), changed, store)
+
+
+def test_registered_names_and_duplicates(store: Store, second: Embedder) -> None:
+    _add(store, second)
+    with pytest.raises(InvalidInput, match="already registered, as tiny-cls"):
+        store.add_model(
+            "again",
+            dimension=second.dim,
+            record=second.record.as_dict(),
+            fingerprint=second.record.fingerprint,
+        )
+    with pytest.raises(InvalidInput, match="not a model name"):
+        store.add_model("bad name; drop", dimension=8, record={}, fingerprint="x")
