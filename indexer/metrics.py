@@ -93,6 +93,20 @@ class Metrics:
             registry=r,
         )
         self._sources: set[str] = set()
+        self.model_active = Gauge(
+            "indexer_model_active",
+            "1 for the active model (the one search uses by default), 0 for the others",
+            ["model"],
+            registry=r,
+        )
+        self.model_queued = Gauge(
+            "indexer_model_queued",
+            "Chunks queued for each model's background work (newest work first), and "
+            "those parked after failing (state failed)",
+            ["model", "state"],
+            registry=r,
+        )
+        self._models: set[str] = set()
         for outcome in ("completed", "failed"):
             self.batches.labels(outcome=outcome)
         # The HTTP API (`indexer run --http`); endpoint is one of its paths or "other",
@@ -155,6 +169,22 @@ class Metrics:
                 self.source_documents.remove(gone, state)
             self.source_lag.remove(gone)
         self._sources = seen
+
+    def observe_models(self, models: Sequence[dict[str, Any]]) -> None:
+        """Set the per-model gauges from ``Store.model_queue_status()`` rows; a model
+        dropped since the last scrape loses its series."""
+        seen = set()
+        for row in models:
+            name = str(row["model"])
+            seen.add(name)
+            self.model_active.labels(model=name).set(1 if row["active"] else 0)
+            self.model_queued.labels(model=name, state="queued").set(row["queued"])
+            self.model_queued.labels(model=name, state="failed").set(row["failed"])
+        for gone in self._models - seen:
+            self.model_active.remove(gone)
+            self.model_queued.remove(gone, "queued")
+            self.model_queued.remove(gone, "failed")
+        self._models = seen
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.http_requests.labels(endpoint=endpoint, status=str(status)).inc()

@@ -69,12 +69,15 @@ DocumentState = Literal["pending", "claimed", "indexed", "failed"]
 #: ``source_documents.state``: a text column with a CHECK constraint.
 DOCUMENT_STATES: Final[tuple[DocumentState, ...]] = ("pending", "claimed", "indexed", "failed")
 
-EventKind = Literal["worker_started", "worker_stopped", "batch_completed", "batch_failed"]
+EventKind = Literal[
+    "worker_started", "worker_stopped", "batch_completed", "batch_failed", "model_batch"
+]
 EVENT_KINDS: Final[tuple[EventKind, ...]] = (
     "worker_started",
     "worker_stopped",
     "batch_completed",
     "batch_failed",
+    "model_batch",
 )
 
 _TIMESTAMPTZ = DateTime(timezone=True)
@@ -209,7 +212,10 @@ class Chunk(Base):
 
 
 class Event(Base):
-    """A row of ``events``: one per batch and per daemon start and stop (append-only)."""
+    """A row of ``events``: one per batch and per daemon start and stop (append-only).
+
+    ``model_batch``: a batch of a model's background work (migration 0009:
+    ``detail.model`` names it), apart from the batches of the active model's queues."""
 
     __tablename__ = "events"
 
@@ -240,7 +246,8 @@ class Event(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "kind IN ('worker_started', 'worker_stopped', 'batch_completed', 'batch_failed')",
+            "kind IN ('worker_started', 'worker_stopped', 'batch_completed', 'batch_failed', "
+            "'model_batch')",
             name="events_kind_check",
         ),
         Index("events_at_idx", "at"),

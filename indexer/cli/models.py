@@ -6,7 +6,7 @@ import argparse
 import json
 
 from indexer.app import EmbedderLoader, Indexer
-from indexer.cli.output import jsonable, plural, visible
+from indexer.cli.output import jsonable, model_line, plural, visible
 from indexer.embedding.embedder import Embedder
 from indexer.registry import describe_for_registry
 from indexer.settings import Settings
@@ -19,7 +19,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
                 print(
                     json.dumps({k: jsonable(v) for k, v in row.items()})
                     if args.json
-                    else _line(row)
+                    else model_line(row)
                 )
         elif args.action == "add":
             record = describe_for_registry(
@@ -56,14 +56,3 @@ def cmd_models(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
             ix.store.drop_model(args.name)
             print(f"dropped model {visible(args.name)} and its vectors")
     return 0
-
-
-def _line(row: dict[str, object]) -> str:
-    mark = "*" if row["active"] else " "
-    failed = f", {row['failed']} failed: {row['last_error']}" if row["failed"] else ""
-    return (
-        f"{mark} {visible(str(row['model']))}: {row['dimension']} dimensions"
-        f"{' halfvec' if row['halfvec'] else ''} in {row['stored_in']}; "
-        f"{row['covered']}/{row['chunks']} chunks covered, {row['missing']} missing, "
-        f"{row['queued']} queued{failed}"
-    )

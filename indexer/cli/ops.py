@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from indexer.app import EmbedderLoader, Indexer
-from indexer.cli.output import jsonable, plural, source_line, visible
+from indexer.cli.output import jsonable, model_line, plural, source_line, visible
 from indexer.exceptions import InvalidInput
 from indexer.settings import Settings
 from indexer.store import CacheStats
@@ -46,11 +46,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
             ix.failed_documents(FAILED_SHOWN) if status.get("documents_failed") else []
         )
         sources = ix.sources()
+        models = ix.models()
     if args.json:
         out = {k: jsonable(v) for k, v in status.items()}
         out["failed_rows"] = [{k: jsonable(v) for k, v in r.items()} for r in failed]
         out["failed_documents"] = [{k: jsonable(v) for k, v in r.items()} for r in failed_documents]
         out["sources"] = [{k: jsonable(v) for k, v in r.items()} for r in sources]
+        out["models"] = [{k: jsonable(v) for k, v in r.items()} for r in models]
         print(json.dumps(out))
         return 0
     for key in STATUS_FIELDS:
@@ -73,6 +75,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings, load: EmbedderLoade
         )
     for row in sources:
         print(f"{'source':<20}{source_line(row)}")
+    for row in models:
+        print(f"{'model':<20}{model_line(row)}")
     return 0
 
 

@@ -90,3 +90,17 @@ def source_line(row: dict[str, Any]) -> str:
         f"{plural(row['chunks'], 'chunk')}; lag {duration(lag)}; {backfill}{unapplied}{gone}"
         f"{problem}"
     )
+
+
+def model_line(row: dict[str, Any]) -> str:
+    """One registered model (a row of ``indexer_model_status``), ``*`` when active."""
+    mark = "*" if row["active"] else " "
+    failed = f", {row['failed']} failed: {visible(str(row['last_error']))}" if row["failed"] else ""
+    eta = row.get("eta")
+    pace = f", {row['per_second']}/s, ETA {eta}" if row["missing"] and row.get("per_second") else ""
+    return (
+        f"{mark} {visible(str(row['model']))}: {row['dimension']} dimensions"
+        f"{' (halfvec)' if row['halfvec'] else ''} in {row['stored_in']}; "
+        f"{row['covered']}/{row['chunks']} chunks covered, {row['missing']} missing, "
+        f"{row['queued']} queued{pace}{failed}"
+    )

@@ -78,6 +78,7 @@ def add_metrics(app: FastAPI, res: Resources) -> None:
         try:
             res.metrics.observe_status(await res.probe.status())
             res.metrics.observe_sources(await res.probe.sources())
+            res.metrics.observe_models(await res.probe.models())
             res.metrics.database_up.set(1)
         except (IndexerError, psycopg.Error) as exc:
             logger.debug("metrics: database gauges not refreshed: %s", exc)

@@ -76,6 +76,12 @@ class Probe:
         result: list[dict[str, Any]] = await self._check("sources", check, timeout)
         return result
 
+    async def models(self, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:
+        """Per model: active, queued, failed (cheap: the queue's index)."""
+        check = self._store.model_queue_status
+        result: list[dict[str, Any]] = await self._check("models", check, timeout)
+        return result
+
     async def _check(self, kind: str, check: Callable[[], Any], timeout: float) -> Any:
         with self._lock:
             if self._closed:

@@ -17,11 +17,22 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from indexer.exceptions import InvalidInput, ModelNotFound, first_line
 from indexer.store.protocol import Executes
 from indexer.store.queue import ClaimedRow
+
+
+@dataclass(frozen=True)
+class BatchFigures:
+    """What a batch of a model's background work logs besides its vectors."""
+
+    batch_id: uuid.UUID
+    tokens: int
+    embed_ms: float
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,10 @@ class ModelQueries:
         """``indexer_model_status``: per model, chunks covered and missing, work queued
         and parked (exact counts: one pass over chunks per model)."""
         return [dict(r) for r in self._execute("model_status")]
+
+    def model_queue_status(self: Executes) -> list[dict[str, Any]]:
+        """Per model: active, work queued and parked (cheap at any size: /metrics)."""
+        return [dict(r) for r in self._execute("model_queue_status")]
 
     def add_model(
         self: Executes,
@@ -169,44 +184,64 @@ class ModelQueries:
 
     def finish_model_work(
         self: Executes,
-        model_id: int,
+        model: tuple[int, str],
         worker_id: uuid.UUID,
         rows: Sequence[ClaimedRow],
         vectors: Sequence[np.ndarray],
         *,
         cache_key: str | None,
         fresh: Sequence[bool],
+        batch: BatchFigures,
     ) -> list[int]:
         """Write a model's vectors for leased chunks (those still at the version read),
-        end that work, and keep the fresh vectors in the cache: one transaction.
-        Returns the chunks written."""
+        end that work, log the batch (a ``model_batch`` event) and keep the fresh
+        vectors in the cache: one transaction.  ``model``: its id and name.  Returns the
+        chunks written."""
+        model_id, name = model
         ids = [r.id for r in rows]
-        steps: list[tuple[str, dict[str, Any]]] = [
-            (
-                "store_model_vectors",
-                {
-                    "model_id": model_id,
-                    "ids": ids,
-                    "versions": [r.content_version for r in rows],
-                    "embeddings": list(vectors),
-                    "hashes": [r.hash for r in rows],
-                },
-            ),
-            ("finish_model_work", {"model_id": model_id, "ids": ids, "worker_id": worker_id}),
-        ]
         new = [i for i, is_fresh in enumerate(fresh) if is_fresh]
-        if cache_key is not None and new:
-            steps.append(
+
+        def then(stored: list[DictRow]) -> list[tuple[str, dict[str, Any]]]:
+            written = list(stored[0]["written"])
+            steps: list[tuple[str, dict[str, Any]]] = [
+                ("finish_model_work", {"model_id": model_id, "ids": ids, "worker_id": worker_id}),
                 (
-                    "cache_vectors",
+                    "model_batch",
                     {
-                        "cache_key": cache_key,
-                        "hashes": [rows[i].hash for i in new],
-                        "embeddings": [vectors[i] for i in new],
+                        "worker_id": worker_id,
+                        "batch_id": batch.batch_id,
+                        "written": written,
+                        "reused": sum(
+                            1 for i, r in enumerate(rows) if not fresh[i] and r.id in written
+                        ),
+                        "token_count": batch.tokens,
+                        "embed_ms": batch.embed_ms,
+                        "model": name,
+                        "failed": batch.failed,
                     },
+                ),
+            ]
+            if cache_key is not None and new:
+                steps.append(
+                    (
+                        "cache_vectors",
+                        {
+                            "cache_key": cache_key,
+                            "hashes": [rows[i].hash for i in new],
+                            "embeddings": [vectors[i] for i in new],
+                        },
+                    )
                 )
-            )
-        results = self._execute_all(steps)
+            return steps
+
+        stored = {
+            "model_id": model_id,
+            "ids": ids,
+            "versions": [r.content_version for r in rows],
+            "embeddings": list(vectors),
+            "hashes": [r.hash for r in rows],
+        }
+        results = self._execute_all([("store_model_vectors", stored)], then=then)
         return list(results[0][0]["written"])
 
     def fail_model_work(

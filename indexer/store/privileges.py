@@ -44,6 +44,7 @@ DOING: dict[str, tuple[str, str]] = {
     "passage_context": ("read a source's table", "source"),
     "models": ("read the models", "search"),
     "model_status": ("read the models' status", "owner"),
+    "model_queue_status": ("read the models' status", "owner"),
     "add_model": ("add a model", "owner"),
     "activate_model": ("activate a model", "owner"),
     "drop_model": ("drop a model", "owner"),

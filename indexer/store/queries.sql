@@ -827,3 +827,18 @@ WHERE model_id = %(model_id)s AND chunk_id = ANY(%(ids)s::bigint[])
 -- nothing_embedded --
 -- No chunk has a vector yet (a fresh store: its first model may be any).
 SELECT NOT EXISTS (SELECT 1 FROM chunks WHERE state = 'embedded') AS empty;
+
+-- model_batch --
+-- The event of a batch of a model's background work.
+INSERT INTO events (kind, worker_id, batch_id, row_count, reused_count, token_count,
+                    embed_ms, chunk_ids, detail)
+VALUES ('model_batch', %(worker_id)s, %(batch_id)s, cardinality(%(written)s::bigint[]),
+        %(reused)s, %(token_count)s, %(embed_ms)s, %(written)s::bigint[],
+        jsonb_build_object('model', %(model)s::text, 'failed', %(failed)s::integer));
+
+-- model_queue_status --
+SELECT m.name AS model, m.active,
+       (SELECT count(*) FROM model_pending p WHERE p.model_id = m.id AND NOT p.failed) AS queued,
+       (SELECT count(*) FROM model_pending p WHERE p.model_id = m.id AND p.failed) AS failed
+FROM models AS m
+ORDER BY m.id;

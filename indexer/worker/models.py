@@ -28,7 +28,7 @@ import numpy as np
 from indexer.embedding import TextEmbedder
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
-from indexer.store.models import RegisteredModel
+from indexer.store.models import BatchFigures, RegisteredModel
 from indexer.worker.claim import Claim
 from indexer.worker.embed import embed_isolating
 
@@ -68,13 +68,14 @@ class ModelStore(Protocol):
 
     def finish_model_work(
         self,
-        model_id: int,
+        model: tuple[int, str],
         worker_id: uuid.UUID,
         rows: list[ClaimedRow],
         vectors: list[np.ndarray],
         *,
         cache_key: str | None,
         fresh: list[bool],
+        batch: BatchFigures,
     ) -> list[int]: ...
 
     def fail_model_work(
@@ -210,20 +211,26 @@ class ModelFill:
             (r, r.cached, False) for r in claim.reused if r.cached is not None
         ]
         failures: list[tuple[ClaimedRow, str]] = []
+        tokens, start = 0, time.perf_counter()
         if claim.groups:
             groups, tokenized, _ = claim.take(len(claim.groups))
+            tokens = sum(tokenized.lengths)
             good, bad = embed_isolating(model.embedder, groups, tokenized)
             for group, vector in good:
                 written.extend((r, vector, i == 0) for i, r in enumerate(group))
             failures = [(r, error) for group, error in bad for r in group]
+        figures = BatchFigures(
+            uuid.uuid4(), tokens, (time.perf_counter() - start) * 1000, len(failures)
+        )
         if written:
             done = self.store.finish_model_work(
-                model.id,
+                (model.id, model.name),
                 self.worker_id,
                 [r for r, _, _ in written],
                 [v for _, v, _ in written],
                 cache_key=cache_key,
                 fresh=[f for _, _, f in written],
+                batch=figures,
             )
             self.written += len(done)
             logger.info(

@@ -58,7 +58,10 @@ vector_cache
 
 indexer_model_status
     Per model: active, dimension, storage, chunks covered and missing, work queued and
-    parked (failed).
+    parked (failed), the background work's rate over the last minute and its ETA.
+
+events
+    A new kind, ``model_batch``: a batch of a model's background work (``detail.model``).
 """
 
 import importlib.util
@@ -114,6 +117,11 @@ SELECT coalesce((SELECT c.embedding_model FROM @s.chunks c
        coalesce((SELECT max(c.id) FROM @s.chunks c), 0)
 FROM pg_attribute a
 WHERE a.attrelid = '@s.chunks'::regclass AND a.attname = 'embedding';
+
+-- A batch of a model's background work has an event of its own (its rate and ETA).
+ALTER TABLE @s.events DROP CONSTRAINT events_kind_check;
+ALTER TABLE @s.events ADD CONSTRAINT events_kind_check CHECK (kind IN (
+    'worker_started', 'worker_stopped', 'batch_completed', 'batch_failed', 'model_batch'));
 
 -- The vector cache keeps every model's vectors, of any dimension (keyed by model).
 ALTER TABLE @s.vector_cache ALTER COLUMN embedding TYPE @v.vector;
@@ -756,6 +764,11 @@ SELECT m.name AS model,
        coalesce(p.queued, 0) AS queued,
        coalesce(p.failed, 0) AS failed,
        p.last_error,
+       round(coalesce(r.written, 0) / 60.0, 2) AS per_second,
+       CASE WHEN @s.model_missing(m.id) = 0 THEN interval '0'
+            WHEN coalesce(r.written, 0) > 0
+            THEN make_interval(secs => @s.model_missing(m.id) * 60.0 / r.written)
+       END AS eta,
        m.fingerprint,
        m.created_at,
        m.activated_at
@@ -766,7 +779,14 @@ LEFT JOIN LATERAL (
            count(*) FILTER (WHERE q.failed) AS failed,
            min(q.last_error) FILTER (WHERE q.failed) AS last_error
     FROM @s.model_pending q WHERE q.model_id = m.id
-) p ON true;
+) p ON true
+LEFT JOIN LATERAL (
+    -- Vectors its background work wrote in the last minute.
+    SELECT sum(e.row_count) AS written
+    FROM @s.events e
+    WHERE e.kind = 'model_batch' AND e.at > now() - interval '1 minute'
+      AND e.detail ->> 'model' = m.name
+) r ON true;
 """
 
 DOWNGRADE = r"""
@@ -803,6 +823,10 @@ DROP FUNCTION @s.model_search(text, @v.vector);
 DROP FUNCTION @s.model_vectors(integer);
 DROP TABLE @s.model_pending;
 DROP TABLE @s.models;
+DELETE FROM @s.events WHERE kind = 'model_batch';
+ALTER TABLE @s.events DROP CONSTRAINT events_kind_check;
+ALTER TABLE @s.events ADD CONSTRAINT events_kind_check CHECK (kind IN (
+    'worker_started', 'worker_stopped', 'batch_completed', 'batch_failed'));
 DO $$
 DECLARE
     dims integer := (SELECT a.atttypmod FROM pg_attribute a

@@ -1,0 +1,99 @@
+"""A second model filled by real daemons killed at random moments while the application
+writes (migration 0009): every chunk ends up with the new model's vector of its
+current text, once; then the switch and the rollback."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from indexer.db.connect import Connection
+from indexer.embedding import Embedder
+from indexer.embedding.describe import describe_folder
+from indexer.store import Store
+
+from ..helpers import start_daemon, wait_until
+from .test_documents_reliability import count, started
+from .test_reliability import LEASE, corpus, daemon_env, stop_all
+
+TINY = Path(__file__).parent.parent / "fixtures" / "models" / "bert-cls"
+
+
+def settled(conn: Connection) -> bool:
+    """Every row embedded, and no model has work left (one snapshot)."""
+    return (
+        count(
+            conn,
+            "SELECT (SELECT count(*) FROM chunks WHERE state <> 'embedded')"
+            " + (SELECT count(*) FROM model_pending)"
+            " + (SELECT count(*) FROM chunks c WHERE c.id > (SELECT min(fill_after) FROM models))",
+        )
+        == 0
+    )
+
+
+def test_sigkill_while_a_second_model_fills_loses_and_mixes_nothing(
+    database: str, model_cache: Path, conn: Connection, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    texts = corpus(600, seed=3)
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO chunks (content) VALUES (%s)", [(t,) for t in texts])
+    env = daemon_env(database, model_cache)
+    log = tmp_path / "daemons.log"
+    daemons = [start_daemon(env, log) for _ in range(2)]
+    tiny = Embedder(record=describe_folder(TINY), cache_dir=model_cache)
+    try:
+        assert wait_until(lambda: settled(conn), 300, 0.2), log.read_text()
+        with Store(database, "public") as store:
+            store.add_model(
+                "tiny-cls",
+                dimension=tiny.dim,
+                record=tiny.record.as_dict(),
+                fingerprint=tiny.record.fingerprint,
+            )
+            for round_ in range(3):
+                for chunk_id in rng.sample(range(1, len(texts) + 1), 20):
+                    conn.execute(
+                        "UPDATE chunks SET content = %s WHERE id = %s",
+                        (f"edited {round_} {chunk_id} {texts[chunk_id - 1]}", chunk_id),
+                    )
+                conn.execute("INSERT INTO chunks (content) VALUES (%s)", (f"new row {round_}",))
+                victim = rng.randrange(len(daemons))
+                assert wait_until(partial(started, conn, daemons[victim]), 300, 0.1)
+                time.sleep(rng.uniform(0.2, 1.5))  # a random moment of its work
+                daemons[victim].send_signal(signal.SIGKILL)
+                daemons[victim].wait(10)
+                daemons[victim] = start_daemon(env, log)
+            assert wait_until(lambda: settled(conn), 300 + LEASE, 0.2), log.read_text()
+
+            rows = conn.execute(
+                "SELECT c.id, c.content, v.embedding::real[] AS v, v.content_version,"
+                " c.content_version AS current FROM chunks c"
+                " LEFT JOIN model_2_vectors v ON v.chunk_id = c.id ORDER BY c.id"
+            ).fetchall()
+            assert all(r["v"] is not None for r in rows), "a chunk without the new model's vector"
+            assert all(r["content_version"] == r["current"] for r in rows)
+            expected = tiny.embed([r["content"] for r in rows])
+            assert np.allclose(np.array([r["v"] for r in rows]), expected, atol=1e-5)
+            status = {r["model"]: r for r in store.model_status()}
+            assert status["tiny-cls"]["missing"] == 0
+            assert status["tiny-cls"]["failed"] == 0
+            assert count(conn, "SELECT count(*) FROM events WHERE kind = 'model_batch'") > 0
+
+            # The switch, then new text embedded by the new model first, then rollback.
+            assert store.activate_model("tiny-cls") == 0
+            conn.execute("INSERT INTO chunks (content) VALUES ('after the switch')")
+            assert wait_until(lambda: settled(conn), 120 + LEASE, 0.2), log.read_text()
+            query = tiny.embed_queries(["after the switch"])[0]
+            assert store.search(query, 1)[0].content == "after the switch"
+            first = next(m.name for m in store.models() if not m.active)
+            assert store.activate_model(first) == 0
+    finally:
+        stop_all(daemons)
+    assert "Traceback" not in log.read_text()
