@@ -90,8 +90,14 @@ def test_sigkill_while_a_second_model_fills_loses_and_mixes_nothing(
             assert store.activate_model("tiny-cls") == 0
             conn.execute("INSERT INTO chunks (content) VALUES ('after the switch')")
             assert wait_until(lambda: settled(conn), 120 + LEASE, 0.2), log.read_text()
-            query = tiny.embed_queries(["after the switch"])[0]
-            assert store.search(query, 1)[0].content == "after the switch"
+            new = conn.execute(
+                "SELECT c.embedding IS NOT NULL AS first, v.embedding::real[] AS v FROM chunks c"
+                " JOIN model_2_vectors v ON v.chunk_id = c.id"
+                " WHERE c.content = 'after the switch'"
+            ).fetchone()
+            assert new is not None and new["first"]  # both models embedded it
+            assert np.allclose(new["v"], tiny.embed(["after the switch"])[0], atol=1e-5)
+            assert len(store.search(tiny.embed_queries(["switch"])[0], 5)) == 5
             first = next(m.name for m in store.models() if not m.active)
             assert store.activate_model(first) == 0
     finally:
