@@ -91,13 +91,11 @@ class Embedders:
         """The model's embedder; ModelNotFound / ModelChanged with one line when its
         files are missing or changed."""
         mine = record_of(self.configured)
-        if mine is None or model.fingerprint == mine.fingerprint:
+        if mine is None or model.fingerprint in (None, mine.fingerprint):
+            # The model the upgrade registered and no daemon has adopted yet is the one
+            # the settings name (the first daemon checks it: reconcile).
             return self.configured
-        if model.record is None:
-            raise ModelNotFound(
-                f"model {model.name} has no record yet: run a daemon with it once "
-                "(INDEXER_MODEL_DIR) so that it is adopted"
-            )
+        assert model.record is not None  # registered with its record, or adopted
         with self._lock:
             if model.name not in self._open:
                 record = ModelRecord.from_dict(model.record)

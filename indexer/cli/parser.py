@@ -42,7 +42,7 @@ USES: dict[str, tuple[str, ...]] = {
     "cache": (*_DATABASE, "max_chars", "cache_max_entries", "cache_max_age_days", *_LOGS),
     "sources": (*_DATABASE, *_LOGS),
     "documents": (*_DATABASE, *_LOGS),
-    "models": (*_DATABASE, *_MODEL, *_LOGS),
+    "models": (*_DATABASE, "model_cache", *_LOGS),
     "server": ("data_dir", *_LOGS),
     "bench": _ALL,
 }

@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from indexer.db import migrate
 from indexer.embedding import Embedder
 from indexer.embedding.describe import describe_folder
 from indexer.exceptions import InvalidInput, ModelChanged
@@ -159,3 +160,71 @@ def test_registered_names_and_duplicates(store: Store, second: Embedder) -> None
         )
     with pytest.raises(InvalidInput, match="not a model name"):
         store.add_model("bad name; drop", dimension=8, record={}, fingerprint="x")
+
+
+def test_upgrade_keeps_every_vector_and_downgrade_needs_the_first_model(
+    settings: Settings, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE ROLE registry_reader")
+        try:
+            conn.execute("SELECT grant_search('registry_reader')")
+            migrate.downgrade(database, "public", "0008")
+            # A store as 0008 left it: rows embedded, their vectors cached.
+            for text in ("kept vector", "another"):
+                vector = str(list(embedder.embed([text])[0]))
+                conn.execute(
+                    "INSERT INTO chunks (content, embedding, embedding_model)"
+                    " VALUES (%s, %s::vector, %s)",
+                    (text, vector, embedder.name),
+                )
+                conn.execute(
+                    "INSERT INTO vector_cache (model, hash, embedding)"
+                    " VALUES (%s, sha256(convert_to(%s, 'UTF8')), %s::vector)",
+                    (embedder.cache_key, text, vector),
+                )
+            before = conn.execute(
+                "SELECT id, embedding::text, embedding_model FROM chunks ORDER BY id"
+            ).fetchall()
+            cached = conn.execute("SELECT count(*) FROM vector_cache").fetchone()
+            migrate.upgrade(database, "public")
+            after = conn.execute(
+                "SELECT id, embedding::text, embedding_model FROM chunks ORDER BY id"
+            ).fetchall()
+            assert after == before and all(r[1] for r in after)
+            assert conn.execute("SELECT count(*) FROM vector_cache").fetchone() == cached
+            with Store(database, "public") as store:
+                (first,) = store.models()
+                assert (first.name, first.active, first.fingerprint) == (
+                    embedder.name,
+                    True,
+                    None,
+                )
+                reconcile(store.models(), embedder, store)  # adopted by its first daemon
+                assert store.models()[0].fingerprint == embedder.record.fingerprint
+                _add(store, second)
+                query = embedder.embed_queries(["kept vector"])[0]
+                # A reader that could search before still can, by every model.
+                conn.execute("SET ROLE registry_reader")
+                hits = conn.execute(
+                    "SELECT id FROM search_chunks(%s::vector, 2)", (str(list(query)),)
+                ).fetchall()
+                conn.execute("RESET ROLE")
+                assert len(hits) == 2
+                store.activate_model("tiny-cls", force=True)
+                with pytest.raises(psycopg.errors.RaiseException, match="activate the model"):
+                    migrate.downgrade(database, "public", "0008")
+                store.activate_model(first.name)
+            migrate.downgrade(database, "public", "0008")
+            assert conn.execute("SELECT to_regclass('model_2_vectors')").fetchone() == (None,)
+            conn.execute("SET ROLE registry_reader")
+            hits = conn.execute(
+                "SELECT id FROM search_chunks(%s::vector, 2)", (str(list(query)),)
+            ).fetchall()
+            conn.execute("RESET ROLE")
+            assert len(hits) == 2
+            migrate.upgrade(database, "public")
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute("DROP OWNED BY registry_reader")
+            conn.execute("DROP ROLE registry_reader")

@@ -25,9 +25,12 @@ VERSION_TABLE = "(VALUES ('vector', '{}')) AS pg_extension(extname, extversion)"
 
 #: How to run the functions whose body holds a guarded setting (the function sets it
 #: when called, for its transaction).
+#: (With a query of the active model's dimension: migration 0009 checks it.)
 CALLS = {
-    "search_documents": "SELECT count(*) FROM search_documents('[1,0,0]'::vector, 1)",
-    "search_chunks": "SELECT count(*) FROM search_chunks('[1,0,0]'::vector, 1)",
+    "search_documents": "SELECT count(*) FROM search_documents("
+    "array_fill(0.1::real, ARRAY[384])::vector, 1)",
+    "search_chunks": "SELECT count(*) FROM search_chunks("
+    "array_fill(0.1::real, ARRAY[384])::vector, 1)",
 }
 _FUNCTION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION (?:public\.)?(\w+)\(")
 
@@ -50,6 +53,17 @@ def run(database: str, use: Use, version: str | None) -> str:
         if function is None:
             conn.execute(text(statement), params)
         else:
+            # The revision's definition alone: another revision's (another signature)
+            # would make the call ambiguous.
+            drops = conn.execute(
+                text(
+                    "SELECT format('DROP FUNCTION %s', p.oid::regprocedure) FROM pg_proc p"
+                    " WHERE p.proname = :name AND p.pronamespace = 'public'::regnamespace"
+                ),
+                {"name": function.group(1)},
+            ).scalars()
+            for drop in list(drops):
+                conn.exec_driver_sql(drop)
             replace = re.sub(
                 r"^CREATE (OR REPLACE )?FUNCTION", "CREATE OR REPLACE FUNCTION", statement
             )

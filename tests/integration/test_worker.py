@@ -219,7 +219,7 @@ def test_search_sql_uses_the_hnsw_index(conn: Connection) -> None:
     ):
         params: Any = (vectors[0],) if "%s" in statement else None
         if "%(query)s" in statement:
-            params = {"query": vectors[0], "k": 10, "filter": "{}", "max_chars": 100}
+            params = {"query": vectors[0], "k": 10, "filter": "{}", "max_chars": 100, "model": None}
         before = _hnsw_scans(conn)
         assert len(conn.execute(statement, params).fetchall()) == 10
         assert _hnsw_scans(conn) > before, statement

@@ -20,7 +20,9 @@ def test_each_command_lists_only_the_settings_it_reads(
 ) -> None:
     every = {"--" + f.name.replace("_", "-") for f in FIELDS}
     for command, names in cli.USES.items():
-        action = {"cache": "stats", "sources": "list", "documents": "add"}.get(command)
+        action = {"cache": "stats", "sources": "list", "documents": "add", "models": "add"}.get(
+            command
+        )
         argv = [command] if action is None else [command, action]
         text = help_of(argv, capsys)
         shown = {option for option in every if f"{option} " in text}

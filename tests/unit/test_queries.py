@@ -34,6 +34,9 @@ def test_every_query_the_store_runs_is_defined() -> None:
     runs = r'(?:_execute|_one|_source_call|_locking_call)\(\s*(?:self,\s*)?"([a-z_]+)"'
     used = set(re.findall(runs, source))
     used |= set(re.findall(r'QUERIES\["([a-z_]+)"\]', source))
+    # Steps of one transaction (_execute_all): ("name", {...}) or ("name", params).
+    steps = r'\(\s*"([a-z_]+)",\s*(?:\{|params\b|stored\b|_model_vectors\()'
+    used |= set(re.findall(steps, source))
     assert used, "the pattern no longer finds the store's queries"
     assert used <= set(QUERIES), used - set(QUERIES)
     assert set(QUERIES) <= used, f"defined but never run: {set(QUERIES) - used}"
