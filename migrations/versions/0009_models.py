@@ -909,11 +909,20 @@ def downgrade() -> None:
     trigger = trigger.replace(
         "LANGUAGE plpgsql AS", "LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS", 1
     )
+    keep_grants = _KEEP_GRANTS.replace(
+        "@s.search_chunks(@v.vector, integer, jsonb)",
+        "@s.search_chunks(@v.vector, integer, jsonb, text)",
+    ).replace(
+        "@s.search_documents(@v.vector, integer, jsonb, text, integer)",
+        "@s.search_documents(@v.vector, integer, jsonb, text, integer, text)",
+    )
     _run(
-        DOWNGRADE
+        keep_grants
+        + DOWNGRADE
         + _search_of_0006()
         + trigger
         + "REVOKE ALL ON FUNCTION @s.search_chunks(@v.vector, integer, jsonb), "
         "@s.similar_chunks(bigint, integer), "
         "@s.search_documents(@v.vector, integer, jsonb, text, integer) FROM PUBLIC;\n"
+        + _REGRANT
     )

@@ -444,6 +444,7 @@ def test_search_filter_returns_k_rows_when_most_rows_do_not_match(
         "k": 10,
         "filter": '{"group": 7}',
         "max_chars": 10,
+        "model": None,
     }
 
     # Without pgvector's iterative scan, one HNSW scan of ef_search = 100 candidates

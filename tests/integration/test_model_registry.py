@@ -172,7 +172,7 @@ def test_upgrade_keeps_every_vector_and_downgrade_needs_the_first_model(
             migrate.downgrade(database, "public", "0008")
             # A store as 0008 left it: rows embedded, their vectors cached.
             for text in ("kept vector", "another"):
-                vector = str(list(embedder.embed([text])[0]))
+                vector = str(embedder.embed([text])[0].tolist())
                 conn.execute(
                     "INSERT INTO chunks (content, embedding, embedding_model)"
                     " VALUES (%s, %s::vector, %s)",
@@ -207,19 +207,21 @@ def test_upgrade_keeps_every_vector_and_downgrade_needs_the_first_model(
                 # A reader that could search before still can, by every model.
                 conn.execute("SET ROLE registry_reader")
                 hits = conn.execute(
-                    "SELECT id FROM search_chunks(%s::vector, 2)", (str(list(query)),)
+                    "SELECT id FROM search_chunks(%s::vector, 2)", (str(query.tolist()),)
                 ).fetchall()
                 conn.execute("RESET ROLE")
                 assert len(hits) == 2
                 store.activate_model("tiny-cls", force=True)
-                with pytest.raises(psycopg.errors.RaiseException, match="activate the model"):
+                with pytest.raises(
+                    psycopg.errors.ObjectNotInPrerequisiteState, match="activate the model"
+                ):
                     migrate.downgrade(database, "public", "0008")
                 store.activate_model(first.name)
             migrate.downgrade(database, "public", "0008")
             assert conn.execute("SELECT to_regclass('model_2_vectors')").fetchone() == (None,)
             conn.execute("SET ROLE registry_reader")
             hits = conn.execute(
-                "SELECT id FROM search_chunks(%s::vector, 2)", (str(list(query)),)
+                "SELECT id FROM search_chunks(%s::vector, 2)", (str(query.tolist()),)
             ).fetchall()
             conn.execute("RESET ROLE")
             assert len(hits) == 2
@@ -228,3 +230,39 @@ def test_upgrade_keeps_every_vector_and_downgrade_needs_the_first_model(
             conn.execute("RESET ROLE")
             conn.execute("DROP OWNED BY registry_reader")
             conn.execute("DROP ROLE registry_reader")
+
+
+def test_a_halfvec_model_is_filled_from_the_cache_and_searched(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    store.insert_chunks(["one", "two", "three"], ["{}"] * 3)
+    _add(store, second)
+    _worker(settings, store, embedder).run(once=True)
+    half = store.add_model(
+        "tiny-cls-halfvec",
+        dimension=second.dim,
+        record=second.record.as_dict(),
+        fingerprint=second.record.fingerprint,
+        halfvec=True,
+    )
+    with psycopg.connect(database) as conn:
+        cached = conn.execute("SELECT count(*) FROM vector_cache").fetchone()
+    _worker(settings, store, embedder).run(once=True)
+    with psycopg.connect(database) as conn:
+        # The same model's vectors came from the cache: nothing was embedded again.
+        assert conn.execute("SELECT count(*) FROM vector_cache").fetchone() == cached
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attname = 'embedding'",
+            (f"model_{half}_vectors",),
+        ).fetchone()
+        assert kind == (f"halfvec({second.dim})",)
+        stored = conn.execute(
+            f"SELECT c.content, v.embedding::vector::real[] FROM model_{half}_vectors v"  # noqa: S608
+            " JOIN chunks c ON c.id = v.chunk_id ORDER BY c.id"
+        ).fetchall()
+    expected = second.embed([r[0] for r in stored])
+    assert np.allclose(np.array([r[1] for r in stored]), expected, atol=2e-3)
+    query = second.embed_queries(["two"])[0]
+    full = [h.id for h in store.search(query, 3, model="tiny-cls")]
+    assert [h.id for h in store.search(query, 3, model="tiny-cls-halfvec")] == full
