@@ -28,7 +28,7 @@ from indexer import logs
 from indexer.db import server
 from indexer.db.connect import redact, resolve_dsn
 from indexer.embedding import TextEmbedder, load_embedder
-from indexer.exceptions import DatabaseUnavailable, InvalidInput
+from indexer.exceptions import ConfigurationError, DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
@@ -341,7 +341,25 @@ class Daemon:
                     "using database %s (%s), schema %r", redact(dsn), where, settings.schema
                 )
                 embedders = self._models(store, embedder)
+                self._check_chunking(store)
                 self._serve(dsn, store, embedder, embedders)
+
+    def _check_chunking(self, store: Store) -> None:
+        """Refuse chunk settings other than those the documents were cut with (one
+        line): new documents would be cut otherwise than the others, silently."""
+        s = self.settings
+        try:
+            tokens, overlap, since = store.record_chunking(s.chunk_tokens, s.chunk_overlap)
+        except DatabaseUnavailable:
+            return
+        if (tokens, overlap) != (s.chunk_tokens, s.chunk_overlap):
+            raise ConfigurationError(
+                f"documents are cut into passages of {tokens} tokens, {overlap} overlapping "
+                f"(since {since:%Y-%m-%d %H:%M}); INDEXER_CHUNK_TOKENS={s.chunk_tokens} and "
+                f"INDEXER_CHUNK_OVERLAP={s.chunk_overlap} would cut new ones otherwise: set "
+                "them back, or run `indexer sources recut` with the new settings to cut every "
+                "document again"
+            )
 
     def _models(self, store: Store, embedder: TextEmbedder) -> Embedders | None:
         """The registered models, checked against their files before any work (one line

@@ -40,7 +40,7 @@ USES: dict[str, tuple[str, ...]] = {
     "retry": (*_DATABASE, *_LOGS),
     "events": (*_DATABASE, "events_retention_days", *_LOGS),
     "cache": (*_DATABASE, "max_chars", "cache_max_entries", "cache_max_age_days", *_LOGS),
-    "sources": (*_DATABASE, *_LOGS),
+    "sources": (*_DATABASE, "chunk_tokens", "chunk_overlap", *_LOGS),
     "documents": (*_DATABASE, *_LOGS),
     "models": (*_DATABASE, "model_cache", *_LOGS),
     "server": ("data_dir", *_LOGS),
@@ -246,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="per source: documents indexed, pending, in flight, failed; chunks; lag; back-fill",
         parents=[common],
     ).add_argument("--json", action="store_true", help="one JSON object per line")
+    source_actions.add_parser(
+        "recut",
+        help="cut every document of every source again, with INDEXER_CHUNK_TOKENS and "
+        "INDEXER_CHUNK_OVERLAP as given now (the daemon refuses other settings than those "
+        "recorded)",
+        parents=[common],
+    )
     source_actions.add_parser(
         "remove",
         help="unregister a source: drop its triggers, delete its documents' chunks "

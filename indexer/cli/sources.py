@@ -40,6 +40,13 @@ def cmd_sources(args: argparse.Namespace, settings: Settings, load: EmbedderLoad
                     print(json.dumps({k: jsonable(v) for k, v in row.items()}))
                 else:
                     print(source_line(row))
+        elif args.action == "recut":
+            queued = ix.store.recut_documents(settings.chunk_tokens, settings.chunk_overlap)
+            print(
+                f"documents are now cut into passages of {settings.chunk_tokens} tokens, "
+                f"{settings.chunk_overlap} overlapping: {plural(queued, 'document')} queued "
+                "again (each keeps its passages until its new ones replace them)"
+            )
         else:
             removed = ix.remove_source(args.name)
             print(

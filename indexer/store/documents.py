@@ -9,6 +9,7 @@ as one piece.  Dynamic SQL on users' tables lives in migration 0005's functions
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,18 @@ class DocumentQueries:
             "cached_vectors", {"cache_key": cache_key, "hashes": list(hashes)}, binary=True
         )
         return {bytes(r["hash"]): r["embedding"].to_numpy() for r in rows}
+
+    def record_chunking(
+        self: Executes, tokens: int, overlap: int
+    ) -> tuple[int, int, datetime.datetime]:
+        """The chunk settings documents are cut with: recorded now if none were (or
+        replaced, while no passage exists yet); (tokens, overlap, recorded_at)."""
+        row = self._one("record_chunking", {"tokens": tokens, "overlap": overlap, "replace": True})
+        return int(row["tokens"]), int(row["overlap"]), row["recorded_at"]
+
+    def recut_documents(self: Executes, tokens: int, overlap: int) -> int:
+        """Record new chunk settings and queue every document again; how many."""
+        return int(self._one("recut_documents", {"tokens": tokens, "overlap": overlap})["queued"])
 
     def replace_documents(
         self: Executes,

@@ -48,6 +48,7 @@ DOING: dict[str, tuple[str, str]] = {
     "add_model": ("add a model", "owner"),
     "activate_model": ("activate a model", "owner"),
     "drop_model": ("drop a model", "owner"),
+    "recut_documents": ("cut the documents again", "owner"),
 }
 
 

@@ -842,3 +842,34 @@ SELECT m.name AS model, m.active,
        (SELECT count(*) FROM model_pending p WHERE p.model_id = m.id AND p.failed) AS failed
 FROM models AS m
 ORDER BY m.id;
+
+-- record_chunking --
+-- How documents are cut: recorded by the first daemon; the row as it is.  With
+-- %(replace)s, written over while no passage exists yet.
+WITH recorded AS (
+    INSERT INTO chunking (tokens, overlap) VALUES (%(tokens)s, %(overlap)s)
+    ON CONFLICT (one) DO UPDATE
+    SET tokens = excluded.tokens, overlap = excluded.overlap, recorded_at = now()
+    WHERE %(replace)s AND NOT EXISTS (SELECT 1 FROM chunks WHERE document_id IS NOT NULL)
+    RETURNING tokens, overlap, recorded_at
+)
+SELECT tokens, overlap, recorded_at FROM recorded
+UNION ALL
+SELECT tokens, overlap, recorded_at FROM chunking WHERE NOT EXISTS (SELECT 1 FROM recorded);
+
+-- recut_documents --
+-- New chunk settings: recorded, and every document of every source queued again (each
+-- keeps its passages until its new ones replace them in one statement).
+WITH recorded AS (
+    INSERT INTO chunking (tokens, overlap) VALUES (%(tokens)s, %(overlap)s)
+    ON CONFLICT (one) DO UPDATE
+    SET tokens = excluded.tokens, overlap = excluded.overlap, recorded_at = now()
+), queued AS (
+    UPDATE source_documents
+    SET version = version + 1, state = 'pending', attempts = 0, last_error = NULL,
+        retry_at = NULL, claimed_by = NULL, lease_expires_at = NULL, queued_at = now()
+    RETURNING id
+), woken AS (
+    SELECT pg_notify('indexer_chunks', current_schema())
+)
+SELECT (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM woken) AS woken;

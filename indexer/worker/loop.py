@@ -110,8 +110,8 @@ class Worker:
         """
         logger.info(
             "worker %s starting; documents are cut into passages of %d tokens, %d overlapping"
-            " (a change of these settings applies to documents indexed from now on: the others"
-            " keep their passages until their text changes)",
+            " (other settings are refused while passages exist: `indexer sources recut` cuts"
+            " every document again)",
             self.worker_id,
             self.settings.chunk_tokens,
             self.settings.chunk_overlap,

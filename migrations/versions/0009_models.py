@@ -60,6 +60,12 @@ indexer_model_status
     Per model: active, dimension, storage, chunks covered and missing, work queued and
     parked (failed), the background work's rate over the last minute and its ETA.
 
+chunking
+    One row: how documents are cut into passages (tokens, overlap), recorded by the
+    first daemon.  A daemon whose chunk settings differ is refused with one line while
+    passages exist (they would otherwise mix passages of two sizes, silently); ``indexer
+    sources recut`` records the new settings and queues every document again.
+
 events
     A new kind, ``model_batch``: a batch of a model's background work (``detail.model``).
 """
@@ -142,6 +148,18 @@ CREATE INDEX model_pending_queue_idx ON @s.model_pending (model_id, fresh DESC, 
     WHERE NOT failed;
 COMMENT ON TABLE @s.model_pending IS
     'Chunks a model has not embedded yet (newest work first; failed: parked, see last_error)';
+
+-- How documents are cut into passages, as the first daemon found it (a daemon with
+-- other chunk settings is refused, and `indexer sources recut` changes it).
+CREATE TABLE @s.chunking (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    tokens integer NOT NULL CHECK (tokens > 0),
+    overlap integer NOT NULL CHECK (overlap >= 0),
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @s.chunking IS
+    'How documents are cut into passages (tokens, overlap): one row, recorded by the first '
+    'daemon; indexer sources recut changes it and cuts every document again';
 
 -- A passage is never queued in chunks (its document is, in source_documents): inserted
 -- by the daemon without chunks.embedding (the active model keeps its vectors in a
@@ -823,6 +841,7 @@ DROP FUNCTION @s.model_search(text, @v.vector);
 DROP FUNCTION @s.model_vectors(integer);
 DROP TABLE @s.model_pending;
 DROP TABLE @s.models;
+DROP TABLE @s.chunking;
 DELETE FROM @s.events WHERE kind = 'model_batch';
 ALTER TABLE @s.events DROP CONSTRAINT events_kind_check;
 ALTER TABLE @s.events ADD CONSTRAINT events_kind_check CHECK (kind IN (
@@ -923,6 +942,5 @@ def downgrade() -> None:
         + trigger
         + "REVOKE ALL ON FUNCTION @s.search_chunks(@v.vector, integer, jsonb), "
         "@s.similar_chunks(bigint, integer), "
-        "@s.search_documents(@v.vector, integer, jsonb, text, integer) FROM PUBLIC;\n"
-        + _REGRANT
+        "@s.search_documents(@v.vector, integer, jsonb, text, integer) FROM PUBLIC;\n" + _REGRANT
     )

@@ -218,7 +218,7 @@ def test_rows_taken_over_by_another_daemon_are_not_embedded() -> None:
     assert {i for i, r in store.rows.items() if r.state == "embedded"} == set(ids) - taken
 
 
-def test_the_start_says_how_documents_are_cut_and_that_a_change_is_not_retroactive(
+def test_the_start_says_how_documents_are_cut_and_how_to_cut_them_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = dataclasses.replace(SETTINGS, chunk_tokens=120, chunk_overlap=10)
@@ -227,4 +227,4 @@ def test_the_start_says_how_documents_are_cut_and_that_a_change_is_not_retroacti
     started = [r.getMessage() for r in caplog.records if "starting" in r.getMessage()]
     assert len(started) == 1
     assert "passages of 120 tokens, 10 overlapping" in started[0]
-    assert "applies to documents indexed from now on" in started[0]
+    assert "indexer sources recut" in started[0]
