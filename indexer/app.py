@@ -28,11 +28,12 @@ from indexer import logs
 from indexer.db import server
 from indexer.db.connect import redact, resolve_dsn
 from indexer.embedding import TextEmbedder, load_embedder
+from indexer.embedding.embedder import Embedder
 from indexer.exceptions import ConfigurationError, DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
-from indexer.registry import Embedders, reconcile
+from indexer.registry import Embedders, describe_for_registry, reconcile
 from indexer.settings import Settings, libpq_url, unknown_variables
 from indexer.signals import stop_on_signals
 from indexer.store import CacheStats, DocumentHit, SearchHit, Store
@@ -128,6 +129,51 @@ class Indexer:
     def models(self) -> list[dict[str, Any]]:
         """Every registered model with its coverage (``indexer_model_status``)."""
         return self.store.model_status()
+
+    def add_model(
+        self,
+        folder: str,
+        *,
+        name: str | None = None,
+        pooling: str | None = None,
+        query_prefix: str | None = None,
+        document_prefix: str | None = None,
+        max_tokens: int | None = None,
+        variant: str = "fp32",
+        halfvec: bool = False,
+    ) -> str:
+        """Register the model in ``folder`` (``"packaged"``: all-MiniLM-L6-v2); the
+        daemons then embed every chunk with it in the background.  Its graph is built
+        now, so a model that cannot run is refused before it is registered.  Returns
+        its name."""
+        record = describe_for_registry(
+            folder,
+            name=name,
+            pooling=pooling,
+            query_prefix=query_prefix,
+            document_prefix=document_prefix,
+            max_tokens=max_tokens,
+            variant=variant,
+        )
+        opened = Embedder(record=record, cache_dir=self.settings.model_cache, threads=1)
+        chosen = name or (f"{opened.name}-halfvec" if halfvec else opened.name)
+        self.store.add_model(
+            chosen,
+            dimension=opened.dim,
+            record=record.as_dict(),
+            fingerprint=record.fingerprint,
+            halfvec=halfvec,
+        )
+        return chosen
+
+    def activate_model(self, name: str, *, force: bool = False) -> int:
+        """Make ``name`` the active model (see Store.activate_model); how many chunks
+        lacked its vector (0 unless ``force``)."""
+        return self.store.activate_model(name, force=force)
+
+    def drop_model(self, name: str) -> None:
+        """Drop a model that is not active, and its vectors."""
+        self.store.drop_model(name)
 
     def add_documents(
         self, texts: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
