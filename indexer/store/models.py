@@ -142,7 +142,8 @@ class ModelQueries:
 
     def fill_model(self: Executes, model_id: int, batch: int = 1000) -> int:
         """Queue the next range of chunks embedded before the model could see them;
-        how many chunk ids it spanned (0: none left, or another daemon is at it)."""
+        how many chunk ids it spanned (0: none left, enough queued already, or another
+        daemon is at it)."""
         return int(self._one("fill_model", {"model_id": model_id, "batch": batch})["spanned"])
 
     def claim_model_work(

@@ -409,7 +409,8 @@ $$;
 -- Queue, for a model, the next range of chunks that were embedded before it could
 -- reach them (the chunks from fill_after on that lack its vector), while less than a
 -- range of its work is queued.  One caller at a time per model (the others skip it).
--- Returns how many chunk ids the range spanned: 0 when it reached the last chunk.
+-- Returns how many chunk ids the range spanned: 0 when it reached the last chunk, or
+-- queued nothing since enough is queued already.
 CREATE FUNCTION @s.fill_model(model_id integer, batch integer DEFAULT 1000) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -424,7 +425,7 @@ BEGIN
     IF (SELECT count(*) FROM (SELECT 1 FROM @s.model_pending p
                               WHERE p.model_id = m.id AND NOT p.failed LIMIT batch) q)
        >= batch THEN
-        RETURN batch;  -- enough is queued; come back once it is done
+        RETURN 0;  -- enough is queued; come back once it is done
     END IF;
     SELECT max(r.id), count(*) INTO last_id, spanned
     FROM (SELECT c.id FROM @s.chunks c WHERE c.id > m.fill_after ORDER BY c.id LIMIT batch) r;
@@ -571,13 +572,15 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
     SET enable_seqscan = off SET enable_sort = off AS $$
 #variable_conflict use_column
 DECLARE
-    m @s.models;
+    m record;
     query @v.vector;
 BEGIN
+    -- Only the columns a searching role may read (grant_search).
     IF similar_chunks.model IS NULL THEN
-        SELECT * INTO m FROM @s.models x WHERE x.active;
+        SELECT x.id, x.name, x.storage INTO m FROM @s.models x WHERE x.active;
     ELSE
-        SELECT * INTO m FROM @s.models x WHERE x.name = similar_chunks.model;
+        SELECT x.id, x.name, x.storage INTO m FROM @s.models x
+        WHERE x.name = similar_chunks.model;
     END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no model named %', coalesce(similar_chunks.model, '(active)')

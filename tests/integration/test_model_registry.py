@@ -266,3 +266,40 @@ def test_a_halfvec_model_is_filled_from_the_cache_and_searched(
     query = second.embed_queries(["two"])[0]
     full = [h.id for h in store.search(query, 3, model="tiny-cls")]
     assert [h.id for h in store.search(query, 3, model="tiny-cls-halfvec")] == full
+
+
+def test_a_searching_role_searches_every_model_and_reads_no_record(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    store.insert_chunks(["one", "two", "three"], ["{}"] * 3)
+    _add(store, second)
+    _worker(settings, store, embedder).run(once=True)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE ROLE model_reader")
+        try:
+            conn.execute("SELECT grant_search('model_reader')")
+            conn.execute("SET ROLE model_reader")
+            small = str(second.embed_queries(["two"])[0].tolist())
+            assert len(conn.execute("SELECT * FROM similar_chunks(1, 2)").fetchall()) == 2
+            assert (
+                len(conn.execute("SELECT * FROM similar_chunks(1, 2, 'tiny-cls')").fetchall()) == 2
+            )
+            hits = conn.execute(
+                "SELECT id FROM search_chunks(%s::vector, 3, '{}', 'tiny-cls')", (small,)
+            ).fetchall()
+            assert len(hits) == 3
+            assert len(conn.execute("SELECT chunk_id FROM model_2_vectors").fetchall()) == 3
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT record FROM models")
+            for call in (
+                "SELECT activate_model('tiny-cls', true)",
+                "SELECT drop_model('tiny-cls')",
+                "SELECT fill_model(2, 10)",
+                "SELECT add_model('x', 3, '{}', 'f')",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(call)
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute("DROP OWNED BY model_reader")
+            conn.execute("DROP ROLE model_reader")
