@@ -10,7 +10,9 @@ the sources of migration 0005: the registered tables, the queue of their documen
 the built-in ``documents`` table; ``SourceChange`` the changes their triggers append
 (migration 0008).  Register a table with ``SELECT add_source(...)``
 (or ``indexer sources add``), not by inserting into ``sources``: that also installs its
-triggers.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
+triggers.  ``EmbeddingModel`` is the model registry, ``ModelWork`` each model's queue and
+``Chunking`` the recorded chunk settings (migration 0009); each model added since has its
+vectors in a table ``model_<id>_vectors`` of its own dimension, not modelled here.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
 (read them with ``select * from ...``) and the triggers and functions.  The foreign key
 ``chunks.document_id`` to ``source_documents`` is declared, without a relationship
 (``source_documents.source_id`` has none in the schema: see migration 0005);
@@ -571,6 +573,34 @@ class ModelWork(Base):
         return f"ModelWork(model_id={self.model_id!r}, chunk_id={self.chunk_id!r})"
 
 
+class Chunking(Base):
+    """The row of ``chunking`` (migration 0009): how documents are cut into passages,
+    recorded by the first daemon; ``indexer sources recut`` changes it.  Read it."""
+
+    __tablename__ = "chunking"
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    tokens: Mapped[int] = mapped_column(Integer)
+    overlap: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime.datetime] = mapped_column(
+        _TIMESTAMPTZ, server_default=text("now()")
+    )
+
+    __table_args__ = (
+        CheckConstraint("one", name="chunking_one_check"),
+        CheckConstraint("tokens > 0", name="chunking_tokens_check"),
+        CheckConstraint("overlap >= 0", name="chunking_overlap_check"),
+        {
+            "comment": "How documents are cut into passages (tokens, overlap): one row, "
+            "recorded by the first daemon; indexer sources recut changes it and cuts every "
+            "document again"
+        },
+    )
+
+    def __repr__(self) -> str:
+        return f"Chunking(tokens={self.tokens!r}, overlap={self.overlap!r})"
+
+
 __all__ = [
     "DIMENSIONS",
     "DOCUMENT_STATES",
@@ -579,6 +609,7 @@ __all__ = [
     "STATES",
     "Base",
     "Chunk",
+    "Chunking",
     "Document",
     "DocumentState",
     "EmbeddingModel",
