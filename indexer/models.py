@@ -12,7 +12,9 @@ the built-in ``documents`` table; ``SourceChange`` the changes their triggers ap
 (or ``indexer sources add``), not by inserting into ``sources``: that also installs its
 triggers.  ``EmbeddingModel`` is the model registry, ``ModelWork`` each model's queue and
 ``Chunking`` the recorded chunk settings (migration 0009); each model added since has its
-vectors in a table ``model_<id>_vectors`` of its own dimension, not modelled here.  Not modelled: the views ``indexer_status`` and ``indexer_source_status``
+vectors in a table ``model_<id>_vectors`` of its own dimension, not modelled here.  Not
+modelled either: the views ``indexer_status``, ``indexer_source_status`` and
+``indexer_model_status``
 (read them with ``select * from ...``) and the triggers and functions.  The foreign key
 ``chunks.document_id`` to ``source_documents`` is declared, without a relationship
 (``source_documents.source_id`` has none in the schema: see migration 0005);
