@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from indexer.exceptions import InvalidInput, ModelNotFound, first_line
 from indexer.store.protocol import Executes
-from indexer.store.queue import ClaimedRow
+from indexer.store.queue import ClaimedRow, claimed_rows
 
 
 @dataclass(frozen=True)
@@ -168,20 +168,7 @@ class ModelQueries:
             },
             binary=True,
         )
-        return sorted(
-            (
-                ClaimedRow(
-                    r["id"],
-                    r["content_version"],
-                    r["content"],
-                    r["attempts"],
-                    bytes(r["hash"]),
-                    None if r["cached"] is None else r["cached"].to_numpy(),
-                )
-                for r in rows
-            ),
-            key=lambda r: r.id,
-        )
+        return claimed_rows(rows)
 
     def finish_model_work(
         self: Executes,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from psycopg.rows import DictRow
 
 from indexer.exceptions import stored_error
 from indexer.store.protocol import Executes
@@ -30,6 +31,23 @@ class ClaimedRow:
     attempts: int
     hash: bytes | None = None
     cached: np.ndarray | None = field(default=None, compare=False)
+
+
+def claimed_rows(rows: Sequence[DictRow]) -> list[ClaimedRow]:
+    """The rows of a claim (``claim``, ``claim_model_work``), by id."""
+    claimed = [
+        ClaimedRow(
+            r["id"],
+            r["content_version"],
+            r["content"],
+            r["attempts"],
+            bytes(r["hash"]),
+            None if r["cached"] is None else r["cached"].to_numpy(),
+        )
+        for r in rows
+    ]
+    claimed.sort(key=lambda r: r.id)
+    return claimed
 
 
 def _model_vectors(model_id: int | None, params: dict[str, Any]) -> dict[str, Any]:
@@ -65,19 +83,7 @@ class ChunkQueries:
             },
             binary=True,  # cached vectors in pgvector's binary format: no text parsing
         )
-        claimed = [
-            ClaimedRow(
-                r["id"],
-                r["content_version"],
-                r["content"],
-                r["attempts"],
-                bytes(r["hash"]),
-                None if r["cached"] is None else r["cached"].to_numpy(),
-            )
-            for r in rows
-        ]
-        claimed.sort(key=lambda r: r.id)
-        return claimed
+        return claimed_rows(rows)
 
     def complete_batch(
         self: Executes,
