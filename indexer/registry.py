@@ -91,11 +91,19 @@ class Embedders:
         """The model's embedder; ModelNotFound / ModelChanged with one line when its
         files are missing or changed."""
         mine = record_of(self.configured)
-        if mine is None or model.fingerprint in (None, mine.fingerprint):
-            # The model the upgrade registered and no daemon has adopted yet is the one
-            # the settings name (the first daemon checks it: reconcile).
+        if mine is None or model.fingerprint == mine.fingerprint:
             return self.configured
-        assert model.record is not None  # registered with its record, or adopted
+        if model.fingerprint is None or model.record is None:
+            # The model the upgrade registered, not adopted yet: the settings' model only
+            # if it is that one (same name and dimension; the first daemon that runs it
+            # checks the rest, and records its fingerprint).
+            if model.name == self.configured.name and model.dimension == self.configured.dim:
+                return self.configured
+            raise ModelNotFound(
+                f"model {model.name} has no record yet, and the settings name another "
+                f"({self.configured.name}): run a daemon with its files once "
+                "(INDEXER_MODEL_DIR, INDEXER_MODEL_VARIANT) so that it is recorded"
+            )
         with self._lock:
             if model.name not in self._open:
                 record = ModelRecord.from_dict(model.record)

@@ -158,6 +158,7 @@ class DocumentQueries:
         embed_ms: float,
         model_id: int | None = None,
         in_column: bool = True,
+        max_chars: int | None = None,
     ) -> tuple[list[int], list[int], int]:
         """Replace the chunk sets of ``writes``' documents (guarded) and log the batch;
         return the ids of the documents written, of their new chunk rows, and how many
@@ -204,6 +205,7 @@ class DocumentQueries:
                         "versions": [1] * len(added),
                         "embeddings": [c.embedding for _, c in added],
                         "hashes": [c.hash for _, c in added],
+                        "max_chars": max_chars,
                     },
                 )
             ]

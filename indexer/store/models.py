@@ -10,6 +10,7 @@ so no caller needs to know which.
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,17 +86,15 @@ class ModelQueries:
     ) -> int:
         """Register a model (its table and HNSW index are made now); its id.
         InvalidInput with one line for a name taken or a model already registered."""
+        params = {
+            "name": name,
+            "dimension": dimension,
+            "record": Jsonb(record),
+            "fingerprint": fingerprint,
+            "halfvec": halfvec,
+        }
         try:
-            row = self._one(
-                "add_model",
-                {
-                    "name": name,
-                    "dimension": dimension,
-                    "record": Jsonb(record),
-                    "fingerprint": fingerprint,
-                    "halfvec": halfvec,
-                },
-            )
+            row = _waiting_for_chunks(self, "add_model", params, f"add model {name}")
         except (psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation) as exc:
             raise InvalidInput(_model_error(exc, name)) from exc
         return int(row["id"])
@@ -128,7 +127,7 @@ class ModelQueries:
     def drop_model(self: Executes, name: str) -> None:
         """Drop a model that is not active, and its vectors."""
         try:
-            self._execute("drop_model", {"name": name})
+            _waiting_for_chunks(self, "drop_model", {"name": name}, f"drop model {name}")
         except psycopg.errors.UndefinedObject as exc:
             raise ModelNotFound(first_line(exc)) from exc
         except psycopg.errors.InvalidParameterValue as exc:
@@ -180,6 +179,7 @@ class ModelQueries:
         cache_key: str | None,
         fresh: Sequence[bool],
         batch: BatchFigures,
+        max_chars: int,
     ) -> list[int]:
         """Write a model's vectors for leased chunks (those still at the version read),
         end that work, log the batch (a ``model_batch`` event) and keep the fresh
@@ -228,6 +228,7 @@ class ModelQueries:
             "versions": [r.content_version for r in rows],
             "embeddings": list(vectors),
             "hashes": [r.hash for r in rows],
+            "max_chars": max_chars,
         }
         results = self._execute_all([("store_model_vectors", stored)], then=then)
         return list(results[0][0]["written"])
@@ -260,6 +261,25 @@ class ModelQueries:
         self._execute(
             "release_model_work", {"model_id": model_id, "worker_id": worker_id, "ids": list(ids)}
         )
+
+
+#: How long add_model and drop_model wait, each try, for their lock on chunks (their
+#: vectors' foreign key), and how many times they try: the application's statements
+#: queue behind a waiting lock, so it is never held up longer than one wait.
+LOCK_WAIT = "200ms"
+LOCK_TRIES = 50
+
+
+def _waiting_for_chunks(store: Executes, name: str, params: dict[str, Any], doing: str) -> DictRow:
+    for attempt in range(LOCK_TRIES):
+        try:
+            return store._one(name, {**params, "lock_wait": LOCK_WAIT})
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.05 * 2**attempt, 0.5))
+    raise InvalidInput(
+        f"cannot {doing}: transactions kept a lock on chunks for {LOCK_TRIES} tries of "
+        f"{LOCK_WAIT} each (an open transaction that wrote chunks?); try again"
+    )
 
 
 def _model_error(exc: psycopg.Error, name: str) -> str:

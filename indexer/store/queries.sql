@@ -74,7 +74,12 @@ WITH input AS (
         embedding_model = CASE WHEN %(in_column)s THEN %(model)s ELSE c.embedding_model END,
         embedded_at = now(),
         content_hash = input.hash,
-        state = 'embedded',
+        -- Written by a model that is no longer the active one (a switch came while the
+        -- batch was in flight): its vectors are kept, and the row is queued again for
+        -- the active model, so that an activated model never lacks a row's vector.
+        state = CASE WHEN %(model_id)s::integer IS NULL OR EXISTS (
+                         SELECT 1 FROM models AS m WHERE m.id = %(model_id)s AND m.active)
+                     THEN 'embedded' ELSE 'pending' END,
         attempts = 0,
         last_error = NULL,
         retry_at = NULL,
@@ -86,13 +91,13 @@ WITH input AS (
       AND c.content_version = input.content_version
       AND c.claimed_by = %(worker_id)s
       AND c.state = 'claimed'
-    RETURNING c.id, input.reused
+    RETURNING c.id, c.state, input.reused
 ), queued AS (
     -- Every other model embeds the new text too (migration 0009); a claim of an older
     -- text is given up (its write will find another version).
     INSERT INTO model_pending (model_id, chunk_id)
     SELECT m.id, written.id FROM written CROSS JOIN models AS m
-    WHERE m.id IS DISTINCT FROM %(model_id)s::integer
+    WHERE m.id IS DISTINCT FROM %(model_id)s::integer AND written.state = 'embedded'
     ON CONFLICT (model_id, chunk_id) DO UPDATE
     SET fresh = true, claimed_by = NULL, lease_expires_at = NULL, attempts = 0,
         last_error = NULL, retry_at = NULL, failed = false
@@ -731,7 +736,8 @@ RETURNING id;
 -- A model's vectors, into chunks.embedding or the model's table (migration 0009),
 -- for the chunks still at the version they were computed for; returns those written.
 SELECT store_model_vectors(%(model_id)s::integer, %(ids)s::bigint[], %(versions)s::integer[],
-                           %(embeddings)b::vector[], %(hashes)s::bytea[]) AS written;
+                           %(embeddings)b::vector[], %(hashes)s::bytea[],
+                           %(max_chars)s::integer) AS written;
 
 -- models --
 SELECT id, name, kind, dimension, halfvec, storage, record, fingerprint, active, created_at,
@@ -744,7 +750,7 @@ SELECT * FROM indexer_model_status ORDER BY model;
 
 -- add_model --
 SELECT add_model(%(name)s::text, %(dimension)s::integer, %(record)s::jsonb,
-                 %(fingerprint)s::text, %(halfvec)s::boolean) AS id;
+                 %(fingerprint)s::text, %(halfvec)s::boolean, %(lock_wait)s::interval) AS id;
 
 -- adopt_model --
 SELECT adopt_model(%(model_id)s::integer, %(name)s::text, %(record)s::jsonb,
@@ -754,7 +760,7 @@ SELECT adopt_model(%(model_id)s::integer, %(name)s::text, %(record)s::jsonb,
 SELECT activate_model(%(name)s::text, %(force)s::boolean) AS missing;
 
 -- drop_model --
-SELECT drop_model(%(name)s::text);
+SELECT drop_model(%(name)s::text, %(lock_wait)s::interval);
 
 -- fill_model --
 -- Queue the next range of chunks that a model has not embedded (0: none left).

@@ -50,13 +50,15 @@ def claimed_rows(rows: Sequence[DictRow]) -> list[ClaimedRow]:
     return claimed
 
 
-def _model_vectors(model_id: int | None, params: dict[str, Any]) -> dict[str, Any]:
+def _model_vectors(
+    model_id: int | None, params: dict[str, Any], max_chars: int | None
+) -> dict[str, Any]:
     """store_model_vectors' parameters for a batch's rows: every row at the version
     read (a vector is right for its text, whichever daemon's write of the row won)."""
     if model_id is None:
         raise ValueError("vectors kept outside chunks.embedding need their model's id")
     keys = ("ids", "versions", "embeddings", "hashes")
-    return {"model_id": model_id, **{k: params[k] for k in keys}}
+    return {"model_id": model_id, "max_chars": max_chars, **{k: params[k] for k in keys}}
 
 
 class ChunkQueries:
@@ -100,6 +102,7 @@ class ChunkQueries:
         cache_key: str | None = None,
         model_id: int | None = None,
         in_column: bool = True,
+        max_chars: int | None = None,
     ) -> list[int]:
         """Write vectors (guarded) and the batch_completed event; return the ids written.
 
@@ -108,7 +111,8 @@ class ChunkQueries:
         ``cache_key`` (None: the cache is off).  ``model_id``: the registered model that
         computed them (every other model is queued to embed the rows too); its vectors
         go to ``chunks.embedding`` when ``in_column``, else to its table, in the same
-        transaction.
+        transaction (for rows whose first ``max_chars`` characters are still the text
+        read).
         """
         params = {
             "worker_id": worker_id,
@@ -128,7 +132,7 @@ class ChunkQueries:
         }
         steps: list[tuple[str, dict[str, Any]]] = [("complete_batch", params)]
         if not in_column:
-            steps.append(("store_model_vectors", _model_vectors(model_id, params)))
+            steps.append(("store_model_vectors", _model_vectors(model_id, params, max_chars)))
         row = self._execute_all(steps)[0][0]
         return list(row["chunk_ids"])
 

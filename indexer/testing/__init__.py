@@ -202,6 +202,7 @@ class FakeStore:
         cache_key: str | None = None,
         model_id: int | None = None,
         in_column: bool = True,
+        max_chars: int | None = None,
         **figures: Any,
     ) -> list[int]:
         self._enter("complete_batch")

@@ -279,6 +279,7 @@ class DocumentWork:
             embed_ms=run.embed_ms,
             model_id=self.model.id,
             in_column=self.model.in_column,
+            max_chars=self.settings.max_chars,
         )
         done = {p.document.id for p in ready}
         run.planned = [p for p in run.planned if p.document.id not in done]

@@ -147,6 +147,10 @@ class Worker:
             self._to_release = []
         if self._claim is None:
             self._follow_active_model()
+            if not self.models.runs_active:
+                return self._help_other_models(once)
+            if self.fill.active_step():
+                return True
             documents_first, self._documents_turn = self._documents_turn, not self._documents_turn
             if documents_first and self.documents.step():
                 return True
@@ -176,6 +180,16 @@ class Worker:
         if not rest:
             self._claim = None
         self.process(groups, tokenized, claim_ms, rest)
+        return True
+
+    def _help_other_models(self, once: bool) -> bool:
+        """A daemon that cannot run the active model: the other models' work only."""
+        if self.fill.step():
+            return True
+        if once:
+            return False
+        self._idle()
+        self._follow_active_model(force=True)
         return True
 
     def _follow_active_model(self, *, force: bool = False) -> None:
@@ -286,6 +300,7 @@ class Worker:
                 cache_key=self.cache_key,
                 model_id=self.models.active.id,
                 in_column=self.models.active.in_column,
+                max_chars=self.settings.max_chars,
             )
             reused = len(batch.reused.intersection(written))
             batch.good = []  # committed: a retry after an outage must not write them again

@@ -76,6 +76,7 @@ class ModelStore(Protocol):
         cache_key: str | None,
         fresh: list[bool],
         batch: BatchFigures,
+        max_chars: int,
     ) -> list[int]: ...
 
     def fail_model_work(
@@ -108,6 +109,10 @@ class ModelSet:
         self._loaded: dict[int, TextEmbedder] = {}
         self.active = LoadedModel(None, default.name, True, default)
         self.others: list[LoadedModel] = []
+        #: Whether this daemon runs the active model: only then does it take rows and
+        #: documents (their queues are the active model's); otherwise it only helps the
+        #: other models it can run.
+        self.runs_active = True
         self._read_at = float("-inf")
         self._registry: tuple[tuple[int, bool], ...] = ()
 
@@ -135,14 +140,14 @@ class ModelSet:
                 active = loaded
             else:
                 others.append(loaded)
+        self.runs_active = active is not None
         if active is None:
-            # This daemon cannot run the active model: it keeps writing the one it runs
-            # (to that model's own vectors, queueing the others' work).
-            active = next((m for m in others if m.embedder is self.default), before)
-            others = [m for m in others if m.id != active.id]
+            active = before
+            name = next((m.name for m in models if m.active), "(none)")
             logger.warning(
-                "the active model cannot run in this daemon; it embeds new text with %s",
-                active.name,
+                "the active model %s cannot run in this daemon: it leaves rows and documents "
+                "to the daemons that can, and embeds for the other models only",
+                name,
             )
         self.active, self.others = active, others
         for gone in set(self._loaded) - {m.id for m in models}:
@@ -161,6 +166,11 @@ class ModelSet:
         if embedder is not None:
             self._loaded[model.id] = embedder
         return embedder
+
+    @property
+    def registered(self) -> int:
+        """How many models the registry held when last read."""
+        return len(self._registry)
 
     @property
     def all(self) -> list[LoadedModel]:
@@ -197,7 +207,17 @@ class ModelFill:
                 return True
         return False
 
-    def _batch(self, model: LoadedModel) -> bool:
+    def active_step(self) -> bool:
+        """One batch of the active model's own queued work, if it has any: text written
+        with the model active before, by a batch in flight when the switch came.  Taken
+        before any other work, so the active model's answers lack it for one batch at
+        most.  Nothing to ask while a single model is registered."""
+        active = self.models.active
+        if self.models.registered < 2 or active.id is None:
+            return False
+        return self._batch(active, fill=False)
+
+    def _batch(self, model: LoadedModel, *, fill: bool = True) -> bool:
         assert model.id is not None
         s = self.settings
         cache_key = model.embedder.cache_key if self.cache else None
@@ -205,7 +225,7 @@ class ModelFill:
             model.id, self.worker_id, s.batch_size, s.lease_seconds, s.max_chars, cache_key
         )
         if not rows:
-            return self.store.fill_model(model.id) > 0
+            return fill and self.store.fill_model(model.id) > 0
         claim = Claim.of(rows, model.embedder.tokenize, 0.0)
         written: list[tuple[ClaimedRow, np.ndarray, bool]] = [
             (r, r.cached, False) for r in claim.reused if r.cached is not None
@@ -231,6 +251,7 @@ class ModelFill:
                 cache_key=cache_key,
                 fresh=[f for _, _, f in written],
                 batch=figures,
+                max_chars=s.max_chars,
             )
             self.written += len(done)
             logger.info(

@@ -57,6 +57,7 @@ class DocumentStore(BackfillStore, Protocol):
         embed_ms: float,
         model_id: int | None = None,
         in_column: bool = True,
+        max_chars: int | None = None,
     ) -> tuple[list[int], list[int], int]: ...
 
     def forget_documents(
@@ -120,6 +121,7 @@ class WorkStore(LeaseStore, PruneStore, DocumentStore, ModelStore, Protocol):
         cache_key: str | None = None,
         model_id: int | None = None,
         in_column: bool = True,
+        max_chars: int | None = None,
     ) -> list[int]: ...
 
     def fail_rows(

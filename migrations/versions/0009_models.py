@@ -251,11 +251,22 @@ BEGIN
 END
 $$;
 
+-- Whether the calling role may read a chunk (chunks' row-level security decides): the
+-- policy of every model's vectors.  A function, asked row by row for the rows a search
+-- reads: as a subquery in the policy, the planner may read (and check) all of chunks.
+CREATE FUNCTION @s.chunk_visible(chunk bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM @s.chunks c WHERE c.id = chunk);
+END
+$$;
+
 -- Register a model (the daemon's owner: indexer models add).  Its vectors get a table
 -- and an HNSW index, readable by the roles that may read chunks (under chunks' rules:
 -- a role sees the vectors of the chunks it may read).  Returns the model's id.
 CREATE FUNCTION @s.add_model(name text, dimension integer, record jsonb, fingerprint text,
-                             halfvec boolean DEFAULT false) RETURNS integer
+                             halfvec boolean DEFAULT false,
+                             lock_wait interval DEFAULT '200ms') RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id integer;
@@ -263,6 +274,10 @@ DECLARE
     tbl text;
     grantee regrole;
 BEGIN
+    -- The foreign key to chunks takes a lock on it that the application's writes queue
+    -- behind: wait at most lock_wait for it (lock_not_available: the caller tries again).
+    PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
+                       true);
     SELECT m.name INTO same FROM @s.models m
     WHERE m.fingerprint = add_model.fingerprint AND m.halfvec = add_model.halfvec;
     IF FOUND THEN
@@ -296,7 +311,7 @@ BEGIN
                         ELSE 'vector_cosine_ops' END);
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
     EXECUTE format('CREATE POLICY model_vectors_read ON %s FOR SELECT '
-                   'USING (EXISTS (SELECT 1 FROM @s.chunks c WHERE c.id = chunk_id))', tbl);
+                   'USING (@s.chunk_visible(chunk_id))', tbl);
     FOR grantee IN
         SELECT DISTINCT a.grantee::regrole
         FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
@@ -383,12 +398,16 @@ $$;
 
 -- Drop a model that is not active: its table (or, for the model kept in
 -- chunks.embedding, that column's vectors) and its queued work.
-CREATE FUNCTION @s.drop_model(name text) RETURNS void
+CREATE FUNCTION @s.drop_model(name text, lock_wait interval DEFAULT '200ms') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target @s.models;
 BEGIN
     LOCK TABLE @s.models IN SHARE ROW EXCLUSIVE MODE;
+    -- Dropping the table drops its foreign key's triggers on chunks, which takes a lock
+    -- that searches and writes queue behind: wait at most lock_wait for it.
+    PERFORM set_config('lock_timeout', (extract(epoch FROM lock_wait) * 1000)::bigint::text,
+                       true);
     SELECT * INTO target FROM @s.models m WHERE m.name = drop_model.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no model named %', drop_model.name USING ERRCODE = 'undefined_object';
@@ -396,12 +415,14 @@ BEGIN
         RAISE EXCEPTION 'model % is active: activate another one first', target.name
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- The row first: a writer of its vectors holds it (store_model_vectors) until its
+    -- transaction ends, and one that comes after finds no model, and writes nothing.
+    DELETE FROM @s.models m WHERE m.id = target.id;
     IF target.storage = 'column' THEN
         UPDATE @s.chunks c SET embedding = NULL WHERE c.embedding IS NOT NULL;
     ELSE
         EXECUTE format('DROP TABLE %s', @s.model_vectors(target.id));
     END IF;
-    DELETE FROM @s.models m WHERE m.id = target.id;
     PERFORM pg_notify('indexer_chunks', @schema_literal);
 END
 $$;
@@ -453,18 +474,21 @@ BEGIN
 END
 $$;
 
--- Write vectors of a model for chunks whose content is still the version they were
--- computed for: into chunks.embedding or the model's table.  Returns the chunks
--- written.
+-- Write vectors of a model for chunks whose text is still the one they were computed
+-- from (its version, and the sha256 of its first max_chars characters, or all of it
+-- when NULL: a row deleted and inserted again under its id starts at version 1 again):
+-- into chunks.embedding or the model's table.  Returns the chunks written.
 CREATE FUNCTION @s.store_model_vectors(model_id integer, ids bigint[], versions integer[],
-                                       embeddings @v.vector[], hashes bytea[])
+                                       embeddings @v.vector[], hashes bytea[],
+                                       max_chars integer)
 RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m @s.models;
     written bigint[];
 BEGIN
-    SELECT * INTO m FROM @s.models x WHERE x.id = model_id;
+    -- Held until the transaction ends: the model cannot be dropped meanwhile.
+    SELECT * INTO m FROM @s.models x WHERE x.id = model_id FOR KEY SHARE;
     IF NOT FOUND THEN
         RETURN '{}';
     ELSIF m.storage = 'column' THEN
@@ -476,6 +500,9 @@ BEGIN
             SET embedding = input.embedding, embedding_model = m.name
             FROM input
             WHERE c.id = input.id AND c.content_version = input.content_version
+              AND sha256(convert_to(CASE WHEN max_chars IS NULL THEN c.content
+                                         ELSE left(c.content, max_chars) END, 'UTF8'))
+                  = input.hash
             RETURNING c.id
         )
         SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO written FROM done;
@@ -488,6 +515,8 @@ BEGIN
             '    SELECT input.id, input.content_version, input.hash, input.embedding'
             '    FROM input JOIN @s.chunks c'
             '      ON c.id = input.id AND c.content_version = input.content_version'
+            '     AND sha256(convert_to(CASE WHEN $5 IS NULL THEN c.content'
+            '                                ELSE left(c.content, $5) END, ''UTF8'')) = input.hash'
             '    ORDER BY input.id'
             '    ON CONFLICT (chunk_id) DO UPDATE'
             '    SET content_version = excluded.content_version,'
@@ -496,7 +525,7 @@ BEGIN
             '    RETURNING v.chunk_id'
             ') SELECT coalesce(array_agg(chunk_id ORDER BY chunk_id), ''{}'') FROM done',
             @s.model_vectors(m.id))
-            INTO written USING ids, versions, embeddings, hashes;
+            INTO written USING ids, versions, embeddings, hashes, max_chars;
     END IF;
     RETURN written;
 END
@@ -721,9 +750,8 @@ BEGIN
     PERFORM @s.grant_policy(role);
     EXECUTE format('GRANT SELECT ON %1$s.chunks, %1$s.alembic_version TO %2$s',
                    @schema_ident_literal, role);
-    EXECUTE format('GRANT SELECT (id, name, kind, dimension, halfvec, storage, active, '
-                   'created_at, activated_at) ON %1$s.models TO %2$s',
-                   @schema_ident_literal, role);
+    -- The models' records too: a search opens the model it names from its record.
+    EXECUTE format('GRANT SELECT ON %1$s.models TO %2$s', @schema_ident_literal, role);
     FOR m IN SELECT x.id FROM @s.models x WHERE x.storage = 'table' LOOP
         EXECUTE format('GRANT SELECT ON %s TO %s', @s.model_vectors(m), role);
     END LOOP;
@@ -731,37 +759,23 @@ BEGIN
         'GRANT EXECUTE ON FUNCTION %1$s.search_chunks(%3$s.vector, integer, jsonb, text), '
         '%1$s.similar_chunks(bigint, integer, text), '
         '%1$s.search_documents(%3$s.vector, integer, jsonb, text, integer, text), '
-        '%1$s.model_search(text, %3$s.vector), %1$s.model_vectors(integer) TO %2$s',
+        '%1$s.model_search(text, %3$s.vector), %1$s.model_vectors(integer), '
+        '%1$s.chunk_visible(bigint) TO %2$s',
         @schema_ident_literal, role, @vector_ident_literal);
-END
-$$;
-
--- Roles that could search before can search now.
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT DISTINCT a.grantee::regrole
-        FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
-        WHERE c.oid = '@s.chunks'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0
-          AND a.privilege_type = 'SELECT'
-    LOOP
-        PERFORM @s.grant_search(grantee);
-    END LOOP;
 END
 $$;
 
 REVOKE ALL ON FUNCTION
     @s.model_vectors(integer),
     @s.model_search(text, @v.vector),
-    @s.add_model(text, integer, jsonb, text, boolean),
+    @s.add_model(text, integer, jsonb, text, boolean, interval),
+    @s.chunk_visible(bigint),
     @s.adopt_model(integer, text, jsonb, text),
     @s.model_missing(integer),
     @s.activate_model(text, boolean),
-    @s.drop_model(text),
+    @s.drop_model(text, interval),
     @s.fill_model(integer, integer),
-    @s.store_model_vectors(integer, bigint[], integer[], @v.vector[], bytea[]),
+    @s.store_model_vectors(integer, bigint[], integer[], @v.vector[], bytea[], integer),
     @s.search_chunks(@v.vector, integer, jsonb, text),
     @s.similar_chunks(bigint, integer, text),
     @s.search_documents(@v.vector, integer, jsonb, text, integer, text)
@@ -833,15 +847,17 @@ DROP VIEW @s.indexer_model_status;
 DROP FUNCTION @s.search_chunks(@v.vector, integer, jsonb, text);
 DROP FUNCTION @s.similar_chunks(bigint, integer, text);
 DROP FUNCTION @s.search_documents(@v.vector, integer, jsonb, text, integer, text);
-DROP FUNCTION @s.store_model_vectors(integer, bigint[], integer[], @v.vector[], bytea[]);
+DROP FUNCTION @s.store_model_vectors(integer, bigint[], integer[], @v.vector[], bytea[],
+                                     integer);
 DROP FUNCTION @s.fill_model(integer, integer);
-DROP FUNCTION @s.drop_model(text);
+DROP FUNCTION @s.drop_model(text, interval);
 DROP FUNCTION @s.activate_model(text, boolean);
 DROP FUNCTION @s.model_missing(integer);
 DROP FUNCTION @s.adopt_model(integer, text, jsonb, text);
-DROP FUNCTION @s.add_model(text, integer, jsonb, text, boolean);
+DROP FUNCTION @s.add_model(text, integer, jsonb, text, boolean, interval);
 DROP FUNCTION @s.model_search(text, @v.vector);
 DROP FUNCTION @s.model_vectors(integer);
+DROP FUNCTION @s.chunk_visible(bigint);
 DROP TABLE @s.model_pending;
 DROP TABLE @s.models;
 DROP TABLE @s.chunking;
@@ -898,13 +914,36 @@ WHERE p.oid IN ('@s.search_chunks(@v.vector, integer, jsonb)'::regprocedure,
   AND a.grantee <> p.proowner AND a.grantee <> 0;
 """
 
+# What they could execute, they still can: the new signatures (and, for them to work,
+# the models' registry), nothing more.
 _REGRANT = r"""
 DO $$
 DECLARE
     grantee regrole;
 BEGIN
     FOR grantee IN SELECT g.grantee FROM indexer_search_grantees g LOOP
-        PERFORM @s.grant_search(grantee);
+        EXECUTE format(
+            'GRANT EXECUTE ON FUNCTION @s.search_chunks(@v.vector, integer, jsonb, text), '
+            '@s.similar_chunks(bigint, integer, text), '
+            '@s.search_documents(@v.vector, integer, jsonb, text, integer, text), '
+            '@s.model_search(text, @v.vector), @s.model_vectors(integer), '
+            '@s.chunk_visible(bigint) TO %s', grantee);
+        EXECUTE format('GRANT SELECT ON @s.models TO %s', grantee);
+    END LOOP;
+END
+$$;
+"""
+
+_REGRANT_0006 = r"""
+DO $$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN SELECT g.grantee FROM indexer_search_grantees g LOOP
+        EXECUTE format(
+            'GRANT EXECUTE ON FUNCTION @s.search_chunks(@v.vector, integer, jsonb), '
+            '@s.similar_chunks(bigint, integer), '
+            '@s.search_documents(@v.vector, integer, jsonb, text, integer) TO %s', grantee);
     END LOOP;
 END
 $$;
@@ -945,5 +984,6 @@ def downgrade() -> None:
         + trigger
         + "REVOKE ALL ON FUNCTION @s.search_chunks(@v.vector, integer, jsonb), "
         "@s.similar_chunks(bigint, integer), "
-        "@s.search_documents(@v.vector, integer, jsonb, text, integer) FROM PUBLIC;\n" + _REGRANT
+        "@s.search_documents(@v.vector, integer, jsonb, text, integer) FROM PUBLIC;\n"
+        + _REGRANT_0006
     )
