@@ -320,6 +320,7 @@ BEGIN
     LOOP
         EXECUTE format('GRANT SELECT ON %s TO %s', tbl, grantee);
     END LOOP;
+    PERFORM pg_notify('indexer_chunks', @schema_literal);  -- the daemons start its fill
     RETURN new_id;
 END
 $$;

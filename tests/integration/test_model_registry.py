@@ -4,15 +4,21 @@ a model changed on disk refused; privileges of the new tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+from indexer.app import Indexer
 from indexer.db import migrate
 from indexer.embedding import Embedder
 from indexer.embedding.describe import describe_folder
@@ -21,6 +27,8 @@ from indexer.registry import Embedders, reconcile
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.worker import Worker
+
+from ..helpers import wait_until
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "models"
 
@@ -303,3 +311,50 @@ def test_a_searching_role_searches_every_model_and_changes_none(
             conn.execute("RESET ROLE")
             conn.execute("DROP OWNED BY model_reader")
             conn.execute("DROP ROLE model_reader")
+
+
+# --- found by the model-switch bench (indexer/bench/switch.py) ---------------------------
+
+
+def test_an_idle_daemon_starts_a_new_models_fill_without_waiting_for_a_poll(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder
+) -> None:
+    store.insert_chunks(["one", "two", "three"], ["{}"] * 3)
+    # Polling is only a fallback (README): NOTIFY wakes the daemon for new work.
+    idle = dataclasses.replace(settings, poll_interval=3600)
+    with Store(settings.database_url or "", settings.schema, pool_size=4) as own:
+        worker = _worker(idle, own, embedder)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            assert wait_until(lambda: _status(store)[embedder.name]["covered"] == 3, 30)
+            _add(store, second)
+            assert wait_until(lambda: _status(store)["tiny-cls"]["missing"] == 0, 10)
+        finally:
+            worker.stop()
+            thread.join(30)
+
+
+def test_a_role_that_may_only_search_can_search_through_python(
+    settings: Settings, store: Store, embedder: Embedder, database: str
+) -> None:
+    store.insert_chunks(["a note about the sea", "a note about the city"], ["{}"] * 2)
+    _worker(settings, store, embedder).run(once=True)
+    name = "r_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(database, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        try:
+            admin.execute("SELECT grant_search(%s)", (name,))
+            reader = dataclasses.replace(settings, database_url=make_conninfo(database, user=name))
+            with psycopg.connect(reader.database_url or "") as c:  # SQL search works
+                query = embedder.embed_queries(["the sea"])[0]
+                found = c.execute(
+                    "SELECT content FROM search_chunks(%s::vector, 1)", (str(query.tolist()),)
+                ).fetchall()
+            assert found == [("a note about the sea",)]
+            with Indexer(reader, embedder=embedder) as ix:
+                hits = ix.search("the sea", k=1)
+            assert [h.content for h in hits] == ["a note about the sea"]
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
