@@ -518,7 +518,9 @@ class EmbeddingModel(Base):
 
     __table_args__ = (
         UniqueConstraint("name", name="models_name_key"),
-        CheckConstraint("name ~ '^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$'", name="models_name_check"),
+        CheckConstraint(
+            "name ~ '^[^[:cntrl:]]{1,200}$' AND name = btrim(name)", name="models_name_check"
+        ),
         CheckConstraint("kind IN ('local')", name="models_kind_check"),
         CheckConstraint("dimension BETWEEN 1 AND 16000", name="models_dimension_check"),
         CheckConstraint("storage IN ('column', 'table')", name="models_storage_check"),

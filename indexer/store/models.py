@@ -285,7 +285,7 @@ def _waiting_for_chunks(store: Executes, name: str, params: dict[str, Any], doin
 def _model_error(exc: psycopg.Error, name: str) -> str:
     if isinstance(exc, psycopg.errors.CheckViolation):
         return (
-            f"{name!r} is not a model name: use letters, digits and . _ : + - "
-            "(at most 100, starting with a letter or digit)"
+            f"{name!r} is not a model name: 1 to 200 characters, no control characters, "
+            "no space at either end"
         )
     return first_line(exc)

@@ -96,7 +96,9 @@ CREATE TABLE @s.models (
     created_at timestamptz NOT NULL DEFAULT now(),
     activated_at timestamptz,
     CONSTRAINT models_name_key UNIQUE (name),
-    CONSTRAINT models_name_check CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$'),
+    -- Any name a model folder may have (the upgrade's is the vectors' embedding_model),
+    -- as data only: never put into SQL's text.
+    CONSTRAINT models_name_check CHECK (name ~ '^[^[:cntrl:]]{1,200}$' AND name = btrim(name)),
     CONSTRAINT models_kind_check CHECK (kind IN ('local')),
     CONSTRAINT models_dimension_check CHECK (dimension BETWEEN 1 AND 16000),
     CONSTRAINT models_storage_check CHECK (storage IN ('column', 'table')),

@@ -167,7 +167,7 @@ def test_registered_names_and_duplicates(store: Store, second: Embedder) -> None
             fingerprint=second.record.fingerprint,
         )
     with pytest.raises(InvalidInput, match="not a model name"):
-        store.add_model("bad name; drop", dimension=8, record={}, fingerprint="x")
+        store.add_model(" bad\nname", dimension=8, record={}, fingerprint="x")
 
 
 def test_upgrade_keeps_every_vector_and_downgrade_needs_the_first_model(
