@@ -172,8 +172,8 @@ def test_plain_output_shows_control_characters_as_escapes(
         "attempts: boom\\nfailed document x 1 after 5 attempts: \\x1b[2Jforged\n"
     ) in status.stdout
     assert "source              notes\\x1b[31m\\u202e: " in status.stdout
-    # 17 figures, a failed row, a failed document, two sources
-    assert len(status.stdout.splitlines()) == 21
+    # 17 figures, a failed row, a failed document, two sources, one model
+    assert len(status.stdout.splitlines()) == 22
     removed = run_cli(["sources", "remove", name], env)
     assert removed.stdout == "removed source notes\\x1b[31m\\u202e and 1 chunk of its documents\n"
     unknown = run_cli(["sources", "remove", "gone\x1b[2J"], env)

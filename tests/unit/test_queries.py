@@ -30,8 +30,12 @@ def test_text_before_the_first_header_is_not_a_query() -> None:
 def test_every_query_the_store_runs_is_defined() -> None:
     # The Store's own module and its mixins (which run them through the Store's _execute).
     source = "".join(path.read_text() for path in sorted((PACKAGE / "store").glob("*.py")))
-    # (_locking_call is a function of sources.py: the store is its first argument.)
-    runs = r'(?:_execute|_one|_source_call|_locking_call)\(\s*(?:self,\s*)?"([a-z_]+)"'
+    # (_locking_call and _waiting_for_chunks are functions of sources.py and models.py:
+    # the store is their first argument.)
+    runs = (
+        r"(?:_execute|_one|_source_call|_locking_call|_waiting_for_chunks)"
+        r'\(\s*(?:self,\s*)?"([a-z_]+)"'
+    )
     used = set(re.findall(runs, source))
     used |= set(re.findall(r'QUERIES\["([a-z_]+)"\]', source))
     # Steps of one transaction (_execute_all): ("name", {...}) or ("name", params).
