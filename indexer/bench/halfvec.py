@@ -21,6 +21,10 @@ The rows stay where real embeddings are, dense where they are dense, without the
 clusters of near-duplicates that copying each embedding hundreds of times would make
 (HNSW handles those badly: the search section's ``--search-copies``).  The queries are
 drawn the same way after the rows: the same distribution, none of them in the table.
+Checked against real embeddings at a size that can be embedded: 23,800 distinct
+standard-library lines, 200 others as queries, gave recall@10 0.9925 (vector, ef_search
+100) and median cosines 0.77 / 0.59 / 0.46 to the 1st / 10th / 100th nearest row; as
+many of these vectors (mixed from 2,380 embeddings) gave 0.997 and 0.73 / 0.64 / 0.46.
 
 **Fairness.**  Both tables hold the same values: the vector table is loaded with binary
 COPY, the halfvec table from it with ``embedding::halfvec(384)`` (pgvector's own
@@ -72,9 +76,10 @@ MIN_BASE_TEXTS = 200
 #: Embeddings mixed into each row, and how many nearest ones its companions come from.
 MIX = 3
 NEIGHBOURS = 16
-#: Gaussian noise per dimension, added to each normalised mix: about 0.39 in norm,
-#: a cosine of about 0.93 to the mix.
-NOISE_SIGMA = 0.02
+#: Gaussian noise per dimension, added to each normalised mix: about 0.59 in norm, a
+#: cosine of about 0.86 to the mix.  Chosen so that the vectors' nearest neighbours are
+#: about as near as real ones (see the module's docstring); 0.02 made them nearer.
+NOISE_SIGMA = 0.03
 #: Rows generated, copied or scored at a time (bounds the memory of the temporaries).
 STEP = 20_000
 
