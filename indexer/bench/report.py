@@ -199,8 +199,9 @@ def _halfvec_rows(r: dict[str, Any], results: Results) -> list[Row]:
             "halfvec",
             f"  HNSW build (maintenance_work_mem {r['maintenance_work_mem']}, "
             f"max_parallel_maintenance_workers {r['max_parallel_maintenance_workers']})",
-            f"{v['build_s']:.1f} s vs {h['build_s']:.1f} s ({x['build']:.2f}x; workers "
-            f"launched {v['workers']} / {h['workers']}) {fit}".rstrip(),
+            f"{v['build_s']:.1f} s vs {h['build_s']:.1f} s ({x['build']:.2f}x; median of "
+            f"{len(v['builds_s'])}, order swapped each round; workers launched "
+            f"{v['workers']} / {h['workers']}) {fit}".rstrip(),
         ),
         (
             "halfvec",

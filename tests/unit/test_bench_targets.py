@@ -35,10 +35,11 @@ def _halfvec_type(ops: str, scale: float, build_s: float, p50_ms: float) -> dict
     return {
         "ops": ops,
         "build_s": build_s,
+        "builds_s": [build_s * 1.1, build_s, build_s * 0.9],
+        "loadavg_before_builds": [0.5, 0.6, 0.4],
         "workers": 1,
         "graph_fit": True,
         "spilled_after": None,
-        "loadavg_before_build": 0.5,
         "notices": [],
         "heap_bytes": int(1.6e9 * scale),
         "table_bytes": int(1.61e9 * scale),
@@ -457,7 +458,7 @@ def test_the_halfvec_row_and_target() -> None:
     )
     assert rows["  HNSW index (m 16, ef_construction 64)"] == "2.00 GB vs 1.00 GB (50.0%)"
     assert rows["  HNSW build (maintenance_work_mem 3GB, max_parallel_maintenance_workers 1)"] == (
-        "600.0 s vs 500.0 s (0.83x; workers launched 1 / 1)"
+        "600.0 s vs 500.0 s (0.83x; median of 3, order swapped each round; workers launched 1 / 1)"
     )
     assert rows["  top-10 SQL, ef_search 100 (200 queries x 3)"] == (
         "p50 4.00 vs 3.60 ms (0.90x), p95 8.00 vs 7.20 ms (0.90x)"
