@@ -4,7 +4,8 @@ Eight sections, each in a module of its own (:mod:`~indexer.bench.model`,
 :mod:`~indexer.bench.backfill`, :mod:`~indexer.bench.latency`,
 :mod:`~indexer.bench.search`, :mod:`~indexer.bench.memory`,
 :mod:`~indexer.bench.claim`, :mod:`~indexer.bench.cache`,
-:mod:`~indexer.bench.documents`); :mod:`~indexer.bench.targets` holds the targets as one
+:mod:`~indexer.bench.documents`), and an opt-in one (:mod:`~indexer.bench.halfvec`,
+``--halfvec-rows N``); :mod:`~indexer.bench.targets` holds the targets as one
 table of data and :mod:`~indexer.bench.report` prints them.  Importing this package
 loads only the command's parser; the measuring code loads when :func:`main` runs.
 """

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from indexer.bench.plan import SECTIONS
+from indexer.bench.plan import OPT_IN, SECTIONS
 
 if TYPE_CHECKING:
     from indexer.settings import Settings
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         metavar="SECTIONS",
-        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+        help=f"comma-separated subset of: {', '.join(SECTIONS + tuple(OPT_IN))} (default: all "
+        "but the opt-in ones, which run when their option is given)",
     )
     parser.add_argument(
         "--no-reference",
@@ -49,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--claim-rows",
         type=int,
         help="embedded rows in the large claim table (default 1000000; quick 20000)",
+    )
+    parser.add_argument(
+        "--halfvec-rows",
+        type=int,
+        metavar="N",
+        help="opt-in: compare pgvector's halfvec(384) with vector(384) on N rows (sizes, "
+        "HNSW build, search latency and recall; benchmarks/halfvec_scale.py runs 1000000)",
     )
     parser.add_argument(
         "--bench-schema",

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from indexer.exceptions import InvalidInput
 
 SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim", "cache", "documents")
+#: Sections that run only when their option asks for them (long, or of interest to
+#: few), each with that option.
+OPT_IN = {"halfvec": "--halfvec-rows"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Plan:
     documents: int
     #: Texts embedded alone and in batches by the model section's batch check.
     batch_texts: int
+    #: Rows of the opt-in halfvec vs vector comparison; 0: it does not run.
+    halfvec_rows: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -59,20 +64,36 @@ class Plan:
             search_copies=args.search_copies,
             documents=8 if quick else 1_000,
             batch_texts=24 if quick else 100,
+            halfvec_rows=args.halfvec_rows or 0,
         )
         if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
             raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")
+        if args.halfvec_rows is not None and args.halfvec_rows < 1000:
+            raise InvalidInput("--halfvec-rows must be >= 1000")
         if plan.search_copies < 1:
             raise InvalidInput("--search-copies must be >= 1")
         return plan
 
 
-def chosen_sections(only: str | None) -> tuple[str, ...]:
-    """The sections ``--only`` names, in the order they run."""
+def chosen_sections(only: str | None, plan: Plan) -> tuple[str, ...]:
+    """The sections ``--only`` names (all but the opt-in ones by default), in the order
+    they run, and each opt-in section whose option was given.
+
+    An opt-in section ``--only`` names without its option, or whose option was given
+    with an ``--only`` that leaves it out, is refused: either way the command line asks
+    for two different things.
+    """
+    asked = ("halfvec",) if plan.halfvec_rows else ()
     if not only:
-        return SECTIONS
+        return SECTIONS + asked
     chosen = {s.strip() for s in only.split(",")}
-    unknown = chosen - set(SECTIONS)
+    known = SECTIONS + tuple(OPT_IN)
+    unknown = chosen - set(known)
     if unknown:
-        raise InvalidInput(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    return tuple(s for s in SECTIONS if s in chosen)
+        raise InvalidInput(f"--only: unknown sections {sorted(unknown)}; choose from {known}")
+    for name, option in OPT_IN.items():
+        if name in chosen and name not in asked:
+            raise InvalidInput(f"--only {name} needs {option} N")
+        if name in asked and name not in chosen:
+            raise InvalidInput(f"{option} was given but --only leaves out {name}")
+    return tuple(s for s in known if s in chosen)

@@ -171,6 +171,54 @@ def _search_rows(r: dict[str, Any], results: Results) -> list[Row]:
     ]
 
 
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def _halfvec_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    """vector then halfvec in each row, and halfvec's ratio to vector."""
+    v, h, x = r["types"]["vector"], r["types"]["halfvec"], r["ratios"]
+    fit = " ".join(
+        f"({t}: the graph outgrew maintenance_work_mem after {r['types'][t]['spilled_after']:,} "
+        "rows)"
+        for t in ("vector", "halfvec")
+        if not r["types"][t]["graph_fit"]
+    )
+    return [
+        (
+            "halfvec",
+            f"vector({r['dim']}) vs halfvec({r['dim']}), {r['rows']:,} rows: table",
+            f"{_gb(v['table_bytes'])} vs {_gb(h['table_bytes'])} ({x['table']:.1%})",
+        ),
+        (
+            "halfvec",
+            f"  HNSW index (m {r['index']['m']}, ef_construction {r['index']['ef_construction']})",
+            f"{_gb(v['hnsw_bytes'])} vs {_gb(h['hnsw_bytes'])} ({x['hnsw_index']:.1%})",
+        ),
+        (
+            "halfvec",
+            f"  HNSW build (maintenance_work_mem {r['maintenance_work_mem']}, "
+            f"max_parallel_maintenance_workers {r['max_parallel_maintenance_workers']})",
+            f"{v['build_s']:.1f} s vs {h['build_s']:.1f} s ({x['build']:.2f}x; median of "
+            f"{len(v['builds_s'])}, order swapped each round; workers launched "
+            f"{v['workers']} / {h['workers']}) {fit}".rstrip(),
+        ),
+        (
+            "halfvec",
+            f"  top-{r['k']} SQL, ef_search {r['ef_search']} ({r['queries']} queries x "
+            f"{r['runs']})",
+            f"p50 {v['p50_ms']:.2f} vs {h['p50_ms']:.2f} ms ({x['p50']:.2f}x), "
+            f"p95 {v['p95_ms']:.2f} vs {h['p95_ms']:.2f} ms ({x['p95']:.2f}x)",
+        ),
+        (
+            "halfvec",
+            "  recall@10 against exact float32",
+            f"{v['recall_at_10']:.4f} vs {h['recall_at_10']:.4f} ({r['recall_diff']:+.4f}; "
+            f"rounding alone, exact scan: {r['rounding_recall_at_10']:.4f})",
+        ),
+    ]
+
+
 def _memory_rows(r: dict[str, Any], results: Results) -> list[Row]:
     return [
         (
@@ -275,6 +323,7 @@ ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "backfill": _backfill_rows,
     "latency": _latency_rows,
     "search": _search_rows,
+    "halfvec": _halfvec_rows,
     "memory": _memory_rows,
     "claim": _claim_rows,
     "cache": _cache_rows,
@@ -329,7 +378,8 @@ def render(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         note = f"  [{t['note']}]" if t["note"] else ""
         lines.append(f"  {t['verdict']:<12} {t['name']}: {t['value']} (target {t['wanted']}){note}")
-    search = report["results"].get("search", {})
-    if "vectors" in search:
-        lines.append(f"search vectors: {search['vectors']}")
+    for section in ("search", "halfvec"):
+        found = report["results"].get(section, {})
+        if "vectors" in found:
+            lines.append(f"{section} vectors: {found['vectors']}")
     return "\n".join(lines)

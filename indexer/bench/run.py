@@ -12,7 +12,10 @@ as JSON with ``--json``):
 6. peak RSS of `indexer run --once` draining rows of 1 MB of text each;
 7. the cost of one claim with few and with many already-embedded rows;
 8. the vector cache: re-ingest, duplicates, no repeats, cached INSERT latency, lookups;
-9. chunked documents: ingestion against the raw model, re-import, a paragraph's update.
+9. chunked documents: ingestion against the raw model, re-import, a paragraph's update;
+
+and, opt-in (``--halfvec-rows N``), pgvector's halfvec(384) against vector(384): sizes,
+HNSW build, search latency and recall on the same N rows.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from indexer.bench.context import Context
 from indexer.bench.corpus import build_corpus
 from indexer.bench.daemons import stop_children
 from indexer.bench.documents import bench_documents
+from indexer.bench.halfvec import bench_halfvec
 from indexer.bench.latency import bench_latency
 from indexer.bench.machine import loadavg, machine_info, versions
 from indexer.bench.memory import bench_memory
@@ -59,6 +63,7 @@ RUNNERS: dict[str, Section] = {
     "claim": bench_claim,
     "cache": bench_cache,
     "documents": bench_documents,
+    "halfvec": bench_halfvec,
 }
 
 
@@ -85,7 +90,7 @@ def _run_sections(ctx: Context, chosen: tuple[str, ...], results: dict[str, Any]
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """`indexer bench`: 0 when every chosen section ran, 1 when one failed."""
     plan = Plan.from_args(args)
-    chosen = chosen_sections(args.only)
+    chosen = chosen_sections(args.only, plan)
     began = time.perf_counter()
     dsn = resolve_dsn(settings)
     admin = connect_admin(dsn)

@@ -70,11 +70,13 @@ def _drop_scratch(admin: db.Connection, schema: str, marker: str, hint: str) -> 
 
 @contextlib.contextmanager
 def migrated_schema(
-    dsn: str, admin: db.Connection, schema: str, *, marker: str, hint: str
+    dsn: str, admin: db.Connection, schema: str, *, marker: str, hint: str, migrated: bool = True
 ) -> Iterator[db.Connection]:
     """A freshly migrated schema marked by the comment ``marker`` (and an autocommit
     connection into it), dropped afterwards.  A schema of that name not so marked is
-    refused (``hint``: who would have made it, and what to do instead)."""
+    refused (``hint``: who would have made it, and what to do instead).  With
+    ``migrated=False`` the schema is left empty, for a section that measures tables of
+    its own rather than the indexer's."""
     _drop_scratch(admin, schema, marker, hint)
     admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     admin.execute(
@@ -82,13 +84,18 @@ def migrated_schema(
     )
     conn: db.Connection | None = None
     try:
-        migrate.upgrade(dsn, schema)
+        if migrated:
+            migrate.upgrade(dsn, schema)
         conn = db.connect(dsn, schema, autocommit=True)
         yield conn
     finally:
         if conn is not None:
             conn.close()
         _drop_scratch(admin, schema, marker, hint)
+
+
+#: Who makes the scratch schemas, for the refusal of one it did not make.
+SCHEMA_HINT = "`indexer bench`; choose another prefix with --bench-schema"
 
 
 @contextlib.contextmanager
@@ -98,8 +105,9 @@ def scratch_schema(ctx: Context, section: str) -> Iterator[tuple[str, db.Connect
     Daemons started meanwhile are stopped first: they hold connections into it.
     """
     schema = ctx.schema(section)
-    hint = "`indexer bench`; choose another prefix with --bench-schema"
-    with migrated_schema(ctx.dsn, ctx.admin, schema, marker=SCHEMA_MARKER, hint=hint) as conn:
+    with migrated_schema(
+        ctx.dsn, ctx.admin, schema, marker=SCHEMA_MARKER, hint=SCHEMA_HINT
+    ) as conn:
         try:
             yield schema, conn
         finally:

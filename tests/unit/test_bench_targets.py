@@ -12,11 +12,15 @@ from typing import Any
 import pytest
 
 from indexer.bench.backfill import padded_tokens
+from indexer.bench.plan import SECTIONS, Plan, chosen_sections
 from indexer.bench.report import render, table
 from indexer.bench.targets import TARGETS, evaluate
+from indexer.cli.parser import build_parser
+from indexer.exceptions import InvalidInput
 
 MODEL_TARGET = "model fp32 vs sentence-transformers and GEMM peak (mixed)"
 INT8_TARGET = "int8 (opt-in) vs fp32"
+HALFVEC_TARGET = "halfvec(384) vs vector(384)"
 
 
 def _speed(texts_per_s: float) -> dict[str, Any]:
@@ -25,6 +29,50 @@ def _speed(texts_per_s: float) -> dict[str, Any]:
 
 def _cosines(lowest: float) -> dict[str, float]:
     return {"min_cosine_fp32": lowest, "median_cosine_fp32": 0.999}
+
+
+def _halfvec_type(ops: str, scale: float, build_s: float, p50_ms: float) -> dict[str, Any]:
+    return {
+        "ops": ops,
+        "build_s": build_s,
+        "builds_s": [build_s * 1.1, build_s, build_s * 0.9],
+        "loadavg_before_builds": [0.5, 0.6, 0.4],
+        "workers": 1,
+        "graph_fit": True,
+        "spilled_after": None,
+        "notices": [],
+        "heap_bytes": int(1.6e9 * scale),
+        "table_bytes": int(1.61e9 * scale),
+        "indexes_bytes": int(2.0e9 * scale) + 22_487_040,
+        "hnsw_bytes": int(2.0e9 * scale),
+        "recall_at_10": 0.95,
+        "min_recall_at_10": 0.5,
+        "p50_ms": p50_ms,
+        "p95_ms": p50_ms * 2,
+    }
+
+
+def halfvec_results() -> dict[str, Any]:
+    """The opt-in halfvec row of a full run (1M rows) that meets its target."""
+    return {
+        "rows": 1_000_000,
+        "dim": 384,
+        "queries": 200,
+        "runs": 3,
+        "k": 10,
+        "ef_search": 100,
+        "index": {"type": "hnsw", "m": 16, "ef_construction": 64},
+        "maintenance_work_mem": "3GB",
+        "max_parallel_maintenance_workers": 1,
+        "types": {
+            "vector": _halfvec_type("vector_cosine_ops", 1.0, 600.0, 4.0),
+            "halfvec": _halfvec_type("halfvec_cosine_ops", 0.5, 500.0, 3.6),
+        },
+        "ratios": {"table": 0.5, "hnsw_index": 0.5, "build": 0.8333, "p50": 0.9, "p95": 0.9},
+        "recall_diff": -0.001,
+        "rounding_recall_at_10": 0.998,
+        "vectors": "hand-made too",
+    }
 
 
 def good_results() -> dict[str, Any]:
@@ -98,6 +146,7 @@ def good_results() -> dict[str, Any]:
             "index_build_s": 60.0,
             "vectors": "hand-made",
         },
+        "halfvec": halfvec_results(),
         "memory": {"rows": 20, "peak_rss_mib": 400.0, "process_s": 30.0},
         "claim": {
             "claim_size": 256,
@@ -172,7 +221,7 @@ def by_name(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_target_met() -> None:
     targets = by_name(good_results())
-    assert len(targets) == len(TARGETS) == 16
+    assert len(targets) == len(TARGETS) == 17
     assert {t.verdict for t in targets.values()} == {"met"}
     assert all(t.met is True for t in targets.values())
     model = targets[MODEL_TARGET]
@@ -198,6 +247,10 @@ def test_every_target_met() -> None:
         (("search", "recall_at_10"), 0.94, "search recall@10", ""),
         (("memory", "peak_rss_mib"), 1000.0, "daemon peak RSS", ""),
         (("claim", "ratio"), 1.6, "claim cost flat 1k -> 1M rows", "large/small"),
+        (("halfvec", "recall_diff"), -0.0021, HALFVEC_TARGET, "recall@10 diff"),
+        (("halfvec", "ratios", "hnsw_index"), 0.551, HALFVEC_TARGET, "index"),
+        (("halfvec", "ratios", "build"), 1.01, HALFVEC_TARGET, "build"),
+        (("halfvec", "ratios", "p50"), 1.01, HALFVEC_TARGET, "p50"),
         (
             ("documents", "ratio_to_raw"),
             0.94,
@@ -333,7 +386,7 @@ def test_render_prints_every_section_and_target() -> None:
         "cos >= 0.9999)  [torch is not installed]"
     )
     assert "  met          backfill vs raw model: 95.0% (target >= 90%)" in targets
-    assert targets[-1] == "search vectors: hand-made"
+    assert targets[-2:] == ["search vectors: hand-made", "halfvec vectors: hand-made too"]
 
 
 def test_render_marks_a_failed_section() -> None:
@@ -388,3 +441,73 @@ def test_the_documents_rows_and_targets() -> None:
     update = by_name(results)["one-paragraph update: model inputs vs allowed"]
     assert update.verdict == "not measured"
     assert update.note == "documents failed: the worker indexed 3 of 8 documents (5 not indexed)"
+
+
+def test_the_halfvec_row_and_target() -> None:
+    results = good_results()
+    halfvec = by_name(results)[HALFVEC_TARGET]
+    assert halfvec.verdict == "met"
+    assert halfvec.value == "recall@10 diff -0.0010, index 50.0%, build 0.83x, p50 0.90x"
+    assert halfvec.wanted == (
+        "recall@10 diff >= -0.002, index <= 55%, build <= 1x, p50 <= 1x at 1M rows"
+    )
+    assert halfvec.note == ""
+    rows = {r[1]: r[2] for r in table(results) if r[0] == "halfvec"}
+    assert rows["vector(384) vs halfvec(384), 1,000,000 rows: table"] == (
+        "1.61 GB vs 0.81 GB (50.0%)"
+    )
+    assert rows["  HNSW index (m 16, ef_construction 64)"] == "2.00 GB vs 1.00 GB (50.0%)"
+    assert rows["  HNSW build (maintenance_work_mem 3GB, max_parallel_maintenance_workers 1)"] == (
+        "600.0 s vs 500.0 s (0.83x; median of 3, order swapped each round; workers launched 1 / 1)"
+    )
+    assert rows["  top-10 SQL, ef_search 100 (200 queries x 3)"] == (
+        "p50 4.00 vs 3.60 ms (0.90x), p95 8.00 vs 7.20 ms (0.90x)"
+    )
+    assert rows["  recall@10 against exact float32"] == (
+        "0.9500 vs 0.9500 (-0.0010; rounding alone, exact scan: 0.9980)"
+    )
+
+    # A build that outgrew maintenance_work_mem is named, in the row and the target.
+    results["halfvec"]["types"]["vector"].update(graph_fit=False, spilled_after=912_345)
+    results["halfvec"]["rows"] = 20_000
+    halfvec = by_name(results)[HALFVEC_TARGET]
+    assert halfvec.note == ("at 20000 rows, not 1M; graph outgrew maintenance_work_mem: vector")
+    build = next(r[2] for r in table(results) if r[0] == "halfvec" and "build" in r[1])
+    assert build.endswith("(vector: the graph outgrew maintenance_work_mem after 912,345 rows)")
+
+
+@pytest.mark.parametrize(
+    ("only", "rows", "expected"),
+    [
+        (None, None, SECTIONS),
+        (None, 2000, (*SECTIONS, "halfvec")),
+        ("halfvec", 2000, ("halfvec",)),
+        ("halfvec,search", 2000, ("search", "halfvec")),
+        ("claim", None, ("claim",)),
+    ],
+)
+def test_the_halfvec_row_is_opt_in(
+    only: str | None, rows: int | None, expected: tuple[str, ...]
+) -> None:
+    args = build_parser().parse_args(
+        [
+            "bench",
+            *(["--only", only] if only else []),
+            *(["--halfvec-rows", str(rows)] if rows else []),
+        ]
+    )
+    assert chosen_sections(args.only, Plan.from_args(args)) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "halfvec"], "--only halfvec needs --halfvec-rows N"),
+        (["--only", "search", "--halfvec-rows", "2000"], "--only leaves out halfvec"),
+        (["--halfvec-rows", "10"], "--halfvec-rows must be >= 1000"),
+    ],
+)
+def test_the_halfvec_options_refuse_contradictions(argv: list[str], message: str) -> None:
+    args = build_parser().parse_args(["bench", *argv])
+    with pytest.raises(InvalidInput, match=message):
+        chosen_sections(args.only, Plan.from_args(args))
