@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "HNSW build, search latency and recall; benchmarks/halfvec_scale.py runs 1000000)",
     )
     parser.add_argument(
+        "--switch-rows",
+        type=int,
+        help="chunks of the model switch's corpus (default 10000; quick 1000; its target "
+        "is set at 100000)",
+    )
+    parser.add_argument(
         "--bench-schema",
         default="indexer_bench",
         help="prefix of the scratch schemas (default indexer_bench); they are dropped at the end",

@@ -131,11 +131,12 @@ def big_texts(count: int, size: int = ONE_MB) -> list[str]:
     return [blob[i * step : i * step + size] for i in range(count)]
 
 
-def search_lines(count: int, exclude: set[str]) -> list[str]:
+def search_lines(count: int, exclude: set[str], *, per_file: int = 16) -> list[str]:
     """``count`` more distinct source lines (20-200 characters) for the search table.
 
-    Up to 16 per file, files in a fixed-seed order of their own; ``exclude`` (the
-    corpus and the queries) keeps the queries out of the table.
+    Up to ``per_file`` per file (16 give about 25,000 lines; a larger table needs
+    more), files in a fixed-seed order of their own; ``exclude`` (the corpus and the
+    queries) keeps the queries out of the table.
     """
     rng = random.Random(SEED + 1)
     files = stdlib_files()
@@ -147,7 +148,7 @@ def search_lines(count: int, exclude: set[str]) -> list[str]:
             break
         candidates = sorted({ln.strip() for ln in _read(path).splitlines()} - seen)
         candidates = [c for c in candidates if 20 <= len(c) <= 200]
-        for pick in rng.sample(candidates, min(16, len(candidates))):
+        for pick in rng.sample(candidates, min(per_file, len(candidates))):
             found.append(pick)
             seen.add(pick)
     if len(found) < count:

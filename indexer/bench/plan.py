@@ -11,7 +11,17 @@ from dataclasses import dataclass
 
 from indexer.exceptions import InvalidInput
 
-SECTIONS = ("model", "backfill", "latency", "search", "memory", "claim", "cache", "documents")
+SECTIONS = (
+    "model",
+    "backfill",
+    "latency",
+    "search",
+    "memory",
+    "claim",
+    "cache",
+    "documents",
+    "switch",
+)
 #: Sections that run only when their option asks for them (long, or of interest to
 #: few), each with that option.
 OPT_IN = {"halfvec": "--halfvec-rows"}
@@ -39,6 +49,11 @@ class Plan:
     documents: int
     #: Texts embedded alone and in batches by the model section's batch check.
     batch_texts: int
+    #: Chunks of the model switch's corpus (its target is set at 100k: see
+    #: :mod:`indexer.bench.switch` for why the default is smaller).
+    switch_rows: int
+    #: Seconds of traffic timed before the switch, and again after it.
+    switch_window_s: float
     #: Rows of the opt-in halfvec vs vector comparison; 0: it does not run.
     halfvec_rows: int = 0
 
@@ -64,12 +79,16 @@ class Plan:
             search_copies=args.search_copies,
             documents=8 if quick else 1_000,
             batch_texts=24 if quick else 100,
+            switch_rows=args.switch_rows or (1_000 if quick else 10_000),
+            switch_window_s=3.0 if quick else 20.0,
             halfvec_rows=args.halfvec_rows or 0,
         )
         if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
             raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")
         if args.halfvec_rows is not None and args.halfvec_rows < 1000:
             raise InvalidInput("--halfvec-rows must be >= 1000")
+        if plan.switch_rows < 100:
+            raise InvalidInput("--switch-rows must be >= 100")
         if plan.search_copies < 1:
             raise InvalidInput("--search-copies must be >= 1")
         return plan

@@ -316,6 +316,58 @@ def _documents_rows(r: dict[str, Any], results: Results) -> list[Row]:
     ]
 
 
+def _phases(by_phase: dict[str, Any], show: Callable[[dict[str, Any]], str]) -> str:
+    """Before / fill / after, each as ``show`` prints it ("-" for a phase with no sample)."""
+    return " | ".join(
+        show(by_phase[p]) if "p50_ms" in by_phase[p] else "-" for p in ("before", "fill", "after")
+    )
+
+
+def _switch_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    def latency(x: dict[str, Any]) -> str:
+        return f"{x['p50_ms']:.1f} / {x['p95_ms']:.1f}"
+
+    def ratio(ratios: dict[str, float], name: str) -> str:
+        return f"{ratios[name]:.2f}" if name in ratios else "-"
+
+    search, insert = r["search_ratio"], r["insert_ratio"]
+    tries = "1 try" if r["activate_tries"] == 1 else f"{r['activate_tries']} tries"
+    return [
+        (
+            "switch",
+            f"{r['from_model']} -> {r['to_model']}, {r['rows']:,} chunks",
+            f"fill {r['fill_chunks_per_s']:,.1f} chunks/s ({r['fill_s']:.1f} s); "
+            f"activate_model {r['activate_ms']:.1f} ms ({tries}); "
+            f"add_model {r['add_model_ms']:.0f} ms",
+        ),
+        (
+            "switch",
+            "search p50 / p95 ms, before | fill | after",
+            f"{_phases(r['search'], latency)}  (x before: fill {ratio(search, 'fill_p50')} / "
+            f"{ratio(search, 'fill_p95')}, after {ratio(search, 'after_p50')} / "
+            f"{ratio(search, 'after_p95')})",
+        ),
+        (
+            "switch",
+            "  SQL p50 / p95 ms, before | fill | after",
+            _phases(r["search"], lambda x: f"{x['sql_p50_ms']:.1f} / {x['sql_p95_ms']:.1f}"),
+        ),
+        (
+            "switch",
+            "INSERT -> searchable p50 / p95 ms, before | fill | after",
+            f"{_phases(r['insert'], latency)}  (p50 x before: fill "
+            f"{ratio(insert, 'fill_p50')}, after {ratio(insert, 'after_p50')})",
+        ),
+        (
+            "switch",
+            "answers checked: empty / mixed / failed",
+            f"{r['answers']:,}: {r['empty']} / {r['mixed']} / {r['failed']}  "
+            f"({r['hits_checked']:,} hits' scores; {r['top_hits_agreeing']:,} of "
+            f"{r['top_hits_embedded_again']:,} top hits embedded again agree)",
+        ),
+    ]
+
+
 #: The sections in the order they are printed, each with its rows.
 ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "model": _model_rows,
@@ -328,6 +380,7 @@ ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "claim": _claim_rows,
     "cache": _cache_rows,
     "documents": _documents_rows,
+    "switch": _switch_rows,
 }
 
 

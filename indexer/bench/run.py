@@ -1,7 +1,7 @@
 """One bench run: set up, run the chosen sections in order, print the report.
 
-Nine measurements, each the median of several runs, printed as one table (and written
-as JSON with ``--json``):
+Ten measurements, each the median of several runs (the model switch: one run), printed
+as one table (and written as JSON with ``--json``):
 
 1. model throughput (ONNX Runtime, the daemon's :class:`~indexer.embedding.Embedder`);
 2. the same texts through sentence-transformers + PyTorch, when installed, for the
@@ -13,6 +13,8 @@ as JSON with ``--json``):
 7. the cost of one claim with few and with many already-embedded rows;
 8. the vector cache: re-ingest, duplicates, no repeats, cached INSERT latency, lookups;
 9. chunked documents: ingestion against the raw model, re-import, a paragraph's update;
+10. switching models (fp32 to int8) while queries and inserts run: answers checked,
+    search and INSERT latency before, during the fill and after, fill rate, switch time.
 
 and, opt-in (``--halfvec-rows N``), pgvector's halfvec(384) against vector(384): sizes,
 HNSW build, search latency and recall on the same N rows.
@@ -47,6 +49,7 @@ from indexer.bench.plan import Plan, chosen_sections
 from indexer.bench.report import render
 from indexer.bench.scratch import connect_admin
 from indexer.bench.search import bench_search
+from indexer.bench.switch import bench_switch
 from indexer.bench.targets import evaluate
 from indexer.db.connect import resolve_dsn
 from indexer.embedding import load_embedder
@@ -64,6 +67,7 @@ RUNNERS: dict[str, Section] = {
     "cache": bench_cache,
     "documents": bench_documents,
     "halfvec": bench_halfvec,
+    "switch": bench_switch,
 }
 
 

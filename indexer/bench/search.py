@@ -75,8 +75,11 @@ def _hnsw_options(conn: db.Connection, schema: str) -> dict[str, int]:
     return {"m": int(found.get("m", 16)), "ef_construction": int(found.get("ef_construction", 64))}
 
 
-def _load(conn: db.Connection, schema: str, vectors: Floats, texts: list[str]) -> dict[str, Any]:
-    """COPY the rows in, then build the schema's own HNSW index once, after the load."""
+def load_embedded(
+    conn: db.Connection, schema: str, vectors: Floats, texts: list[str], section: str = "search"
+) -> dict[str, Any]:
+    """COPY the rows in with their vectors (the trigger marks them embedded), then
+    build the schema's own HNSW index once, after the load."""
     options = _hnsw_options(conn, schema)
     conn.execute("DROP INDEX chunks_embedding_idx")
     rows = len(vectors)
@@ -90,7 +93,7 @@ def _load(conn: db.Connection, schema: str, vectors: Floats, texts: list[str]) -
             copy.write_row((i + 1, texts[i % len(texts)], vectors[i]))
     load_s = time.perf_counter() - start
     conn.execute("SELECT setval(pg_get_serial_sequence('chunks', 'id'), %s)", (rows,))
-    say(f"search: {rows} rows loaded in {load_s:.1f} s; building the HNSW index")
+    say(f"{section}: {rows} rows loaded in {load_s:.1f} s; building the HNSW index")
     conn.execute("SET maintenance_work_mem = '1GB'")
     create = sql.SQL(
         "CREATE INDEX chunks_embedding_idx ON chunks USING hnsw "
@@ -98,7 +101,7 @@ def _load(conn: db.Connection, schema: str, vectors: Floats, texts: list[str]) -
     ).format(sql.Literal(options["m"]), sql.Literal(options["ef_construction"]))
     build_s = timed(lambda: conn.execute(create))
     conn.execute("VACUUM ANALYZE chunks")
-    say(f"search: index built in {build_s:.1f} s")
+    say(f"{section}: index built in {build_s:.1f} s")
     if count_state(conn, "embedded") != rows:
         raise IndexerError("the loaded rows are not all marked embedded")
     return {"index": options, "load_s": load_s, "index_build_s": build_s}
@@ -176,7 +179,7 @@ def bench_search(ctx: Context, results: dict[str, Any]) -> None:
     base, texts = _base(ctx)
     vectors = search_vectors(base, rows)
     with scratch_schema(ctx, "search") as (schema, conn):
-        loaded = _load(conn, schema, vectors, texts)
+        loaded = load_embedded(conn, schema, vectors, texts)
         timings = _time_searches(ctx, schema, vectors)
         by_ef = _recall_by_ef(conn, timings)
         exact_check = _exact_check(ctx, conn, vectors)

@@ -162,6 +162,38 @@ def _halfvec_note(halfvec: dict[str, Any]) -> str:
     return f"graph outgrew maintenance_work_mem: {', '.join(spilled)}" if spilled else ""
 
 
+def _switch_search_note(results: Results) -> str:
+    search = results["switch"].get("search", {})
+    if "p50_ms" not in search.get("before", {}):
+        return ""
+    shown = [
+        f"{phase} p50 {search[phase]['p50_ms']:.1f} ms, p95 {search[phase]['p95_ms']:.1f} ms"
+        for phase in ("before", "fill", "after")
+        if "p50_ms" in search.get(phase, {})
+    ]
+    return "; ".join(shown)
+
+
+def _switch_insert_note(results: Results) -> str:
+    insert = results["switch"].get("insert", {})
+    shown = [
+        f"{phase} p50 {insert[phase]['p50_ms']:.1f} ms"
+        for phase in ("before", "fill", "after")
+        if "p50_ms" in insert.get(phase, {})
+    ]
+    return "; ".join(shown)
+
+
+def _switch_answers_note(results: Results) -> str:
+    switch = results["switch"]
+    if "answers" not in switch:
+        return ""
+    return (
+        f"{switch['answers']} answers ({switch['answers_by_phase'].get('fill', 0)} during the "
+        f"fill): {switch['empty']} empty, {switch['mixed']} mixed, {switch['failed']} failed"
+    )
+
+
 SEARCH_SCALE = Scale("rows", 100_000, "100k")
 TARGETS: tuple[TargetSpec, ...] = (
     TargetSpec(
@@ -304,6 +336,34 @@ TARGETS: tuple[TargetSpec, ...] = (
         "documents",
         (Check("inputs/allowed", "documents", key("update", "inputs_over_allowed"), "<=", 1),),
         note=_update_note,
+    ),
+    TargetSpec(
+        # The switch must cost no answer: every search during it names one model and is
+        # scored on that model's vectors alone, and finds k rows.
+        "model switch: empty, mixed or failed answers",
+        "switch",
+        (Check("", "switch", key("violations"), "<=", 0, "", 0),),
+        scale=SEARCH_SCALE,
+        note=_switch_answers_note,
+    ),
+    TargetSpec(
+        "model switch: search latency vs before (incl. query embedding)",
+        "switch",
+        (
+            Check("fill p50", "switch", key("search_ratio", "fill_p50"), "<=", 1.5, "x"),
+            Check("fill p95", "switch", key("search_ratio", "fill_p95"), "<=", 1.5, "x"),
+            Check("after p50", "switch", key("search_ratio", "after_p50"), "<=", 1.5, "x"),
+            Check("after p95", "switch", key("search_ratio", "after_p95"), "<=", 1.5, "x"),
+        ),
+        scale=SEARCH_SCALE,
+        note=_switch_search_note,
+    ),
+    TargetSpec(
+        "model switch: INSERT -> searchable p50 vs idle",
+        "switch",
+        (Check("during fill", "switch", key("insert_ratio", "fill_p50"), "<=", 2, "x"),),
+        scale=SEARCH_SCALE,
+        note=_switch_insert_note,
     ),
 )
 

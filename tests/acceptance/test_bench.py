@@ -30,6 +30,7 @@ SECTIONS = (
     "claim",
     "cache",
     "documents",
+    "switch",
 )
 
 
@@ -131,7 +132,7 @@ def test_quick_bench_reports_every_section(
     assert cache["lookup_large_entries"] > cache["lookup_small_entries"]
 
     targets = {t["name"]: t for t in report["targets"]}
-    assert len(targets) == 16
+    assert len(targets) == 20
     assert all(t["met"] in (True, False, None) for t in targets.values())
     int8_checks = {c["label"]: c for c in targets["int8 (opt-in) vs fp32"]["checks"]}
     assert int8_checks["batch |diff|"] == {
@@ -222,6 +223,84 @@ def test_quick_bench_documents_alone(database: str, model_cache: Path, tmp_path:
     for name in DOCUMENT_TARGETS:
         assert f"{targets[name]['verdict']:<12} {name}" in result.stdout
     assert "one-paragraph update of a" in result.stdout
+
+    with psycopg.connect(database) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'indexer_bench%'"
+        ).fetchall()
+    assert left == []
+
+
+SWITCH_TARGETS = (
+    "model switch: empty, mixed or failed answers",
+    "model switch: search latency vs before (incl. query embedding)",
+    "model switch: INSERT -> searchable p50 vs idle",
+)
+
+
+def test_quick_bench_switch_alone(database: str, model_cache: Path, tmp_path: Path) -> None:
+    """The model switch at a tiny size: every figure there, every answer checked and
+    none empty, mixed or failed, both models complete at the end."""
+    out = tmp_path / "bench.json"
+    env = cli_env(database, model_cache)
+    result = run_cli(
+        ["bench", "--quick", "--only", "switch", "--switch-rows", "300", "--json", str(out)],
+        env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"switch"}
+    switch = report["results"]["switch"]
+    assert "error" not in switch, switch
+    assert switch["rows"] == 300
+    assert (switch["from_model"], switch["to_model"]) == (
+        "all-MiniLM-L6-v2",
+        "all-MiniLM-L6-v2-int8",
+    )
+    positive(switch, "corpus_embed_s", "add_model_ms", "fill_s", "fill_chunks_per_s")
+    positive(switch, "activate_ms", "activate_tries", "probes", "answers")
+    # The fill covered the corpus and the probes' rows embedded before the switch.
+    assert 300 <= switch["fill_chunks"] <= 300 + switch["probes"]
+    for phase in ("before", "fill", "after"):
+        search, insert = switch["search"][phase], switch["insert"][phase]
+        positive(search, "queries", "p50_ms", "p95_ms", "embed_p50_ms", "sql_p50_ms")
+        assert search["p95_ms"] >= search["p50_ms"]
+        positive(insert, "samples", "p50_ms", "p95_ms")
+        assert insert["p95_ms"] >= insert["p50_ms"]
+    assert switch["search"]["fill"]["queries"] >= 20
+    assert switch["insert"]["fill"]["samples"] >= 5
+    assert set(switch["search_ratio"]) == {"fill_p50", "fill_p95", "after_p50", "after_p95"}
+    assert set(switch["insert_ratio"]) == {"fill_p50", "after_p50"}
+    positive(switch["search_ratio"], *switch["search_ratio"])
+    positive(switch["insert_ratio"], *switch["insert_ratio"])
+
+    # Every answer was checked, hit by hit, and each answer's top hit embedded again.
+    by_phase = switch["answers_by_phase"]
+    assert sum(by_phase.values()) == switch["answers"]
+    timed = sum(switch["search"][p]["queries"] for p in ("before", "fill", "after"))
+    assert switch["answers"] - by_phase["warm-up"] == timed
+    assert switch["hits_checked"] == 10 * switch["answers"]
+    assert switch["top_hits_embedded_again"] == switch["answers"]
+    assert (switch["empty"], switch["mixed"], switch["failed"]) == (0, 0, 0)
+    assert switch["violations"] == 0 and switch["examples"] == []
+    assert switch["top_hits_agreeing"] == switch["answers"]
+    # The previous model was kept current: both cover every chunk at the end.
+    assert switch["missing_at_end"] == {"all-MiniLM-L6-v2": 0, "all-MiniLM-L6-v2-int8": 0}
+
+    targets = {t["name"]: t for t in report["targets"]}
+    assert tuple(targets) == SWITCH_TARGETS
+    answers = targets[SWITCH_TARGETS[0]]
+    assert answers["met"] is True and answers["checks"][0]["figure"] == 0
+    assert answers["note"].startswith("at 300 rows, not 100k; ")
+    search = targets[SWITCH_TARGETS[1]]
+    assert [c["figure"] for c in search["checks"]] == [
+        switch["search_ratio"][k] for k in ("fill_p50", "fill_p95", "after_p50", "after_p95")
+    ]
+    assert targets[SWITCH_TARGETS[2]]["checks"][0]["figure"] == switch["insert_ratio"]["fill_p50"]
+    for name in SWITCH_TARGETS:
+        assert f"{targets[name]['verdict']:<12} {name}" in result.stdout
+    assert "answers checked: empty / mixed / failed" in result.stdout
 
     with psycopg.connect(database) as conn:
         left = conn.execute(

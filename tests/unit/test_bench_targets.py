@@ -21,6 +21,9 @@ from indexer.exceptions import InvalidInput
 MODEL_TARGET = "model fp32 vs sentence-transformers and GEMM peak (mixed)"
 INT8_TARGET = "int8 (opt-in) vs fp32"
 HALFVEC_TARGET = "halfvec(384) vs vector(384)"
+SWITCH_ANSWERS = "model switch: empty, mixed or failed answers"
+SWITCH_SEARCH = "model switch: search latency vs before (incl. query embedding)"
+SWITCH_INSERT = "model switch: INSERT -> searchable p50 vs idle"
 
 
 def _speed(texts_per_s: float) -> dict[str, Any]:
@@ -212,6 +215,54 @@ def good_results() -> dict[str, Any]:
                 "reused": 49,
             },
         },
+        "switch": switch_results(),
+    }
+
+
+def switch_results() -> dict[str, Any]:
+    """The model switch's figures, meeting its targets."""
+
+    def search(p50: float, p95: float) -> dict[str, Any]:
+        return {
+            "queries": 300,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "max_ms": 80.0,
+            "embed_p50_ms": p50 / 2,
+            "sql_p50_ms": p50 / 4,
+            "sql_p95_ms": p95 / 4,
+        }
+
+    def insert(p50: float) -> dict[str, Any]:
+        return {"samples": 80, "p50_ms": p50, "p95_ms": p50 * 2, "max_ms": p50 * 3}
+
+    return {
+        "rows": 100_000,
+        "from_model": "all-MiniLM-L6-v2",
+        "to_model": "all-MiniLM-L6-v2-int8",
+        "search": {
+            "before": search(10.0, 20.0),
+            "fill": search(14.0, 28.0),
+            "after": search(9.0, 19.0),
+        },
+        "search_ratio": {"fill_p50": 1.4, "fill_p95": 1.4, "after_p50": 0.9, "after_p95": 0.95},
+        "insert": {"before": insert(20.0), "fill": insert(36.0), "after": insert(20.0)},
+        "insert_ratio": {"fill_p50": 1.8, "after_p50": 1.0},
+        "add_model_ms": 30.0,
+        "fill_s": 500.0,
+        "fill_chunks": 100_050,
+        "fill_chunks_per_s": 200.1,
+        "activate_ms": 40.0,
+        "activate_tries": 1,
+        "answers": 9000,
+        "answers_by_phase": {"warm-up": 30, "before": 300, "fill": 8370, "after": 300},
+        "empty": 0,
+        "mixed": 0,
+        "failed": 0,
+        "violations": 0,
+        "hits_checked": 90_000,
+        "top_hits_embedded_again": 9000,
+        "top_hits_agreeing": 9000,
     }
 
 
@@ -221,7 +272,7 @@ def by_name(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_target_met() -> None:
     targets = by_name(good_results())
-    assert len(targets) == len(TARGETS) == 17
+    assert len(targets) == len(TARGETS) == 20
     assert {t.verdict for t in targets.values()} == {"met"}
     assert all(t.met is True for t in targets.values())
     model = targets[MODEL_TARGET]
@@ -269,6 +320,10 @@ def test_every_target_met() -> None:
             "one-paragraph update: model inputs vs allowed",
             "inputs/allowed",
         ),
+        (("switch", "violations"), 1, SWITCH_ANSWERS, ""),
+        (("switch", "search_ratio", "fill_p95"), 1.6, SWITCH_SEARCH, "fill p95"),
+        (("switch", "search_ratio", "after_p50"), 1.51, SWITCH_SEARCH, "after p50"),
+        (("switch", "insert_ratio", "fill_p50"), 2.1, SWITCH_INSERT, "during fill"),
     ],
 )
 def test_one_figure_past_its_threshold_misses_its_target_only(
@@ -511,3 +566,42 @@ def test_the_halfvec_options_refuse_contradictions(argv: list[str], message: str
     args = build_parser().parse_args(["bench", *argv])
     with pytest.raises(InvalidInput, match=message):
         chosen_sections(args.only, Plan.from_args(args))
+
+
+def test_the_switch_rows_and_targets() -> None:
+    results = good_results()
+    targets = by_name(results)
+    answers = targets[SWITCH_ANSWERS]
+    assert (answers.value, answers.wanted) == ("0", "<= 0 at 100k rows")
+    assert answers.note == "9000 answers (8370 during the fill): 0 empty, 0 mixed, 0 failed"
+    search = targets[SWITCH_SEARCH]
+    assert search.value == "fill p50 1.40x, fill p95 1.40x, after p50 0.90x, after p95 0.95x"
+    assert search.note.startswith("before p50 10.0 ms, p95 20.0 ms; fill p50 14.0 ms")
+    assert targets[SWITCH_INSERT].note == (
+        "before p50 20.0 ms; fill p50 36.0 ms; after p50 20.0 ms"
+    )
+    rows = {r[1]: r[2] for r in table(results) if r[0] == "switch"}
+    assert rows["all-MiniLM-L6-v2 -> all-MiniLM-L6-v2-int8, 100,000 chunks"] == (
+        "fill 200.1 chunks/s (500.0 s); activate_model 40.0 ms (1 try); add_model 30 ms"
+    )
+    assert rows["INSERT -> searchable p50 / p95 ms, before | fill | after"] == (
+        "20.0 / 40.0 | 36.0 / 72.0 | 20.0 / 40.0  (p50 x before: fill 1.80, after 1.00)"
+    )
+    assert rows["answers checked: empty / mixed / failed"] == (
+        "9,000: 0 / 0 / 0  (90,000 hits' scores; 9,000 of 9,000 top hits embedded again agree)"
+    )
+
+    # A smaller run says so; a phase without samples shows "-" and its ratios are skipped.
+    results["switch"]["rows"] = 20_000
+    results["switch"]["insert"]["fill"] = {"samples": 0}
+    del results["switch"]["insert_ratio"]["fill_p50"]
+    targets = by_name(results)
+    insert = targets[SWITCH_INSERT]
+    assert insert.verdict == "not measured" and insert.value == "during fill skipped"
+    assert insert.note == (
+        "switch: no figure; at 20000 rows, not 100k; before p50 20.0 ms; after p50 20.0 ms"
+    )
+    rows = {r[1]: r[2] for r in table(results) if r[0] == "switch"}
+    assert rows["INSERT -> searchable p50 / p95 ms, before | fill | after"] == (
+        "20.0 / 40.0 | - | 20.0 / 40.0  (p50 x before: fill -, after 1.00)"
+    )

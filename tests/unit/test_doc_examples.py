@@ -98,7 +98,7 @@ def test_every_page_reads_and_few_blocks_are_not_run() -> None:
     skipped = [b for b in blocks if b.not_run is not None]
     assert len(blocks) >= 50
     # Rare, and each with its reason (read_page refuses one without).
-    assert len(skipped) <= 12, [b.where for b in skipped]
+    assert len(skipped) <= 14, [b.where for b in skipped]
     for name in OWN_TESTS:
         assert (ROOT / name).exists(), name
     for test in OWN_TESTS.values():
