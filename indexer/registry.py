@@ -16,12 +16,13 @@ The registry itself is the ``models`` table (migration 0009, read and written th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
 
 from indexer.embedding import TextEmbedder
-from indexer.embedding.describe import ModelRecord
+from indexer.embedding.describe import ModelRecord, describe_folder, describe_packaged
 from indexer.embedding.embedder import Embedder
 from indexer.exceptions import ConfigurationError, InvalidInput, ModelChanged, ModelNotFound
 from indexer.settings import Settings
@@ -68,8 +69,9 @@ def reconcile(models: list[RegisteredModel], embedder: TextEmbedder, store: Any)
     registered = ", ".join(m.name for m in models) or "none"
     raise ConfigurationError(
         f"model {embedder.name} (INDEXER_MODEL_DIR / INDEXER_MODEL_VARIANT) is not "
-        f"registered (registered: {registered}): add it with `indexer models add`, or "
-        "unset those variables to run the registered models"
+        f"registered (registered: {registered}): add it with `indexer models add FOLDER` "
+        "(then `indexer models activate NAME`), or unset those variables to run the "
+        "registered models"
     )
 
 
@@ -159,13 +161,11 @@ def describe_for_registry(
 ) -> ModelRecord:
     """A model folder (or ``packaged`` for the packaged all-MiniLM-L6-v2), described for
     ``indexer models add``."""
-    from indexer.embedding.describe import describe_folder, describe_packaged
-
     if folder == "packaged":
         record = describe_packaged(variant=variant, max_tokens=max_tokens)
         if any(x is not None for x in (pooling, query_prefix, document_prefix)):
             raise ConfigurationError("the packaged model's pooling and prefixes are its own")
-        return record if name is None else _renamed(record, name)
+        return record if name is None else dataclasses.replace(record, name=name)
     return describe_folder(
         folder,
         name=name,
@@ -175,9 +175,3 @@ def describe_for_registry(
         max_tokens=max_tokens,
         variant=variant,
     )
-
-
-def _renamed(record: ModelRecord, name: str) -> ModelRecord:
-    import dataclasses
-
-    return dataclasses.replace(record, name=name)
