@@ -228,6 +228,20 @@ def _hold(seconds: float, loops: tuple[QueryLoop, InsertProbe], daemon: _Daemon)
         time.sleep(min(0.25, max(0.0, deadline - time.perf_counter())))
 
 
+def _hold_phase(
+    seconds: float, phase: str, loops: tuple[QueryLoop, InsertProbe], daemon: _Daemon
+) -> None:
+    """A timed window: ``seconds`` of traffic, and as long again as it takes for the
+    phase to have timed its minimum of queries and probes (a loaded machine may time
+    none in a short window)."""
+    _hold(seconds, loops, daemon)
+    queries, probe = loops
+    while len(queries.timings[phase]) < MIN_FILL_QUERIES or (
+        len(probe.latencies[phase]) < MIN_FILL_PROBES
+    ):
+        _hold(0.1, loops, daemon)
+
+
 def _healthy(loops: tuple[QueryLoop, InsertProbe], daemon: _Daemon) -> None:
     for loop in loops:
         if loop.failed:
@@ -256,7 +270,7 @@ def _run(
     _hold(WARMUP_S, loops, daemon)
     phases.current = "before"
     say(f"switch: baseline, {window:g} s")
-    _hold(window, loops, daemon)
+    _hold_phase(window, "before", loops, daemon)
     phases.current = "fill"
     start = time.perf_counter()
     store.add_model(
@@ -282,7 +296,7 @@ def _run(
         _hold(0.1, loops, daemon)
     activate_ms, tries = _activate(store, target.name, phases)
     say(f"switch: {target.name} active ({tries} tries, {activate_ms:.0f} ms); after, {window:g} s")
-    _hold(window, loops, daemon)
+    _hold_phase(window, "after", loops, daemon)
     return {
         "add_model_ms": round(add_ms, 1),
         "fill_s": round(fill_s, 1),
