@@ -448,7 +448,7 @@ def test_the_halfvec_row_and_target() -> None:
     results = good_results()
     halfvec = by_name(results)[HALFVEC_TARGET]
     assert halfvec.verdict == "met"
-    assert halfvec.value == "recall@10 diff -0.0010, index 50.0%, build 0.83x, p50 0.90x"
+    assert halfvec.value == "recall@10 diff -0.0010, index 50.0%, build 0.833x, p50 0.900x"
     assert halfvec.wanted == (
         "recall@10 diff >= -0.002, index <= 55%, build <= 1x, p50 <= 1x at 1M rows"
     )
