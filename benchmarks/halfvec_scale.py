@@ -8,9 +8,10 @@ its data directory).  It is ``indexer bench --only halfvec --halfvec-rows N``: t
 settings and options (``--repeats``, ``--bench-schema``, ...), the same report, its
 machine and versions, and the target judged at 1M rows.  It needs about 6 GB of free
 disk, about 3 GB of memory for the server's index builds (``maintenance_work_mem``) and
-1.5 GB for the vectors in this process; on two cores it takes most of an hour, nearly
-all of it the two HNSW builds.  The figures are in docs/benchmarks/performance.md
-("halfvec vs vector").  A tool for people, not part of ``make test``.
+1.5 GB for the vectors in this process; on two shared cores it took about half an
+hour, nearly all of it six HNSW builds (three of each type, ``--repeats``).  The
+figures are in docs/benchmarks/performance.md ("halfvec vs vector").  A tool for
+people, not part of ``make test``.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def _halfvec_rows(r: dict[str, Any], results: Results) -> list[Row]:
         ),
         (
             "halfvec",
-            "  recall@10 against exact float32",
+            f"  recall@10 against exact float32, mean of {len(v['recall_by_build'])} graphs",
             f"{v['recall_at_10']:.4f} vs {h['recall_at_10']:.4f} ({r['recall_diff']:+.4f}; "
             f"rounding alone, exact scan: {r['rounding_recall_at_10']:.4f})",
         ),

@@ -37,6 +37,9 @@ def test_halfvec_row_on_a_small_table(database: str, embedder: Embedder) -> None
         assert figures["indexes_bytes"] > figures["hnsw_bytes"]
         # Two rounds: each index built twice (dropped and built again), the median kept.
         assert len(figures["builds_s"]) == len(figures["loadavg_before_builds"]) == 2
+        assert len(figures["recall_by_build"]) == 2
+        assert all(0.0 <= r <= 1.0 for r in figures["recall_by_build"])
+        assert abs(figures["recall_at_10"] - sum(figures["recall_by_build"]) / 2) <= 1e-4
         assert figures["build_s"] > 0
         assert abs(figures["build_s"] - sum(figures["builds_s"]) / 2) <= 0.01
         assert figures["graph_fit"] is True and figures["spilled_after"] is None
