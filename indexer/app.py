@@ -407,22 +407,21 @@ class Daemon:
                 "document again"
             )
 
-    def _models(self, store: Store, embedder: TextEmbedder) -> Embedders | None:
+    def _models(self, store: Store, embedder: TextEmbedder) -> Embedders:
         """The registered models, checked against their files before any work (one line
-        for a model changed on disk); None while the database is away (the worker then
-        runs the settings' model alone until the registry can be read)."""
+        for a model changed on disk).  While the database is away the check waits for
+        the next start; the embedders still open each model only from its record and
+        fingerprint, so no model's vectors are computed by another."""
         embedders = Embedders(self.settings, embedder)
         try:
             reconcile(store.models(), embedder, store)
             for model in store.models():
                 embedders.get(model)
         except DatabaseUnavailable:
-            return None
+            pass
         return embedders
 
-    def _serve(
-        self, dsn: str, store: Store, embedder: TextEmbedder, embedders: Embedders | None
-    ) -> None:
+    def _serve(self, dsn: str, store: Store, embedder: TextEmbedder, embedders: Embedders) -> None:
         metrics = Metrics()
         progress = self._progress(store)
         callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
@@ -433,8 +432,9 @@ class Daemon:
             for callback in callbacks:
                 callback(result)
 
-        load = embedders.loader if embedders is not None else None
-        worker = Worker(self.settings, store, embedder, on_batch=on_batch, load_model=load)
+        worker = Worker(
+            self.settings, store, embedder, on_batch=on_batch, load_model=embedders.loader
+        )
         # On the bar's terminal, log lines print above the bar, which stays one line.
         above = logs.above_progress(progress) if progress is not None else contextlib.nullcontext()
         try:
