@@ -22,6 +22,7 @@ the switch, so no phase change pauses the traffic, which is what "no downtime" m
 
 from __future__ import annotations
 
+import abc
 import random
 import threading
 import time
@@ -78,7 +79,7 @@ class QueryTiming:
     sql_ms: float
 
 
-class _Loop:
+class _Loop(abc.ABC):
     """A thread that runs ``step`` until the phases' stop; its failure is raised by
     :meth:`join`."""
 
@@ -106,8 +107,9 @@ class _Loop:
         except Exception as exc:  # reported by join(), in the section's thread
             self.failure = exc
 
+    @abc.abstractmethod
     def step(self) -> None:
-        raise NotImplementedError
+        """One unit of the loop's traffic (a search, a probe)."""
 
 
 class QueryLoop(_Loop):
