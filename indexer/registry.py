@@ -152,12 +152,12 @@ class Embedders:
 def describe_for_registry(
     folder: str,
     *,
-    name: str | None,
-    pooling: str | None,
-    query_prefix: str | None,
-    document_prefix: str | None,
-    max_tokens: int | None,
-    variant: str,
+    name: str | None = None,
+    pooling: str | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
+    max_tokens: int | None = None,
+    variant: str = "fp32",
 ) -> ModelRecord:
     """A model folder (or ``packaged`` for the packaged all-MiniLM-L6-v2), described for
     ``indexer models add``."""

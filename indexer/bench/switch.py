@@ -161,15 +161,7 @@ class _Target:
 def _registration(settings: Settings) -> _Target:
     """The packaged model's int8 variant, opened once so that its graph is built and
     cached before the clock runs (``indexer models add`` does the same)."""
-    record = describe_for_registry(
-        "packaged",
-        name=None,
-        pooling=None,
-        query_prefix=None,
-        document_prefix=None,
-        max_tokens=None,
-        variant=VARIANT,
-    )
+    record = describe_for_registry("packaged", variant=VARIANT)
     opened = Embedder(record=record, cache_dir=settings.model_cache, threads=1)
     return _Target(opened.name, opened.dim, record.as_dict(), record.fingerprint)
 
