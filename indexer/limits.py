@@ -13,6 +13,9 @@ from indexer.exceptions import InvalidInput
 MAX_K = 1000
 #: Texts in one /embed request.
 MAX_TEXTS = 256
+#: Inputs in one /v1/embeddings request: the bound of the API it imitates, so that a
+#: client written for it never batches more than the server takes.
+MAX_INPUTS = 2048
 #: Characters in one text (or /search query) sent over HTTP; the model reads 256 tokens.
 MAX_TEXT_CHARS = 100_000
 #: Characters of each row's content a search returns unless told otherwise.

@@ -51,10 +51,10 @@ def document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def check_texts(texts: Sequence[str], noun: str) -> None:
-    """413 for more texts, or longer ones, than one request may carry."""
-    if len(texts) > MAX_TEXTS:
-        raise HTTPException(413, f"{len(texts)} {noun}s in one request; at most {MAX_TEXTS}")
+def check_texts(texts: Sequence[str], noun: str, most: int = MAX_TEXTS) -> None:
+    """413 for more texts than ``most``, or longer ones, than one request may carry."""
+    if len(texts) > most:
+        raise HTTPException(413, f"{len(texts)} {noun}s in one request; at most {most}")
     for i, text in enumerate(texts):
         if len(text) > MAX_TEXT_CHARS:
             raise HTTPException(

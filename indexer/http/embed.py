@@ -39,7 +39,7 @@ def _embed(res: Resources, raw: bytes) -> Response:
     del raw
     if body.chunks is not None:
         check_texts([c.content for c in body.chunks], "chunk")
-        vectors = _rounded(res.embed([c.content for c in body.chunks]))
+        vectors = rounded(res.embed([c.content for c in body.chunks]))
         out: dict[str, Any] = {
             "batch_id": body.batch_id,
             "chunks": [
@@ -50,14 +50,15 @@ def _embed(res: Resources, raw: bytes) -> Response:
     else:
         assert body.texts is not None  # the body's validator allows no third shape
         check_texts(body.texts, "text")
-        out = {"embeddings": _rounded(res.embed(body.texts))}
+        out = {"embeddings": rounded(res.embed(body.texts))}
     out.update(model=res.embedder.name, dim=res.embedder.dim)
     # Serialized here, not through response_model: no pydantic pass over every float
     # (up to 256 x 384 of them).
     return Response(json.dumps(out), media_type="application/json")
 
 
-def _rounded(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
-    """Seven decimals (the CLI's precision) in short JSON numbers."""
-    rounded: list[list[float]] = np.round(vectors.astype(np.float64), 7).tolist()
-    return rounded
+def rounded(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
+    """Seven decimals (the CLI's precision) in short JSON numbers; /v1/embeddings writes
+    its float vectors the same way."""
+    result: list[list[float]] = np.round(vectors.astype(np.float64), 7).tolist()
+    return result

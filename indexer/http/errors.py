@@ -1,6 +1,8 @@
 """The API's error handlers: every error a client can cause is ``{"error": "..."}``
 with a fitting status, never a traceback (the package's exceptions, driver errors,
-pydantic's validation errors and Starlette's own 404 and 405)."""
+pydantic's validation errors and Starlette's own 404 and 405).  The /v1 routes' own
+errors are in OpenAI's shape (:mod:`indexer.http.openai_errors`, which also rewrites
+the others under /v1)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from indexer.exceptions import (
     first_line,
 )
 from indexer.http.bodies import NOT_JSON
+from indexer.http.openai_errors import OpenAIError, openai_error
 from indexer.http.parse import BodyError, validation_message
 from indexer.http.resources import Resources
 
@@ -41,6 +44,11 @@ def add_error_handlers(app: FastAPI, res: Resources) -> None:
     @app.exception_handler(BodyError)
     async def body_error(request: Request, exc: BodyError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(OpenAIError)
+    async def openai_request_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        body = openai_error(exc.status, str(exc), exc.param, exc.code)
+        return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(psycopg.Error)
     async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:

@@ -220,9 +220,25 @@ class Resources:
         """A search query's vector by the model it names (None: the active one), and
         that model's name (the search passes it on, so a switch in between cannot mix
         models)."""
-        embedder, name = self.embedders.for_query(self.store.models(), model)
+        embedder, name = self.embedder_for(model)
         with self.model_calls:
             return embedder.embed_queries([text])[0], name
+
+    def embedder_for(self, model: str | None) -> tuple[TextEmbedder, str]:
+        """The embedder and registered name of the model ``model`` names (None: the
+        active one); InvalidInput naming the registered ones for an unknown name.  Reads
+        the registry (the database)."""
+        return self.embedders.for_query(self.store.models(), model)
+
+    def embed_documents(
+        self, embedder: TextEmbedder, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.float32], list[int]]:
+        """Document vectors of ``texts`` by ``embedder`` (as the daemon writes them), and
+        the tokens the model read of each: after truncation, the document prefix and
+        the special tokens included."""
+        with self.model_calls:
+            tokenized = embedder.tokenize(texts)
+            return embedder.embed_tokenized(tokenized), tokenized.lengths
 
     def close(self) -> None:
         if not self._closed:

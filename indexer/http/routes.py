@@ -1,7 +1,9 @@
 """The FastAPI app: its middleware, its routes and their error handlers, put together.
 
 The routes live by endpoint (:mod:`~indexer.http.health` for /health and /metrics,
-:mod:`~indexer.http.embed`, :mod:`~indexer.http.search`), the error handlers in
+:mod:`~indexer.http.embed`, :mod:`~indexer.http.search`, and
+:mod:`~indexer.http.openai_api` for the OpenAI-compatible /v1 routes, whose errors are
+in OpenAI's shape instead), the error handlers in
 :mod:`~indexer.http.errors`: every error a client can cause is ``{"error": "..."}``
 with a fitting status, never a traceback.
 
@@ -32,14 +34,25 @@ from indexer.http.errors import add_error_handlers
 from indexer.http.health import add_health, add_metrics
 from indexer.http.middleware import CatchAll, CountRequests, LimitBody, LimitRequests, RequireToken
 from indexer.http.models import add_models
+from indexer.http.openai_api import add_openai
+from indexer.http.openai_errors import OpenAIShape
 from indexer.http.resources import Resources
-from indexer.http.schemas import EmbedRequest, ErrorBody, SearchRequest
+from indexer.http.schemas import EmbeddingsRequest, EmbedRequest, ErrorBody, SearchRequest
 from indexer.http.search import add_search
 from indexer.metrics import Metrics
 from indexer.settings import Settings
 
 #: The paths the request metrics name; any other path counts as "other".
-ENDPOINTS = ("/health", "/metrics", "/embed", "/search", "/models", *console.ENDPOINTS)
+ENDPOINTS = (
+    "/health",
+    "/metrics",
+    "/embed",
+    "/search",
+    "/models",
+    "/v1/embeddings",
+    "/v1/models",
+    *console.ENDPOINTS,
+)
 
 
 def load_tokens(settings: Settings) -> list[str]:
@@ -113,6 +126,8 @@ def create_app(
     app.add_middleware(LimitRequests, limit=limits.max_requests)
     app.add_middleware(RequireToken, tokens=tokens, open_paths=console.TOKEN_FREE_PATHS)
     app.add_middleware(CatchAll)
+    # Outside all of them: it rewrites their refusals too, under /v1/.
+    app.add_middleware(OpenAIShape)
     app.add_middleware(CountRequests, metrics=res.metrics, endpoints=ENDPOINTS)
     add_error_handlers(app, res)
     add_health(app, res)
@@ -120,7 +135,8 @@ def create_app(
     add_embed(app, res)
     add_search(app, res)
     add_models(app, res)
-    document_bodies(app, EmbedRequest, SearchRequest)
+    add_openai(app, res)
+    document_bodies(app, EmbedRequest, SearchRequest, EmbeddingsRequest)
     _add_docs(app)
     app.include_router(console.router(res))
     return app

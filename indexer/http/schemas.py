@@ -13,7 +13,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from indexer.http.bounds import HttpLimits
-from indexer.limits import CONTENT_CHARS, MAX_K, MAX_PASSAGES, MAX_TEXT_CHARS, MAX_TEXTS
+from indexer.limits import (
+    CONTENT_CHARS,
+    MAX_INPUTS,
+    MAX_K,
+    MAX_PASSAGES,
+    MAX_TEXT_CHARS,
+    MAX_TEXTS,
+)
 
 
 class _Body(BaseModel):
@@ -227,3 +234,78 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+# -- /v1: the OpenAI-compatible routes (indexer.http.openai_api) -------------------------
+
+
+class EmbeddingsRequest(_Body):
+    """The body of ``POST /v1/embeddings``, as OpenAI's embeddings API defines it.
+
+    Token-id arrays are in the type only so that they are refused with a message of
+    their own (this server takes text), not with a type error.
+    """
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description=f"a text, or at most {MAX_INPUTS} texts, none empty, of at most "
+        f"{MAX_TEXT_CHARS} characters each (token-id arrays are refused)",
+        json_schema_extra={"maxItems": MAX_INPUTS},
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=100,
+        description="a registered model's name (GET /v1/models); default: the active one",
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float",
+        description='"float": JSON numbers (7 decimals); "base64": the float32 vector\'s '
+        "little-endian bytes, base64-encoded (exact)",
+    )
+    dimensions: int | None = Field(
+        default=None, description="if given, must be the model's dimension (no shortening)"
+    )
+    user: str | None = Field(default=None, description="accepted and ignored")
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="numbers, or base64 (encoding_format)")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(
+        description="tokens the model read: after truncation, the document prefix and "
+        "the special tokens ([CLS], [SEP]) included"
+    )
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str = Field(description="the registered model's name")
+    object: Literal["model"] = "model"
+    created: int = Field(description="when it was registered (Unix time)")
+    owned_by: str = "indexer"
+
+
+class ModelCards(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description='"invalid_request_error" (4xx) or "server_error" (5xx)')
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
