@@ -113,6 +113,8 @@ class Runner:
 
     def _placeholders(self, text: str) -> str:
         text = text.replace(EXAMPLE_SQLALCHEMY_URL, self.sqlalchemy)
+        # A Python block's base URL (an sh block's port is replaced by _shell already).
+        text = text.replace(EXAMPLE_PORT, f":{self.port}")
         return text.replace(EXAMPLE_URL, self.url)
 
     def start_daemon(self) -> None:

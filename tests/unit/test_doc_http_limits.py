@@ -7,7 +7,7 @@ import re
 
 from indexer.http.bounds import BODY_COST, HttpLimits
 from indexer.http.resources import MODEL_CALLS, SEARCH_CONNECTIONS
-from indexer.limits import MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
+from indexer.limits import MAX_INPUTS, MAX_K, MAX_TEXT_CHARS, MAX_TEXTS
 
 from ..doc_examples import ROOT
 
@@ -40,6 +40,7 @@ def test_the_limits_table_states_the_codes_bounds() -> None:
         "nesting of arrays and objects": [f"{limits.max_depth}", "422"],
         "`/search` `filter`": [f"{limits.max_filter_bytes // 1024} KiB", "422"],
         "texts or chunks per `/embed`": [f"{MAX_TEXTS}", "413"],
+        "inputs per `/v1/embeddings`": [f"{MAX_INPUTS:,}", "400"],
         "characters per text, chunk or query": [f"{MAX_TEXT_CHARS:,}", "413"],
         "`k`": [f"1-{MAX_K:,}", "422"],
         "requests in progress (`/health` not counted)": [f"{limits.max_requests}", "503"],
