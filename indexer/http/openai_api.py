@@ -57,7 +57,7 @@ from indexer.limits import MAX_INPUTS
 
 #: The error bodies the OpenAPI schema lists for the /v1 routes.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 408, 413, 503)
+    code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 408, 413, 500, 503)
 }
 
 TOKEN_IDS = (
