@@ -638,8 +638,9 @@ class RemoteEmbedder:
     def _run(self, call: _Call, jobs: Sequence[Callable[[], None]]) -> None:
         """Run the call's requests, ``in_flight`` at a time; the first failure stops
         the others (those not started are cancelled) and is raised."""
-        if len(jobs) == 1:
-            jobs[0]()
+        if len(jobs) <= 1:
+            for job in jobs:
+                job()
             return
         failure: BaseException | None = None
         workers = min(self.config.in_flight, len(jobs))
