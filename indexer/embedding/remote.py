@@ -434,8 +434,8 @@ class _Call:
     def defer(self, wait: float, where: str) -> None:
         """Wait as the provider asked, unless that would exceed the call's patience.
 
-        Waits are summed over the call's requests even when they overlap, so patience
-        runs out no later than the wall clock would say.
+        Waits are summed over the call's requests even when they overlap: a cautious
+        measure, which gives up no later than the wall clock would.
         """
         with self.lock:
             if self.usage.deferred_s + wait > self.patience_s:
@@ -602,9 +602,7 @@ class RemoteEmbedder:
             for start, stop in self._plan(remote.estimates)
         ]
         self._run(call, jobs)
-        # A refused input's row may hold nothing but zeros: no caller can mistake it.
-        for index in call.errors:
-            vectors[index] = 0.0
+        # A refused input's row was never written: it is still zeros.
         return RemoteBatch(vectors, dict(sorted(call.errors.items())), call.usage)
 
     # ------------------------------------------------------------------ internals
