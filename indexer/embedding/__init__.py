@@ -21,7 +21,9 @@ steps, one module each:
    :mod:`~indexer.embedding.tokens`.
 
 :mod:`~indexer.embedding.wrappers` holds embedders around another (the bench's and the
-tests' input counter).
+tests' input counter); :mod:`~indexer.embedding.remote` an embedder whose model runs on
+a server with an OpenAI-compatible ``/v1/embeddings`` API (imported on its own, so that
+``import indexer.embedding`` does not load an HTTP client).
 """
 
 from __future__ import annotations
