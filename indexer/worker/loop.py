@@ -89,7 +89,14 @@ class Worker:
             stop_event=self.stop_event,
             report=self._count_documents,
         )
-        self.fill = ModelFill(settings, store, self.models, self.worker_id, cache=settings.cache)
+        self.fill = ModelFill(
+            settings,
+            store,
+            self.models,
+            self.worker_id,
+            cache=settings.cache,
+            yield_to=self._other_work_waiting,
+        )
         #: Whether the next idle moment tries documents before rows (they alternate, so
         #: neither queue starves the other).
         self._documents_turn = True
@@ -229,6 +236,14 @@ class Worker:
         if not rows:
             return None
         return Claim.of(rows, self.embedder.tokenize, claim_ms)
+
+    def _other_work_waiting(self) -> bool:
+        """Asked by the fill between two slices of a claim: whether to stop it and turn
+        to other work.  Yes on a stop request, or when new text was notified (a row or
+        a document queued) since the listener last reported: a look at the listener's
+        connection that does not block and sends no statement.  The notification is
+        consumed; the loop's next step claims rows and documents before any fill."""
+        return self.stop_event.is_set() or self.listener.wait(0.0)
 
     def _idle(self) -> None:
         """Wait for a NOTIFY, or the poll interval; wake quickly when asked to stop."""
