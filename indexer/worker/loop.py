@@ -181,12 +181,14 @@ class Worker:
             if not claim.ids:
                 self._claim = None
             self.write_reused(reused, claim_ms, claim.ids)
-            return True
-        groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
-        rest = claim.ids
-        if not rest:
-            self._claim = None
-        self.process(groups, tokenized, claim_ms, rest)
+        else:
+            groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
+            rest = claim.ids
+            if not rest:
+                self._claim = None
+            self.process(groups, tokenized, claim_ms, rest)
+        # The new rows are searchable: now the vectors of a fill claim that yielded to them.
+        self.fill.flush()
         return True
 
     def _help_other_models(self, once: bool) -> bool:
@@ -391,6 +393,7 @@ class Worker:
         self._keeper.stop()
         self.pruner.stop()
         try:
+            self.fill.flush()
             self.documents.stop()
             # Rows claimed and not written (the rest of a claim when asked to stop, a
             # write cut off by an outage) go back now, or, if the database is still

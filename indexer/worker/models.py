@@ -31,7 +31,7 @@ from indexer.store import ClaimedRow
 from indexer.store.models import BatchFigures, RegisteredModel
 from indexer.worker.claim import Claim
 from indexer.worker.embed import embed_isolating
-from indexer.worker.pace import Pace
+from indexer.worker.pace import SLICE_SECONDS, Pace
 
 logger = logging.getLogger(__name__)
 
@@ -190,15 +190,19 @@ class ModelFill:
     **Preemptible**: a claim's texts are embedded in slices, shortest first, each about
     :data:`~indexer.worker.pace.SLICE_SECONDS` of model time (:class:`Pace`); between
     two slices ``yield_to`` says whether other work is waiting (new text notified, or a
-    stop).  If so, the vectors done so far are written, the rest of the claim is given
-    back at once (``release_model_work``: no attempt counted, claimable again right
-    away) and the step ends, so the loop takes the new rows before the fill goes on.
-    Why slices of one claim rather than claims bounded in time: a claim still costs one
-    statement to lease and one transaction to write, whatever its size, so the fill
-    keeps claims of ``batch_size`` and pays for a release only when it is interrupted;
-    and why a notification rather than a look at the queue: it costs no statement per
-    slice.  A new row then waits for one slice and the write of the slices before it,
-    not for the whole claim.
+    stop).  If so, the rest of the claim is given back at once (``release_model_work``:
+    no attempt counted, claimable again right away), the vectors done so far are kept
+    back, and the step ends: the loop embeds and writes the new rows, then writes the
+    kept vectors (:meth:`flush`: after its next row batch, at the next fill step, or on
+    the way out).  A new row so waits for one slice, not for the whole claim nor for the
+    write of the slices before it (tens of milliseconds for a few dozen vectors: each
+    goes into the model's HNSW index).  Kept vectors are still leased, so nothing is
+    lost if the daemon dies first: their chunks return to the queue when the lease ends.
+
+    Why slices of a claim rather than claims bounded in time: a claim costs a statement
+    to lease and a transaction to write whatever its size, so the fill keeps claims of
+    ``batch_size`` and pays for a release only when it is interrupted.  Why a
+    notification rather than a look at the queues: it costs no statement per slice.
     """
 
     def __init__(
@@ -217,13 +221,17 @@ class ModelFill:
         self.worker_id = worker_id
         self.cache = cache
         self.yield_to = yield_to
+        #: Model time a slice aims at (tests make it 0: one text a slice).
+        self.slice_seconds = SLICE_SECONDS
         self.written = 0
         #: Claims cut short because other work was waiting.
         self.yielded = 0
         self._paces: dict[int, Pace] = {}
+        self._kept: _Kept | None = None
 
     def step(self) -> bool:
         """One claim of one model's work; False when no model this daemon runs has any."""
+        self.flush()
         for model in self.models.all:
             if model.id is None:
                 continue
@@ -250,6 +258,7 @@ class ModelFill:
         )
         if not rows:
             return fill and self.store.fill_model(model.id) > 0
+        self.flush()
         claim = Claim.of(rows, model.embedder.tokenize, 0.0)
         reused, _ = claim.take_reused()
         done = _Done([(r, r.cached, False) for r in reused if r.cached is not None])
@@ -258,20 +267,28 @@ class ModelFill:
         figures = BatchFigures(
             uuid.uuid4(), done.tokens, (time.perf_counter() - start) * 1000, len(done.failures)
         )
-        self._write(model, done, cache_key, figures)
-        if claim.ids:
-            self.yielded += 1
-            self.store.release_model_work(model.id, self.worker_id, claim.ids)
-            logger.debug(
-                "model %s: %d chunks given back, other work is waiting", model.name, len(claim.ids)
-            )
+        kept = _Kept(model, done, cache_key, figures)
+        if not claim.ids:
+            self._write(kept)
+            return True
+        self.yielded += 1
+        self.store.release_model_work(model.id, self.worker_id, claim.ids)
+        self._kept = kept
         return True
+
+    def flush(self) -> None:
+        """Write the vectors of a claim cut short for other work, if any are kept back
+        (the loop calls it once that work is done).  Kept until written, so a write cut
+        off by an outage is tried again."""
+        if self._kept is not None:
+            self._write(self._kept)
+            self._kept = None
 
     def _embed_slices(self, model: LoadedModel, claim: Claim, done: _Done) -> None:
         """Embed the claim's texts a slice at a time until none is left, or until other
         work is waiting after a slice (the rest stays in ``claim``)."""
         assert model.id is not None
-        pace = self._paces.setdefault(model.id, Pace())
+        pace = self._paces.setdefault(model.id, Pace(self.slice_seconds))
         while claim.groups:
             groups, tokenized, _ = claim.take(pace.slice(claim.tokenized.lengths))
             start = time.perf_counter()
@@ -285,9 +302,8 @@ class ModelFill:
             if claim.groups and self.yield_to():
                 return
 
-    def _write(
-        self, model: LoadedModel, done: _Done, cache_key: str | None, figures: BatchFigures
-    ) -> None:
+    def _write(self, kept: _Kept) -> None:
+        model, done = kept.model, kept.done
         assert model.id is not None
         s = self.settings
         written = done.written
@@ -297,11 +313,12 @@ class ModelFill:
                 self.worker_id,
                 [r for r, _, _ in written],
                 [v for _, v, _ in written],
-                cache_key=cache_key,
+                cache_key=kept.cache_key,
                 fresh=[f for _, _, f in written],
-                batch=figures,
+                batch=kept.figures,
                 max_chars=s.max_chars,
             )
+            done.written = []  # committed: not written again if what follows fails
             self.written += len(stored)
             logger.info(
                 "model %s: %d vectors written (%d without a model call), %d failed",
@@ -318,6 +335,7 @@ class ModelFill:
                 max_attempts=s.max_attempts,
                 retry_base_seconds=s.retry_base_seconds,
             )
+            done.failures = []
 
 
 @dataclass
@@ -328,3 +346,13 @@ class _Done:
     written: list[tuple[ClaimedRow, np.ndarray, bool]]
     failures: list[tuple[ClaimedRow, str]] = field(default_factory=list)
     tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A fill claim's vectors on their way to the database (``flush``)."""
+
+    model: LoadedModel
+    done: _Done
+    cache_key: str | None
+    figures: BatchFigures

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 #: Model time one slice aims at: about the longest a new row waits for the fill's model
 #: call in flight before the daemon turns to it.
-SLICE_SECONDS = 0.05
+SLICE_SECONDS = 0.025
 #: Texts in a model's first slice, before its pace is known.
 FIRST_SLICE = 4
 #: Weight of the newest slice in the pace (the rest is the pace before it): the pace
