@@ -26,7 +26,8 @@ class Listener:
 
         True when one arrived, and also right after LISTEN starts (or restarts after an
         outage): a row committed before that sent its NOTIFY to nobody, so the caller
-        must look once more.
+        must look once more.  ``timeout`` 0 only looks at what the connection has
+        received (the busy worker's question between two slices of its fill).
         """
         if self._conn is None or self._conn.closed:
             conn = db.connect(self.dsn, self.schema, autocommit=True, vector=False)

@@ -258,6 +258,8 @@ class ModelQueries:
     def release_model_work(
         self: Executes, model_id: int, worker_id: uuid.UUID, ids: Sequence[int]
     ) -> None:
+        """Give back leased chunks not embedded yet (a fill claim cut short for new
+        work): claimable again at once, no attempt counted."""
         self._execute(
             "release_model_work", {"model_id": model_id, "worker_id": worker_id, "ids": list(ids)}
         )

@@ -825,6 +825,8 @@ FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS input(id, error)
 WHERE p.model_id = %(model_id)s AND p.chunk_id = input.id AND p.claimed_by = %(worker_id)s;
 
 -- release_model_work --
+-- Leased chunks given back unembedded (a fill claim cut short): claimable again at once,
+-- no attempt counted.
 UPDATE model_pending
 SET claimed_by = NULL, lease_expires_at = NULL
 WHERE model_id = %(model_id)s AND chunk_id = ANY(%(ids)s::bigint[])

@@ -324,7 +324,7 @@ class FakeStore:
 
     source_texts = cached_vectors = cache_vectors = _no_documents
     replace_documents = fail_documents = forget_documents = backfill_source = _no_documents
-    finish_model_work = fail_model_work = _no_documents
+    finish_model_work = fail_model_work = release_model_work = _no_documents
 
 
 def fault_injecting(load: Callable[[Settings], TextEmbedder]) -> Callable[[Settings], TextEmbedder]:

@@ -89,7 +89,14 @@ class Worker:
             stop_event=self.stop_event,
             report=self._count_documents,
         )
-        self.fill = ModelFill(settings, store, self.models, self.worker_id, cache=settings.cache)
+        self.fill = ModelFill(
+            settings,
+            store,
+            self.models,
+            self.worker_id,
+            cache=settings.cache,
+            yield_to=self._other_work_waiting,
+        )
         #: Whether the next idle moment tries documents before rows (they alternate, so
         #: neither queue starves the other).
         self._documents_turn = True
@@ -174,12 +181,14 @@ class Worker:
             if not claim.ids:
                 self._claim = None
             self.write_reused(reused, claim_ms, claim.ids)
-            return True
-        groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
-        rest = claim.ids
-        if not rest:
-            self._claim = None
-        self.process(groups, tokenized, claim_ms, rest)
+        else:
+            groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
+            rest = claim.ids
+            if not rest:
+                self._claim = None
+            self.process(groups, tokenized, claim_ms, rest)
+        # The new rows are searchable: now the vectors of a fill claim that yielded to them.
+        self.fill.flush()
         return True
 
     def _help_other_models(self, once: bool) -> bool:
@@ -229,6 +238,14 @@ class Worker:
         if not rows:
             return None
         return Claim.of(rows, self.embedder.tokenize, claim_ms)
+
+    def _other_work_waiting(self) -> bool:
+        """Asked by the fill between two slices of a claim: whether to stop it and turn
+        to other work.  Yes on a stop request, or when new text was notified (a row or
+        a document queued) since the listener last reported: a look at the listener's
+        connection that does not block and sends no statement.  The notification is
+        consumed; the loop's next step claims rows and documents before any fill."""
+        return self.stop_event.is_set() or self.listener.wait(0.0)
 
     def _idle(self) -> None:
         """Wait for a NOTIFY, or the poll interval; wake quickly when asked to stop."""
@@ -376,6 +393,7 @@ class Worker:
         self._keeper.stop()
         self.pruner.stop()
         try:
+            self.fill.flush()
             self.documents.stop()
             # Rows claimed and not written (the rest of a claim when asked to stop, a
             # write cut off by an outage) go back now, or, if the database is still

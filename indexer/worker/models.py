@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +31,7 @@ from indexer.store import ClaimedRow
 from indexer.store.models import BatchFigures, RegisteredModel
 from indexer.worker.claim import Claim
 from indexer.worker.embed import embed_isolating
+from indexer.worker.pace import SLICE_SECONDS, Pace
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ class ModelStore(Protocol):
         *,
         max_attempts: int,
         retry_base_seconds: float,
+    ) -> None: ...
+
+    def release_model_work(
+        self, model_id: int, worker_id: uuid.UUID, ids: Sequence[int]
     ) -> None: ...
 
 
@@ -180,7 +185,25 @@ class ModelSet:
 
 class ModelFill:
     """Embeds, for each model this daemon runs, the chunks queued for it (see the
-    module docstring); one batch a step."""
+    module docstring); one claim a step.
+
+    **Preemptible**: a claim's texts are embedded in slices, shortest first, each about
+    :data:`~indexer.worker.pace.SLICE_SECONDS` of model time (:class:`Pace`); between
+    two slices ``yield_to`` says whether other work is waiting (new text notified, or a
+    stop).  If so, the rest of the claim is given back at once (``release_model_work``:
+    no attempt counted, claimable again right away), the vectors done so far are kept
+    back, and the step ends: the loop embeds and writes the new rows, then writes the
+    kept vectors (:meth:`flush`: after its next row batch, at the next fill step, or on
+    the way out).  A new row so waits for one slice, not for the whole claim nor for the
+    write of the slices before it (tens of milliseconds for a few dozen vectors: each
+    goes into the model's HNSW index).  Kept vectors are still leased, so nothing is
+    lost if the daemon dies first: their chunks return to the queue when the lease ends.
+
+    Why slices of a claim rather than claims bounded in time: a claim costs a statement
+    to lease and a transaction to write whatever its size, so the fill keeps claims of
+    ``batch_size`` and pays for a release only when it is interrupted.  Why a
+    notification rather than a look at the queues: it costs no statement per slice.
+    """
 
     def __init__(
         self,
@@ -190,16 +213,25 @@ class ModelFill:
         worker_id: uuid.UUID,
         *,
         cache: bool,
+        yield_to: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.models = models
         self.worker_id = worker_id
         self.cache = cache
+        self.yield_to = yield_to
+        #: Model time a slice aims at (tests make it 0: one text a slice).
+        self.slice_seconds = SLICE_SECONDS
         self.written = 0
+        #: Claims cut short because other work was waiting.
+        self.yielded = 0
+        self._paces: dict[int, Pace] = {}
+        self._kept: _Kept | None = None
 
     def step(self) -> bool:
-        """One batch of one model's work; False when no model this daemon runs has any."""
+        """One claim of one model's work; False when no model this daemon runs has any."""
+        self.flush()
         for model in self.models.all:
             if model.id is None:
                 continue
@@ -208,9 +240,9 @@ class ModelFill:
         return False
 
     def active_step(self) -> bool:
-        """One batch of the active model's own queued work, if it has any: text written
+        """One claim of the active model's own queued work, if it has any: text written
         with the model active before, by a batch in flight when the switch came.  Taken
-        before any other work, so the active model's answers lack it for one batch at
+        before any other work, so the active model's answers lack it for one claim at
         most.  Nothing to ask while a single model is registered."""
         active = self.models.active
         if self.models.registered < 2 or active.id is None:
@@ -226,47 +258,101 @@ class ModelFill:
         )
         if not rows:
             return fill and self.store.fill_model(model.id) > 0
+        self.flush()
         claim = Claim.of(rows, model.embedder.tokenize, 0.0)
-        written: list[tuple[ClaimedRow, np.ndarray, bool]] = [
-            (r, r.cached, False) for r in claim.reused if r.cached is not None
-        ]
-        failures: list[tuple[ClaimedRow, str]] = []
-        tokens, start = 0, time.perf_counter()
-        if claim.groups:
-            groups, tokenized, _ = claim.take(len(claim.groups))
-            tokens = sum(tokenized.lengths)
-            good, bad = embed_isolating(model.embedder, groups, tokenized)
-            for group, vector in good:
-                written.extend((r, vector, i == 0) for i, r in enumerate(group))
-            failures = [(r, error) for group, error in bad for r in group]
+        reused, _ = claim.take_reused()
+        done = _Done([(r, r.cached, False) for r in reused if r.cached is not None])
+        start = time.perf_counter()
+        self._embed_slices(model, claim, done)
         figures = BatchFigures(
-            uuid.uuid4(), tokens, (time.perf_counter() - start) * 1000, len(failures)
+            uuid.uuid4(), done.tokens, (time.perf_counter() - start) * 1000, len(done.failures)
         )
+        kept = _Kept(model, done, cache_key, figures)
+        if not claim.ids:
+            self._write(kept)
+            return True
+        self.yielded += 1
+        self.store.release_model_work(model.id, self.worker_id, claim.ids)
+        self._kept = kept
+        return True
+
+    def flush(self) -> None:
+        """Write the vectors of a claim cut short for other work, if any are kept back
+        (the loop calls it once that work is done).  Kept until written, so a write cut
+        off by an outage is tried again."""
+        if self._kept is not None:
+            self._write(self._kept)
+            self._kept = None
+
+    def _embed_slices(self, model: LoadedModel, claim: Claim, done: _Done) -> None:
+        """Embed the claim's texts a slice at a time until none is left, or until other
+        work is waiting after a slice (the rest stays in ``claim``)."""
+        assert model.id is not None
+        pace = self._paces.setdefault(model.id, Pace(self.slice_seconds))
+        while claim.groups:
+            groups, tokenized, _ = claim.take(pace.slice(claim.tokenized.lengths))
+            start = time.perf_counter()
+            good, bad = embed_isolating(model.embedder, groups, tokenized)
+            if not bad:  # a failing slice's time is its bisection's, not the model's pace
+                pace.observe(tokenized.lengths, time.perf_counter() - start)
+            done.tokens += sum(tokenized.lengths)
+            for group, vector in good:
+                done.written.extend((r, vector, i == 0) for i, r in enumerate(group))
+            done.failures.extend((r, error) for group, error in bad for r in group)
+            if claim.groups and self.yield_to():
+                return
+
+    def _write(self, kept: _Kept) -> None:
+        model, done = kept.model, kept.done
+        assert model.id is not None
+        s = self.settings
+        written = done.written
         if written:
-            done = self.store.finish_model_work(
+            stored = self.store.finish_model_work(
                 (model.id, model.name),
                 self.worker_id,
                 [r for r, _, _ in written],
                 [v for _, v, _ in written],
-                cache_key=cache_key,
+                cache_key=kept.cache_key,
                 fresh=[f for _, _, f in written],
-                batch=figures,
+                batch=kept.figures,
                 max_chars=s.max_chars,
             )
-            self.written += len(done)
+            done.written = []  # committed: not written again if what follows fails
+            self.written += len(stored)
             logger.info(
                 "model %s: %d vectors written (%d without a model call), %d failed",
                 model.name,
-                len(done),
+                len(stored),
                 sum(1 for _, _, f in written if not f),
-                len(failures),
+                len(done.failures),
             )
-        if failures:
+        if done.failures:
             self.store.fail_model_work(
                 model.id,
                 self.worker_id,
-                failures,
+                done.failures,
                 max_attempts=s.max_attempts,
                 retry_base_seconds=s.retry_base_seconds,
             )
-        return True
+            done.failures = []
+
+
+@dataclass
+class _Done:
+    """What a fill claim's slices have produced so far: vectors (each with whether the
+    model computed it, rather than the cache or an equal text), failures, tokens."""
+
+    written: list[tuple[ClaimedRow, np.ndarray, bool]]
+    failures: list[tuple[ClaimedRow, str]] = field(default_factory=list)
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A fill claim's vectors on their way to the database (``flush``)."""
+
+    model: LoadedModel
+    done: _Done
+    cache_key: str | None
+    figures: BatchFigures

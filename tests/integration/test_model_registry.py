@@ -9,10 +9,11 @@ import json
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 import pytest
 from psycopg import sql
@@ -20,12 +21,14 @@ from psycopg.conninfo import make_conninfo
 
 from indexer.app import Indexer
 from indexer.db import migrate
-from indexer.embedding import Embedder
+from indexer.embedding import Embedder, TextEmbedder, Tokenized
 from indexer.embedding.describe import describe_folder
+from indexer.embedding.wrappers import EmbedderWrapper
 from indexer.exceptions import InvalidInput, ModelChanged
 from indexer.registry import Embedders, reconcile
 from indexer.settings import Settings
 from indexer.store import Store
+from indexer.store.models import RegisteredModel
 from indexer.worker import Worker
 
 from ..helpers import wait_until
@@ -358,3 +361,106 @@ def test_a_role_that_may_only_search_can_search_through_python(
         finally:
             admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+class Gate(EmbedderWrapper):
+    """A model whose calls each wait until the test lets one through (``open``), or
+    until it lets every call through (``free``)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        super().__init__(inner)
+        self.arrived = 0  # calls that reached the gate
+        self.waiting = 0  # calls held at it now
+        self._passes = threading.Semaphore(0)
+        self._free = threading.Event()
+
+    def open(self) -> None:
+        self._passes.release()
+
+    def free(self) -> None:
+        self._free.set()
+        self._passes.release()
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        self.arrived += 1
+        self.waiting += 1
+        try:
+            if not self._free.is_set() and not self._passes.acquire(timeout=60):
+                raise AssertionError("the test never let this model call through")
+        finally:
+            self.waiting -= 1
+        return self.inner.embed_tokenized(tokenized)
+
+
+def _one_call_through(gate: Gate, done: Callable[[], bool]) -> None:
+    """Let one held model call through; back once the next one is held, or ``done``."""
+    arrived = gate.arrived
+    gate.open()
+    assert wait_until(lambda: gate.arrived > arrived or done(), 30)
+
+
+def test_a_row_written_during_a_fill_claim_is_embedded_before_that_claim_is_finished(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    """The fill yields between two slices of its claim when new text is notified: the
+    slices done are written, the rest given back, the new row embedded, then the fill
+    goes on; every chunk still gets the new model's vector once."""
+    store.insert_chunks([f"old note {i} about the sea" for i in range(30)], ["{}"] * 30)
+    idle = dataclasses.replace(settings, poll_interval=3600)  # only NOTIFY wakes it
+    gate = Gate(second)
+    with Store(settings.database_url or "", settings.schema, pool_size=4) as own:
+        reconcile(own.models(), embedder, own)
+        load = Embedders(idle, embedder).loader
+
+        def loader(model: RegisteredModel) -> TextEmbedder | None:
+            return gate if model.name == "tiny-cls" else load(model)
+
+        worker = Worker(idle, own, embedder, load_model=loader)
+        worker.fill.slice_seconds = 0.0  # after its first slice, one text a slice
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            assert wait_until(lambda: _status(store)[embedder.name]["covered"] == 30, 30)
+            _add(store, second)
+            assert wait_until(lambda: gate.waiting == 1, 30)  # the claim of 30's first slice
+            (new,) = store.insert_chunks(["a note written during the fill"], ["{}"])
+            passes = 0
+            while not _embedded(database, new):  # a slice at a time until the row is served
+                _one_call_through(gate, lambda: _embedded(database, new))
+                passes += 1
+            assert passes < 10 and worker.fill.yielded >= 1
+            assert wait_until(lambda: gate.waiting == 1, 30)  # the fill goes on, held again
+            assert _vectors(database) < 30  # the claim's other chunks still lack theirs
+            gate.free()
+            assert wait_until(lambda: _status(store)["tiny-cls"]["missing"] == 0, 30)
+        finally:
+            gate.free()
+            worker.stop()
+            thread.join(30)
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT c.content, v.embedding::real[] FROM chunks c"
+            " JOIN model_2_vectors v ON v.chunk_id = c.id AND v.content_version = c.content_version"
+            " ORDER BY c.id"
+        ).fetchall()
+        assert conn.execute("SELECT count(*) FROM model_pending").fetchone() == (0,)
+        written = conn.execute(
+            "SELECT sum(row_count) FROM events WHERE kind = 'model_batch'"
+        ).fetchone()
+    assert len(rows) == 31 and written == (31,)  # each chunk's vector written once
+    expected = second.embed([r[0] for r in rows])
+    assert np.allclose(np.array([r[1] for r in rows]), expected, atol=1e-6)
+
+
+def _embedded(database: str, chunk_id: int) -> bool:
+    """The chunk has the active model's vector (it is searchable)."""
+    with psycopg.connect(database) as conn:
+        row = conn.execute("SELECT state FROM chunks WHERE id = %s", (chunk_id,)).fetchone()
+    return row == ("embedded",)
+
+
+def _vectors(database: str) -> int:
+    """Vectors the second model has."""
+    with psycopg.connect(database) as conn:
+        row = conn.execute("SELECT count(*) FROM model_2_vectors").fetchone()
+    return int(row[0]) if row is not None else 0
