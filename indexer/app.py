@@ -29,11 +29,12 @@ from indexer.db import server
 from indexer.db.connect import redact, resolve_dsn
 from indexer.embedding import TextEmbedder, load_embedder
 from indexer.embedding.embedder import Embedder
+from indexer.embedding.remote import RemoteConfig
 from indexer.exceptions import ConfigurationError, DatabaseUnavailable, InvalidInput
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
 from indexer.metrics import Metrics
 from indexer.progress import Progress
-from indexer.registry import Embedders, describe_for_registry, reconcile
+from indexer.registry import Embedders, describe_for_registry, reconcile, register_remote
 from indexer.settings import Settings, libpq_url, unknown_variables
 from indexer.signals import stop_on_signals
 from indexer.store import CacheStats, DocumentHit, SearchHit, Store
@@ -165,6 +166,14 @@ class Indexer:
             halfvec=halfvec,
         )
         return chosen
+
+    def add_remote_model(
+        self, name: str, config: RemoteConfig, *, halfvec: bool = False, probe: bool = True
+    ) -> None:
+        """Register a model an OpenAI-compatible server computes (see
+        :func:`indexer.registry.register_remote`); the daemons then embed every chunk
+        with it in the background."""
+        register_remote(self.store, name, config, halfvec=halfvec, probe=probe)
 
     def activate_model(self, name: str, *, force: bool = False) -> int:
         """Make ``name`` the active model (see Store.activate_model); how many chunks
@@ -312,6 +321,9 @@ class Indexer:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._embedders is not None:
+            self._embedders.close()
+            self._embedders = None
 
     def __enter__(self) -> Indexer:
         return self
@@ -387,8 +399,11 @@ class Daemon:
                     "using database %s (%s), schema %r", redact(dsn), where, settings.schema
                 )
                 embedders = self._models(store, embedder)
-                self._check_chunking(store)
-                self._serve(dsn, store, embedder, embedders)
+                try:
+                    self._check_chunking(store)
+                    self._serve(dsn, store, embedder, embedders)
+                finally:
+                    embedders.close()
 
     def _check_chunking(self, store: Store) -> None:
         """Refuse chunk settings other than those the documents were cut with (one
@@ -416,7 +431,10 @@ class Daemon:
         try:
             reconcile(store.models(), embedder, store)
             for model in store.models():
-                embedders.get(model)
+                if model.kind == "remote":
+                    embedders.loader(model)  # without its key: left to the daemons with it
+                else:
+                    embedders.get(model)
         except DatabaseUnavailable:
             pass
         return embedders

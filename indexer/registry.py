@@ -12,6 +12,9 @@ The registry itself is the ``models`` table (migration 0009, read and written th
   (the settings' embedder for its own fingerprint), once.  A query is embedded by the
   model whose vectors it is compared with, and the search names that model to the
   database, so a switch between the two steps cannot mix models.
+* :func:`register_remote`: a remote model (an OpenAI-compatible server), asked once for
+  a vector before it is registered, so that a wrong URL, key or dimension is refused
+  then rather than by every batch.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from indexer.embedding import TextEmbedder
 from indexer.embedding.describe import ModelRecord, describe_folder, describe_packaged
 from indexer.embedding.embedder import Embedder
+from indexer.embedding.remote import RemoteConfig, RemoteEmbedder
 from indexer.exceptions import ConfigurationError, InvalidInput, ModelChanged, ModelNotFound
 from indexer.settings import Settings
 from indexer.store.models import RegisteredModel
@@ -91,7 +95,10 @@ class Embedders:
 
     def get(self, model: RegisteredModel) -> TextEmbedder:
         """The model's embedder; ModelNotFound / ModelChanged with one line when its
-        files are missing or changed."""
+        files are missing or changed, ConfigurationError when a remote model's API key
+        is not in this process's environment."""
+        if model.kind == "remote":
+            return self._remote(model)
         mine = record_of(self.configured)
         if mine is None or model.fingerprint == mine.fingerprint:
             return self.configured
@@ -122,6 +129,25 @@ class Embedders:
                 )
             return self._open[model.name]
 
+    def _remote(self, model: RegisteredModel) -> TextEmbedder:
+        with self._lock:
+            if model.name not in self._open:
+                config = remote_config(model)
+                if config.fingerprint != model.fingerprint:
+                    raise ModelChanged(f"model {model.name}: its record is not its fingerprint's")
+                embedder = RemoteEmbedder(model.name, config)
+                embedder.check_key()
+                self._open[model.name] = embedder
+            return self._open[model.name]
+
+    def close(self) -> None:
+        """Close the remote models' connections (local models hold none)."""
+        with self._lock:
+            for embedder in self._open.values():
+                if isinstance(embedder, RemoteEmbedder):
+                    embedder.close()
+            self._open.clear()
+
     def loader(self, model: RegisteredModel) -> TextEmbedder | None:
         """:meth:`get` for a running daemon: a model it cannot open is logged and left
         to the daemons that can (None)."""
@@ -147,6 +173,34 @@ class Embedders:
                 known = ", ".join(m.name for m in models)
                 raise InvalidInput(f"no model named {name!r} (registered: {known})")
         return self.get(chosen), chosen.name
+
+
+def remote_config(model: RegisteredModel) -> RemoteConfig:
+    """A remote model's endpoint, from its registry record."""
+    record = {k: v for k, v in (model.record or {}).items() if k != "kind"}
+    return RemoteConfig.from_dict(record)
+
+
+def register_remote(
+    store: Any, name: str, config: RemoteConfig, *, halfvec: bool = False, probe: bool = True
+) -> None:
+    """Register a remote model; with ``probe``, after one vector asked of its server
+    (of the dimension registered, with the key its variable holds).  One line (an
+    :class:`~indexer.exceptions.IndexerError`) for a model that cannot work."""
+    if probe:
+        embedder = RemoteEmbedder(name, config)
+        try:
+            embedder.check_key()
+            embedder.embed(["dimension probe"])
+        finally:
+            embedder.close()
+    store.add_model(
+        name,
+        dimension=config.dimension,
+        record={"kind": "remote", **config.as_dict()},
+        fingerprint=config.fingerprint,
+        halfvec=halfvec,
+    )
 
 
 def describe_for_registry(

@@ -102,5 +102,27 @@ def model_line(row: dict[str, Any]) -> str:
         f"{mark} {visible(str(row['model']))}: {row['dimension']} dimensions"
         f"{' (halfvec)' if row['halfvec'] else ''} in {row['stored_in']}; "
         f"{row['covered']}/{row['chunks']} chunks covered, {row['missing']} missing, "
-        f"{row['queued']} queued{pace}{failed}"
+        f"{row['queued']} queued{pace}{failed}{_provider(row)}"
     )
+
+
+def _provider(row: dict[str, Any]) -> str:
+    """A remote model's server: away (since when, why), and what the last day cost."""
+    if row.get("kind") != "remote":
+        return ""
+    parts = []
+    if row.get("away_since") is not None:
+        parts.append(
+            f"server away since {row['away_since']:%Y-%m-%d %H:%M:%S}: "
+            f"{visible(str(row['away_error']))} (its work waits)"
+        )
+    if row.get("provider_tokens") is not None:
+        spent = f"{row['provider_tokens']} tokens in 24 h"
+        if row.get("cost") is not None:
+            spent += f", cost {float(row['cost']):.4f}"
+        if row.get("cache_saved_tokens"):
+            spent += f"; the cache saved about {row['cache_saved_tokens']} tokens"
+            if row.get("cache_saved_cost") is not None:
+                spent += f" ({float(row['cache_saved_cost']):.4f})"
+        parts.append(spent)
+    return "".join(f"; {p}" for p in parts)

@@ -358,6 +358,7 @@ def _models_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="store its vectors as halfvec (2 bytes a dimension: half the table and index)",
     )
+    _remote_parser(actions, common)
     activate = actions.add_parser(
         "activate",
         help="make a model the one search uses (one transaction; refused while chunks lack "
@@ -374,3 +375,44 @@ def _models_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     actions.add_parser(
         "drop", help="drop a model that is not active, and its vectors", parents=[common]
     ).add_argument("name", metavar="NAME")
+
+
+def _remote_parser(actions: Any, common: argparse.ArgumentParser) -> None:
+    remote = actions.add_parser(
+        "add-remote",
+        help="register a model an OpenAI-compatible server computes (POST URL/embeddings); "
+        "asked for one vector first",
+        parents=[common],
+    )
+    remote.add_argument("url", metavar="URL", help="the server's base URL, with /v1")
+    remote.add_argument("--name", required=True, help="the model's name in the registry")
+    remote.add_argument(
+        "--provider-model", required=True, metavar="MODEL", help="the model name the server knows"
+    )
+    remote.add_argument("--dimension", required=True, type=int, metavar="N")
+    remote.add_argument(
+        "--api-key-env",
+        metavar="VARIABLE",
+        help="the environment variable holding the API key (the key is never stored)",
+    )
+    remote.add_argument("--query-prefix", metavar="TEXT", help="put before every query")
+    remote.add_argument("--document-prefix", metavar="TEXT", help="put before every text embedded")
+    remote.add_argument("--timeout", type=float, metavar="SECONDS", help="per request (60)")
+    remote.add_argument("--inputs-per-request", type=int, metavar="N", help="(2048)")
+    remote.add_argument(
+        "--tokens-per-request",
+        type=int,
+        metavar="N",
+        help="estimated from UTF-8 bytes, conservatively (300000)",
+    )
+    remote.add_argument(
+        "--max-input-tokens", type=int, metavar="N", help="longer inputs are truncated (counted)"
+    )
+    remote.add_argument("--in-flight", type=int, metavar="N", help="requests at once (4)")
+    remote.add_argument(
+        "--price-per-million", type=float, metavar="PRICE", help="per million tokens: the cost"
+    )
+    remote.add_argument("--halfvec", action="store_true", help="store its vectors as halfvec")
+    remote.add_argument(
+        "--no-probe", action="store_true", help="register without asking the server first"
+    )

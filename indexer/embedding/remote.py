@@ -63,7 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.embedding.tokens import Tokenized
-from indexer.exceptions import ConfigurationError, EmbeddingError, IndexerError
+from indexer.exceptions import ConfigurationError, EmbeddingError, ProviderAway
 
 __all__ = [
     "ProviderBusy",
@@ -99,17 +99,18 @@ _REDACTED = "***"
 # --------------------------------------------------------------------------- errors
 
 
-class ProviderBusy(IndexerError):
+class ProviderBusy(ProviderAway):
     """The provider kept throttling past the embedder's patience: the work should be
     released without counting an attempt and tried again after :attr:`retry_after`
     seconds."""
 
     def __init__(self, retry_after: float, message: str | None = None) -> None:
-        self.retry_after = retry_after
-        super().__init__(message or f"the provider is throttling: retry in {retry_after:g} s")
+        super().__init__(
+            message or f"the provider is throttling: retry in {retry_after:g} s", retry_after
+        )
 
 
-class ProviderUnavailable(IndexerError):
+class ProviderUnavailable(ProviderAway):
     """Server errors, timeouts or connection failures persisted through the retries: an
     outage of the provider, not the fault of the inputs."""
 
@@ -606,6 +607,11 @@ class RemoteEmbedder:
         return RemoteBatch(vectors, dict(sorted(call.errors.items())), call.usage)
 
     # ------------------------------------------------------------------ internals
+
+    def check_key(self) -> None:
+        """ConfigurationError (one line, naming the variable) when the API key's
+        variable is not set: a daemon without it leaves the model to others."""
+        self._key()
 
     def _key(self) -> str | None:
         variable = self.config.api_key_env

@@ -32,9 +32,11 @@ def add_health(app: FastAPI, res: Resources) -> None:
         reachable = migrated = False
         reason: str | None = None
         status: dict[str, Any] = {}
+        away: list[str] = []
         try:
             status = await res.probe.status()
             reachable = migrated = True
+            away = [str(m["model"]) for m in await res.probe.models() if m.get("away_since")]
         except (SchemaNotMigrated, ExtensionMissing) as exc:
             reachable, reason = True, str(exc)
         except (DatabaseUnavailable, DatabaseRefused) as exc:
@@ -58,6 +60,7 @@ def add_health(app: FastAPI, res: Resources) -> None:
             documents_backlog=status.get("documents_backlog"),
             documents_failed=status.get("documents_failed"),
             search_role=status.get("search_role"),
+            servers_away=away,
         )
         return JSONResponse(body.model_dump(), status_code=200 if reason is None else 503)
 

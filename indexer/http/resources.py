@@ -245,3 +245,4 @@ class Resources:
             self._closed = True
             self.store.close()
             self.probe.close()
+            self.embedders.close()

@@ -230,6 +230,11 @@ class Health(BaseModel):
         default=None,
         description="the database role searches run as: they find the passages it may read",
     )
+    servers_away: list[str] = Field(
+        default_factory=list,
+        description="remote models whose server is away (busy or down): their work waits, "
+        "nothing is lost; `indexer models list` says since when and why",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -13,7 +13,7 @@ import datetime
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ class BatchFigures:
     tokens: int
     embed_ms: float
     failed: int
+    #: More for the event's detail (a remote model's usage: ``provider``).
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ class ModelQueries:
                         "embed_ms": batch.embed_ms,
                         "model": name,
                         "failed": batch.failed,
+                        "detail": Jsonb(batch.detail),
                     },
                 ),
             ]

@@ -117,7 +117,7 @@ SELECT 'batch_completed', %(worker_id)s, %(batch_id)s, count(*),
        extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000,
        coalesce(array_agg(written.id ORDER BY written.id), '{}'),
        jsonb_build_object('stale', cardinality(%(ids)s::bigint[]) - count(*),
-                          'model', %(model)s::text)
+                          'model', %(model)s::text) || %(detail)s::jsonb
 FROM written
 RETURNING row_count, reused_count, chunk_ids;
 
@@ -842,13 +842,18 @@ INSERT INTO events (kind, worker_id, batch_id, row_count, reused_count, token_co
                     embed_ms, chunk_ids, detail)
 VALUES ('model_batch', %(worker_id)s, %(batch_id)s, cardinality(%(written)s::bigint[]),
         %(reused)s, %(token_count)s, %(embed_ms)s, %(written)s::bigint[],
-        jsonb_build_object('model', %(model)s::text, 'failed', %(failed)s::integer));
+        jsonb_build_object('model', %(model)s::text, 'failed', %(failed)s::integer)
+        || %(detail)s::jsonb);
 
 -- model_queue_status --
+-- Cheap: the queue's index, and the events' (kind, at) index for a remote model's
+-- server still away (indexer_model_away).
 SELECT m.name AS model, m.active,
        (SELECT count(*) FROM model_pending p WHERE p.model_id = m.id AND NOT p.failed) AS queued,
-       (SELECT count(*) FROM model_pending p WHERE p.model_id = m.id AND p.failed) AS failed
+       (SELECT count(*) FROM model_pending p WHERE p.model_id = m.id AND p.failed) AS failed,
+       s.away_since, s.away_error
 FROM models AS m
+LEFT JOIN indexer_model_away AS s ON s.model_id = m.id
 ORDER BY m.id;
 
 -- record_chunking --

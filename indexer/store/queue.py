@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
 
 from indexer.exceptions import stored_error
 from indexer.store.protocol import Executes
@@ -103,6 +104,7 @@ class ChunkQueries:
         model_id: int | None = None,
         in_column: bool = True,
         max_chars: int | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """Write vectors (guarded) and the batch_completed event; return the ids written.
 
@@ -112,7 +114,7 @@ class ChunkQueries:
         computed them (every other model is queued to embed the rows too); its vectors
         go to ``chunks.embedding`` when ``in_column``, else to its table, in the same
         transaction (for rows whose first ``max_chars`` characters are still the text
-        read).
+        read).  ``detail``: more for the event's detail (a remote model's usage).
         """
         params = {
             "worker_id": worker_id,
@@ -129,6 +131,7 @@ class ChunkQueries:
             "embed_ms": embed_ms,
             "model_id": model_id,
             "in_column": in_column,
+            "detail": Jsonb(dict(detail or {})),
         }
         steps: list[tuple[str, dict[str, Any]]] = [("complete_batch", params)]
         if not in_column:

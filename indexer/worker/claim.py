@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +111,8 @@ class PendingWrite:
     #: ids of the good rows whose vector cost no model call: from the cache, or from an
     #: equal text embedded for another row of the batch.
     reused: set[int] = field(default_factory=set)
+    #: What the event records besides the figures (a remote model's usage).
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,3 +131,7 @@ class BatchResult:
     #: a batch of documents: ``written`` are the ids of their new passages, not rows
     #: (metrics and the progress bar count them apart).
     documents: bool = False
+    #: the model that embedded it, and, for a remote model, what its server reported
+    #: (tokens, requests, retries, deferrals, truncated, cost).
+    model: str = ""
+    provider: dict[str, Any] | None = None

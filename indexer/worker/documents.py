@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from itertools import groupby
 
-from indexer.exceptions import EmbeddingError, SourceBusy, SourceError
+from indexer.exceptions import EmbeddingError, ProviderAway, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import Backfill
@@ -205,11 +205,15 @@ class DocumentWork:
         start = time.perf_counter()
         try:
             vectors = list(self.embedder.embed(texts))
+        except ProviderAway:
+            raise  # the server's state, not the texts': the documents wait
         except Exception:  # a model failure is a property of some text: find it
             vectors = []
             for digest, text in zip(hashes, texts, strict=True):
                 try:
                     vectors.append(self.embedder.embed([text])[0])
+                except ProviderAway:
+                    raise
                 except Exception as exc:
                     message = (
                         str(exc)

@@ -1,21 +1,85 @@
-"""The model calls of a row batch, and how a bad text is found among them."""
+"""The model calls of a row batch, and how a bad text is found among them.
+
+A local model is called in-process; a remote model (:mod:`indexer.embedding.remote`)
+answers each input on its own, so its bad inputs come back named, with what the batch
+cost (tokens, requests, retries, deferrals), which the batch's event records.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from indexer.embedding import TextEmbedder, Tokenized
-from indexer.exceptions import EmbeddingError
+from indexer.embedding.remote import ProviderError, RemoteEmbedder, Usage
+from indexer.exceptions import EmbeddingError, ProviderAway
 from indexer.store import ClaimedRow
 
 logger = logging.getLogger(__name__)
 
+Groups = Sequence[list[ClaimedRow]]
+
+
+@dataclass
+class Embedded:
+    """A batch's vectors (one per group of rows with equal text), the groups that failed
+    with their error, and, for a remote model, what the provider reported."""
+
+    good: list[tuple[list[ClaimedRow], np.ndarray]]
+    bad: list[tuple[list[ClaimedRow], str]]
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def embed_groups(embedder: TextEmbedder, groups: Groups, tokenized: Tokenized) -> Embedded:
+    """Embed texts (one per group of rows).  A remote model's server being away raises
+    :class:`~indexer.exceptions.ProviderAway` (the caller gives the work back)."""
+    if isinstance(embedder, RemoteEmbedder):
+        return _embed_remote(embedder, groups, tokenized)
+    good, bad = embed_isolating(embedder, groups, tokenized)
+    return Embedded(good, bad)
+
+
+def provider_detail(embedder: RemoteEmbedder, usage: Usage) -> dict[str, Any]:
+    """What an event records of a remote model's batch (``detail.provider``)."""
+    return {
+        "provider": {
+            "prompt_tokens": usage.prompt_tokens,
+            "estimated_tokens": usage.estimated_tokens,
+            "requests": usage.requests,
+            "retries": usage.retries,
+            "deferrals": usage.deferrals,
+            "truncated": usage.truncated,
+            "cost": usage.cost(embedder.config.price_per_million),
+        }
+    }
+
+
+def _embed_remote(embedder: RemoteEmbedder, groups: Groups, tokenized: Tokenized) -> Embedded:
+    try:
+        batch = embedder.embed_partial(tokenized)
+    except ProviderError as exc:
+        # A bad answer (wrong count or dimension, NaN, malformed): an error for the whole
+        # batch, never a written vector.
+        logger.warning("model %s answered badly for %d texts: %s", embedder.name, len(groups), exc)
+        return Embedded([], [(g, str(exc)) for g in groups])
+    good = [(g, batch.vectors[i]) for i, g in enumerate(groups) if i not in batch.errors]
+    bad = [(groups[i], message) for i, message in sorted(batch.errors.items())]
+    for group, message in bad:
+        logger.warning(
+            "row %s refused by model %s: %s",
+            ", ".join(str(r.id) for r in group),
+            embedder.name,
+            message,
+        )
+    return Embedded(good, bad, provider_detail(embedder, batch.usage))
+
 
 def embed_isolating(
-    embedder: TextEmbedder, groups: Sequence[list[ClaimedRow]], tokenized: Tokenized
+    embedder: TextEmbedder, groups: Groups, tokenized: Tokenized
 ) -> tuple[list[tuple[list[ClaimedRow], np.ndarray]], list[tuple[list[ClaimedRow], str]]]:
     """Embed texts (one per group of rows); when the model fails, split the batch
     to find the bad texts.
@@ -25,6 +89,8 @@ def embed_isolating(
     """
     try:
         vectors = embedder.embed_tokenized(tokenized)
+    except ProviderAway:
+        raise  # the server's state, not the texts'
     except Exception as exc:  # any model failure is a property of some text(s)
         if len(groups) == 1:
             message = (

@@ -33,15 +33,15 @@ from typing import Any
 import numpy as np
 
 from indexer.embedding import TextEmbedder, Tokenized
-from indexer.exceptions import DatabaseUnavailable
+from indexer.exceptions import DatabaseUnavailable, ProviderAway
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
 from indexer.worker.claim import BatchResult, Claim, PendingWrite
 from indexer.worker.documents import DocumentWork
-from indexer.worker.embed import embed_isolating
+from indexer.worker.embed import embed_groups
 from indexer.worker.lease import LeaseKeeper
 from indexer.worker.models import Loader, ModelFill, ModelSet
-from indexer.worker.outage import Outage
+from indexer.worker.outage import Outage, ProviderOutage
 from indexer.worker.prune import Pruner
 from indexer.worker.stores import WorkStore
 
@@ -77,6 +77,7 @@ class Worker:
         #: The vector cache's key for the active model; None when the cache is off.
         self.cache_key = embedder.cache_key if settings.cache else None
         self._outage = Outage(settings.db_down_timeout)
+        self._away = ProviderOutage()
         self.batches = 0
         self.rows_written = 0
         self.passages_written = 0
@@ -138,8 +139,11 @@ class Worker:
                     if not self._step(once):
                         break
                     self._outage.over()
+                    self._away.over()
                 except DatabaseUnavailable as exc:
                     self._database_down(exc)
+                except ProviderAway as exc:
+                    self._provider_away(exc)
         finally:
             self._shutdown(started)
 
@@ -283,14 +287,19 @@ class Worker:
         start = time.perf_counter()
         self._keeper.hold([*(r.id for r in rows), *waiting])
         try:
-            good_groups, bad_groups = embed_isolating(self.embedder, groups, tokenized)
+            embedded = embed_groups(self.embedder, groups, tokenized)
+        except ProviderAway:
+            self._to_release.extend(r.id for r in rows)
+            raise
         finally:
             self._keeper.hold(waiting)
         embed_ms = (time.perf_counter() - start) * 1000
-        good = [(r, vector) for g, vector in good_groups for r in g]
-        bad = [(r, error) for g, error in bad_groups for r in g]
-        copies = {r.id for g, _ in good_groups for r in g[1:]}  # equal text: one model input
-        pending = PendingWrite(batch_id, good, bad, tokens, claim_ms, embed_ms, rows, copies)
+        good = [(r, vector) for g, vector in embedded.good for r in g]
+        bad = [(r, error) for g, error in embedded.bad for r in g]
+        copies = {r.id for g, _ in embedded.good for r in g[1:]}  # equal text: one model input
+        pending = PendingWrite(
+            batch_id, good, bad, tokens, claim_ms, embed_ms, rows, copies, embedded.detail
+        )
         return self._write_now(pending)
 
     def _write_now(self, pending: PendingWrite) -> BatchResult:
@@ -318,6 +327,7 @@ class Worker:
                 model_id=self.models.active.id,
                 in_column=self.models.active.in_column,
                 max_chars=self.settings.max_chars,
+                detail=batch.detail,
             )
             reused = len(batch.reused.intersection(written))
             batch.good = []  # committed: a retry after an outage must not write them again
@@ -340,6 +350,8 @@ class Worker:
             embed_ms=batch.embed_ms,
             stale=len(batch.rows) - len(written) - len(failed),
             reused=reused,
+            model=self.embedder.name,
+            provider=batch.detail.get("provider"),
         )
         self._report(result)
         return result
@@ -388,6 +400,19 @@ class Worker:
                 self._keeper.drop()
             self.documents.drop()
         self._outage.wait(self.stop_event)
+
+    def _provider_away(self, exc: ProviderAway) -> None:
+        """The active model's server is busy or down: give the work back (no attempt
+        is counted against any row), say so once per episode, and wait."""
+        if self._claim is not None:
+            self._to_release.extend(self._claim.ids)
+            self._claim = None
+            self._keeper.drop()
+        if self._away.begins(exc):
+            self.store.record_event(
+                "provider_away", self.worker_id, detail=self._away.detail(self.embedder.name)
+            )
+        self._away.wait(self.stop_event)
 
     def _shutdown(self, started: bool) -> None:
         self._keeper.stop()

@@ -21,16 +21,18 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from indexer.embedding import TextEmbedder
+from indexer.embedding.remote import RemoteEmbedder
+from indexer.exceptions import ProviderAway
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
 from indexer.store.models import BatchFigures, RegisteredModel
 from indexer.worker.claim import Claim
-from indexer.worker.embed import embed_isolating
+from indexer.worker.embed import embed_groups
 from indexer.worker.pace import SLICE_SECONDS, Pace
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,10 @@ class ModelStore(Protocol):
 
     def release_model_work(
         self, model_id: int, worker_id: uuid.UUID, ids: Sequence[int]
+    ) -> None: ...
+
+    def record_event(
+        self, kind: str, worker_id: uuid.UUID, *, detail: dict[str, Any] | None = None
     ) -> None: ...
 
 
@@ -203,6 +209,12 @@ class ModelFill:
     to lease and a transaction to write whatever its size, so the fill keeps claims of
     ``batch_size`` and pays for a release only when it is interrupted.  Why a
     notification rather than a look at the queues: it costs no statement per slice.
+
+    A **remote** model's claim is one slice: its server's time is not this machine's
+    cores, and its requests go out together (``in_flight``).  When its server is away
+    (:class:`~indexer.exceptions.ProviderAway`), the claim goes back to the queue with
+    no attempt counted, a ``provider_away`` event says so, and the model's work waits
+    what the server asked while the other models' work goes on.
     """
 
     def __init__(
@@ -228,16 +240,21 @@ class ModelFill:
         self.yielded = 0
         self._paces: dict[int, Pace] = {}
         self._kept: _Kept | None = None
+        #: Remote models whose server is away: monotonic time their work resumes.
+        self._away: dict[int, float] = {}
 
     def step(self) -> bool:
         """One claim of one model's work; False when no model this daemon runs has any."""
         self.flush()
         for model in self.models.all:
-            if model.id is None:
+            if model.id is None or self._waiting(model.id):
                 continue
             if self._batch(model):
                 return True
         return False
+
+    def _waiting(self, model_id: int) -> bool:
+        return self._away.get(model_id, 0.0) > time.monotonic()
 
     def active_step(self) -> bool:
         """One claim of the active model's own queued work, if it has any: text written
@@ -245,7 +262,7 @@ class ModelFill:
         before any other work, so the active model's answers lack it for one claim at
         most.  Nothing to ask while a single model is registered."""
         active = self.models.active
-        if self.models.registered < 2 or active.id is None:
+        if self.models.registered < 2 or active.id is None or self._waiting(active.id):
             return False
         return self._batch(active, fill=False)
 
@@ -265,7 +282,11 @@ class ModelFill:
         start = time.perf_counter()
         self._embed_slices(model, claim, done)
         figures = BatchFigures(
-            uuid.uuid4(), done.tokens, (time.perf_counter() - start) * 1000, len(done.failures)
+            uuid.uuid4(),
+            done.tokens,
+            (time.perf_counter() - start) * 1000,
+            len(done.failures),
+            done.detail,
         )
         kept = _Kept(model, done, cache_key, figures)
         if not claim.ids:
@@ -289,18 +310,45 @@ class ModelFill:
         work is waiting after a slice (the rest stays in ``claim``)."""
         assert model.id is not None
         pace = self._paces.setdefault(model.id, Pace(self.slice_seconds))
+        remote = isinstance(model.embedder, RemoteEmbedder)
         while claim.groups:
-            groups, tokenized, _ = claim.take(pace.slice(claim.tokenized.lengths))
+            size = len(claim.groups) if remote else pace.slice(claim.tokenized.lengths)
+            groups, tokenized, _ = claim.take(size)
             start = time.perf_counter()
-            good, bad = embed_isolating(model.embedder, groups, tokenized)
-            if not bad:  # a failing slice's time is its bisection's, not the model's pace
+            try:
+                embedded = embed_groups(model.embedder, groups, tokenized)
+            except ProviderAway as exc:
+                self._server_away(model, [r.id for g in groups for r in g] + claim.ids, exc)
+                claim.drop(set(claim.ids))
+                return
+            if not embedded.bad:  # a failing slice's time is its bisection's, not the pace
                 pace.observe(tokenized.lengths, time.perf_counter() - start)
             done.tokens += sum(tokenized.lengths)
-            for group, vector in good:
+            done.detail = embedded.detail
+            for group, vector in embedded.good:
                 done.written.extend((r, vector, i == 0) for i, r in enumerate(group))
-            done.failures.extend((r, error) for group, error in bad for r in group)
+            done.failures.extend((r, error) for group, error in embedded.bad for r in group)
             if claim.groups and self.yield_to():
                 return
+
+    def _server_away(self, model: LoadedModel, ids: list[int], exc: ProviderAway) -> None:
+        """A remote model's server is busy or down: its claim back to the queue (no
+        attempt counted), an event when its outage begins, and its work paused."""
+        assert model.id is not None
+        self.store.release_model_work(model.id, self.worker_id, ids)
+        if model.id not in self._away:
+            logger.warning("model %s: server away, its work waits: %s", model.name, exc)
+            self.store.record_event(
+                "provider_away",
+                self.worker_id,
+                detail={
+                    "model": model.name,
+                    "reason": type(exc).__name__,
+                    "error": str(exc),
+                    "retry_after": exc.retry_after,
+                },
+            )
+        self._away[model.id] = time.monotonic() + exc.retry_after
 
     def _write(self, kept: _Kept) -> None:
         model, done = kept.model, kept.done
@@ -346,6 +394,8 @@ class _Done:
     written: list[tuple[ClaimedRow, np.ndarray, bool]]
     failures: list[tuple[ClaimedRow, str]] = field(default_factory=list)
     tokens: int = 0
+    #: What a remote model's server reported (one slice a claim: see ModelFill).
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ beside the helper that uses it (:class:`~indexer.worker.lease.LeaseStore`,
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -122,6 +122,7 @@ class WorkStore(LeaseStore, PruneStore, DocumentStore, ModelStore, Protocol):
         model_id: int | None = None,
         in_column: bool = True,
         max_chars: int | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> list[int]: ...
 
     def fail_rows(
