@@ -51,6 +51,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -458,6 +459,33 @@ class _Call:
 # --------------------------------------------------------------------------- the embedder
 
 
+#: Query vectors a remote embedder keeps in memory (at 1,536 dimensions, 6 MB).
+QUERY_CACHE_SIZE = 1024
+
+
+class _Recent:
+    """The ``size`` vectors used last, by text (thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> npt.NDArray[np.float32] | None:
+        with self._lock:
+            vector = self._items.get(key)
+            if vector is not None:
+                self._items.move_to_end(key)
+            return vector
+
+    def put(self, key: str, vector: npt.NDArray[np.float32]) -> None:
+        with self._lock:
+            self._items[key] = vector.copy()
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 class RemoteEmbedder:
     """A :class:`~indexer.embedding.tokens.TextEmbedder` whose model answers over HTTP.
 
@@ -492,6 +520,7 @@ class RemoteEmbedder:
         self._sleep = sleep
         self._patience_s = float(patience_s)
         self._endpoint = f"{config.url}/embeddings"
+        self._queries = _Recent(QUERY_CACHE_SIZE)
         self._slots = threading.BoundedSemaphore(config.in_flight)
         # The semaphore keeps no more requests in flight than there are connections, so
         # none waits for one (no pool timeout).
@@ -562,8 +591,25 @@ class RemoteEmbedder:
         return self.embed_tokenized(self.tokenize(texts))
 
     def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Vectors of search queries (with the query prefix)."""
-        return self.embed_tokenized(self.tokenize(texts, query=True))
+        """Vectors of search queries (with the query prefix), the recent ones from
+        memory: a repeated query costs no request (nor tokens).  Keyed by what is
+        sent, so a query and a document of the same text are apart whenever the
+        prefixes differ (documents are cached in the database's vector cache)."""
+        tokenized = self.tokenize(texts, query=True)
+        vectors = np.zeros((len(tokenized), self.dim), dtype=np.float32)
+        missing = []
+        for i, sent in enumerate(tokenized.inputs):
+            known = self._queries.get(sent)
+            if known is None:
+                missing.append(i)
+            else:
+                vectors[i] = known
+        if missing:
+            fresh = self.embed_tokenized(tokenized.select(missing))
+            for i, vector in zip(missing, fresh, strict=True):
+                vectors[i] = vector
+                self._queries.put(tokenized.inputs[i], vector)
+        return vectors
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         """Vectors of every input, or :class:`ProviderError` naming a refused input:

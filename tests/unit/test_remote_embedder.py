@@ -126,6 +126,26 @@ def test_prefixes_are_sent_and_texts_kept_without(make: Make, fake_provider: Fak
     )
 
 
+def test_a_repeated_query_costs_no_request_and_documents_are_apart(
+    make: Make, fake_provider: FakeProvider
+) -> None:
+    embedder = make(query_prefix="query: ")
+    first = embedder.embed_queries(["where is the sea", "a hill"])
+    assert len(fake_provider.requests) == 1
+    # Both from memory, and one new query sent alone.
+    again = embedder.embed_queries(["a hill", "where is the sea", "a city"])
+    assert len(fake_provider.requests) == 2
+    assert fake_provider.requests[-1].inputs == ("query: a city",)
+    np.testing.assert_array_equal(again[:2], first[::-1])
+    np.testing.assert_array_equal(
+        again,
+        expected(fake_provider, ["query: a hill", "query: where is the sea", "query: a city"]),
+    )
+    # A document of the same text is another input (its prefix differs): sent.
+    embedder.embed(["a hill"])
+    assert fake_provider.requests[-1].inputs == ("a hill",)
+
+
 def test_a_plain_tokenized_is_embedded_as_documents(
     make: Make, fake_provider: FakeProvider
 ) -> None:
