@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,11 +159,13 @@ class DocumentQueries:
         model_id: int | None = None,
         in_column: bool = True,
         max_chars: int | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> tuple[list[int], list[int], int]:
         """Replace the chunk sets of ``writes``' documents (guarded) and log the batch;
         return the ids of the documents written, of their new chunk rows, and how many
         of those reused a vector.  ``model_id``, ``in_column``: as for complete_batch
-        (the new passages' vectors go to the model's table in the same transaction)."""
+        (the new passages' vectors go to the model's table in the same transaction);
+        ``detail``: more for the event's detail (a remote model's usage)."""
         chunks = [(w, c) for w in writes for c in w.chunks]
         vectors = [c.embedding for _, c in chunks]
         params = {
@@ -189,6 +191,7 @@ class DocumentQueries:
             "embed_ms": embed_ms,
             "model_id": model_id,
             "in_column": in_column,
+            "detail": Jsonb(dict(detail or {})),
         }
 
         def passages_vectors(rows: list[DictRow]) -> list[tuple[str, dict[str, Any]]]:

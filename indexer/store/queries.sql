@@ -313,7 +313,7 @@ SELECT 'batch_completed', %(worker_id)s, %(batch_id)s,
            'documents', coalesce((SELECT jsonb_agg(id ORDER BY id) FROM done), '[]'::jsonb),
            'stale_documents', cardinality(%(doc_ids)s::bigint[]) - (SELECT count(*) FROM done),
            'chunks_removed', (SELECT count(*) FROM removed),
-           'model', %(model)s::text)
+           'model', %(model)s::text) || %(detail)s::jsonb
 RETURNING chunk_ids, reused_count, detail -> 'documents' AS documents,
           (SELECT coalesce(jsonb_agg(jsonb_build_array(id, document_id, position)), '[]')
            FROM added) AS added;

@@ -28,12 +28,17 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from itertools import groupby
+from typing import Any
 
+import numpy as np
+
+from indexer.embedding.remote import ProviderError, RemoteEmbedder
 from indexer.exceptions import EmbeddingError, ProviderAway, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import Backfill
 from indexer.worker.claim import BatchResult
+from indexer.worker.embed import provider_detail
 from indexer.worker.lease import LeaseKeeper
 from indexer.worker.models import LoadedModel
 from indexer.worker.plan import Round, misses, plan
@@ -203,8 +208,36 @@ class DocumentWork:
         text_of = {h: t for p in run.planned for *_, t, h in p.chunks}
         texts = [text_of[h] for h in hashes]
         start = time.perf_counter()
+        if isinstance(self.embedder, RemoteEmbedder):
+            vectors = self._embed_remote(self.embedder, run, hashes, texts)
+        else:
+            vectors = self._embed_local(run, hashes, texts)
+        run.embed_ms += (time.perf_counter() - start) * 1000
+        for digest, vector in zip(hashes, vectors, strict=True):
+            if vector is not None:
+                run.vectors[digest] = vector
+                run.fresh.add(digest)
+                run.tokens += max((p.tokens.get(digest, 0) for p in run.planned), default=0)
+
+    def _embed_remote(
+        self, embedder: RemoteEmbedder, run: Round, hashes: list[bytes], texts: list[str]
+    ) -> list[np.ndarray | None]:
+        """A remote model names the texts its server refused; a bad answer fails them
+        all (nothing of it is written); the server's usage is added up for the write."""
         try:
-            vectors = list(self.embedder.embed(texts))
+            batch = embedder.embed_partial(embedder.tokenize(texts))
+        except ProviderError as exc:
+            run.bad.update((h, str(exc)) for h in hashes)
+            return [None] * len(texts)
+        run.bad.update((hashes[i], message) for i, message in batch.errors.items())
+        run.usage = batch.usage if run.usage is None else run.usage + batch.usage
+        return [None if i in batch.errors else v for i, v in enumerate(batch.vectors)]
+
+    def _embed_local(
+        self, run: Round, hashes: list[bytes], texts: list[str]
+    ) -> list[np.ndarray | None]:
+        try:
+            vectors: list[np.ndarray | None] = list(self.embedder.embed(texts))
         except ProviderAway:
             raise  # the server's state, not the texts': the documents wait
         except Exception:  # a model failure is a property of some text: find it
@@ -222,12 +255,7 @@ class DocumentWork:
                     )
                     run.bad[digest] = message
                     vectors.append(None)
-        run.embed_ms += (time.perf_counter() - start) * 1000
-        for digest, vector in zip(hashes, vectors, strict=True):
-            if vector is not None:
-                run.vectors[digest] = vector
-                run.fresh.add(digest)
-                run.tokens += max((p.tokens.get(digest, 0) for p in run.planned), default=0)
+        return vectors
 
     def _still_held(self, run: Round) -> bool:
         ids = [p.document.id for p in run.planned]
@@ -284,6 +312,7 @@ class DocumentWork:
             model_id=self.model.id,
             in_column=self.model.in_column,
             max_chars=self.settings.max_chars,
+            detail=self._provider(run),
         )
         done = {p.document.id for p in ready}
         run.planned = [p for p in run.planned if p.document.id not in done]
@@ -292,6 +321,13 @@ class DocumentWork:
         self._report(batch_id, writes, written, chunk_ids, reused, run, stale)
         run.claim_ms = run.embed_ms = 0.0
         run.tokens = 0
+        run.usage = None
+
+    def _provider(self, run: Round) -> dict[str, Any]:
+        """A remote model's usage since the last write, for the batch's event."""
+        if run.usage is None or not isinstance(self.embedder, RemoteEmbedder):
+            return {}
+        return provider_detail(self.embedder, run.usage)
 
     def _keep_fresh(self, run: Round) -> None:
         if self.cache_key and run.fresh:

@@ -12,6 +12,7 @@ import numpy as np
 
 from indexer.chunking import chunk_text
 from indexer.embedding import TextEmbedder
+from indexer.embedding.remote import Usage
 from indexer.settings import Settings
 from indexer.store.documents import ClaimedDocument, SourceText
 
@@ -40,6 +41,8 @@ class Round:
     claim_ms: float = 0.0
     embed_ms: float = 0.0
     tokens: int = 0
+    #: What a remote model's server reported since the last write (None: local model).
+    usage: Usage | None = None
 
 
 def plan(

@@ -58,6 +58,7 @@ class DocumentStore(BackfillStore, Protocol):
         model_id: int | None = None,
         in_column: bool = True,
         max_chars: int | None = None,
+        detail: Mapping[str, Any] | None = None,
     ) -> tuple[list[int], list[int], int]: ...
 
     def forget_documents(

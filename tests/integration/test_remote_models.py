@@ -321,3 +321,39 @@ def test_the_downgrade_needs_the_remote_models_dropped(
     migrate.downgrade(database, "public", "0009")
     migrate.upgrade(database, "public")
     assert [m.kind for m in store.models()] == ["local"]
+
+
+def test_a_sources_documents_are_embedded_by_the_remote_model_and_their_cost_recorded(
+    settings: Settings, store: Store, embedders: Embedders, provider: FakeProvider, database: str
+) -> None:
+    register_remote(store, "fake", _config(provider))
+    store.activate_model("fake")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
+        conn.execute(
+            "INSERT INTO notes VALUES (1, 'a first note about lakes'), "
+            "(2, 'a second note about roads'), (3, 'a third one, <refuse-me> please')"
+        )
+    store.add_source("notes", text=["body"])
+    _worker(settings, store, embedders).run(once=True)
+    with psycopg.connect(database) as conn:
+        got = _vectors(conn, "fake")
+        assert sorted(got) == ["a first note about lakes", "a second note about roads"]
+        for text, vector in got.items():
+            assert np.abs(vector - provider.vector(text)).max() < 1e-6
+        details = [
+            r[0]
+            for r in conn.execute(
+                "SELECT detail FROM events WHERE kind = 'batch_completed' AND detail ? 'documents'"
+            )
+        ]
+        assert sum(d["provider"]["prompt_tokens"] for d in details) == sum(
+            provider.prompt_tokens(t) for t in got
+        )
+        (error,) = (
+            conn.execute(
+                "SELECT last_error FROM source_documents WHERE state IN ('pending', 'failed')"
+            ).fetchone()
+            or ()
+        )
+        assert "refuse" in error.lower() or "400" in error
