@@ -88,8 +88,16 @@ def source_line(row: dict[str, Any]) -> str:
         f"{visible(row['source'])}: {row['indexed']} indexed, {row['pending']} pending, "
         f"{row['in_flight']} in flight, {row['failed']} failed, {row['truncated']} truncated; "
         f"{plural(row['chunks'], 'chunk')}; lag {duration(lag)}; {backfill}{unapplied}{gone}"
-        f"{problem}"
+        f"{problem}{_spent(row)}"
     )
+
+
+def _spent(row: dict[str, Any]) -> str:
+    """What remote models' servers reported (and charged, at a price) over a day."""
+    if row.get("provider_tokens") is None:
+        return ""
+    cost = f", cost {float(row['cost']):.4f}" if row.get("cost") is not None else ""
+    return f"; {row['provider_tokens']} server tokens in 24 h{cost}"
 
 
 def model_line(row: dict[str, Any]) -> str:
@@ -117,9 +125,7 @@ def _provider(row: dict[str, Any]) -> str:
             f"{visible(str(row['away_error']))} (its work waits)"
         )
     if row.get("provider_tokens") is not None:
-        spent = f"{row['provider_tokens']} tokens in 24 h"
-        if row.get("cost") is not None:
-            spent += f", cost {float(row['cost']):.4f}"
+        spent = _spent(row)[2:]
         if row.get("cache_saved_tokens"):
             spent += f"; the cache saved about {row['cache_saved_tokens']} tokens"
             if row.get("cache_saved_cost") is not None:

@@ -681,7 +681,24 @@ SELECT detach_source(%(name)s::text, %(lock_wait)s::interval) AS detached;
 SELECT remove_source(%(name)s::text) AS removed;
 
 -- source_status --
-SELECT * FROM indexer_source_status ORDER BY source;
+-- The view, and what remote models' servers reported and charged for each source's
+-- passages over the last day (each batch's figures split between its sources by the
+-- characters of the passages it embedded: detail.provider.sources).
+SELECT v.*, c.provider_tokens, c.cost
+FROM indexer_source_status AS v
+LEFT JOIN (
+    SELECT s.name,
+           round(sum((e.detail #>> '{provider,prompt_tokens}')::numeric * x.value::numeric))
+               ::bigint AS provider_tokens,
+           sum((e.detail #>> '{provider,cost}')::float8 * x.value::float8) AS cost
+    FROM events AS e
+    CROSS JOIN LATERAL jsonb_each_text(e.detail #> '{provider,sources}') AS x
+    JOIN sources AS s ON s.id::text = x.key
+    WHERE e.kind = 'batch_completed' AND e.at > now() - interval '1 day'
+      AND e.detail #> '{provider,sources}' IS NOT NULL
+    GROUP BY s.name
+) AS c ON c.name = v.source
+ORDER BY v.source;
 
 -- source_queue_status --
 -- What /metrics reads per source on every scrape.  Pending, in flight and the lag come

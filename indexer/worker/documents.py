@@ -312,7 +312,7 @@ class DocumentWork:
             model_id=self.model.id,
             in_column=self.model.in_column,
             max_chars=self.settings.max_chars,
-            detail=self._provider(run),
+            detail=self._provider(run, writes),
         )
         done = {p.document.id for p in ready}
         run.planned = [p for p in run.planned if p.document.id not in done]
@@ -323,11 +323,21 @@ class DocumentWork:
         run.tokens = 0
         run.usage = None
 
-    def _provider(self, run: Round) -> dict[str, Any]:
-        """A remote model's usage since the last write, for the batch's event."""
+    def _provider(self, run: Round, writes: Sequence[DocumentWrite]) -> dict[str, Any]:
+        """A remote model's usage since the last write, for the batch's event, with each
+        source's share (``sources``: by the characters of the passages embedded, not
+        reused), from which ``indexer status`` tells each source's tokens and cost."""
         if run.usage is None or not isinstance(self.embedder, RemoteEmbedder):
             return {}
-        return provider_detail(self.embedder, run.usage)
+        detail = provider_detail(self.embedder, run.usage)
+        chars: dict[str, int] = {}
+        for w in writes:
+            key = str(w.document.source_id)
+            chars[key] = chars.get(key, 0) + sum(len(c.text) for c in w.chunks if not c.reused)
+        total = sum(chars.values())
+        if total:
+            detail["provider"]["sources"] = {k: round(v / total, 6) for k, v in chars.items()}
+        return detail
 
     def _keep_fresh(self, run: Round) -> None:
         if self.cache_key and run.fresh:

@@ -113,7 +113,7 @@ _STATUS_COLUMNS = """       m.activated_at,
        w.away_error,
        u.provider_tokens,
        u.cost,
-       CASE WHEN u.fresh > 0 THEN round(u.reused * u.provider_tokens / u.fresh) END
+       CASE WHEN u.fresh > 0 THEN round(u.reused * u.provider_tokens / u.fresh)::bigint END
            AS cache_saved_tokens,
        CASE WHEN u.fresh > 0 THEN u.reused * u.cost / u.fresh END AS cache_saved_cost
 FROM @s.models m
@@ -122,8 +122,8 @@ _STATUS_JOINS = """
 LEFT JOIN @s.indexer_model_away w ON w.model_id = m.id
 LEFT JOIN LATERAL (
     -- What the server reported over the last day, and what the cache's hits saved.
-    SELECT sum((b.detail #>> '{provider,prompt_tokens}')::bigint) AS provider_tokens,
-           sum((b.detail #>> '{provider,cost}')::numeric) AS cost,
+    SELECT sum((b.detail #>> '{provider,prompt_tokens}')::bigint)::bigint AS provider_tokens,
+           sum((b.detail #>> '{provider,cost}')::float8) AS cost,
            sum(b.reused_count) AS reused,
            sum(b.row_count - b.reused_count) AS fresh
     FROM @s.events b

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from indexer.app import Indexer
+from indexer.cli.output import source_line
 from indexer.db import migrate
 from indexer.embedding import Embedder
 from indexer.embedding.remote import RemoteConfig
@@ -357,3 +358,8 @@ def test_a_sources_documents_are_embedded_by_the_remote_model_and_their_cost_rec
             or ()
         )
         assert "refuse" in error.lower() or "400" in error
+    # Each source's share of what the server reported, in `indexer status`'s source line.
+    (notes,) = [r for r in store.source_status() if r["source_table"] == "public.notes"]
+    assert notes["provider_tokens"] == sum(provider.prompt_tokens(t) for t in got)
+    assert float(notes["cost"]) == pytest.approx(notes["provider_tokens"] * 0.02 / 1e6)
+    assert "server tokens in 24 h, cost 0.0000" in source_line(notes)
