@@ -740,7 +740,7 @@ class RemoteEmbedder:
         """A successful answer's vectors, checked, and its prompt tokens."""
         try:
             payload = json.loads(response.content)
-        except ValueError as exc:  # malformed JSON, or bytes that are not UTF-8
+        except (ValueError, RecursionError) as exc:  # malformed, not UTF-8, nested too deep
             raise ProviderError(f"{self._endpoint}: the answer is not JSON") from exc
         try:
             return _parse_answer(payload, count, self.dim)
@@ -807,7 +807,7 @@ def _provider_message(response: httpx.Response) -> str:
     message: object = None
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a body nested too deep is no message either
         payload = None
     if isinstance(payload, dict):
         error = payload.get("error")
@@ -840,7 +840,10 @@ def _parse_answer(
                 f"the answer has {len(embedding)}-dimensional vectors; "
                 f"the model is configured with {dimension}"
             )
-    array = np.asarray(embeddings) if embeddings else np.zeros((0, dimension))
+    try:
+        array = np.asarray(embeddings) if embeddings else np.zeros((0, dimension))
+    except ValueError:  # a list where a number should be: a ragged array
+        array = np.zeros(0, dtype=object)
     if array.dtype.kind not in "iuf" or array.shape != (count, dimension):
         raise ProviderError("the answer's vectors hold values that are not numbers")
     with np.errstate(over="ignore"):
