@@ -92,6 +92,9 @@ _MIN_DEFERRAL_S = 0.1
 _REFUSED = frozenset({400, 413, 422})
 #: Characters of a provider's error text kept in a one-line message.
 _SHOWN_CHARS = 200
+#: The most tokens one request may be said to cost: a count above it is not believed
+#: (summed over a call, it must still fit the status view's bigint, and its cost a float).
+_MAX_PROMPT_TOKENS = 2**31 - 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REDACTED = "***"
 
@@ -881,6 +884,8 @@ def _embedding(item: object) -> list[Any]:
 def _prompt_tokens(payload: dict[str, Any]) -> int | None:
     usage = payload.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        return None
+    if not 0 <= tokens <= _MAX_PROMPT_TOKENS:
         return None
     return tokens

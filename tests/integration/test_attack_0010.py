@@ -101,3 +101,36 @@ def test_a_strange_answer_is_a_bad_answer_not_the_daemons_end(
     ((state, attempts, error),) = _states(database)
     assert (state, attempts) == ("pending", 1)
     assert "answer" in error
+
+
+@pytest.mark.parametrize("tokens", [10**19, 10**400], ids=["past-bigint", "past-float"])
+def test_an_unbelievable_token_count_breaks_neither_the_batch_nor_the_status(
+    settings: Settings,
+    store: Store,
+    embedders: Embedders,
+    provider: FakeProvider,
+    database: str,
+    tokens: int,
+) -> None:
+    """Attack: a server reports ``usage.prompt_tokens`` of 10**19 (past bigint) or
+    10**400 (past a float).  Before: the first was recorded, and indexer_model_status
+    (so ``indexer status``, /health's models) failed for a day with "out of range for
+    type bigint"; the second raised OverflowError out of the worker (the cost)."""
+    register_remote(store, "fake", _config(provider))
+    store.activate_model("fake")
+    store.insert_chunks(["a text whose cost is a lie"], ["{}"])
+    vector = provider.vector("a text whose cost is a lie").tolist()
+    provider.script(
+        Fault(
+            "raw",
+            status=200,
+            body=(
+                f'{{"data": [{{"index": 0, "embedding": {json.dumps(vector)}}}], '
+                f'"usage": {{"prompt_tokens": {tokens}}}}}'
+            ).encode(),
+        )
+    )
+    _worker(settings, store, embedders).run(once=True)
+    assert [s[0] for s in _states(database)] == ["embedded"]
+    (row,) = [r for r in store.model_status() if r["model"] == "fake"]
+    assert row["provider_tokens"] is None
