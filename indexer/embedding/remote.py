@@ -732,7 +732,7 @@ class RemoteEmbedder:
 
     def _refuse(self, call: _Call, response: httpx.Response) -> None:
         """A 4xx: the content refused (:class:`_Refused`), or the configuration."""
-        message = call.redact(_provider_message(response))
+        message = _provider_message(response, call.redact)
         if response.status_code in _REFUSED:
             raise _Refused(message)
         raise ProviderError(f"{self._endpoint}: {message}")
@@ -801,10 +801,11 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), _MAX_DEFERRAL_S)
 
 
-def _provider_message(response: httpx.Response) -> str:
+def _provider_message(response: httpx.Response, redact: Callable[[str], str]) -> str:
     """One line saying why the provider refused a request: its own message when the
     body has one (``{"error": {"message": ...}}``, ``{"error": ...}`` or
-    ``{"detail": ...}``), else the start of the body."""
+    ``{"detail": ...}``), else the start of the body.  ``redact`` hides the key before
+    the line is cut: a key cut in two would no longer be found."""
     status = response.status_code
     text = response.content.decode("utf-8", "replace")
     message: object = None
@@ -821,7 +822,7 @@ def _provider_message(response: httpx.Response) -> str:
         message = text
     elif not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
-    line = " ".join(str(message).split())[:_SHOWN_CHARS]
+    line = " ".join(redact(str(message)).split())[:_SHOWN_CHARS]
     return f"HTTP {status}: {line}" if line else f"HTTP {status}"
 
 

@@ -37,3 +37,15 @@ def test_a_refusal_nested_too_deep_is_a_refusal(
     provider.script(Fault("raw", status=400, body=b'{"error": ' + b"[" * 100_000))
     batch = embedder.embed_partial(embedder.tokenize(["one text"]))
     assert list(batch.errors) == [0] and batch.errors[0].startswith("HTTP 400")
+
+
+def test_a_key_cut_by_the_length_of_a_message_is_still_hidden(
+    embedder: RemoteEmbedder, provider: FakeProvider
+) -> None:
+    """Attack: a provider echoes the key where the message is cut to its first 200
+    characters.  Before: the key was redacted after the cut, so its first characters
+    (here 20 of 24) went into the row's last_error, events and logs."""
+    message = "x" * 170 + " you sent " + KEY
+    provider.script(Fault("raw", status=400, body=f'{{"error": "{message}"}}'.encode()))
+    batch = embedder.embed_partial(embedder.tokenize(["one text"]))
+    assert KEY[:8] not in batch.errors[0]
