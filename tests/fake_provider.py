@@ -46,6 +46,9 @@ FaultKind = Literal[
     "truncated",  # half the body promised by Content-Length, then the connection closed
     "shuffled",  # the right vectors, listed in reverse order with their indices
     "no_usage",  # the right vectors, no usage
+    "raw",  # `status`, `body` and `headers` as given (any bytes, any encoding)
+    "flood",  # a 200 promising `size` bytes of spaces, written until the client leaves
+    "trickle",  # the right answer, one byte every delay_s
 ]
 
 
@@ -57,6 +60,9 @@ class Fault:
     retry_after: str | None = "1"
     status: int = 500
     delay_s: float = 10.0
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,8 @@ class FakeProvider:
         self._random = random.Random(seed)
         self._script: deque[Fault] = deque()
         self._requests: list[Recorded] = []
+        #: Bytes of each "flood" answer written before the client left.
+        self.flooded: list[int] = []
         self._count = 0
         self._active = 0
         self._max_active = 0
@@ -290,10 +298,51 @@ class FakeProvider:
             handler.end_headers()
             handler.wfile.write(data[: len(data) // 2])
             handler.close_connection = True
+        elif kind == "raw":
+            handler.send_response(fault.status)
+            for name, value in fault.headers:
+                handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(fault.body)))
+            handler.end_headers()
+            handler.wfile.write(fault.body)
+        elif kind == "flood":
+            self._flood(handler, fault.size)
+        elif kind == "trickle":
+            self._trickle(handler, json.dumps(self._payload(texts)).encode(), fault.delay_s)
         elif kind == "malformed":
             _send_bytes(handler, 200, b'{"data": [{"embedding": [0.1, ')
         else:
             _send_json(handler, 200, self._bad_payload(kind, texts))
+
+    def _flood(self, handler: _Handler, size: int) -> None:
+        """Promise ``size`` bytes and write spaces until they are sent or the client
+        leaves; record how many were written."""
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+        block, sent = b" " * 65536, 0
+        handler.close_connection = True
+        try:
+            while sent < size and not self._stopping.is_set():
+                piece = block[: size - sent]
+                handler.wfile.write(piece)
+                sent += len(piece)
+        finally:
+            with self._state:
+                self.flooded.append(sent)
+
+    def _trickle(self, handler: _Handler, data: bytes, delay_s: float) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.close_connection = True
+        for i in range(len(data)):
+            if self._stopping.wait(delay_s):
+                return
+            handler.wfile.write(data[i : i + 1])
+            handler.wfile.flush()
 
     def _payload(self, texts: Sequence[str]) -> dict[str, Any]:
         data = [

@@ -25,9 +25,10 @@ Why each fault is treated as it is:
 * **401, 403, 404 and any other 4xx**: the key, a permission, the URL or the model name
   is wrong, whatever the inputs: :class:`ProviderError` for the whole call.
 * **a bad answer** (not JSON, a vector missing, the wrong dimension, NaN or infinity, a
-  string where floats were asked): nothing in it can be trusted, and a vector of the
-  wrong length or value written to the database would silently corrupt search, so the
-  whole call fails with :class:`ProviderError` and returns no vector at all.
+  string where floats were asked, more bytes than its vectors can take): nothing in it
+  can be trusted, and a vector of the wrong length or value written to the database
+  would silently corrupt search, so the whole call fails with :class:`ProviderError` and
+  returns no vector at all.
 
 Token counts are estimated before sending as the UTF-8 bytes of each input: a BPE token
 is at least one byte, so the estimate never undercounts, and a request planned under
@@ -93,6 +94,16 @@ _MIN_DEFERRAL_S = 0.1
 _REFUSED = frozenset({400, 413, 422})
 #: Characters of a provider's error text kept in a one-line message.
 _SHOWN_CHARS = 200
+#: Bytes of an error's body read (its start is all a message shows).
+_ERROR_BYTES = 65536
+#: Bytes an answer may take per number, per item and in all besides: a float written
+#: with every digit, indented, is under 64; more is no answer but a flood.
+_BYTES_PER_NUMBER = 64
+_BYTES_PER_ITEM = 1024
+_BYTES_SLACK = 1 << 20
+#: The most tokens one request may be said to cost: a count above it is not believed
+#: (summed over a call, it must still fit the status view's bigint, and its cost a float).
+_MAX_PROMPT_TOKENS = 2**31 - 1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REDACTED = "***"
 
@@ -749,20 +760,19 @@ class RemoteEmbedder:
             call.check()
             call.count(requests=1)
             try:
-                with self._slots:
-                    response = self._client.post(self._endpoint, content=body, headers=headers)
+                response, content = self._post(body, headers, len(inputs))
             except httpx.RequestError as exc:  # timeouts, refused/dropped connections
                 problem = type(exc).__name__
             else:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return self._vectors(call, response, len(inputs))
+                    return self._vectors(call, content, len(inputs))
                 wait = _deferral(response)
                 if wait is not None:
                     call.defer(wait, self._endpoint)
                     continue
                 if status < 500 and status != 408:
-                    self._refuse(call, response)
+                    self._refuse(call, response, content)
                 problem = f"HTTP {status}"
             if retries == _RETRIES:
                 raise ProviderUnavailable(
@@ -773,20 +783,43 @@ class RemoteEmbedder:
             retries += 1
             call.count(retries=1)
 
-    def _refuse(self, call: _Call, response: httpx.Response) -> None:
+    def _post(
+        self, body: bytes, headers: dict[str, str], count: int
+    ) -> tuple[httpx.Response, bytes]:
+        """Send one request; its answer and body, read as it arrives.
+
+        The body is bounded, since a server may send any amount (or a small gzip that
+        unpacks to gigabytes): an answer beyond what ``count`` vectors can take is a
+        :class:`ProviderError`, an error's body is cut.  It must also arrive within
+        ``timeout_s`` in all (else :class:`httpx.ReadTimeout`, a passing fault): the
+        timeout bounds each read, and a server sending a byte a second would
+        otherwise hold the request for ever."""
+        deadline = time.monotonic() + self.config.timeout_s
+        with (
+            self._slots,
+            self._client.stream("POST", self._endpoint, content=body, headers=headers) as answer,
+        ):
+            ok = 200 <= answer.status_code < 300
+            limit = _answer_bytes(count, self.dim) if ok else _ERROR_BYTES
+            content, whole = _read(answer, limit, deadline)
+        if ok and not whole:
+            raise ProviderError(f"{self._endpoint}: the answer is larger than {limit} bytes")
+        return answer, content
+
+    def _refuse(self, call: _Call, response: httpx.Response, content: bytes) -> None:
         """A 4xx: the content refused (:class:`_Refused`), or the configuration."""
-        message = call.redact(_provider_message(response))
+        message = _provider_message(response.status_code, content, call.redact)
         if response.status_code in _REFUSED:
             raise _Refused(message)
         raise ProviderError(f"{self._endpoint}: {message}")
 
     def _vectors(
-        self, call: _Call, response: httpx.Response, count: int
+        self, call: _Call, content: bytes, count: int
     ) -> tuple[npt.NDArray[np.float32], int | None]:
         """A successful answer's vectors, checked, and its prompt tokens."""
         try:
-            payload = json.loads(response.content)
-        except ValueError as exc:  # malformed JSON, or bytes that are not UTF-8
+            payload = json.loads(content)
+        except (ValueError, RecursionError) as exc:  # malformed, not UTF-8, nested too deep
             raise ProviderError(f"{self._endpoint}: the answer is not JSON") from exc
         try:
             return _parse_answer(payload, count, self.dim)
@@ -808,6 +841,26 @@ class RemoteEmbedder:
 
 
 # --------------------------------------------------------------------------- answers
+
+
+def _answer_bytes(count: int, dimension: int) -> int:
+    """The most bytes an answer of ``count`` vectors of ``dimension`` numbers may take."""
+    return _BYTES_SLACK + count * (dimension * _BYTES_PER_NUMBER + _BYTES_PER_ITEM)
+
+
+def _read(response: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """The body (decoded) as it arrives, up to ``limit`` bytes, and whether that was all
+    of it; :class:`httpx.ReadTimeout` when it is still arriving at ``deadline``."""
+    parts: list[bytes] = []
+    size = 0
+    for part in response.iter_bytes():
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the answer took longer than timeout_s to arrive")
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            return b"".join(parts)[:limit], False
+    return b"".join(parts), True
 
 
 def _deferral(response: httpx.Response) -> float | None:
@@ -844,16 +897,16 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), _MAX_DEFERRAL_S)
 
 
-def _provider_message(response: httpx.Response) -> str:
+def _provider_message(status: int, content: bytes, redact: Callable[[str], str]) -> str:
     """One line saying why the provider refused a request: its own message when the
     body has one (``{"error": {"message": ...}}``, ``{"error": ...}`` or
-    ``{"detail": ...}``), else the start of the body."""
-    status = response.status_code
-    text = response.content.decode("utf-8", "replace")
+    ``{"detail": ...}``), else the start of the body.  ``redact`` hides the key before
+    the line is cut: a key cut in two would no longer be found."""
+    text = content.decode("utf-8", "replace")
     message: object = None
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a body nested too deep is no message either
         payload = None
     if isinstance(payload, dict):
         error = payload.get("error")
@@ -864,7 +917,7 @@ def _provider_message(response: httpx.Response) -> str:
         message = text
     elif not isinstance(message, str):
         message = json.dumps(message, ensure_ascii=False)
-    line = " ".join(str(message).split())[:_SHOWN_CHARS]
+    line = " ".join(redact(str(message)).split())[:_SHOWN_CHARS]
     return f"HTTP {status}: {line}" if line else f"HTTP {status}"
 
 
@@ -886,7 +939,10 @@ def _parse_answer(
                 f"the answer has {len(embedding)}-dimensional vectors; "
                 f"the model is configured with {dimension}"
             )
-    array = np.asarray(embeddings) if embeddings else np.zeros((0, dimension))
+    try:
+        array = np.asarray(embeddings) if embeddings else np.zeros((0, dimension))
+    except ValueError:  # a list where a number should be: a ragged array
+        array = np.zeros(0, dtype=object)
     if array.dtype.kind not in "iuf" or array.shape != (count, dimension):
         raise ProviderError("the answer's vectors hold values that are not numbers")
     with np.errstate(over="ignore"):
@@ -924,6 +980,8 @@ def _embedding(item: object) -> list[Any]:
 def _prompt_tokens(payload: dict[str, Any]) -> int | None:
     usage = payload.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        return None
+    if not 0 <= tokens <= _MAX_PROMPT_TOKENS:
         return None
     return tokens

@@ -1,0 +1,136 @@
+"""Attacks on remote models (migration 0010), as tests: what a malicious or broken
+server could do to a daemon with a real database.  Each test failed before the fix
+committed with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from indexer.embedding import Embedder
+from indexer.embedding.remote import RemoteConfig
+from indexer.registry import Embedders, reconcile, register_remote
+from indexer.settings import Settings
+from indexer.store import Store
+from indexer.worker import Worker
+
+from ..fake_provider import FakeProvider, Fault
+
+KEY = "sk-test-0123456789abcdef"
+DIM = 16
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings.database_url or "", settings.schema) as s:
+        yield s
+
+
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
+    monkeypatch.setenv("FAKE_PROVIDER_KEY", KEY)
+    with FakeProvider(dimension=DIM, model="fake-embed") as fake:
+        yield fake
+
+
+@pytest.fixture
+def embedders(settings: Settings, embedder: Embedder) -> Iterator[Embedders]:
+    opened = Embedders(settings, embedder)
+    yield opened
+    opened.close()
+
+
+def _config(provider: FakeProvider) -> RemoteConfig:
+    return RemoteConfig(
+        url=provider.url,
+        model="fake-embed",
+        dimension=DIM,
+        api_key_env="FAKE_PROVIDER_KEY",
+        price_per_million=0.02,
+    )
+
+
+def _worker(settings: Settings, store: Store, embedders: Embedders) -> Worker:
+    reconcile(store.models(), embedders.configured, store)
+    return Worker(settings, store, embedders.configured, load_model=embedders.loader)
+
+
+def _answer(body: object) -> Fault:
+    return Fault(
+        "raw", status=200, body=json.dumps(body).encode(), headers=(("Content-Type", "json"),)
+    )
+
+
+def _states(database: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database) as conn:
+        return conn.execute("SELECT state, attempts, last_error FROM chunks ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        # A list where a number should be: numpy refuses the ragged array (ValueError).
+        _answer({"data": [{"index": 0, "embedding": [[0.1, 0.2], *[0.1] * (DIM - 1)]}]}),
+        # Nested deeper than Python's JSON parser recurses (RecursionError).
+        Fault("raw", status=200, body=b"[" * 100_000),
+    ],
+    ids=["ragged", "deep"],
+)
+def test_a_strange_answer_is_a_bad_answer_not_the_daemons_end(
+    settings: Settings,
+    store: Store,
+    embedders: Embedders,
+    provider: FakeProvider,
+    database: str,
+    fault: Fault,
+) -> None:
+    """Attack: a server answers 200 with a vector holding a list, or with JSON nested
+    100 000 deep.  Before: ValueError / RecursionError escaped the worker, the daemon
+    stopped, and the claimed row came back to it after its lease, forever."""
+    register_remote(store, "fake", _config(provider))
+    store.activate_model("fake")
+    store.insert_chunks(["a text the server answers strangely"], ["{}"])
+    provider.script(fault)
+    quick = dataclasses.replace(settings, max_attempts=5)
+    _worker(quick, store, embedders).run(once=True)
+    ((state, attempts, error),) = _states(database)
+    assert (state, attempts) == ("pending", 1)
+    assert "answer" in error
+
+
+@pytest.mark.parametrize("tokens", [10**19, 10**400], ids=["past-bigint", "past-float"])
+def test_an_unbelievable_token_count_breaks_neither_the_batch_nor_the_status(
+    settings: Settings,
+    store: Store,
+    embedders: Embedders,
+    provider: FakeProvider,
+    database: str,
+    tokens: int,
+) -> None:
+    """Attack: a server reports ``usage.prompt_tokens`` of 10**19 (past bigint) or
+    10**400 (past a float).  Before: the first was recorded, and indexer_model_status
+    (so ``indexer status``, /health's models) failed for a day with "out of range for
+    type bigint"; the second raised OverflowError out of the worker (the cost)."""
+    register_remote(store, "fake", _config(provider))
+    store.activate_model("fake")
+    store.insert_chunks(["a text whose cost is a lie"], ["{}"])
+    vector = provider.vector("a text whose cost is a lie").tolist()
+    provider.script(
+        Fault(
+            "raw",
+            status=200,
+            body=(
+                f'{{"data": [{{"index": 0, "embedding": {json.dumps(vector)}}}], '
+                f'"usage": {{"prompt_tokens": {tokens}}}}}'
+            ).encode(),
+        )
+    )
+    _worker(settings, store, embedders).run(once=True)
+    assert [s[0] for s in _states(database)] == ["embedded"]
+    (row,) = [r for r in store.model_status() if r["model"] == "fake"]
+    assert row["provider_tokens"] is None
