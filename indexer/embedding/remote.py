@@ -424,6 +424,8 @@ class _Call:
     key: str | None
     patience_s: float
     sleep: Callable[[float], None]
+    #: How many times a passing fault is retried before the server counts as away.
+    retries: int = _RETRIES
     lock: threading.Lock = field(default_factory=threading.Lock)
     aborted: threading.Event = field(default_factory=threading.Event)
     usage: Usage = field(default_factory=Usage)
@@ -636,13 +638,21 @@ class RemoteEmbedder:
 
     # ------------------------------------------------------------------ the worker's call
 
-    def embed_partial(self, tokenized: Tokenized) -> RemoteBatch:
+    def embed_partial(
+        self,
+        tokenized: Tokenized,
+        *,
+        patience_s: float | None = None,
+        retries: int = _RETRIES,
+    ) -> RemoteBatch:
         """Embed ``tokenized``: a vector per input, or that input's error.
 
         Inputs go in requests of at most ``inputs_per_request`` inputs and
         ``tokens_per_request`` estimated tokens (an input above it alone), up to
         ``in_flight`` at a time.  A :class:`Tokenized` that this embedder did not make
-        is tokenized again as documents.
+        is tokenized again as documents.  ``patience_s`` (default: the embedder's) and
+        ``retries`` bound how long this call waits on a busy or failing server: work
+        that other work waits behind asks for less.
 
         Raises :class:`ProviderBusy` when throttling outlasts the patience,
         :class:`ProviderUnavailable` when passing faults persist, :class:`ProviderError`
@@ -652,7 +662,8 @@ class RemoteEmbedder:
         remote = (
             tokenized if isinstance(tokenized, RemoteTokenized) else self.tokenize(tokenized.texts)
         )
-        call = _Call(self._key(), self._patience_s, self._sleep)
+        patience = self._patience_s if patience_s is None else patience_s
+        call = _Call(self._key(), patience, self._sleep, retries)
         call.usage.truncated = sum(remote.truncated)
         vectors = np.zeros((len(remote), self.dim), dtype=np.float32)
         jobs = [
@@ -774,7 +785,7 @@ class RemoteEmbedder:
                 if status < 500 and status != 408:
                     self._refuse(call, response, content)
                 problem = f"HTTP {status}"
-            if retries == _RETRIES:
+            if retries >= call.retries:
                 raise ProviderUnavailable(
                     f"{self._endpoint}: {problem}, still after {retries} retries"
                 )

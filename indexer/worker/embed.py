@@ -34,11 +34,21 @@ class Embedded:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def embed_groups(embedder: TextEmbedder, groups: Groups, tokenized: Tokenized) -> Embedded:
+#: How long background work (a model's fill) waits on its remote server's deferrals,
+#: and how often it retries a failing one, before it gives the work back: the active
+#: model's new rows wait behind it (the rows' own work waits the embedder's patience).
+BACKGROUND_PATIENCE_S = 5.0
+BACKGROUND_RETRIES = 2
+
+
+def embed_groups(
+    embedder: TextEmbedder, groups: Groups, tokenized: Tokenized, *, background: bool = False
+) -> Embedded:
     """Embed texts (one per group of rows).  A remote model's server being away raises
-    :class:`~indexer.exceptions.ProviderAway` (the caller gives the work back)."""
+    :class:`~indexer.exceptions.ProviderAway` (the caller gives the work back), sooner
+    for ``background`` work."""
     if isinstance(embedder, RemoteEmbedder):
-        return _embed_remote(embedder, groups, tokenized)
+        return _embed_remote(embedder, groups, tokenized, background)
     good, bad = embed_isolating(embedder, groups, tokenized)
     return Embedded(good, bad)
 
@@ -58,9 +68,16 @@ def provider_detail(embedder: RemoteEmbedder, usage: Usage) -> dict[str, Any]:
     }
 
 
-def _embed_remote(embedder: RemoteEmbedder, groups: Groups, tokenized: Tokenized) -> Embedded:
+def _embed_remote(
+    embedder: RemoteEmbedder, groups: Groups, tokenized: Tokenized, background: bool
+) -> Embedded:
     try:
-        batch = embedder.embed_partial(tokenized)
+        if background:
+            batch = embedder.embed_partial(
+                tokenized, patience_s=BACKGROUND_PATIENCE_S, retries=BACKGROUND_RETRIES
+            )
+        else:
+            batch = embedder.embed_partial(tokenized)
     except ProviderError as exc:
         # A bad answer (wrong count or dimension, NaN, malformed): an error for the whole
         # batch, never a written vector.

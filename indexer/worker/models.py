@@ -213,8 +213,10 @@ class ModelFill:
     A **remote** model's claim is one slice: its server's time is not this machine's
     cores, and its requests go out together (``in_flight``).  When its server is away
     (:class:`~indexer.exceptions.ProviderAway`), the claim goes back to the queue with
-    no attempt counted, a ``provider_away`` event says so, and the model's work waits
-    what the server asked while the other models' work goes on.
+    no attempt counted, a ``provider_away`` event says so, and the model's work pauses
+    for what the server asked (or twice the last pause, up to a minute) while the other
+    models' work goes on.  Its calls wait on the server less than the rows' own
+    (:data:`~indexer.worker.embed.BACKGROUND_PATIENCE_S`): new rows wait behind them.
     """
 
     def __init__(
@@ -240,8 +242,10 @@ class ModelFill:
         self.yielded = 0
         self._paces: dict[int, Pace] = {}
         self._kept: _Kept | None = None
-        #: Remote models whose server is away: monotonic time their work resumes.
+        #: Remote models whose server is away: monotonic time their work resumes, and
+        #: the last pause (seconds).
         self._away: dict[int, float] = {}
+        self._paused: dict[int, float] = {}
 
     def step(self) -> bool:
         """One claim of one model's work; False when no model this daemon runs has any."""
@@ -316,11 +320,12 @@ class ModelFill:
             groups, tokenized, _ = claim.take(size)
             start = time.perf_counter()
             try:
-                embedded = embed_groups(model.embedder, groups, tokenized)
+                embedded = embed_groups(model.embedder, groups, tokenized, background=True)
             except ProviderAway as exc:
                 self._server_away(model, [r.id for g in groups for r in g] + claim.ids, exc)
                 claim.drop(set(claim.ids))
                 return
+            self._back(model)
             if not embedded.bad:  # a failing slice's time is its bisection's, not the pace
                 pace.observe(tokenized.lengths, time.perf_counter() - start)
             done.tokens += sum(tokenized.lengths)
@@ -348,7 +353,17 @@ class ModelFill:
                     "retry_after": exc.retry_after,
                 },
             )
-        self._away[model.id] = time.monotonic() + exc.retry_after
+        # What the server asked, or twice the last pause (up to a minute).
+        pause = min(max(exc.retry_after, 2 * self._paused.get(model.id, 0.5)), 60.0)
+        self._paused[model.id] = pause
+        self._away[model.id] = time.monotonic() + pause
+
+    def _back(self, model: LoadedModel) -> None:
+        """The model's server answered: its next outage is a new one."""
+        assert model.id is not None
+        if self._away.pop(model.id, None) is not None:
+            self._paused.pop(model.id, None)
+            logger.warning("model %s: server back, its work goes on", model.name)
 
     def _write(self, kept: _Kept) -> None:
         model, done = kept.model, kept.done

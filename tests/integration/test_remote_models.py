@@ -363,3 +363,49 @@ def test_a_sources_documents_are_embedded_by_the_remote_model_and_their_cost_rec
     assert notes["provider_tokens"] == sum(provider.prompt_tokens(t) for t in got)
     assert float(notes["cost"]) == pytest.approx(notes["provider_tokens"] * 0.02 / 1e6)
     assert "server tokens in 24 h, cost 0.0000" in source_line(notes)
+
+
+def test_a_remote_fill_held_up_by_its_server_does_not_hold_up_new_rows(
+    settings: Settings, store: Store, embedders: Embedders, provider: FakeProvider, database: str
+) -> None:
+    """The fill of a remote model whose server defers every request gives its claim back
+    after BACKGROUND_PATIENCE_S (not the embedder's two minutes) and pauses, so the
+    active local model's new rows are embedded meanwhile; no attempt is counted."""
+    texts = [f"older text {i}" for i in range(10)]
+    store.insert_chunks(texts, ["{}"] * len(texts))
+    _worker(settings, store, embedders).run(once=True)
+    register_remote(store, "fake", _config(provider))
+    provider.script(*[Fault("throttle", retry_after="1")] * 200)
+    worker = _worker(settings, store, embedders)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        with psycopg.connect(database, autocommit=True) as conn:
+
+            def away() -> bool:
+                row = conn.execute(
+                    "SELECT count(*) FROM events WHERE kind = 'provider_away'"
+                ).fetchone()
+                return bool(row and row[0] > 0)
+
+            assert wait_until(away, timeout=60)
+            (new_id,) = store.insert_chunks(["written while the server is busy"], ["{}"])
+
+            def embedded() -> bool:
+                row = conn.execute("SELECT state FROM chunks WHERE id = %s", (new_id,)).fetchone()
+                return bool(row and row[0] == "embedded")
+
+            # Well within the embedder's own patience (120 s): the fill did not hold it.
+            assert wait_until(embedded, timeout=60)
+            (detail,) = (
+                conn.execute("SELECT detail FROM events WHERE kind = 'provider_away'").fetchone()
+                or ()
+            )
+            assert detail["model"] == "fake" and detail["reason"] == "ProviderBusy"
+            row = conn.execute(
+                "SELECT max(attempts), bool_or(failed) FROM model_pending"
+            ).fetchone()
+            assert row == (0, False)
+    finally:
+        worker.stop()
+        thread.join(60)
