@@ -171,7 +171,13 @@ def test_a_remote_model_is_filled_activated_searched_and_rolled_back(
         assert row["kind"] == "remote" and row["provider_tokens"] > tokens
         assert row["cost"] > 0 and row["away_since"] is None
         recorded = _everything_recorded(conn)
-    # The key: sent to the server, stored and logged nowhere.
+    with serve(settings, database, embedders.configured) as api:
+        store.activate_model("fake")
+        api.client.post("/search", json={"query": texts[3], "k": 1}).raise_for_status()
+        recorded += api.client.get("/health").text + api.client.get("/metrics").text
+        recorded += api.client.get("/models").text
+        store.activate_model("all-MiniLM-L6-v2")
+    # The key: sent to the server, stored, shown and logged nowhere.
     assert KEY not in recorded
     assert KEY not in caplog.text
     assert "FAKE_PROVIDER_KEY" in json.dumps(remote.record)
