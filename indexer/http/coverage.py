@@ -4,13 +4,14 @@ every :data:`COVERAGE_SECONDS`, on a connection of its own.
 The other model gauges are read at every scrape (``model_queue_status`` counts the
 queue through its index).  Coverage cannot be counted that way: the view counts, per
 model, the embedded chunks that lack its vector, a pass over ``chunks`` for each model,
-so its cost grows with the table (about 15 ms for 10,000 chunks and two models on an
-idle two-core machine, seconds at millions).  So a scrape starts a read only when the
-last one began COVERAGE_SECONDS ago or more, waits for it no longer than the other
-checks, and otherwise answers with the values last read: at most a minute old (plus
-one read), which a fill measured in minutes or hours can afford.  The connection is
-its own so that /health never waits behind this read; a read that fails keeps the
-last values and says nothing of the database's health (the queue check does).
+so its cost grows with the table (measured: 28 ms median for 10,000 chunks and two
+models, against 0.4 ms for ``model_queue_status``, on two loaded cores).  So a scrape
+starts a read only when the last one began COVERAGE_SECONDS ago or more, waits for it
+no longer than the other checks, and otherwise answers with the values last read: at
+most a minute old (plus one read), which a fill measured in minutes or hours can
+afford.  The connection is its own so that /health never waits behind this read; a
+read that fails keeps the last values and says nothing of the database's health (the
+queue check does).
 """
 
 from __future__ import annotations
