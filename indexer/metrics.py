@@ -4,11 +4,14 @@ Batch counters are fed by the worker's ``on_batch`` callback; the backlog and cl
 lag gauges are read from the database's status view when /metrics is scraped
 (:meth:`Metrics.observe_status`), so they are true for the whole table, not only
 this daemon's share.  So are the per-source gauges (:meth:`Metrics.observe_sources`):
-documents by state and lag, one labelled series per source.
+documents by state and lag, one labelled series per source, and the per-model ones
+(:meth:`Metrics.observe_models`, and :meth:`Metrics.observe_coverage` from a read at
+most once a minute: :mod:`indexer.http.coverage`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,6 +122,21 @@ class Metrics:
             registry=r,
         )
         self._models: set[str] = set()
+        self.model_coverage = Gauge(
+            "indexer_model_coverage_ratio",
+            "Share of the embedded chunks that have each model's vector (1: complete)",
+            ["model"],
+            registry=r,
+        )
+        self.model_eta = Gauge(
+            "indexer_model_eta_seconds",
+            "Time each model's background work needs to cover every embedded chunk, at its "
+            "rate of the last minute (0: complete; +Inf: chunks missing and none written "
+            "in the last minute)",
+            ["model"],
+            registry=r,
+        )
+        self._covered: set[str] = set()
         self.provider_away = Gauge(
             "indexer_provider_away",
             "1 while a remote model's server is away (busy or down: its work waits), by model",
@@ -224,6 +242,26 @@ class Metrics:
             self.model_queued.remove(gone, "queued")
             self.model_queued.remove(gone, "failed")
         self._models = seen
+
+    def observe_coverage(self, models: Sequence[dict[str, Any]]) -> None:
+        """Set the coverage and ETA gauges from ``Store.model_status()`` rows (the view
+        ``indexer_model_status``); a model dropped since loses its series."""
+        seen = set()
+        for row in models:
+            name = str(row["model"])
+            seen.add(name)
+            chunks = int(row["chunks"])
+            self.model_coverage.labels(model=name).set(
+                int(row["covered"]) / chunks if chunks else 1.0
+            )
+            eta = row.get("eta")
+            self.model_eta.labels(model=name).set(
+                eta.total_seconds() if eta is not None else math.inf
+            )
+        for gone in self._covered - seen:
+            self.model_coverage.remove(gone)
+            self.model_eta.remove(gone)
+        self._covered = seen
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.http_requests.labels(endpoint=endpoint, status=str(status)).inc()

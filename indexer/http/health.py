@@ -18,7 +18,7 @@ from indexer.exceptions import (
     SchemaNotMigrated,
     first_line,
 )
-from indexer.http.resources import Resources
+from indexer.http.resources import PROBE_TIMEOUT, Resources
 from indexer.http.schemas import Health
 from indexer.metrics import CONTENT_TYPE
 
@@ -76,12 +76,15 @@ def add_metrics(app: FastAPI, res: Resources) -> None:
         responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
     )
     async def metrics_text() -> Response:
-        """Prometheus metrics; the backlog and per-source gauges are read from the database
-        first."""
+        """Prometheus metrics; the backlog, per-source and per-model gauges are read from
+        the database first (the models' coverage at most once a minute)."""
         try:
             res.metrics.observe_status(await res.probe.status())
             res.metrics.observe_sources(await res.probe.sources())
             res.metrics.observe_models(await res.probe.models())
+            coverage = await res.coverage.read(PROBE_TIMEOUT)
+            if coverage is not None:
+                res.metrics.observe_coverage(coverage)
             res.metrics.database_up.set(1)
         except (IndexerError, psycopg.Error) as exc:
             logger.debug("metrics: database gauges not refreshed: %s", exc)

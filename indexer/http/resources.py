@@ -28,6 +28,7 @@ import psycopg
 from indexer.embedding import TextEmbedder
 from indexer.exceptions import DatabaseUnavailable
 from indexer.http.bounds import HttpLimits
+from indexer.http.coverage import Coverage, in_thread
 from indexer.http.middleware import MemoryBudget
 from indexer.metrics import Metrics
 from indexer.registry import Embedders
@@ -88,7 +89,7 @@ class Probe:
                 raise DatabaseUnavailable("the HTTP API is shutting down")
             running = self._running.get(kind)
             if running is None or running.done():
-                running = self._running[kind] = self._start(check)
+                running = self._running[kind] = in_thread(check, "http-probe")
         try:
             # shield: a caller that gives up must not cancel the check the next one shares.
             result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), timeout)
@@ -104,19 +105,6 @@ class Probe:
         if self._outage is not None:
             self._outage.up()
         return result
-
-    def _start(self, check: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(check())
-            except BaseException as exc:  # handed to the waiting request
-                future.set_exception(exc)
-
-        threading.Thread(target=run, name="http-probe", daemon=True).start()
-        return future
 
     def close(self) -> None:
         with self._lock:
@@ -199,6 +187,7 @@ class Resources:
             name="http-search",
         )
         self.probe = Probe(dsn, schema, self.outage)
+        self.coverage = Coverage(dsn, schema)
         self.model_calls = threading.BoundedSemaphore(MODEL_CALLS)
         self.embed_threads = anyio.CapacityLimiter(limits.embed_threads)
         self.search_threads = anyio.CapacityLimiter(limits.search_threads)
@@ -246,3 +235,4 @@ class Resources:
             self.store.close()
             self.probe.close()
             self.embedders.close()
+            self.coverage.close()

@@ -248,8 +248,11 @@ class Worker:
         to other work.  Yes on a stop request, or when new text was notified (a row or
         a document queued) since the listener last reported: a look at the listener's
         connection that does not block and sends no statement.  The notification is
-        consumed; the loop's next step claims rows and documents before any fill."""
-        return self.stop_event.is_set() or self.listener.wait(0.0)
+        consumed; the loop's next step claims rows and documents before any fill.  A
+        daemon that cannot run the active model takes no rows: nothing to yield to."""
+        if self.stop_event.is_set():
+            return True
+        return self.models.runs_active and self.listener.wait(0.0)
 
     def _idle(self) -> None:
         """Wait for a NOTIFY, or the poll interval; wake quickly when asked to stop."""

@@ -7,7 +7,8 @@ model (``model_pending``).  :class:`ModelFill` works those queues off when the r
 document queues are empty: newest work first, then the chunks that were embedded
 before a model was added (``fill_model`` queues them range by range).  So a model added
 while text keeps coming in is kept current for new text first, and catches up on the
-old text in the background, until it covers every chunk and can be activated.
+old text in the background, until it covers every chunk and can be activated.  That
+background work gives way to new text between two model calls (:class:`ModelFill`).
 
 The daemon keeps every registered model current, not only the active one: the
 previous model stays complete after a switch, so switching back is instant.  Dropping
@@ -196,14 +197,14 @@ class ModelFill:
     **Preemptible**: a claim's texts are embedded in slices, shortest first, each about
     :data:`~indexer.worker.pace.SLICE_SECONDS` of model time (:class:`Pace`); between
     two slices ``yield_to`` says whether other work is waiting (new text notified, or a
-    stop).  If so, the rest of the claim is given back at once (``release_model_work``:
-    no attempt counted, claimable again right away), the vectors done so far are kept
-    back, and the step ends: the loop embeds and writes the new rows, then writes the
-    kept vectors (:meth:`flush`: after its next row batch, at the next fill step, or on
-    the way out).  A new row so waits for one slice, not for the whole claim nor for the
-    write of the slices before it (tens of milliseconds for a few dozen vectors: each
-    goes into the model's HNSW index).  Kept vectors are still leased, so nothing is
-    lost if the daemon dies first: their chunks return to the queue when the lease ends.
+    stop).  If so, the step ends there, the claim kept back: the loop embeds and writes
+    the new rows, then finishes the claim (:meth:`flush`: after its next row batch, at
+    the next fill step, or on the way out): the vectors done so far are written, and the
+    rest is given back (``release_model_work``: no attempt counted, claimable again at
+    once).  A new row so waits for one slice, not for the whole claim nor for the write
+    of the slices before it (tens of milliseconds for a few dozen vectors: each goes
+    into the model's HNSW index).  A claim kept back is still leased, so nothing is lost
+    if the daemon dies first: its chunks return to the queue when the lease ends.
 
     Why slices of a claim rather than claims bounded in time: a claim costs a statement
     to lease and a transaction to write whatever its size, so the fill keeps claims of
@@ -292,21 +293,20 @@ class ModelFill:
             len(done.failures),
             done.detail,
         )
-        kept = _Kept(model, done, cache_key, figures)
-        if not claim.ids:
-            self._write(kept)
-            return True
-        self.yielded += 1
-        self.store.release_model_work(model.id, self.worker_id, claim.ids)
-        self._kept = kept
+        kept = _Kept(model, done, cache_key, figures, claim.ids)
+        if kept.rest:
+            self.yielded += 1
+            self._kept = kept
+        else:
+            self._finish(kept)
         return True
 
     def flush(self) -> None:
-        """Write the vectors of a claim cut short for other work, if any are kept back
-        (the loop calls it once that work is done).  Kept until written, so a write cut
-        off by an outage is tried again."""
+        """Finish a claim cut short for other work, if one is kept back (the loop calls
+        it once that work is done): write its vectors, give back the rest.  Kept until
+        finished, so a write cut off by an outage is tried again."""
         if self._kept is not None:
-            self._write(self._kept)
+            self._finish(self._kept)
             self._kept = None
 
     def _embed_slices(self, model: LoadedModel, claim: Claim, done: _Done) -> None:
@@ -365,7 +365,9 @@ class ModelFill:
             self._paused.pop(model.id, None)
             logger.warning("model %s: server back, its work goes on", model.name)
 
-    def _write(self, kept: _Kept) -> None:
+    def _finish(self, kept: _Kept) -> None:
+        """Write a claim's vectors and failures, and give back its chunks not embedded;
+        each part forgotten once committed."""
         model, done = kept.model, kept.done
         assert model.id is not None
         s = self.settings
@@ -399,6 +401,9 @@ class ModelFill:
                 retry_base_seconds=s.retry_base_seconds,
             )
             done.failures = []
+        if kept.rest:
+            self.store.release_model_work(model.id, self.worker_id, kept.rest)
+            kept.rest.clear()
 
 
 @dataclass
@@ -415,9 +420,11 @@ class _Done:
 
 @dataclass(frozen=True)
 class _Kept:
-    """A fill claim's vectors on their way to the database (``flush``)."""
+    """A fill claim on its way to the database: its vectors, and ``rest``, the chunks
+    left unembedded when it was cut short."""
 
     model: LoadedModel
     done: _Done
     cache_key: str | None
     figures: BatchFigures
+    rest: list[int]

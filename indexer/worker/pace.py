@@ -5,8 +5,10 @@ A fill claim is cut into slices so that new row work never waits for a whole cla
 (:class:`~indexer.worker.models.ModelFill`).  A slice's size is set by time, not by a
 count of texts, because the same count is a few milliseconds for a small model on an
 idle machine and a second for a large one on a loaded machine; a slice measured in time
-bounds the wait the same way on both.  Small slices cost little throughput: the texts of
-a claim are sorted shortest first, and a short slice pads less than the whole claim does.
+bounds the wait the same way on both.  Small slices cost no throughput: the texts of a
+claim are sorted shortest first, and a short slice pads less than the whole claim does
+(the packaged int8 model on short source lines, two idle cores: 639 texts/s in calls of
+64 sorted texts, 939/s in calls of 8, 867/s of 4, 742/s of 2).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 
 #: Model time one slice aims at: about the longest a new row waits for the fill's model
 #: call in flight before the daemon turns to it.
-SLICE_SECONDS = 0.025
+SLICE_SECONDS = 0.01
 #: Texts in a model's first slice, before its pace is known.
 FIRST_SLICE = 4
 #: Weight of the newest slice in the pace (the rest is the pace before it): the pace

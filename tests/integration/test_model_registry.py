@@ -32,6 +32,7 @@ from indexer.store.models import RegisteredModel
 from indexer.worker import Worker
 
 from ..helpers import wait_until
+from .test_http import samples, serve
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "models"
 
@@ -464,3 +465,43 @@ def _vectors(database: str) -> int:
     with psycopg.connect(database) as conn:
         row = conn.execute("SELECT count(*) FROM model_2_vectors").fetchone()
     return int(row[0]) if row is not None else 0
+
+
+def test_metrics_give_each_models_coverage_and_eta(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder
+) -> None:
+    store.insert_chunks([f"note {i} about the sea" for i in range(12)], ["{}"] * 12)
+    _worker(settings, store, embedder).run(once=True)
+    _add(store, second)
+    small = dataclasses.replace(settings, batch_size=4)
+    filling = _worker(small, store, embedder)
+    filling.models.refresh(force=True)
+    while filling.fill.written == 0:  # its range queued, then one claim of 4
+        assert filling.fill.step()
+
+    def gauges(text: str) -> dict[tuple[str, str], float]:
+        return {
+            (name, dict(labels)["model"]): value
+            for (name, labels), value in samples(text).items()
+            if name in ("indexer_model_coverage_ratio", "indexer_model_eta_seconds")
+        }
+
+    with serve(settings, settings.database_url or "", embedder) as api:
+        values = gauges(api.client.get("/metrics").text)
+        assert values == {
+            ("indexer_model_coverage_ratio", embedder.name): 1.0,
+            ("indexer_model_eta_seconds", embedder.name): 0.0,
+            ("indexer_model_coverage_ratio", "tiny-cls"): pytest.approx(4 / 12),
+            # 8 missing at the 4 a minute its background work wrote in the last minute
+            ("indexer_model_eta_seconds", "tiny-cls"): pytest.approx(120.0),
+        }
+        _worker(settings, store, embedder).run(once=True)  # the rest of the fill
+        # Read again once a minute at most: until then, the last read's figures.
+        assert gauges(api.client.get("/metrics").text) == values
+        coverage = api.server.app.state.indexer.coverage
+        coverage.every = 0.0
+        values = gauges(api.client.get("/metrics").text)
+        assert values[("indexer_model_coverage_ratio", "tiny-cls")] == 1.0
+        assert values[("indexer_model_eta_seconds", "tiny-cls")] == 0.0
+        store.drop_model("tiny-cls")
+        assert {m for _, m in gauges(api.client.get("/metrics").text)} == {embedder.name}

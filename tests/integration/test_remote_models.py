@@ -106,6 +106,7 @@ def _everything_recorded(conn: psycopg.Connection[Any]) -> str:
 def test_a_remote_model_is_filled_activated_searched_and_rolled_back(
     settings: Settings,
     store: Store,
+    embedder: Embedder,
     embedders: Embedders,
     provider: FakeProvider,
     database: str,
@@ -171,7 +172,7 @@ def test_a_remote_model_is_filled_activated_searched_and_rolled_back(
         assert row["kind"] == "remote" and row["provider_tokens"] > tokens
         assert row["cost"] > 0 and row["away_since"] is None
         recorded = _everything_recorded(conn)
-    with serve(settings, database, embedders.configured) as api:
+    with serve(settings, database, embedder) as api:
         store.activate_model("fake")
         api.client.post("/search", json={"query": texts[3], "k": 1}).raise_for_status()
         recorded += api.client.get("/health").text + api.client.get("/metrics").text
