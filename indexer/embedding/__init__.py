@@ -22,8 +22,10 @@ steps, one module each:
 
 :mod:`~indexer.embedding.wrappers` holds embedders around another (the bench's and the
 tests' input counter); :mod:`~indexer.embedding.remote` an embedder whose model runs on
-a server with an OpenAI-compatible ``/v1/embeddings`` API (imported on its own, so that
-``import indexer.embedding`` does not load an HTTP client).
+a server with an OpenAI-compatible ``/v1/embeddings`` API (with
+:mod:`~indexer.embedding.remote_config` and :mod:`~indexer.embedding.remote_answers`;
+imported on their own, so that ``import indexer.embedding`` does not load an HTTP
+client).
 """
 
 from __future__ import annotations

@@ -41,31 +41,42 @@ holds it, and a provider's error text that echoes it is redacted.
 
 from __future__ import annotations
 
-import dataclasses
-import email.utils
 import functools
-import hashlib
 import json
 import logging
-import math
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
+from indexer.embedding.remote_answers import (
+    ProviderBusy,
+    ProviderError,
+    ProviderUnavailable,
+    answer_bytes,
+    deferral,
+    parse_answer,
+    provider_message,
+    read_bounded,
+)
+from indexer.embedding.remote_config import (
+    RemoteBatch,
+    RemoteConfig,
+    RemoteTokenized,
+    Usage,
+    check_number,
+    fit,
+)
 from indexer.embedding.tokens import Tokenized
-from indexer.exceptions import ConfigurationError, EmbeddingError, ProviderAway
+from indexer.exceptions import ConfigurationError
 
 __all__ = [
     "ProviderBusy",
@@ -84,321 +95,11 @@ logger = logging.getLogger(__name__)
 _BACKOFF_S = 0.5
 #: Passing faults retried per request before the provider is called unavailable.
 _RETRIES = 4
-#: The longest single wait a Retry-After may impose (a longer one is cut to this).
-_MAX_DEFERRAL_S = 60.0
-#: The wait after a 429 that says nothing about when to come back.
-_DEFAULT_DEFERRAL_S = 1.0
-#: The shortest wait counted: "Retry-After: 0" repeated forever still runs out of patience.
-_MIN_DEFERRAL_S = 0.1
 #: Statuses that mean "this content is refused": the request is split to find the input.
 _REFUSED = frozenset({400, 413, 422})
-#: Characters of a provider's error text kept in a one-line message.
-_SHOWN_CHARS = 200
 #: Bytes of an error's body read (its start is all a message shows).
 _ERROR_BYTES = 65536
-#: Bytes an answer may take per number, per item and in all besides: a float written
-#: with every digit, indented, is under 64; more is no answer but a flood.
-_BYTES_PER_NUMBER = 64
-_BYTES_PER_ITEM = 1024
-_BYTES_SLACK = 1 << 20
-#: The most tokens one request may be said to cost: a count above it is not believed
-#: (summed over a call, it must still fit the status view's bigint, and its cost a float).
-_MAX_PROMPT_TOKENS = 2**31 - 1
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REDACTED = "***"
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class ProviderBusy(ProviderAway):
-    """The provider kept throttling past the embedder's patience: the work should be
-    released without counting an attempt and tried again after :attr:`retry_after`
-    seconds."""
-
-    def __init__(self, retry_after: float, message: str | None = None) -> None:
-        super().__init__(
-            message or f"the provider is throttling: retry in {retry_after:g} s", retry_after
-        )
-
-
-class ProviderUnavailable(ProviderAway):
-    """Server errors, timeouts or connection failures persisted through the retries: an
-    outage of the provider, not the fault of the inputs."""
-
-
-class ProviderError(EmbeddingError):
-    """The provider's answer cannot be used (or its configuration is refused): an error
-    for the whole call, which never yields a vector."""
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class RemoteConfig:
-    """Where a remote model is and how to talk to it (what a model registry keeps).
-
-    ``url`` is the API's base, ``/v1`` included (requests go to ``{url}/embeddings``);
-    ``model`` the provider's name of the model; ``dimension`` the vector length every
-    answer must have.  ``api_key_env`` is the *name* of the environment variable that
-    holds the key, so the key itself is never stored.  ``inputs_per_request`` and
-    ``tokens_per_request`` bound one request (tokens estimated as UTF-8 bytes);
-    ``max_input_tokens`` truncates a longer input to that estimate; ``in_flight`` is
-    how many requests one embedder keeps in flight.  ``price_per_million`` (currency
-    units per million tokens) is only for cost accounting.
-
-    Invalid values raise a one-line :class:`ConfigurationError` when the config is made.
-    """
-
-    url: str
-    model: str
-    dimension: int
-    api_key_env: str | None = None
-    timeout_s: float = 60.0
-    inputs_per_request: int = 2048
-    tokens_per_request: int = 300_000
-    max_input_tokens: int | None = None
-    in_flight: int = 4
-    query_prefix: str = ""
-    document_prefix: str = ""
-    price_per_million: float | None = None
-
-    def __post_init__(self) -> None:
-        # A trailing slash would make "{url}/embeddings" a different URL (and another
-        # fingerprint) for the same endpoint.
-        object.__setattr__(self, "url", _checked_url(self.url).rstrip("/"))
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigurationError("remote model: model must be a non-empty string")
-        _check_int("dimension", self.dimension, 1)
-        _check_key_env(self.api_key_env)
-        _check_number("timeout_s", self.timeout_s, positive=True)
-        _check_int("inputs_per_request", self.inputs_per_request, 1)
-        _check_int("tokens_per_request", self.tokens_per_request, 1)
-        if self.max_input_tokens is not None:
-            _check_int("max_input_tokens", self.max_input_tokens, 1)
-        _check_int("in_flight", self.in_flight, 1)
-        for name in ("query_prefix", "document_prefix"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigurationError(f"remote model: {name} must be a string")
-        if self.price_per_million is not None:
-            _check_number("price_per_million", self.price_per_million, positive=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values (what :meth:`from_dict` reads back)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RemoteConfig:
-        """A config from :meth:`as_dict`'s output (optional fields may be left out);
-        :class:`ConfigurationError` naming what is wrong otherwise."""
-        if not isinstance(data, Mapping):
-            raise ConfigurationError(
-                f"remote model: expected an object of settings, not {type(data).__name__}"
-            )
-        fields = dataclasses.fields(cls)
-        unknown = sorted(set(data) - {f.name for f in fields})
-        if unknown:
-            raise ConfigurationError(f"remote model: unknown settings {', '.join(unknown)}")
-        required = [f.name for f in fields if f.default is dataclasses.MISSING]
-        missing = [name for name in required if name not in data]
-        if missing:
-            raise ConfigurationError(f"remote model: missing settings {', '.join(missing)}")
-        return cls(**data)
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 (hex) of what decides the vectors: URL, model, dimension, prefixes and
-        truncation.  Not the timeout, request sizes, concurrency or price, which change
-        how vectors are fetched but not what they are."""
-        deciding = {
-            "url": self.url,
-            "model": self.model,
-            "dimension": self.dimension,
-            "query_prefix": self.query_prefix,
-            "document_prefix": self.document_prefix,
-            "max_input_tokens": self.max_input_tokens,
-        }
-        blob = json.dumps(deciding, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _checked_url(url: object) -> str:
-    """An http(s) URL with a host and nothing the embedder would have to hide or drop:
-    credentials belong in the variable ``api_key_env`` names, and a query or fragment
-    cannot be followed by ``/embeddings``.  The refused URL is not repeated, since it
-    may hold a secret."""
-    if not isinstance(url, str):
-        raise ConfigurationError("remote model: url must be a string")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (a bad port raises only when read)
-    except ValueError as exc:
-        raise ConfigurationError("remote model: url is not a valid URL") from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            "remote model: url must start with http:// or https:// and name a host"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            "remote model: url must not hold credentials; put the key in the "
-            "environment variable that api_key_env names"
-        )
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise ConfigurationError("remote model: url must not have a query or a fragment")
-    return url
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(
-            f"remote model: {name} must be an integer of at least {minimum}, not {value!r}"
-        )
-
-
-def _check_number(name: str, value: object, *, positive: bool) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value > 0 if positive else value >= 0)
-    )
-    if not ok:
-        bound = "positive" if positive else "zero or more"
-        raise ConfigurationError(f"remote model: {name} must be a {bound} number, not {value!r}")
-
-
-def _check_key_env(name: object) -> None:
-    """A variable's name, never a key: a value that is not a plausible name is refused
-    without being repeated, since it may be the key itself."""
-    if name is None:
-        return
-    if not isinstance(name, str) or not _ENV_NAME.match(name):
-        raise ConfigurationError(
-            "remote model: api_key_env must be the name of an environment variable "
-            "(letters, digits and underscores), not the key itself"
-        )
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Usage:
-    """What one call cost.  Usages add up (``a + b``, or ``sum(usages, Usage())``).
-
-    ``prompt_tokens`` sums the provider's ``usage.prompt_tokens`` (None when it reported
-    none); ``estimated_tokens`` our estimate of the inputs it embedded; ``requests``
-    every HTTP request sent, retries and deferrals included; ``retries`` the requests
-    sent again after a passing fault; ``deferrals`` the waits a provider asked for
-    (``deferred_s`` their seconds); ``truncated`` the inputs cut to ``max_input_tokens``.
-    """
-
-    prompt_tokens: int | None = None
-    estimated_tokens: int = 0
-    requests: int = 0
-    retries: int = 0
-    deferrals: int = 0
-    truncated: int = 0
-    deferred_s: float = 0.0
-
-    def __add__(self, other: Usage) -> Usage:
-        if not isinstance(other, Usage):
-            return NotImplemented
-        tokens = (
-            None
-            if self.prompt_tokens is None and other.prompt_tokens is None
-            else (self.prompt_tokens or 0) + (other.prompt_tokens or 0)
-        )
-        return Usage(
-            prompt_tokens=tokens,
-            estimated_tokens=self.estimated_tokens + other.estimated_tokens,
-            requests=self.requests + other.requests,
-            retries=self.retries + other.retries,
-            deferrals=self.deferrals + other.deferrals,
-            truncated=self.truncated + other.truncated,
-            deferred_s=self.deferred_s + other.deferred_s,
-        )
-
-    def cost(self, price_per_million: float | None) -> float | None:
-        """The call's price: the provider's token count if it gave one, else our
-        (higher) estimate, at ``price_per_million``; None without a price."""
-        if price_per_million is None:
-            return None
-        tokens = self.prompt_tokens if self.prompt_tokens is not None else self.estimated_tokens
-        return tokens * price_per_million / 1_000_000
-
-
-@dataclass
-class RemoteBatch:
-    """The outcome of :meth:`RemoteEmbedder.embed_partial`: a float32 row per input, in
-    input order; the rows named in ``errors`` (input index -> the provider's one-line
-    reason) are zeros and must not be written."""
-
-    vectors: npt.NDArray[np.float32]
-    errors: dict[int, str]
-    usage: Usage
-
-
-@dataclass(frozen=True)
-class RemoteTokenized(Tokenized):
-    """Texts as a remote model will receive them.
-
-    ``texts`` are the texts as given (no prefix), like every :class:`Tokenized`;
-    ``inputs`` what is sent (prefix applied, truncated); ``estimates`` their estimated
-    tokens, which :attr:`lengths` reports; ``truncated`` which inputs were cut.  The
-    provider tokenizes, so ``ids`` holds one shared empty tuple per text: nothing is
-    allocated per token.
-    """
-
-    inputs: tuple[str, ...] = ()
-    estimates: tuple[int, ...] = ()
-    truncated: tuple[bool, ...] = ()
-
-    @property
-    def lengths(self) -> list[int]:
-        return list(self.estimates)
-
-    def select(self, indices: Sequence[int]) -> RemoteTokenized:
-        """The texts at ``indices``, in that order."""
-        chosen = list(indices)
-        return RemoteTokenized(
-            texts=tuple(self.texts[i] for i in chosen),
-            ids=tuple(self.ids[i] for i in chosen),
-            inputs=tuple(self.inputs[i] for i in chosen),
-            estimates=tuple(self.estimates[i] for i in chosen),
-            truncated=tuple(self.truncated[i] for i in chosen),
-        )
-
-
-def estimate_tokens(text: str) -> int:
-    """An upper bound of the tokens a BPE tokenizer makes of ``text``: its UTF-8 bytes."""
-    return len(text) if text.isascii() else len(_utf8(text))
-
-
-def _utf8(text: str) -> bytes:
-    """UTF-8 bytes of ``text``; a lone surrogate (which JSON cannot carry as UTF-8)
-    becomes U+FFFD."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        cleaned = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return cleaned.encode("utf-8")
-
-
-def _fit(text: str, limit: int | None) -> tuple[str, int, bool]:
-    """``text`` made sendable and cut to ``limit`` estimated tokens: the input, its
-    estimate, and whether it was cut."""
-    if text.isascii():
-        if limit is None or len(text) <= limit:
-            return text, len(text), False
-        return text[:limit], limit, True
-    data = _utf8(text)
-    if limit is None or len(data) <= limit:
-        return data.decode("utf-8"), len(data), False
-    # Cut at a byte limit, dropping a character split in two.
-    cut = data[:limit].decode("utf-8", "ignore")
-    return cut, len(cut.encode("utf-8")), True
 
 
 # --------------------------------------------------------------------------- one call
@@ -524,7 +225,7 @@ class RemoteEmbedder:
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError("remote model: name must be a non-empty string")
-        _check_number("patience_s", patience_s, positive=False)
+        check_number("patience_s", patience_s, positive=False)
         self.name = name
         self.config = config
         self.dim = config.dimension
@@ -572,7 +273,7 @@ class RemoteEmbedder:
             if not isinstance(text, str):
                 raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
         prefix = self.config.query_prefix if query else self.config.document_prefix
-        fitted = [_fit(prefix + t, self.config.max_input_tokens) for t in texts]
+        fitted = [fit(prefix + t, self.config.max_input_tokens) for t in texts]
         empty: tuple[int, ...] = ()
         return RemoteTokenized(
             texts=texts,
@@ -778,7 +479,7 @@ class RemoteEmbedder:
                 status = response.status_code
                 if 200 <= status < 300:
                     return self._vectors(call, content, len(inputs))
-                wait = _deferral(response)
+                wait = deferral(response)
                 if wait is not None:
                     call.defer(wait, self._endpoint)
                     continue
@@ -811,15 +512,15 @@ class RemoteEmbedder:
             self._client.stream("POST", self._endpoint, content=body, headers=headers) as answer,
         ):
             ok = 200 <= answer.status_code < 300
-            limit = _answer_bytes(count, self.dim) if ok else _ERROR_BYTES
-            content, whole = _read(answer, limit, deadline)
+            limit = answer_bytes(count, self.dim) if ok else _ERROR_BYTES
+            content, whole = read_bounded(answer, limit, deadline)
         if ok and not whole:
             raise ProviderError(f"{self._endpoint}: the answer is larger than {limit} bytes")
         return answer, content
 
     def _refuse(self, call: _Call, response: httpx.Response, content: bytes) -> None:
         """A 4xx: the content refused (:class:`_Refused`), or the configuration."""
-        message = _provider_message(response.status_code, content, call.redact)
+        message = provider_message(response.status_code, content, call.redact)
         if response.status_code in _REFUSED:
             raise _Refused(message)
         raise ProviderError(f"{self._endpoint}: {message}")
@@ -833,7 +534,7 @@ class RemoteEmbedder:
         except (ValueError, RecursionError) as exc:  # malformed, not UTF-8, nested too deep
             raise ProviderError(f"{self._endpoint}: the answer is not JSON") from exc
         try:
-            return _parse_answer(payload, count, self.dim)
+            return parse_answer(payload, count, self.dim)
         except ProviderError as exc:
             raise ProviderError(f"{self._endpoint}: {call.redact(str(exc))}") from None
 
@@ -849,150 +550,3 @@ class RemoteEmbedder:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         return tokenizer
-
-
-# --------------------------------------------------------------------------- answers
-
-
-def _answer_bytes(count: int, dimension: int) -> int:
-    """The most bytes an answer of ``count`` vectors of ``dimension`` numbers may take."""
-    return _BYTES_SLACK + count * (dimension * _BYTES_PER_NUMBER + _BYTES_PER_ITEM)
-
-
-def _read(response: httpx.Response, limit: int, deadline: float) -> tuple[bytes, bool]:
-    """The body (decoded) as it arrives, up to ``limit`` bytes, and whether that was all
-    of it; :class:`httpx.ReadTimeout` when it is still arriving at ``deadline``."""
-    parts: list[bytes] = []
-    size = 0
-    for part in response.iter_bytes():
-        if time.monotonic() > deadline:
-            raise httpx.ReadTimeout("the answer took longer than timeout_s to arrive")
-        parts.append(part)
-        size += len(part)
-        if size > limit:
-            return b"".join(parts)[:limit], False
-    return b"".join(parts), True
-
-
-def _deferral(response: httpx.Response) -> float | None:
-    """How long a 429 (or a 503 with Retry-After) asks us to wait; None when the
-    answer is no request to wait."""
-    status = response.status_code
-    if status not in (429, 503):
-        return None
-    wait = _retry_after(response.headers.get("Retry-After"))
-    if wait is None:
-        # A bare 503 is a server error like any other; a bare 429 still means "slower".
-        return _DEFAULT_DEFERRAL_S if status == 429 else None
-    return max(wait, _MIN_DEFERRAL_S)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds a Retry-After header asks for (a number of seconds or an HTTP date),
-    at most :data:`_MAX_DEFERRAL_S`; None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), _MAX_DEFERRAL_S)
-
-
-def _provider_message(status: int, content: bytes, redact: Callable[[str], str]) -> str:
-    """One line saying why the provider refused a request: its own message when the
-    body has one (``{"error": {"message": ...}}``, ``{"error": ...}`` or
-    ``{"detail": ...}``), else the start of the body.  ``redact`` hides the key before
-    the line is cut: a key cut in two would no longer be found."""
-    text = content.decode("utf-8", "replace")
-    message: object = None
-    try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError):  # a body nested too deep is no message either
-        payload = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        if message is None:
-            message = payload.get("detail")
-    if message is None or message == "":
-        message = text
-    elif not isinstance(message, str):
-        message = json.dumps(message, ensure_ascii=False)
-    line = " ".join(redact(str(message)).split())[:_SHOWN_CHARS]
-    return f"HTTP {status}: {line}" if line else f"HTTP {status}"
-
-
-def _parse_answer(
-    payload: object, count: int, dimension: int
-) -> tuple[npt.NDArray[np.float32], int | None]:
-    """The vectors of an embeddings answer for ``count`` inputs, and its prompt
-    tokens; :class:`ProviderError` unless it is exactly ``count`` finite vectors of
-    ``dimension`` numbers."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise ProviderError("the answer has no data list")
-    if len(data) != count:
-        raise ProviderError(f"the answer has {len(data)} vectors for {count} inputs")
-    embeddings = [_embedding(item) for item in _in_order(data)]
-    for embedding in embeddings:
-        if len(embedding) != dimension:
-            raise ProviderError(
-                f"the answer has {len(embedding)}-dimensional vectors; "
-                f"the model is configured with {dimension}"
-            )
-    try:
-        array = np.asarray(embeddings) if embeddings else np.zeros((0, dimension))
-    except ValueError:  # a list where a number should be: a ragged array
-        array = np.zeros(0, dtype=object)
-    if array.dtype.kind not in "iuf" or array.shape != (count, dimension):
-        raise ProviderError("the answer's vectors hold values that are not numbers")
-    with np.errstate(over="ignore"):
-        vectors = array.astype(np.float32)
-    if not np.isfinite(vectors).all():
-        raise ProviderError("the answer's vectors hold NaN or infinite values")
-    assert isinstance(payload, dict)  # data was read from it
-    return vectors, _prompt_tokens(payload)
-
-
-def _in_order(data: list[Any]) -> list[Any]:
-    """The answer's items in input order: by each item's ``index`` when every item has
-    one (providers may answer out of order), else as listed."""
-    indices = [item.get("index") if isinstance(item, dict) else None for item in data]
-    if all(i is None for i in indices):
-        return data
-    if sorted(i for i in indices if isinstance(i, int)) != list(range(len(data))):
-        raise ProviderError("the answer's item indices do not match its inputs")
-    ordered: list[Any] = [None] * len(data)
-    for index, item in zip(indices, data, strict=True):
-        assert isinstance(index, int)
-        ordered[index] = item
-    return ordered
-
-
-def _embedding(item: object) -> list[Any]:
-    embedding = item.get("embedding") if isinstance(item, dict) else None
-    if isinstance(embedding, str):
-        raise ProviderError("the answer holds base64 where floats were asked")
-    if not isinstance(embedding, list):
-        raise ProviderError("the answer has an item without an embedding list")
-    return embedding
-
-
-def _prompt_tokens(payload: dict[str, Any]) -> int | None:
-    usage = payload.get("usage")
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    if isinstance(tokens, bool) or not isinstance(tokens, int):
-        return None
-    if not 0 <= tokens <= _MAX_PROMPT_TOKENS:
-        return None
-    return tokens
