@@ -40,6 +40,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from indexer.embedding import TextEmbedder
+from indexer.embedding.remote import RemoteEmbedder
 from indexer.exceptions import InvalidInput
 from indexer.http.bodies import body_schema, check_texts, require_json
 from indexer.http.embed import rounded
@@ -107,11 +108,16 @@ def add_openai(app: FastAPI, res: Resources) -> None:
 
     @app.get("/v1/models", response_model=ModelCards, responses=ERRORS)
     async def models() -> ModelCards:
-        """The registered models, in OpenAI's model-list shape (``id`` is the name a
-        request's ``model`` gives); details in ``GET /models``."""
+        """The registered models that run here (not the remote ones), in OpenAI's
+        model-list shape (``id`` is the name a request's ``model`` gives); details in
+        ``GET /models``."""
         rows = await anyio.to_thread.run_sync(res.store.models, limiter=res.search_threads)
         return ModelCards(
-            data=[ModelCard(id=m.name, created=int(m.created_at.timestamp())) for m in rows]
+            data=[
+                ModelCard(id=m.name, created=int(m.created_at.timestamp()))
+                for m in rows
+                if m.kind == "local"
+            ]
         )
 
 
@@ -156,10 +162,22 @@ def _texts(given: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]])
 
 
 def _model(res: Resources, model: str | None) -> tuple[TextEmbedder, str]:
+    """The local model a request names (None: the active one).  A remote model is
+    refused: this endpoint serves what runs here, it does not pass text on to another
+    server (nor its costs to whoever may call this one)."""
     try:
-        return res.embedder_for(model)
+        embedder, name = res.embedder_for(model)
     except InvalidInput as exc:
         raise OpenAIError(404, str(exc), param="model", code="model_not_found") from None
+    if isinstance(embedder, RemoteEmbedder):
+        which = "the active model" if model is None else "model"
+        raise OpenAIError(
+            400,
+            f"{which} {name!r} is a remote model: ask its own server; this endpoint serves "
+            "the models that run here (GET /v1/models)",
+            param="model",
+        )
+    return embedder, name
 
 
 def _embed(res: Resources, body: _Request, embedder: TextEmbedder, name: str) -> Response:

@@ -177,6 +177,13 @@ def test_a_remote_model_is_filled_activated_searched_and_rolled_back(
         api.client.post("/search", json={"query": texts[3], "k": 1}).raise_for_status()
         recorded += api.client.get("/health").text + api.client.get("/metrics").text
         recorded += api.client.get("/models").text
+        # The indexer's own /v1/embeddings serves the models that run here only: it
+        # passes no text (nor cost) on to a remote model's server.
+        for named in ({}, {"model": "fake"}):
+            refused = api.client.post("/v1/embeddings", json={"input": "x", **named})
+            assert refused.status_code == 400 and "remote model" in refused.text
+        listed = api.client.get("/v1/models").json()["data"]
+        assert [m["id"] for m in listed] == ["all-MiniLM-L6-v2"]
         store.activate_model("all-MiniLM-L6-v2")
     # The key: sent to the server, stored, shown and logged nowhere.
     assert KEY not in recorded
