@@ -185,14 +185,12 @@ class Worker:
             if not claim.ids:
                 self._claim = None
             self.write_reused(reused, claim_ms, claim.ids)
-        else:
-            groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
-            rest = claim.ids
-            if not rest:
-                self._claim = None
-            self.process(groups, tokenized, claim_ms, rest)
-        # The new rows are searchable: now the vectors of a fill claim that yielded to them.
-        self.fill.flush()
+            return True
+        groups, tokenized, claim_ms = claim.take(self.settings.batch_size)
+        rest = claim.ids
+        if not rest:
+            self._claim = None
+        self.process(groups, tokenized, claim_ms, rest)
         return True
 
     def _help_other_models(self, once: bool) -> bool:

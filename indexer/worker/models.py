@@ -197,19 +197,23 @@ class ModelFill:
     **Preemptible**: a claim's texts are embedded in slices, shortest first, each about
     :data:`~indexer.worker.pace.SLICE_SECONDS` of model time (:class:`Pace`); between
     two slices ``yield_to`` says whether other work is waiting (new text notified, or a
-    stop).  If so, the step ends there, the claim kept back: the loop embeds and writes
-    the new rows, then finishes the claim (:meth:`flush`: after its next row batch, at
-    the next fill step, or on the way out): the vectors done so far are written, and the
-    rest is given back (``release_model_work``: no attempt counted, claimable again at
-    once).  A new row so waits for one slice, not for the whole claim nor for the write
-    of the slices before it (tens of milliseconds for a few dozen vectors: each goes
-    into the model's HNSW index).  A claim kept back is still leased, so nothing is lost
-    if the daemon dies first: its chunks return to the queue when the lease ends.
+    stop).  If so, the step ends there and the claim is kept, with the vectors done so
+    far: the loop embeds and writes the new rows, and the next fill step goes on with
+    the claim where it stopped.  A new row so waits for one slice, not for the whole
+    claim.  The claim is written once, when it is finished, as it always was.
 
-    Why slices of a claim rather than claims bounded in time: a claim costs a statement
-    to lease and a transaction to write whatever its size, so the fill keeps claims of
-    ``batch_size`` and pays for a release only when it is interrupted.  Why a
-    notification rather than a look at the queues: it costs no statement per slice.
+    Why keep the claim rather than write what is done and give the rest back: under a
+    steady stream of new rows (one every 0.2 s in the switch bench) on a loaded machine,
+    most claims are interrupted after a slice or two, and giving back cost a write, a
+    release, a new claim and tokenizing the same texts again for every few vectors:
+    about 5 vectors a claim and a fill slower than before slicing.  A kept claim costs
+    nothing until it goes on.  Its chunks stay leased: a claim kept past half its lease
+    (the loop busy with rows all that time) is finished as it stands (vectors written,
+    the rest given back with ``release_model_work``: no attempt counted, claimable again
+    at once) rather than resumed, and on the way out the same happens (:meth:`flush`).
+    A daemon killed meanwhile loses nothing: the chunks return to the queue when their
+    lease ends.  Why a notification rather than a look at the queues: it costs no
+    statement per slice.
 
     A **remote** model's claim is one slice: its server's time is not this machine's
     cores, and its requests go out together (``in_flight``).  When its server is away
@@ -239,7 +243,7 @@ class ModelFill:
         #: Model time a slice aims at (tests make it 0: one text a slice).
         self.slice_seconds = SLICE_SECONDS
         self.written = 0
-        #: Claims cut short because other work was waiting.
+        #: Times a claim stopped between two slices because other work was waiting.
         self.yielded = 0
         self._paces: dict[int, Pace] = {}
         self._kept: _Kept | None = None
@@ -249,8 +253,10 @@ class ModelFill:
         self._paused: dict[int, float] = {}
 
     def step(self) -> bool:
-        """One claim of one model's work; False when no model this daemon runs has any."""
-        self.flush()
+        """One claim of one model's work (the claim kept last time, if any); False when
+        no model this daemon runs has any."""
+        if self._kept is not None:
+            return self._resume(self._kept)
         for model in self.models.all:
             if model.id is None or self._waiting(model.id):
                 continue
@@ -265,11 +271,21 @@ class ModelFill:
         """One claim of the active model's own queued work, if it has any: text written
         with the model active before, by a batch in flight when the switch came.  Taken
         before any other work, so the active model's answers lack it for one claim at
-        most.  Nothing to ask while a single model is registered."""
+        most, and never cut short.  Nothing to ask while a single model is registered."""
         active = self.models.active
         if self.models.registered < 2 or active.id is None or self._waiting(active.id):
             return False
+        kept = self._kept
+        if kept is not None and kept.model.id == active.id:  # kept before the switch
+            return self._resume(kept)
         return self._batch(active, fill=False)
+
+    def flush(self) -> None:
+        """Finish the claim kept back, if any, as it stands: write its vectors, give
+        back the rest (on the way out)."""
+        if self._kept is not None:
+            self._finish(self._kept)
+            self._kept = None
 
     def _batch(self, model: LoadedModel, *, fill: bool = True) -> bool:
         assert model.id is not None
@@ -280,38 +296,37 @@ class ModelFill:
         )
         if not rows:
             return fill and self.store.fill_model(model.id) > 0
-        self.flush()
         claim = Claim.of(rows, model.embedder.tokenize, 0.0)
         reused, _ = claim.take_reused()
         done = _Done([(r, r.cached, False) for r in reused if r.cached is not None])
+        kept = _Kept(model, claim, done, cache_key, time.monotonic())
+        return self._go_on(kept, preemptible=fill and self._kept is None)
+
+    def _resume(self, kept: _Kept) -> bool:
+        if time.monotonic() - kept.leased_at > self.settings.lease_seconds / 2:
+            self.flush()  # its lease may end before it does: claimed again, afresh
+            return True
+        return self._go_on(kept, preemptible=True)
+
+    def _go_on(self, kept: _Kept, *, preemptible: bool) -> bool:
+        """Embed the claim's next slices; write it once finished, or keep it when other
+        work is waiting (``preemptible``)."""
         start = time.perf_counter()
-        self._embed_slices(model, claim, done)
-        figures = BatchFigures(
-            uuid.uuid4(),
-            done.tokens,
-            (time.perf_counter() - start) * 1000,
-            len(done.failures),
-            done.detail,
-        )
-        kept = _Kept(model, done, cache_key, figures, claim.ids)
-        if kept.rest:
+        finished = self._embed_slices(kept, preemptible)
+        kept.embed_ms += (time.perf_counter() - start) * 1000
+        if finished:
+            if self._kept is kept:
+                self._kept = None
+            self._finish(kept)
+        else:
             self.yielded += 1
             self._kept = kept
-        else:
-            self._finish(kept)
         return True
 
-    def flush(self) -> None:
-        """Finish a claim cut short for other work, if one is kept back (the loop calls
-        it once that work is done): write its vectors, give back the rest.  Kept until
-        finished, so a write cut off by an outage is tried again."""
-        if self._kept is not None:
-            self._finish(self._kept)
-            self._kept = None
-
-    def _embed_slices(self, model: LoadedModel, claim: Claim, done: _Done) -> None:
-        """Embed the claim's texts a slice at a time until none is left, or until other
-        work is waiting after a slice (the rest stays in ``claim``)."""
+    def _embed_slices(self, kept: _Kept, preemptible: bool) -> bool:
+        """Embed the claim's texts a slice at a time; False when it stopped after a
+        slice because other work is waiting (the rest stays in the claim)."""
+        model, claim, done = kept.model, kept.claim, kept.done
         assert model.id is not None
         pace = self._paces.setdefault(model.id, Pace(self.slice_seconds))
         remote = isinstance(model.embedder, RemoteEmbedder)
@@ -322,9 +337,8 @@ class ModelFill:
             try:
                 embedded = embed_groups(model.embedder, groups, tokenized, background=True)
             except ProviderAway as exc:
-                self._server_away(model, [r.id for g in groups for r in g] + claim.ids, exc)
-                claim.drop(set(claim.ids))
-                return
+                self._server_away(model, [r.id for g in groups for r in g], exc)
+                return True  # finished as it stands: the rest given back
             self._back(model)
             if not embedded.bad:  # a failing slice's time is its bisection's, not the pace
                 pace.observe(tokenized.lengths, time.perf_counter() - start)
@@ -333,12 +347,13 @@ class ModelFill:
             for group, vector in embedded.good:
                 done.written.extend((r, vector, i == 0) for i, r in enumerate(group))
             done.failures.extend((r, error) for group, error in embedded.bad for r in group)
-            if claim.groups and self.yield_to():
-                return
+            if preemptible and claim.groups and self.yield_to():
+                return False
+        return True
 
     def _server_away(self, model: LoadedModel, ids: list[int], exc: ProviderAway) -> None:
-        """A remote model's server is busy or down: its claim back to the queue (no
-        attempt counted), an event when its outage begins, and its work paused."""
+        """A remote model's server is busy or down: the slice's chunks back to the queue
+        (no attempt counted), an event when its outage begins, and its work paused."""
         assert model.id is not None
         self.store.release_model_work(model.id, self.worker_id, ids)
         if model.id not in self._away:
@@ -367,12 +382,16 @@ class ModelFill:
 
     def _finish(self, kept: _Kept) -> None:
         """Write a claim's vectors and failures, and give back its chunks not embedded;
-        each part forgotten once committed."""
+        each part forgotten once committed (a write cut off by an outage is tried again
+        by the next flush)."""
         model, done = kept.model, kept.done
         assert model.id is not None
         s = self.settings
         written = done.written
         if written:
+            figures = BatchFigures(
+                uuid.uuid4(), done.tokens, kept.embed_ms, len(done.failures), done.detail
+            )
             stored = self.store.finish_model_work(
                 (model.id, model.name),
                 self.worker_id,
@@ -380,10 +399,10 @@ class ModelFill:
                 [v for _, v, _ in written],
                 cache_key=kept.cache_key,
                 fresh=[f for _, _, f in written],
-                batch=kept.figures,
+                batch=figures,
                 max_chars=s.max_chars,
             )
-            done.written = []  # committed: not written again if what follows fails
+            done.written = []
             self.written += len(stored)
             logger.info(
                 "model %s: %d vectors written (%d without a model call), %d failed",
@@ -401,9 +420,10 @@ class ModelFill:
                 retry_base_seconds=s.retry_base_seconds,
             )
             done.failures = []
-        if kept.rest:
-            self.store.release_model_work(model.id, self.worker_id, kept.rest)
-            kept.rest.clear()
+        rest = kept.claim.ids
+        if rest:
+            self.store.release_model_work(model.id, self.worker_id, rest)
+            kept.claim.drop(set(rest))
 
 
 @dataclass
@@ -418,13 +438,14 @@ class _Done:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Kept:
-    """A fill claim on its way to the database: its vectors, and ``rest``, the chunks
-    left unembedded when it was cut short."""
+    """A fill claim on its way through the model: what is left of it (``claim``), what
+    is done, and when it was leased (monotonic seconds)."""
 
     model: LoadedModel
+    claim: Claim
     done: _Done
     cache_key: str | None
-    figures: BatchFigures
-    rest: list[int]
+    leased_at: float
+    embed_ms: float = 0.0

@@ -505,3 +505,33 @@ def test_metrics_give_each_models_coverage_and_eta(
         assert values[("indexer_model_eta_seconds", "tiny-cls")] == 0.0
         store.drop_model("tiny-cls")
         assert {m for _, m in gauges(api.client.get("/metrics").text)} == {embedder.name}
+
+
+def test_a_stop_mid_fill_claim_writes_the_slices_done_and_gives_the_rest_back(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    store.insert_chunks([f"old note {i} about the sea" for i in range(30)], ["{}"] * 30)
+    _worker(settings, store, embedder).run(once=True)
+    _add(store, second)
+    gate = Gate(second)
+    with Store(settings.database_url or "", settings.schema, pool_size=4) as own:
+        load = Embedders(settings, embedder).loader
+
+        def loader(model: RegisteredModel) -> TextEmbedder | None:
+            return gate if model.name == "tiny-cls" else load(model)
+
+        worker = Worker(settings, own, embedder, load_model=loader)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            assert wait_until(lambda: gate.waiting == 1, 30)  # the first slice of 4, held
+            worker.stop()
+        finally:
+            gate.free()
+            thread.join(30)
+    assert not thread.is_alive()
+    with psycopg.connect(database) as conn:
+        pending = conn.execute(
+            "SELECT count(*), count(claimed_by), max(attempts) FROM model_pending"
+        ).fetchone()
+    assert _vectors(database) == 4 and pending == (26, 0, 0)  # back in the queue, as they were
