@@ -139,7 +139,6 @@ class Worker:
                     if not self._step(once):
                         break
                     self._outage.over()
-                    self._away.over()
                 except DatabaseUnavailable as exc:
                     self._database_down(exc)
                 except ProviderAway as exc:
@@ -358,6 +357,7 @@ class Worker:
         return result
 
     def _count(self, result: BatchResult) -> None:
+        self._away.over()  # a batch of rows or documents written: the model answered
         self.batches += 1
         self.rows_written += len(result.written)  # vectors written: rows and passages
         if result.documents:

@@ -62,6 +62,9 @@ MAX_PROVIDER_WAIT_SECONDS = 60.0
 
 
 class ProviderOutage:
+    """The active model's server away, as the loop sees it: one event an outage, and
+    waits that grow until a batch is written again."""
+
     def __init__(self) -> None:
         self._since: float | None = None
         self._last: ProviderAway | None = None
@@ -93,7 +96,7 @@ class ProviderOutage:
         stop_event.wait(self._backoff)
 
     def over(self) -> None:
-        """A step succeeded."""
+        """A batch of the active model was written: its server answered."""
         if self._since is not None:
             logger.warning("model server back after %.1f s", time.monotonic() - self._since)
         self._since = None
