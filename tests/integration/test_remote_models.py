@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from indexer.store import Store
 from indexer.worker import Worker
 
 from ..fake_provider import FakeProvider, Fault
-from ..helpers import wait_until
+from ..helpers import cli_env, run_cli, wait_until
 from .test_http import serve
 
 KEY = "sk-test-0123456789abcdef"
@@ -423,3 +424,32 @@ def test_a_remote_fill_held_up_by_its_server_does_not_hold_up_new_rows(
     finally:
         worker.stop()
         thread.join(60)
+
+
+def test_the_command_registers_a_remote_model_or_says_in_one_line_why_not(
+    database: str, model_cache: Path, provider: FakeProvider
+) -> None:
+    env = cli_env(database, model_cache, FAKE_PROVIDER_KEY=KEY)
+    common = [
+        "models",
+        "add-remote",
+        provider.url,
+        "--name",
+        "fake",
+        "--provider-model",
+        "fake-embed",
+        "--api-key-env",
+        "FAKE_PROVIDER_KEY",
+        "--price-per-million",
+        "0.02",
+    ]
+    wrong = run_cli([*common, "--dimension", str(DIM * 2)], env)
+    assert wrong.returncode != 0 and len(wrong.stderr.strip().splitlines()) == 1
+    assert "dimension" in wrong.stderr and KEY not in wrong.stderr + wrong.stdout
+    added = run_cli([*common, "--dimension", str(DIM)], env)
+    assert added.returncode == 0, added.stderr
+    assert "added remote model fake" in added.stdout
+    listed = run_cli(["models", "list", "--json"], env)
+    (fake,) = [json.loads(line) for line in listed.stdout.splitlines() if '"fake"' in line]
+    assert fake["kind"] == "remote" and fake["dimension"] == DIM
+    assert KEY not in listed.stdout
