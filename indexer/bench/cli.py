@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "is set at 100000)",
     )
     parser.add_argument(
+        "--remote-rows",
+        type=int,
+        metavar="N",
+        help="rows of each drain of the remote row: in-process, through a remote model "
+        "served by another indexer's /v1/embeddings, and throttled (default 2000; quick 192)",
+    )
+    parser.add_argument(
         "--bench-schema",
         default="indexer_bench",
         help="prefix of the scratch schemas (default indexer_bench); they are dropped at the end",

@@ -154,3 +154,29 @@ def search_lines(count: int, exclude: set[str], *, per_file: int = 16) -> list[s
     if len(found) < count:
         raise IndexerError(f"the standard library gave only {len(found)} distinct lines")
     return found[:count]
+
+
+def many_chunks(count: int, *, rounds: int = 4) -> list[str]:
+    """``count`` distinct chunks of 200-1800 characters, as the mixed corpus's, for a
+    drain larger than :func:`build_corpus` can give (one chunk a file: about 1,300).
+
+    Files are visited in a fixed-seed order of their own, in up to ``rounds`` passes,
+    each pass cutting one more chunk from every long file.
+    """
+    rng = random.Random(SEED + 2)
+    files = stdlib_files()
+    rng.shuffle(files)
+    texts = [t for t in map(_read, files) if len(t) >= 2000]
+    found: list[str] = []
+    seen: set[str] = set()
+    for _ in range(rounds):
+        for text in texts:
+            if len(found) >= count:
+                return found
+            chunk = _pick_chunk(text, rng)
+            if chunk.strip() and chunk not in seen:
+                found.append(chunk)
+                seen.add(chunk)
+    if len(found) < count:
+        raise IndexerError(f"the standard library gave only {len(found)} distinct chunks")
+    return found

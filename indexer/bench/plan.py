@@ -21,6 +21,7 @@ SECTIONS = (
     "cache",
     "documents",
     "switch",
+    "remote",
 )
 #: Sections that run only when their option asks for them (long, or of interest to
 #: few), each with that option.
@@ -54,6 +55,8 @@ class Plan:
     switch_rows: int
     #: Seconds of traffic timed before the switch, and again after it.
     switch_window_s: float
+    #: Rows each drain of the remote section embeds (in-process, remote, throttled).
+    remote_rows: int = 2_000
     #: Rows of the opt-in halfvec vs vector comparison; 0: it does not run.
     halfvec_rows: int = 0
 
@@ -81,6 +84,7 @@ class Plan:
             batch_texts=24 if quick else 100,
             switch_rows=args.switch_rows or (1_000 if quick else 10_000),
             switch_window_s=3.0 if quick else 20.0,
+            remote_rows=args.remote_rows or (192 if quick else 2_000),
             halfvec_rows=args.halfvec_rows or 0,
         )
         if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
@@ -89,6 +93,8 @@ class Plan:
             raise InvalidInput("--halfvec-rows must be >= 1000")
         if plan.switch_rows < 100:
             raise InvalidInput("--switch-rows must be >= 100")
+        if plan.remote_rows < 10:
+            raise InvalidInput("--remote-rows must be >= 10")
         if plan.search_copies < 1:
             raise InvalidInput("--search-copies must be >= 1")
         return plan

@@ -368,6 +368,32 @@ def _switch_rows(r: dict[str, Any], results: Results) -> list[Row]:
     ]
 
 
+def _remote_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    local, remote, throttled = r["local"], r["remote"], r["throttled"]
+    run = remote["median_run"]
+    return [
+        (
+            "remote",
+            f"in-process model, {r['rows']:,} mixed rows",
+            f"{local['rows_per_s']:,.1f} rows/s",
+        ),
+        (
+            "remote",
+            "remote model (another indexer's /v1/embeddings), same rows",
+            f"{remote['rows_per_s']:,.1f} rows/s  (ratio {r['ratio_to_local']:.1%}; "
+            f"{run['requests']} requests of up to {r['batch_size']} inputs, "
+            f"in_flight {r['in_flight']}; {remote['failed']} failed)",
+        ),
+        (
+            "remote",
+            f"  throttled: {throttled['throttle']}",
+            f"{throttled['rows_per_s']:,.1f} rows/s  (ratio to unthrottled "
+            f"{r['throttled_ratio']:.1%}; {throttled['deferrals']} deferrals counted, "
+            f"{throttled['proxy_throttled']} 429s sent; {throttled['failed']} failed)",
+        ),
+    ]
+
+
 #: The sections in the order they are printed, each with its rows.
 ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "model": _model_rows,
@@ -381,6 +407,7 @@ ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "cache": _cache_rows,
     "documents": _documents_rows,
     "switch": _switch_rows,
+    "remote": _remote_rows,
 }
 
 

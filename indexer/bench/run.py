@@ -1,6 +1,6 @@
 """One bench run: set up, run the chosen sections in order, print the report.
 
-Ten measurements, each the median of several runs (the model switch: one run), printed
+Eleven measurements, each the median of several runs (the model switch: one run), printed
 as one table (and written as JSON with ``--json``):
 
 1. model throughput (ONNX Runtime, the daemon's :class:`~indexer.embedding.Embedder`);
@@ -14,7 +14,9 @@ as one table (and written as JSON with ``--json``):
 8. the vector cache: re-ingest, duplicates, no repeats, cached INSERT latency, lookups;
 9. chunked documents: ingestion against the raw model, re-import, a paragraph's update;
 10. switching models (fp32 to int8) while queries and inserts run: answers checked,
-    search and INSERT latency before, during the fill and after, fill rate, switch time.
+    search and INSERT latency before, during the fill and after, fill rate, switch time;
+11. a remote model served by another indexer's ``/v1/embeddings`` against the in-process
+    model, draining the same rows, and the same drain through a throttling proxy.
 
 and, opt-in (``--halfvec-rows N``), pgvector's halfvec(384) against vector(384): sizes,
 HNSW build, search latency and recall on the same N rows.
@@ -46,6 +48,7 @@ from indexer.bench.machine import loadavg, machine_info, versions
 from indexer.bench.memory import bench_memory
 from indexer.bench.model import bench_model
 from indexer.bench.plan import Plan, chosen_sections
+from indexer.bench.remote import bench_remote
 from indexer.bench.report import render
 from indexer.bench.scratch import connect_admin
 from indexer.bench.search import bench_search
@@ -68,6 +71,7 @@ RUNNERS: dict[str, Section] = {
     "documents": bench_documents,
     "halfvec": bench_halfvec,
     "switch": bench_switch,
+    "remote": bench_remote,
 }
 
 

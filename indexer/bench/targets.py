@@ -194,7 +194,26 @@ def _switch_answers_note(results: Results) -> str:
     )
 
 
+def _remote_note(results: Results) -> str:
+    remote = results["remote"]
+    if "ratio_to_local" not in remote:
+        return ""
+    return (
+        f"{remote['remote']['rows_per_s']:,.1f} against {remote['local']['rows_per_s']:,.1f} "
+        f"rows/s; {remote['remote']['median_run']['requests']} requests, in_flight "
+        f"{remote['in_flight']}"
+    )
+
+
+def _throttled_note(results: Results) -> str:
+    throttled = results["remote"].get("throttled", {})
+    if "deferrals" not in throttled:
+        return ""
+    return f"{throttled['throttle']}; {throttled['proxy_throttled']} sent"
+
+
 SEARCH_SCALE = Scale("rows", 100_000, "100k")
+REMOTE_SCALE = Scale("rows", 2_000, "2k")
 TARGETS: tuple[TargetSpec, ...] = (
     TargetSpec(
         "model fp32 vs sentence-transformers and GEMM peak (mixed)",
@@ -365,6 +384,28 @@ TARGETS: tuple[TargetSpec, ...] = (
         (Check("during fill", "switch", key("insert_ratio", "fill_p50"), "<=", 2, "x"),),
         scale=SEARCH_SCALE,
         note=_switch_insert_note,
+    ),
+    TargetSpec(
+        # A remote model is worth running only if the HTTP hop costs little beside the
+        # model: the same rows, the same model, in-process or behind /v1/embeddings.
+        "remote model vs in-process (same model, same rows)",
+        "remote",
+        (Check("", "remote", key("ratio_to_local"), ">=", 0.85, "%", 1),),
+        scale=REMOTE_SCALE,
+        note=_remote_note,
+    ),
+    TargetSpec(
+        # A throttling provider slows the drain; it must never fail a row, and each
+        # wait it asks for is counted as a deferral.
+        "remote model throttled (429 to 1 request in 3) vs unthrottled",
+        "remote",
+        (
+            Check("", "remote", key("throttled_ratio"), ">=", 0.6, "%", 1),
+            Check("failed", "remote", key("throttled", "failed"), "<=", 0, "", 0),
+            Check("deferrals", "remote", key("throttled", "deferrals"), ">=", 1, "", 0),
+        ),
+        scale=REMOTE_SCALE,
+        note=_throttled_note,
     ),
 )
 

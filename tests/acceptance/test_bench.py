@@ -31,6 +31,7 @@ SECTIONS = (
     "cache",
     "documents",
     "switch",
+    "remote",
 )
 
 
@@ -131,8 +132,15 @@ def test_quick_bench_reports_every_section(
     assert cache["insert_cached"]["reused_rows"] >= cache["insert_cached"]["samples"]
     assert cache["lookup_large_entries"] > cache["lookup_small_entries"]
 
+    remote = results["remote"]
+    assert remote["rows"] == 192
+    for path in ("local", "remote", "throttled"):
+        positive(remote[path], "rows_per_s")
+        assert remote[path]["failed"] == 0
+    assert remote["throttled"]["deferrals"] >= 1
+
     targets = {t["name"]: t for t in report["targets"]}
-    assert len(targets) == 19  # every target but the opt-in halfvec row's
+    assert len(targets) == 21  # every target but the opt-in halfvec row's
     assert all(t["met"] in (True, False, None) for t in targets.values())
     int8_checks = {c["label"]: c for c in targets["int8 (opt-in) vs fp32"]["checks"]}
     assert int8_checks["batch |diff|"] == {

@@ -217,6 +217,38 @@ def good_results() -> dict[str, Any]:
             },
         },
         "switch": switch_results(),
+        "remote": remote_results(),
+    }
+
+
+def remote_results() -> dict[str, Any]:
+    """The remote row's figures, meeting its targets."""
+
+    def path(rows_per_s: float, requests: int, deferrals: int) -> dict[str, Any]:
+        run = {"seconds": 2000 / rows_per_s, "embedded": 2000, "failed": 0, "batch_failed": 0}
+        run |= {"batches": 32, "embed_ms": 90_000.0, "write_ms": 900.0}
+        run |= {"requests": requests, "deferrals": deferrals}
+        return {
+            "rows_per_s": rows_per_s,
+            "runs_s": [run["seconds"]],
+            "failed": 0,
+            "batch_failed": 0,
+            "median_run": run,
+        }
+
+    throttled = path(16.0, 48, 16) | {"deferrals": 16, "requests": 48, "proxy_throttled": 16}
+    throttled["throttle"] = "429 with Retry-After: 1 to 1 request in 3"
+    return {
+        "rows": 2000,
+        "chars": 2_000_000,
+        "batch_size": 64,
+        "in_flight": 4,
+        "inputs_per_request": 2048,
+        "local": path(20.0, 0, 0),
+        "remote": path(19.0, 32, 0),
+        "throttled": throttled,
+        "ratio_to_local": 0.95,
+        "throttled_ratio": 0.842,
     }
 
 
@@ -273,7 +305,7 @@ def by_name(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_target_met() -> None:
     targets = by_name(good_results())
-    assert len(targets) == len(TARGETS) == 20
+    assert len(targets) == len(TARGETS) == 22
     assert {t.verdict for t in targets.values()} == {"met"}
     assert all(t.met is True for t in targets.values())
     model = targets[MODEL_TARGET]
@@ -606,3 +638,31 @@ def test_the_switch_rows_and_targets() -> None:
     assert rows["INSERT -> searchable p50 / p95 ms, before | fill | after"] == (
         "20.0 / 40.0 | - | 20.0 / 40.0  (p50 x before: fill -, after 1.00)"
     )
+
+
+REMOTE_TARGET = "remote model vs in-process (same model, same rows)"
+THROTTLED_TARGET = "remote model throttled (429 to 1 request in 3) vs unthrottled"
+
+
+def test_the_remote_rows_and_targets() -> None:
+    results = good_results()
+    targets = by_name(results)
+    remote = targets[REMOTE_TARGET]
+    assert (remote.value, remote.wanted) == ("95.0%", ">= 85% at 2k rows")
+    assert remote.note == "19.0 against 20.0 rows/s; 32 requests, in_flight 4"
+    throttled = targets[THROTTLED_TARGET]
+    assert throttled.value == "84.2%, failed 0, deferrals 16"
+    assert throttled.wanted == ">= 60%, failed <= 0, deferrals >= 1 at 2k rows"
+    rows = {r[1]: r[2] for r in table(results) if r[0] == "remote"}
+    assert rows["remote model (another indexer's /v1/embeddings), same rows"] == (
+        "19.0 rows/s  (ratio 95.0%; 32 requests of up to 64 inputs, in_flight 4; 0 failed)"
+    )
+
+    # A failed row, or throttling never counted, misses the target whatever the rate.
+    results["remote"]["throttled"]["failed"] = 1
+    results["remote"]["throttled"]["deferrals"] = 0
+    results["remote"]["rows"] = 40
+    throttled = by_name(results)[THROTTLED_TARGET]
+    assert throttled.verdict == "MISSED"
+    assert [c["met"] for c in throttled.checks] == [True, False, False]
+    assert throttled.note.startswith("at 40 rows, not 2k; ")
