@@ -66,6 +66,7 @@ _REMOTE_OPTIONS = (
     ("document_prefix", "document_prefix"),
     ("price_per_million", "price_per_million"),
     ("api_key_env", "api_key_env"),
+    ("tokenizer", "tokenizer"),
 )
 
 

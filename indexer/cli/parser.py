@@ -408,6 +408,11 @@ def _remote_parser(actions: Any, common: argparse.ArgumentParser) -> None:
     remote.add_argument(
         "--max-input-tokens", type=int, metavar="N", help="longer inputs are truncated (counted)"
     )
+    remote.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="the model's tokenizer.json: tokens counted exactly, not estimated from bytes",
+    )
     remote.add_argument("--in-flight", type=int, metavar="N", help="requests at once (4)")
     remote.add_argument(
         "--price-per-million", type=float, metavar="PRICE", help="per million tokens: the cost"

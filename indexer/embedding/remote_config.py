@@ -38,7 +38,10 @@ class RemoteConfig:
     ``tokens_per_request`` bound one request (tokens estimated as UTF-8 bytes);
     ``max_input_tokens`` truncates a longer input to that estimate; ``in_flight`` is
     how many requests one embedder keeps in flight.  ``price_per_million`` (currency
-    units per million tokens) is only for cost accounting.
+    units per million tokens) is only for cost accounting.  ``tokenizer``: the path of
+    the model's own ``tokenizer.json`` (Hugging Face's format), on every machine that
+    runs a daemon; given, tokens are counted with it, exactly, instead of estimated
+    from bytes (requests hold more texts, and truncation keeps more of each).
 
     Invalid values raise a one-line :class:`ConfigurationError` when the config is made.
     """
@@ -55,6 +58,7 @@ class RemoteConfig:
     query_prefix: str = ""
     document_prefix: str = ""
     price_per_million: float | None = None
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         # A trailing slash would make "{url}/embeddings" a different URL (and another
@@ -75,6 +79,10 @@ class RemoteConfig:
                 raise ConfigurationError(f"remote model: {name} must be a string")
         if self.price_per_million is not None:
             check_number("price_per_million", self.price_per_million, positive=False)
+        if self.tokenizer is not None and (
+            not isinstance(self.tokenizer, str) or not self.tokenizer.strip()
+        ):
+            raise ConfigurationError("remote model: tokenizer must be the path of a file")
 
     def as_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values (what :meth:`from_dict` reads back)."""
@@ -111,6 +119,9 @@ class RemoteConfig:
             "document_prefix": self.document_prefix,
             "max_input_tokens": self.max_input_tokens,
         }
+        if self.tokenizer is not None and self.max_input_tokens is not None:
+            # It decides where a long input is cut, hence its vector.
+            deciding["tokenizer"] = self.tokenizer
         blob = json.dumps(deciding, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -261,6 +272,16 @@ class RemoteTokenized(Tokenized):
             estimates=tuple(self.estimates[i] for i in chosen),
             truncated=tuple(self.truncated[i] for i in chosen),
         )
+
+
+def fit_tokens(
+    text: str, offsets: Sequence[tuple[int, int]], limit: int | None
+) -> tuple[str, int, bool]:
+    """``text`` cut to ``limit`` tokens by a tokenizer's ``offsets`` (its tokens'
+    character spans): the input, its tokens, and whether it was cut."""
+    if limit is None or len(offsets) <= limit:
+        return text, len(offsets), False
+    return text[: offsets[limit - 1][1]], limit, True
 
 
 def estimate_tokens(text: str) -> int:

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pytest
 
 from indexer.embedding import Tokenized
+from indexer.embedding.describe import packaged_folder
 from indexer.embedding.remote import (
     ProviderBusy,
     ProviderError,
@@ -144,6 +145,30 @@ def test_a_repeated_query_costs_no_request_and_documents_are_apart(
     # A document of the same text is another input (its prefix differs): sent.
     embedder.embed(["a hill"])
     assert fake_provider.requests[-1].inputs == ("a hill",)
+
+
+def test_a_tokenizer_counts_tokens_exactly_and_truncates_by_them(
+    make: Make, fake_provider: FakeProvider
+) -> None:
+    path = str(packaged_folder() / "tokenizer.json")
+    embedder = make(tokenizer=path, max_input_tokens=4, tokens_per_request=6)
+    tokenized = embedder.tokenize(["a b", "one two three four five six", "naïve café"])
+    # WordPiece: "a b" is 2 tokens (not 3 bytes), "naïve café" 2 (not 12); the second
+    # text is cut after 4 tokens (bytes would have kept 4 characters of it).
+    assert tokenized.estimates == (2, 4, 2)
+    assert tokenized.inputs[:2] == ("a b", "one two three four")
+    assert tokenized.truncated == (False, True, False)
+    batch = embedder.embed_partial(tokenized)
+    assert batch.usage.truncated == 1
+    # 6 counted tokens a request: two requests (bytes would have made three), sent side
+    # by side (in either order).
+    assert sorted(r.inputs for r in fake_provider.requests) == [
+        ("a b", "one two three four"),
+        ("naïve café",),
+    ]
+    assert RemoteConfig.from_dict(embedder.config.as_dict()) == embedder.config
+    with pytest.raises(ConfigurationError, match="cannot read the tokenizer"):
+        make(tokenizer="/nonexistent/tokenizer.json").embed(["x"])
 
 
 def test_a_plain_tokenized_is_embedded_as_documents(
