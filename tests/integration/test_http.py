@@ -139,8 +139,9 @@ def test_port_in_use_is_one_clear_line(
         server = HttpServer(
             create_app(settings, dsn=database, embedder=embedder), "127.0.0.1", port
         )
-        # The app's two Stores (search and probe) connect as soon as it is made ...
-        assert wait_until(lambda: app_connections() == 2, 30)
+        # The app's three Stores (search, probe, and the models' coverage) connect as
+        # soon as it is made ...
+        assert wait_until(lambda: app_connections() == 3, 30)
         with pytest.raises(ConfigurationError) as info:
             server.start()
     message = str(info.value)
