@@ -6,58 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from indexer.embedding import Embedder
-from indexer.embedding.remote import RemoteConfig
-from indexer.registry import Embedders, reconcile, register_remote
+from indexer.registry import Embedders, register_remote
 from indexer.settings import Settings
 from indexer.store import Store
-from indexer.worker import Worker
 
 from ..fake_provider import FakeProvider, Fault
+from .test_remote_models import DIM, _config, _worker, embedders, provider, store
 
-KEY = "sk-test-0123456789abcdef"
-DIM = 16
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    with Store(settings.database_url or "", settings.schema) as s:
-        yield s
-
-
-@pytest.fixture
-def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
-    monkeypatch.setenv("FAKE_PROVIDER_KEY", KEY)
-    with FakeProvider(dimension=DIM, model="fake-embed") as fake:
-        yield fake
-
-
-@pytest.fixture
-def embedders(settings: Settings, embedder: Embedder) -> Iterator[Embedders]:
-    opened = Embedders(settings, embedder)
-    yield opened
-    opened.close()
-
-
-def _config(provider: FakeProvider) -> RemoteConfig:
-    return RemoteConfig(
-        url=provider.url,
-        model="fake-embed",
-        dimension=DIM,
-        api_key_env="FAKE_PROVIDER_KEY",
-        price_per_million=0.02,
-    )
-
-
-def _worker(settings: Settings, store: Store, embedders: Embedders) -> Worker:
-    reconcile(store.models(), embedders.configured, store)
-    return Worker(settings, store, embedders.configured, load_model=embedders.loader)
+# The fixtures (by name) and helpers of the remote models' own tests.
+__all__ = ["embedders", "provider", "store"]
 
 
 def _answer(body: object) -> Fault:
