@@ -10,13 +10,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from indexer.db.connect import Connection
 from indexer.registry import Embedders, register_remote
 from indexer.settings import Settings
 from indexer.store import Store
 
 from ..fake_provider import FakeProvider, Fault
-from .test_remote_models import DIM, _config, _worker, embedders, provider, store
+from .test_privileges import as_role, role
+from .test_remote_models import DIM, KEY, _config, _worker, embedders, provider, store
 
 # The fixtures (by name) and helpers of the remote models' own tests.
 __all__ = ["embedders", "provider", "store"]
@@ -96,3 +99,34 @@ def test_an_unbelievable_token_count_breaks_neither_the_batch_nor_the_status(
     assert [s[0] for s in _states(database)] == ["embedded"]
     (row,) = [r for r in store.model_status() if r["model"] == "fake"]
     assert row["provider_tokens"] is None
+
+
+def test_searching_and_writing_roles_cannot_point_the_daemon_at_their_own_server(
+    conn: Connection, database: str, store: Store, provider: FakeProvider
+) -> None:
+    """A role granted search, or write, may read the registry (a search opens its model
+    from the record, which holds no key) but not register, change or activate a model:
+    pointing the daemon's requests, and every row's text, at a server it controls needs
+    the owner's rights.  Nor may it read the remote models' outages view."""
+    register_remote(store, "fake", _config(provider))
+    for grant in ("grant_search", "grant_write"):
+        with role(conn, database) as (name, dsn):
+            conn.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(grant)), (name,))
+            with as_role(dsn) as attacker:
+                row = attacker.execute("SELECT record FROM models WHERE name = 'fake'").fetchone()
+                assert row is not None and KEY not in json.dumps(row[0])
+                attempts = [
+                    "UPDATE models SET record = jsonb_set(record, '{url}', "
+                    "'\"http://attacker.example/v1\"') WHERE name = 'fake'",
+                    "INSERT INTO models (name, kind, dimension, storage, record, fingerprint) "
+                    "VALUES ('evil', 'remote', 16, 'table', '{}', 'x')",
+                    "SELECT add_model('evil', 16, '{\"kind\": \"remote\"}'::jsonb, 'x')",
+                    "SELECT activate_model('fake', true)",
+                    "SELECT drop_model('fake')",
+                    "SELECT * FROM indexer_model_away",
+                ]
+                for statement in attempts:
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        attacker.execute(statement)
+    (fake,) = [m for m in store.models() if m.name == "fake"]
+    assert fake.record is not None and fake.record["url"] == provider.url
