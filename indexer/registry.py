@@ -126,6 +126,8 @@ class Embedders:
                     providers=(s.provider,),
                     token_budget=s.token_budget,
                     max_chars=s.max_chars,
+                    # Beside the settings' model in this process: see session.py.
+                    spin=False,
                 )
             return self._open[model.name]
 

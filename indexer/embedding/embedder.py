@@ -50,6 +50,8 @@ class Embedder:
     ``variant="int8"`` runs the opt-in int8 graph (:mod:`indexer.embedding.quantize`) instead of
     the fp32 one; :attr:`name` then ends in ``-int8``.  ``max_chars`` cuts every text
     to that many characters before tokenizing, as the daemon's claim does.
+    ``spin=False`` lets the session's idle threads sleep at once: for a second model in
+    the same process (see :func:`~indexer.embedding.session._session_options`).
     """
 
     dim: int
@@ -71,6 +73,7 @@ class Embedder:
         token_budget: int = 2048,
         variant: str | None = None,
         max_chars: int | None = None,
+        spin: bool = True,
     ) -> None:
         if isinstance(providers, str):
             providers = (providers,)
@@ -96,7 +99,12 @@ class Embedder:
         self._files = (onnx_path, located.tokenizer)
         self._tokenizer = _load_tokenizer(located.tokenizer, record.max_tokens)
         self._model = ModelSession(
-            onnx_path, threads, provider_list, pooling=record.pooling, normalize=record.normalize
+            onnx_path,
+            threads,
+            provider_list,
+            pooling=record.pooling,
+            normalize=record.normalize,
+            spin=spin,
         )
         self.dim = self._model.dim
         if self.dim != record.dimension:

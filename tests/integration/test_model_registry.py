@@ -535,3 +535,24 @@ def test_a_stop_mid_fill_claim_writes_the_slices_done_and_gives_the_rest_back(
             "SELECT count(*), count(claimed_by), max(attempts) FROM model_pending"
         ).fetchone()
     assert _vectors(database) == 4 and pending == (26, 0, 0)  # back in the queue, as they were
+
+
+def test_a_model_opened_beside_the_settings_one_does_not_spin(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder
+) -> None:
+    """The second model's session lets its idle threads sleep (session.py says why); the
+    settings' own model keeps ONNX Runtime's default."""
+    _add(store, second)
+    (_, added) = store.models()
+    opened = Embedders(settings, embedder).get(added)
+    assert isinstance(opened, Embedder) and opened is not embedder
+
+    def spinning(e: Embedder) -> str:
+        options = e._model._session.get_session_options()
+        try:
+            return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+        except Exception:  # not set: ONNX Runtime's default, which spins
+            return "default"
+
+    assert spinning(opened) == "0"
+    assert spinning(embedder) == "default"
