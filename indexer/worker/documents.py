@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from indexer.embedding.remote import ProviderError, RemoteEmbedder
-from indexer.exceptions import EmbeddingError, ProviderAway, SourceBusy, SourceError
+from indexer.exceptions import EmbeddingError, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import Backfill
@@ -238,15 +238,11 @@ class DocumentWork:
     ) -> list[np.ndarray | None]:
         try:
             vectors: list[np.ndarray | None] = list(self.embedder.embed(texts))
-        except ProviderAway:
-            raise  # the server's state, not the texts': the documents wait
         except Exception:  # a model failure is a property of some text: find it
             vectors = []
             for digest, text in zip(hashes, texts, strict=True):
                 try:
                     vectors.append(self.embedder.embed([text])[0])
-                except ProviderAway:
-                    raise
                 except Exception as exc:
                     message = (
                         str(exc)

@@ -16,7 +16,7 @@ import numpy as np
 
 from indexer.embedding import TextEmbedder, Tokenized
 from indexer.embedding.remote import ProviderError, RemoteEmbedder, Usage
-from indexer.exceptions import EmbeddingError, ProviderAway
+from indexer.exceptions import EmbeddingError
 from indexer.store import ClaimedRow
 
 logger = logging.getLogger(__name__)
@@ -106,8 +106,6 @@ def embed_isolating(
     """
     try:
         vectors = embedder.embed_tokenized(tokenized)
-    except ProviderAway:
-        raise  # the server's state, not the texts'
     except Exception as exc:  # any model failure is a property of some text(s)
         if len(groups) == 1:
             message = (
