@@ -409,10 +409,8 @@ class Worker:
             self._to_release.extend(self._claim.ids)
             self._claim = None
             self._keeper.drop()
-        if self._away.begins(exc):
-            self.store.record_event(
-                "provider_away", self.worker_id, detail=self._away.detail(self.embedder.name)
-            )
+        if self._away.begins(exc, self.embedder.name):
+            self.store.record_event("provider_away", self.worker_id, detail=self._away.detail())
         self._away.wait(self.stop_event)
 
     def _shutdown(self, started: bool) -> None:

@@ -34,6 +34,7 @@ from indexer.store import ClaimedRow
 from indexer.store.models import BatchFigures, RegisteredModel
 from indexer.worker.claim import Claim
 from indexer.worker.embed import embed_groups
+from indexer.worker.outage import ProviderOutage
 from indexer.worker.pace import SLICE_SECONDS, Pace
 
 logger = logging.getLogger(__name__)
@@ -247,10 +248,8 @@ class ModelFill:
         self.yielded = 0
         self._paces: dict[int, Pace] = {}
         self._kept: _Kept | None = None
-        #: Remote models whose server is away: monotonic time their work resumes, and
-        #: the last pause (seconds).
-        self._away: dict[int, float] = {}
-        self._paused: dict[int, float] = {}
+        #: The outages of remote models' servers, by model id.
+        self._outages: dict[int, ProviderOutage] = {}
 
     def step(self) -> bool:
         """One claim of one model's work (the claim kept last time, if any); False when
@@ -265,7 +264,8 @@ class ModelFill:
         return False
 
     def _waiting(self, model_id: int) -> bool:
-        return self._away.get(model_id, 0.0) > time.monotonic()
+        outage = self._outages.get(model_id)
+        return outage is not None and outage.pausing
 
     def active_step(self) -> bool:
         """One claim of the active model's own queued work, if it has any: text written
@@ -356,29 +356,17 @@ class ModelFill:
         (no attempt counted), an event when its outage begins, and its work paused."""
         assert model.id is not None
         self.store.release_model_work(model.id, self.worker_id, ids)
-        if model.id not in self._away:
-            logger.warning("model %s: server away, its work waits: %s", model.name, exc)
-            self.store.record_event(
-                "provider_away",
-                self.worker_id,
-                detail={
-                    "model": model.name,
-                    "reason": type(exc).__name__,
-                    "error": str(exc),
-                    "retry_after": exc.retry_after,
-                },
-            )
-        # What the server asked, or twice the last pause (up to a minute).
-        pause = min(max(exc.retry_after, 2 * self._paused.get(model.id, 0.5)), 60.0)
-        self._paused[model.id] = pause
-        self._away[model.id] = time.monotonic() + pause
+        # Its first pause at least a second: the fill is background work.
+        outage = self._outages.setdefault(model.id, ProviderOutage(first_wait=0.5))
+        if outage.begins(exc, model.name):
+            self.store.record_event("provider_away", self.worker_id, detail=outage.detail())
 
     def _back(self, model: LoadedModel) -> None:
         """The model's server answered: its next outage is a new one."""
         assert model.id is not None
-        if self._away.pop(model.id, None) is not None:
-            self._paused.pop(model.id, None)
-            logger.warning("model %s: server back, its work goes on", model.name)
+        outage = self._outages.get(model.id)
+        if outage is not None:
+            outage.over()
 
     def _finish(self, kept: _Kept) -> None:
         """Write a claim's vectors and failures, and give back its chunks not embedded;

@@ -62,43 +62,59 @@ MAX_PROVIDER_WAIT_SECONDS = 60.0
 
 
 class ProviderOutage:
-    """The active model's server away, as the loop sees it: one event an outage, and
-    waits that grow until a batch is written again."""
+    """A remote model's server away, as the worker sees it: one event an outage, and
+    pauses that grow until the server answers again.  The loop keeps one for the
+    active model (it waits); the fill one per model it pauses (the rest goes on).
 
-    def __init__(self) -> None:
+    Each pause is what the server asked, or twice the last one when it asked for less,
+    up to a minute; ``first_wait`` is the pause the first doubling starts from."""
+
+    def __init__(self, first_wait: float = 0.0) -> None:
+        self.first_wait = first_wait
         self._since: float | None = None
         self._last: ProviderAway | None = None
-        self._backoff = 0.0
+        self._model = ""
+        self._backoff = first_wait
+        self._resume_at = 0.0
 
-    def begins(self, exc: ProviderAway) -> bool:
-        """The active model's server failed with ``exc``: True when the outage begins
-        with it (the caller records it once)."""
-        self._last = exc
-        # What the server asked, or twice the last wait when it asked nothing longer.
+    def begins(self, exc: ProviderAway, model: str) -> bool:
+        """``model``'s server failed with ``exc``: True when the outage begins with it
+        (the caller records it once)."""
+        self._last, self._model = exc, model
         self._backoff = min(max(exc.retry_after, self._backoff * 2), MAX_PROVIDER_WAIT_SECONDS)
+        self._resume_at = time.monotonic() + self._backoff
         if self._since is None:
             self._since = time.monotonic()
-            logger.warning("model server away, its work waits: %s", exc)
+            logger.warning("model %s: server away, its work waits: %s", model, exc)
             return True
         return False
 
-    def detail(self, model: str) -> dict[str, Any]:
+    def detail(self) -> dict[str, Any]:
         """What the ``provider_away`` event records."""
         assert self._last is not None
         return {
-            "model": model,
+            "model": self._model,
             "reason": type(self._last).__name__,
             "error": str(self._last),
             "retry_after": self._last.retry_after,
         }
 
+    @property
+    def pausing(self) -> bool:
+        """Whether the current pause has not ended yet."""
+        return self._resume_at > time.monotonic()
+
     def wait(self, stop_event: threading.Event) -> None:
+        """Wait out the current pause (a stop ends the wait)."""
         stop_event.wait(self._backoff)
 
     def over(self) -> None:
-        """A batch of the active model was written: its server answered."""
+        """The server answered: the next outage is a new one."""
         if self._since is not None:
-            logger.warning("model server back after %.1f s", time.monotonic() - self._since)
+            logger.warning(
+                "model %s: server back after %.1f s", self._model, time.monotonic() - self._since
+            )
         self._since = None
         self._last = None
-        self._backoff = 0.0
+        self._backoff = self.first_wait
+        self._resume_at = 0.0
