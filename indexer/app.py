@@ -27,7 +27,8 @@ import numpy as np
 from indexer import logs
 from indexer.db import server
 from indexer.db.connect import redact, resolve_dsn
-from indexer.embedding import TextEmbedder, load_embedder
+from indexer.embedding import TextEmbedder, load_embedder, load_query_embedder
+from indexer.embedding.background import Background
 from indexer.embedding.embedder import Embedder
 from indexer.embedding.remote import RemoteConfig
 from indexer.exceptions import ConfigurationError, DatabaseUnavailable, InvalidInput
@@ -70,7 +71,7 @@ class Indexer:
     @property
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
-            self._embedder = load_embedder(self.settings)
+            self._embedder = load_query_embedder(self.settings)
         return self._embedder
 
     @property
@@ -398,12 +399,14 @@ class Daemon:
                 logger.info(
                     "using database %s (%s), schema %r", redact(dsn), where, settings.schema
                 )
-                embedders = self._models(store, embedder)
-                try:
-                    self._check_chunking(store)
-                    self._serve(dsn, store, embedder, embedders)
-                finally:
-                    embedders.close()
+                # The models filled beside the active one run at the lowest CPU priority.
+                with Background() as background:
+                    embedders = self._models(store, embedder, background)
+                    try:
+                        self._check_chunking(store)
+                        self._serve(dsn, store, embedder, embedders)
+                    finally:
+                        embedders.close()
 
     def _check_chunking(self, store: Store) -> None:
         """Refuse chunk settings other than those the documents were cut with (one
@@ -422,12 +425,12 @@ class Daemon:
                 "document again"
             )
 
-    def _models(self, store: Store, embedder: TextEmbedder) -> Embedders:
+    def _models(self, store: Store, embedder: TextEmbedder, background: Background) -> Embedders:
         """The registered models, checked against their files before any work (one line
         for a model changed on disk).  While the database is away the check waits for
         the next start; the embedders still open each model only from its record and
         fingerprint, so no model's vectors are computed by another."""
-        embedders = Embedders(self.settings, embedder)
+        embedders = Embedders(self.settings, embedder, background)
         try:
             reconcile(store.models(), embedder, store)
             for model in store.models():
@@ -451,7 +454,12 @@ class Daemon:
                 callback(result)
 
         worker = Worker(
-            self.settings, store, embedder, on_batch=on_batch, load_model=embedders.loader
+            self.settings,
+            store,
+            embedder,
+            on_batch=on_batch,
+            load_model=embedders.loader,
+            background=embedders.background,
         )
         # On the bar's terminal, log lines print above the bar, which stays one line.
         above = logs.above_progress(progress) if progress is not None else contextlib.nullcontext()

@@ -20,11 +20,13 @@ The registry itself is the ``models`` table (migration 0009, read and written th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from typing import Any
 
 from indexer.embedding import TextEmbedder
+from indexer.embedding.background import Background, background_threads
 from indexer.embedding.describe import ModelRecord, describe_folder, describe_packaged
 from indexer.embedding.embedder import Embedder
 from indexer.embedding.remote import RemoteConfig, RemoteEmbedder
@@ -84,12 +86,19 @@ class Embedders:
 
     ``configured`` serves the model with its fingerprint (and every model, when it has
     no record: a test's stand-in); the others are opened from their records, with the
-    settings' threads, provider and token budget.
+    settings' threads, provider and token budget.  A daemon passes its ``background``
+    thread: the others are models it fills beside the active one, so their sessions'
+    threads are started there, at the lowest CPU priority
+    (:mod:`indexer.embedding.background`); a search's models are opened at normal
+    priority.
     """
 
-    def __init__(self, settings: Settings, configured: TextEmbedder) -> None:
+    def __init__(
+        self, settings: Settings, configured: TextEmbedder, background: Background | None = None
+    ) -> None:
         self.settings = settings
         self.configured = configured
+        self.background = background
         self._open: dict[str, TextEmbedder] = {}
         self._lock = threading.Lock()
 
@@ -118,18 +127,26 @@ class Embedders:
                 record = ModelRecord.from_dict(model.record)
                 if model.fingerprint != record.fingerprint:
                     raise ModelChanged(f"model {model.name}: its record is not its fingerprint's")
-                s = self.settings
-                self._open[model.name] = Embedder(
-                    record=record,
-                    cache_dir=s.model_cache,
-                    threads=s.threads or None,
-                    providers=(s.provider,),
-                    token_budget=s.token_budget,
-                    max_chars=s.max_chars,
-                    # Beside the settings' model in this process: see session.py.
-                    spin=False,
-                )
+                self._open[model.name] = self._local(record)
             return self._open[model.name]
+
+    def _local(self, record: ModelRecord) -> Embedder:
+        s = self.settings
+        threads = s.threads or None
+        if self.background is not None and threads is None:
+            threads = background_threads()
+        open_it = functools.partial(
+            Embedder,
+            record=record,
+            cache_dir=s.model_cache,
+            threads=threads,
+            providers=(s.provider,),
+            token_budget=s.token_budget,
+            max_chars=s.max_chars,
+            # Beside the settings' model in this process: see session.py.
+            spin=False,
+        )
+        return open_it() if self.background is None else self.background.call(open_it)
 
     def _remote(self, model: RegisteredModel) -> TextEmbedder:
         with self._lock:

@@ -55,7 +55,7 @@ from indexer.bench.traffic import (
     check_answers,
 )
 from indexer.db import connect as db
-from indexer.embedding import Embedder, load_embedder
+from indexer.embedding import Embedder, load_embedder, load_query_embedder
 from indexer.exceptions import IndexerError, InvalidInput
 from indexer.registry import Embedders, describe_for_registry
 from indexer.settings import Settings, env_name
@@ -94,7 +94,8 @@ def bench_switch(ctx: Context, results: dict[str, Any]) -> None:
             Store(ctx.dsn, schema) as searches,
             db.connect(ctx.dsn, schema, autocommit=True) as probe_conn,
         ):
-            embedders = Embedders(settings, embedder)
+            # The searches' model opened as Indexer.search opens it (load_query_embedder).
+            embedders = Embedders(settings, load_query_embedder(settings))
             phases = Phases("warm-up")
             queries = QueryLoop(searches, embedders, ctx.corpus.queries, phases)
             probe = InsertProbe(probe_conn, ctx.corpus.short, phases, daemon.check)

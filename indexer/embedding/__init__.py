@@ -31,7 +31,7 @@ client).
 from __future__ import annotations
 
 from indexer.embedding.describe import ModelRecord, describe_folder, describe_packaged
-from indexer.embedding.embedder import Embedder, load_embedder
+from indexer.embedding.embedder import Embedder, load_embedder, load_query_embedder
 from indexer.embedding.tokens import TextEmbedder, Tokenized, plan_calls, shortest_first
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "describe_folder",
     "describe_packaged",
     "load_embedder",
+    "load_query_embedder",
     "plan_calls",
     "shortest_first",
 ]

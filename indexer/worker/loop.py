@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from indexer.embedding import TextEmbedder, Tokenized
+from indexer.embedding.background import Background
 from indexer.exceptions import DatabaseUnavailable, ProviderAway
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
@@ -58,6 +59,7 @@ class Worker:
         stop_event: threading.Event | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
         load_model: Loader | None = None,
+        background: Background | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -97,6 +99,7 @@ class Worker:
             self.worker_id,
             cache=settings.cache,
             yield_to=self._other_work_waiting,
+            background=background,
         )
         #: Whether the next idle moment tries documents before rows (they alternate, so
         #: neither queue starves the other).

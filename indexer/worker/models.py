@@ -26,14 +26,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexer.embedding import TextEmbedder
+from indexer.embedding import TextEmbedder, Tokenized
+from indexer.embedding.background import Background
 from indexer.embedding.remote import RemoteEmbedder
 from indexer.exceptions import ProviderAway
 from indexer.settings import Settings
 from indexer.store import ClaimedRow
 from indexer.store.models import BatchFigures, RegisteredModel
 from indexer.worker.claim import Claim
-from indexer.worker.embed import embed_groups
+from indexer.worker.embed import Embedded, Groups, embed_groups
 from indexer.worker.outage import ProviderOutage
 from indexer.worker.pace import SLICE_SECONDS, Pace
 
@@ -223,6 +224,10 @@ class ModelFill:
     for what the server asked (or twice the last pause, up to a minute) while the other
     models' work goes on.  Its calls wait on the server less than the rows' own
     (:data:`~indexer.worker.embed.BACKGROUND_PATIENCE_S`): new rows wait behind them.
+
+    In a daemon, the model calls run on its ``background`` thread, at the lowest CPU
+    priority (:mod:`indexer.embedding.background`): the fill takes the cores only when
+    the new rows, the searches and the database leave them idle.
     """
 
     def __init__(
@@ -234,8 +239,11 @@ class ModelFill:
         *,
         cache: bool,
         yield_to: Callable[[], bool] = lambda: False,
+        background: Background | None = None,
     ) -> None:
         self.settings = settings
+        #: Where the model calls run (None: on the calling thread).
+        self.background = background
         self.store = store
         self.models = models
         self.worker_id = worker_id
@@ -335,7 +343,7 @@ class ModelFill:
             groups, tokenized, _ = claim.take(size)
             start = time.perf_counter()
             try:
-                embedded = embed_groups(model.embedder, groups, tokenized, background=True)
+                embedded = self._embed(model.embedder, groups, tokenized)
             except ProviderAway as exc:
                 self._server_away(model, [r.id for g in groups for r in g], exc)
                 return True  # finished as it stands: the rest given back
@@ -350,6 +358,11 @@ class ModelFill:
             if preemptible and claim.groups and self.yield_to():
                 return False
         return True
+
+    def _embed(self, embedder: TextEmbedder, groups: Groups, tokenized: Tokenized) -> Embedded:
+        if self.background is None:
+            return embed_groups(embedder, groups, tokenized, background=True)
+        return self.background.call(embed_groups, embedder, groups, tokenized, background=True)
 
     def _server_away(self, model: LoadedModel, ids: list[int], exc: ProviderAway) -> None:
         """A remote model's server is busy or down: the slice's chunks back to the queue

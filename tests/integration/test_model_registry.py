@@ -4,6 +4,7 @@ a model changed on disk refused; privileges of the new tables."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -22,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 from indexer.app import Indexer
 from indexer.db import migrate
 from indexer.embedding import Embedder, TextEmbedder, Tokenized
+from indexer.embedding.background import NICE, Background, thread_nice
 from indexer.embedding.describe import describe_folder
 from indexer.embedding.wrappers import EmbedderWrapper
 from indexer.exceptions import InvalidInput, ModelChanged
@@ -556,3 +558,55 @@ def test_a_model_opened_beside_the_settings_one_does_not_spin(
 
     assert spinning(opened) == "0"
     assert spinning(embedder) == "default"
+
+
+class Niceness(EmbedderWrapper):
+    """A model that notes the nice value of each thread that calls it."""
+
+    def __init__(self, inner: TextEmbedder) -> None:
+        super().__init__(inner)
+        self.seen: set[int] = set()
+
+    def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
+        self.seen.add(thread_nice())
+        return self.inner.embed_tokenized(tokenized)
+
+
+def _threads_at(nice: int) -> set[int]:
+    """This process's threads at that nice value (Linux keeps one per thread)."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[16]) == nice:
+                found.add(int(task.name))
+    return found
+
+
+def test_a_daemon_fills_a_model_at_the_lowest_cpu_priority_and_embeds_new_rows_at_its_own(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder
+) -> None:
+    """The added model's session starts its threads at nice 19 and its fill calls run
+    there; the active model's rows are embedded at the daemon's own priority."""
+    store.insert_chunks([f"old note {i} about the sea" for i in range(6)], ["{}"] * 6)
+    _add(store, second)
+    (_, added) = store.models()
+    mine = thread_nice()
+    threaded = dataclasses.replace(settings, threads=2)  # a session that starts a pool
+    with Background() as background:
+        before = _threads_at(NICE)
+        opened = Embedders(threaded, embedder, background).get(added)
+        assert isinstance(opened, Embedder)
+        # The background thread and the session's intra-op pool, both at nice 19.
+        assert len(_threads_at(NICE) - before) >= 2
+        active, filled = Niceness(embedder), Niceness(opened)
+
+        def loader(model: RegisteredModel) -> TextEmbedder | None:
+            return filled if model.name == "tiny-cls" else active
+
+        reconcile(store.models(), embedder, store)
+        worker = Worker(settings, store, active, load_model=loader, background=background)
+        worker.run(once=True)
+    assert _status(store)["tiny-cls"]["missing"] == 0
+    assert active.seen == {mine} and filled.seen == {NICE}
+    assert thread_nice() == mine
