@@ -46,8 +46,9 @@ logger = logging.getLogger("indexer")
 
 EmbedderLoader = Callable[[Settings], TextEmbedder]
 
-#: Connections of the daemon's store: the worker's, its lease keeper's and its pruner's.
-DAEMON_CONNECTIONS = 3
+#: Connections of the daemon's store: the worker's, its lease keeper's, its pruner's and
+#: its fill's writes'.
+DAEMON_CONNECTIONS = 4
 
 
 class Indexer:

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "HNSW build, search latency and recall; benchmarks/halfvec_scale.py runs 1000000)",
     )
     parser.add_argument(
+        "--fill-rows",
+        type=int,
+        metavar="N",
+        help="opt-in: a model filled in the background on N rows against the raw model, "
+        "and the daemon's peak RSS with two models loaded against each alone",
+    )
+    parser.add_argument(
         "--switch-rows",
         type=int,
         help="chunks of the model switch's corpus (default 10000; quick 1000; its target "

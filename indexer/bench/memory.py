@@ -31,6 +31,26 @@ def _vm_hwm_bytes(pid: int) -> int:
     return 0
 
 
+def drain_once(
+    ctx: Context, env: dict[str, str], log: Path, psutil: Any = None
+) -> tuple[int, float]:
+    """`indexer run --once` until it exits: its peak RSS in bytes (sampled every 50 ms,
+    and the kernel's high-water mark, which catches what sampling misses) and seconds."""
+    start = time.perf_counter()
+    child = start_daemon(ctx, env, log, "--once", "--no-progress")
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, _vm_hwm_bytes(child.pid))
+        if psutil is not None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, psutil.Process(child.pid).memory_info().rss)
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        raise IndexerError(f"`indexer run --once` failed:\n{log_tail(log)}")
+    return peak, seconds
+
+
 def bench_memory(ctx: Context, results: dict[str, Any]) -> None:
     try:
         import psutil
@@ -48,17 +68,8 @@ def bench_memory(ctx: Context, results: dict[str, Any]) -> None:
             conn.execute("TRUNCATE chunks, events RESTART IDENTITY")
             for text in texts:
                 conn.execute("INSERT INTO chunks (content) VALUES (%s)", (text,))
-            start = time.perf_counter()
-            child = start_daemon(ctx, env, log, "--once", "--no-progress")
-            process = psutil.Process(child.pid)
-            peak = 0
-            while child.poll() is None:
-                with contextlib.suppress(psutil.Error):
-                    peak = max(peak, process.memory_info().rss, _vm_hwm_bytes(child.pid))
-                time.sleep(0.05)
-            drains.append(time.perf_counter() - start)
-            if child.returncode != 0:
-                raise IndexerError(f"`indexer run --once` failed:\n{log_tail(log)}")
+            peak, seconds = drain_once(ctx, env, log, psutil)
+            drains.append(seconds)
             if count_state(conn, "embedded") != count:
                 raise IndexerError("`indexer run --once` left rows unembedded")
             peaks.append(peak / MIB)

@@ -25,7 +25,7 @@ SECTIONS = (
 )
 #: Sections that run only when their option asks for them (long, or of interest to
 #: few), each with that option.
-OPT_IN = {"halfvec": "--halfvec-rows"}
+OPT_IN = {"halfvec": "--halfvec-rows", "fill": "--fill-rows"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class Plan:
     remote_rows: int = 2_000
     #: Rows of the opt-in halfvec vs vector comparison; 0: it does not run.
     halfvec_rows: int = 0
+    #: Rows of the opt-in background fill vs the raw model; 0: it does not run.
+    fill_rows: int = 0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
@@ -86,11 +88,14 @@ class Plan:
             switch_window_s=3.0 if quick else 20.0,
             remote_rows=args.remote_rows or (192 if quick else 2_000),
             halfvec_rows=args.halfvec_rows or 0,
+            fill_rows=args.fill_rows or 0,
         )
         if plan.repeats < 1 or plan.search_rows < 100 or plan.claim_large < 1:
             raise InvalidInput("--repeats must be >= 1 and --search-rows >= 100")
         if args.halfvec_rows is not None and args.halfvec_rows < 1000:
             raise InvalidInput("--halfvec-rows must be >= 1000")
+        if args.fill_rows is not None and args.fill_rows < 200:
+            raise InvalidInput("--fill-rows must be >= 200")
         if plan.switch_rows < 100:
             raise InvalidInput("--switch-rows must be >= 100")
         if plan.remote_rows < 10:
@@ -108,7 +113,9 @@ def chosen_sections(only: str | None, plan: Plan) -> tuple[str, ...]:
     with an ``--only`` that leaves it out, is refused: either way the command line asks
     for two different things.
     """
-    asked = ("halfvec",) if plan.halfvec_rows else ()
+    asked = tuple(
+        name for name, option in OPT_IN.items() if getattr(plan, option[2:].replace("-", "_"))
+    )
     if not only:
         return SECTIONS + asked
     chosen = {s.strip() for s in only.split(",")}

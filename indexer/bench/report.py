@@ -368,6 +368,30 @@ def _switch_rows(r: dict[str, Any], results: Results) -> list[Row]:
     ]
 
 
+def _fill_rows(r: dict[str, Any], results: Results) -> list[Row]:
+    rss = r["peak_rss_mib"]
+    return [
+        (
+            "fill",
+            f"{r['model']} filled in the background, {r['rows']:,} lines",
+            f"{r['fill_rows_per_s']:,.1f} rows/s on {r['fill_threads']} thread(s) "
+            f"({r['fill_batches']} batches)",
+        ),
+        (
+            "fill",
+            "  raw model, same texts: fill's threads | every core",
+            f"{r['raw_fill_threads_per_s']:,.1f} | {r['raw_every_core_per_s']:,.1f} texts/s  "
+            f"(ratio {r['ratio_to_raw']:.1%} | {r['ratio_to_every_core']:.1%})",
+        ),
+        (
+            "fill",
+            "daemon peak RSS: fp32 alone | int8 alone | both (the fill)",
+            f"{rss['fp32']:.0f} | {rss['int8']:.0f} | {rss['both']:.0f} MiB  "
+            f"(both / sum {r['rss_ratio']:.2f})",
+        ),
+    ]
+
+
 def _remote_rows(r: dict[str, Any], results: Results) -> list[Row]:
     local, remote, throttled = r["local"], r["remote"], r["throttled"]
     run = remote["median_run"]
@@ -407,6 +431,7 @@ ROWS: dict[str, Callable[[dict[str, Any], Results], list[Row]]] = {
     "cache": _cache_rows,
     "documents": _documents_rows,
     "switch": _switch_rows,
+    "fill": _fill_rows,
     "remote": _remote_rows,
 }
 

@@ -18,8 +18,10 @@ as one table (and written as JSON with ``--json``):
 11. a remote model served by another indexer's ``/v1/embeddings`` against the in-process
     model, draining the same rows, and the same drain through a throttling proxy.
 
-and, opt-in (``--halfvec-rows N``), pgvector's halfvec(384) against vector(384): sizes,
-HNSW build, search latency and recall on the same N rows.
+and, opt-in: (``--halfvec-rows N``) pgvector's halfvec(384) against vector(384): sizes,
+HNSW build, search latency and recall on the same N rows; (``--fill-rows N``) a model
+filled in the background against the raw model on the same N rows, and the daemon's peak
+RSS with two models loaded against each alone.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from indexer.bench.context import Context
 from indexer.bench.corpus import build_corpus
 from indexer.bench.daemons import stop_children
 from indexer.bench.documents import bench_documents
+from indexer.bench.fill import bench_fill
 from indexer.bench.halfvec import bench_halfvec
 from indexer.bench.latency import bench_latency
 from indexer.bench.machine import loadavg, machine_info, versions
@@ -71,6 +74,7 @@ RUNNERS: dict[str, Section] = {
     "documents": bench_documents,
     "halfvec": bench_halfvec,
     "switch": bench_switch,
+    "fill": bench_fill,
     "remote": bench_remote,
 }
 

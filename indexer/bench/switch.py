@@ -81,11 +81,11 @@ def bench_switch(ctx: Context, results: dict[str, Any]) -> None:
     settings = dataclasses.replace(ctx.settings, model_dir=None, model_variant="fp32")
     embedder = _packaged(ctx, settings)
     rows = ctx.plan.switch_rows
-    texts = _texts(ctx, rows)
+    texts = switch_texts(ctx, rows)
     start = time.perf_counter()
     vectors = _embed(embedder, texts)
     embed_s = time.perf_counter() - start
-    target = _registration(settings)
+    target = registration(settings)
     with scratch_schema(ctx, "switch") as (schema, conn):
         loaded = load_embedded(conn, schema, vectors, texts, section="switch")
         daemon = _Daemon(ctx, schema, conn)
@@ -131,7 +131,7 @@ def _packaged(ctx: Context, settings: Settings) -> Embedder:
     return load_embedder(settings)
 
 
-def _texts(ctx: Context, rows: int) -> list[str]:
+def switch_texts(ctx: Context, rows: int) -> list[str]:
     """``rows`` distinct source lines, none a query or a probe's text; about two lines
     wanted per file, at least 16, so that files of few lines leave enough."""
     per_file = max(16, -(-2 * rows // len(stdlib_files())))
@@ -159,7 +159,7 @@ class _Target:
     fingerprint: str
 
 
-def _registration(settings: Settings) -> _Target:
+def registration(settings: Settings) -> _Target:
     """The packaged model's int8 variant, opened once so that its graph is built and
     cached before the clock runs (``indexer models add`` does the same)."""
     record = describe_for_registry("packaged", variant=VARIANT)

@@ -212,6 +212,16 @@ def _throttled_note(results: Results) -> str:
     return f"{throttled['throttle']}; {throttled['proxy_throttled']} sent"
 
 
+def _fill_note(results: Results) -> str:
+    fill = results["fill"]
+    if "ratio_to_every_core" not in fill:
+        return ""
+    return (
+        f"{fill['fill_threads']} of {fill['threads']} threads; against the raw model on "
+        f"every core {fill['ratio_to_every_core']:.1%}"
+    )
+
+
 SEARCH_SCALE = Scale("rows", 100_000, "100k")
 REMOTE_SCALE = Scale("rows", 2_000, "2k")
 TARGETS: tuple[TargetSpec, ...] = (
@@ -384,6 +394,19 @@ TARGETS: tuple[TargetSpec, ...] = (
         (Check("during fill", "switch", key("insert_ratio", "fill_p50"), "<=", 2, "x"),),
         scale=SEARCH_SCALE,
         note=_switch_insert_note,
+    ),
+    TargetSpec(
+        # The fill's claims, writes and slices cost little beside its model calls.
+        "background fill vs raw model (same texts, the fill's threads)",
+        "fill",
+        (Check("", "fill", key("ratio_to_raw"), ">=", 0.9, "%", 1),),
+        note=_fill_note,
+    ),
+    TargetSpec(
+        # A second model costs its own weights and buffers, nothing more.
+        "daemon peak RSS with two models vs the sum of each alone",
+        "fill",
+        (Check("", "fill", key("rss_ratio"), "<=", 1.1, "x", 3),),
     ),
     TargetSpec(
         # A remote model is worth running only if the HTTP hop costs little beside the

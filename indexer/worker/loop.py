@@ -420,7 +420,7 @@ class Worker:
         self._keeper.stop()
         self.pruner.stop()
         try:
-            self.fill.flush()
+            self.fill.close()
             self.documents.stop()
             # Rows claimed and not written (the rest of a claim when asked to stop, a
             # write cut off by an outage) go back now, or, if the database is still

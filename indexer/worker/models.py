@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -258,6 +259,14 @@ class ModelFill:
         self._kept: _Kept | None = None
         #: The outages of remote models' servers, by model id.
         self._outages: dict[int, ProviderOutage] = {}
+        #: With a background thread (a daemon), a finished claim is written on a thread
+        #: of its own while the next one is embedded: at most one write in flight.
+        self._writer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer-fill-write")
+            if background is not None
+            else None
+        )
+        self._writing: Future[None] | None = None
 
     def step(self) -> bool:
         """One claim of one model's work (the claim kept last time, if any); False when
@@ -289,11 +298,38 @@ class ModelFill:
         return self._batch(active, fill=False)
 
     def flush(self) -> None:
-        """Finish the claim kept back, if any, as it stands: write its vectors, give
-        back the rest (on the way out)."""
+        """Wait for the write in flight, if any; finish the claim kept back, if any, as
+        it stands: write its vectors, give back the rest (on the way out)."""
+        self._written()
         if self._kept is not None:
             self._finish(self._kept)
             self._kept = None
+
+    def close(self) -> None:
+        """:meth:`flush`, then end the writing thread."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+
+    def _write(self, kept: _Kept) -> None:
+        """Write a finished claim: at once, or on the writing thread once the write
+        before it is done (its error, such as the database going away, is raised here,
+        to the loop).  The fill's claims, writes and slices then cost little beside its
+        model calls: the write (the new model's HNSW index grows with each vector) goes on
+        in PostgreSQL while the next claim is embedded, and the loop is free meanwhile to
+        take new rows."""
+        if self._writer is None:
+            self._finish(kept)
+            return
+        self._written()
+        self._writing = self._writer.submit(self._finish, kept)
+
+    def _written(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _batch(self, model: LoadedModel, *, fill: bool = True) -> bool:
         assert model.id is not None
@@ -325,7 +361,7 @@ class ModelFill:
         if finished:
             if self._kept is kept:
                 self._kept = None
-            self._finish(kept)
+            self._write(kept)
         else:
             self.yielded += 1
             self._kept = kept

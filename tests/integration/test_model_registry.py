@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -543,7 +544,7 @@ def test_a_model_opened_beside_the_settings_one_does_not_spin(
     settings: Settings, store: Store, embedder: Embedder, second: Embedder
 ) -> None:
     """The second model's session lets its idle threads sleep (session.py says why); the
-    settings' own model keeps ONNX Runtime's default."""
+    daemon's own model keeps ONNX Runtime's default."""
     _add(store, second)
     (_, added) = store.models()
     opened = Embedders(settings, embedder).get(added)
@@ -558,17 +559,24 @@ def test_a_model_opened_beside_the_settings_one_does_not_spin(
 
     assert spinning(opened) == "0"
     assert spinning(embedder) == "default"
+    # A searching process's own model sleeps too (load_query_embedder says why).
+    searching = Indexer(settings).embedder
+    assert isinstance(searching, Embedder) and searching.name == embedder.name
+    assert spinning(searching) == "0"
 
 
 class Niceness(EmbedderWrapper):
-    """A model that notes the nice value of each thread that calls it."""
+    """A model that notes the nice value of each thread that calls it, and counts the
+    texts it embeds."""
 
     def __init__(self, inner: TextEmbedder) -> None:
         super().__init__(inner)
         self.seen: set[int] = set()
+        self.texts = 0
 
     def embed_tokenized(self, tokenized: Tokenized) -> npt.NDArray[np.float32]:
         self.seen.add(thread_nice())
+        self.texts += len(tokenized.lengths)
         return self.inner.embed_tokenized(tokenized)
 
 
@@ -610,3 +618,62 @@ def test_a_daemon_fills_a_model_at_the_lowest_cpu_priority_and_embeds_new_rows_a
     assert _status(store)["tiny-cls"]["missing"] == 0
     assert active.seen == {mine} and filled.seen == {NICE}
     assert thread_nice() == mine
+
+
+class HeldWrites(Store):
+    """A real store whose fill writes each wait until the test lets them through."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = threading.Event()  # a fill write is waiting
+        self.go = threading.Event()
+
+    def finish_model_work(self, *args: Any, **kwargs: Any) -> list[int]:
+        self.held.set()
+        if not self.go.wait(60):
+            raise AssertionError("the test never let the fill's write through")
+        return super().finish_model_work(*args, **kwargs)
+
+
+def test_a_daemon_embeds_the_next_fill_claim_while_the_last_one_is_written(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    """In a daemon (a background thread), a fill claim's write goes on while the next
+    claim is embedded; every vector is still written once, the model's own."""
+    store.insert_chunks([f"old note {i} about the sea" for i in range(12)], ["{}"] * 12)
+    _worker(settings, store, embedder).run(once=True)
+    _add(store, second)
+    small = dataclasses.replace(settings, batch_size=4)
+    counted = Niceness(second)
+    own = HeldWrites(settings.database_url or "", settings.schema, pool_size=4)
+    with own, Background() as background:
+        load = Embedders(small, embedder).loader
+
+        def loader(model: RegisteredModel) -> TextEmbedder | None:
+            return counted if model.name == "tiny-cls" else load(model)
+
+        worker = Worker(small, own, embedder, load_model=loader, background=background)
+        thread = threading.Thread(target=worker.run, kwargs={"once": True}, daemon=True)
+        thread.start()
+        try:
+            assert own.held.wait(30)  # the first claim's write, held
+            # The next claim of 4 is embedded meanwhile (the first claim's 4 and more).
+            assert wait_until(lambda: counted.texts >= 8, 30)
+            assert _vectors(database) == 0
+        finally:
+            own.go.set()
+            thread.join(60)
+    assert not thread.is_alive()
+    assert _status(store)["tiny-cls"]["missing"] == 0
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT c.content, v.embedding::real[] FROM chunks c"
+            " JOIN model_2_vectors v ON v.chunk_id = c.id ORDER BY c.id"
+        ).fetchall()
+        written = conn.execute(
+            "SELECT sum(row_count) FROM events WHERE kind = 'model_batch'"
+        ).fetchone()
+    assert len(rows) == 12 and written == (12,)
+    assert np.allclose(
+        np.array([r[1] for r in rows]), second.embed([r[0] for r in rows]), atol=1e-6
+    )

@@ -21,6 +21,8 @@ from indexer.exceptions import InvalidInput
 MODEL_TARGET = "model fp32 vs sentence-transformers and GEMM peak (mixed)"
 INT8_TARGET = "int8 (opt-in) vs fp32"
 HALFVEC_TARGET = "halfvec(384) vs vector(384)"
+FILL_TARGET = "background fill vs raw model (same texts, the fill's threads)"
+FILL_RSS_TARGET = "daemon peak RSS with two models vs the sum of each alone"
 SWITCH_ANSWERS = "model switch: empty, mixed or failed answers"
 SWITCH_SEARCH = "model switch: search latency vs before (incl. query embedding)"
 SWITCH_INSERT = "model switch: INSERT -> searchable p50 vs idle"
@@ -53,6 +55,26 @@ def _halfvec_type(ops: str, scale: float, build_s: float, p50_ms: float) -> dict
         "min_recall_at_10": 0.5,
         "p50_ms": p50_ms,
         "p95_ms": p50_ms * 2,
+    }
+
+
+def fill_results() -> dict[str, Any]:
+    """The opt-in fill row of a run that meets both its targets."""
+    return {
+        "rows": 10_000,
+        "texts": "distinct lines",
+        "model": "all-MiniLM-L6-v2-int8",
+        "fill_threads": 1,
+        "threads": 2,
+        "fill_rows_per_s": 460.0,
+        "fill_batches": 157,
+        "fill_run_s": 30.0,
+        "raw_fill_threads_per_s": 500.0,
+        "raw_every_core_per_s": 800.0,
+        "ratio_to_raw": 0.92,
+        "ratio_to_every_core": 0.575,
+        "peak_rss_mib": {"fp32": 300.0, "int8": 280.0, "both": 420.0},
+        "rss_ratio": 0.7241,
     }
 
 
@@ -151,6 +173,7 @@ def good_results() -> dict[str, Any]:
             "vectors": "hand-made",
         },
         "halfvec": halfvec_results(),
+        "fill": fill_results(),
         "memory": {"rows": 20, "peak_rss_mib": 400.0, "process_s": 30.0},
         "claim": {
             "claim_size": 256,
@@ -305,7 +328,7 @@ def by_name(results: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_target_met() -> None:
     targets = by_name(good_results())
-    assert len(targets) == len(TARGETS) == 22
+    assert len(targets) == len(TARGETS) == 24
     assert {t.verdict for t in targets.values()} == {"met"}
     assert all(t.met is True for t in targets.values())
     model = targets[MODEL_TARGET]
@@ -335,6 +358,8 @@ def test_every_target_met() -> None:
         (("halfvec", "ratios", "hnsw_index"), 0.551, HALFVEC_TARGET, "index"),
         (("halfvec", "ratios", "build"), 1.01, HALFVEC_TARGET, "build"),
         (("halfvec", "ratios", "p50"), 1.01, HALFVEC_TARGET, "p50"),
+        (("fill", "ratio_to_raw"), 0.89, FILL_TARGET, ""),
+        (("fill", "rss_ratio"), 1.11, FILL_RSS_TARGET, ""),
         (
             ("documents", "ratio_to_raw"),
             0.94,
@@ -593,12 +618,41 @@ def test_the_halfvec_row_is_opt_in(
         (["--only", "halfvec"], "--only halfvec needs --halfvec-rows N"),
         (["--only", "search", "--halfvec-rows", "2000"], "--only leaves out halfvec"),
         (["--halfvec-rows", "10"], "--halfvec-rows must be >= 1000"),
+        (["--only", "fill"], "--only fill needs --fill-rows N"),
+        (["--only", "switch", "--fill-rows", "2000"], "--only leaves out fill"),
+        (["--fill-rows", "10"], "--fill-rows must be >= 200"),
     ],
 )
 def test_the_halfvec_options_refuse_contradictions(argv: list[str], message: str) -> None:
     args = build_parser().parse_args(["bench", *argv])
     with pytest.raises(InvalidInput, match=message):
         chosen_sections(args.only, Plan.from_args(args))
+
+
+def test_the_fill_row_and_targets() -> None:
+    results = good_results()
+    targets = by_name(results)
+    fill = targets[FILL_TARGET]
+    assert (fill.verdict, fill.value, fill.wanted) == ("met", "92.0%", ">= 90%")
+    assert fill.note == "1 of 2 threads; against the raw model on every core 57.5%"
+    rss = targets[FILL_RSS_TARGET]
+    assert (rss.verdict, rss.value, rss.wanted) == ("met", "0.724x", "<= 1.1x")
+    rows = {r[1]: r[2] for r in table(results) if r[0] == "fill"}
+    assert rows == {
+        "all-MiniLM-L6-v2-int8 filled in the background, 10,000 lines": (
+            "460.0 rows/s on 1 thread(s) (157 batches)"
+        ),
+        "  raw model, same texts: fill's threads | every core": (
+            "500.0 | 800.0 texts/s  (ratio 92.0% | 57.5%)"
+        ),
+        "daemon peak RSS: fp32 alone | int8 alone | both (the fill)": (
+            "300 | 280 | 420 MiB  (both / sum 0.72)"
+        ),
+    }
+    args = build_parser().parse_args(["bench", "--fill-rows", "500", "--only", "fill"])
+    assert chosen_sections(args.only, Plan.from_args(args)) == ("fill",)
+    args = build_parser().parse_args(["bench", "--fill-rows", "500", "--halfvec-rows", "1000"])
+    assert chosen_sections(args.only, Plan.from_args(args))[-2:] == ("halfvec", "fill")
 
 
 def test_the_switch_rows_and_targets() -> None:
