@@ -335,8 +335,11 @@ class ModelFill:
         assert model.id is not None
         s = self.settings
         cache_key = model.embedder.cache_key if self.cache else None
+        # As many as the row loop claims: sorted by length together, so that each slice's
+        # texts are of about one length, and one claim's statements serve more vectors.
+        size = max(s.claim_size, s.batch_size)
         rows = self.store.claim_model_work(
-            model.id, self.worker_id, s.batch_size, s.lease_seconds, s.max_chars, cache_key
+            model.id, self.worker_id, size, s.lease_seconds, s.max_chars, cache_key
         )
         if not rows:
             return fill and self.store.fill_model(model.id) > 0

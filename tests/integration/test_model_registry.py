@@ -476,7 +476,7 @@ def test_metrics_give_each_models_coverage_and_eta(
     store.insert_chunks([f"note {i} about the sea" for i in range(12)], ["{}"] * 12)
     _worker(settings, store, embedder).run(once=True)
     _add(store, second)
-    small = dataclasses.replace(settings, batch_size=4)
+    small = dataclasses.replace(settings, batch_size=4, claim_size=4)
     filling = _worker(small, store, embedder)
     filling.models.refresh(force=True)
     while filling.fill.written == 0:  # its range queued, then one claim of 4
@@ -643,7 +643,7 @@ def test_a_daemon_embeds_the_next_fill_claim_while_the_last_one_is_written(
     store.insert_chunks([f"old note {i} about the sea" for i in range(12)], ["{}"] * 12)
     _worker(settings, store, embedder).run(once=True)
     _add(store, second)
-    small = dataclasses.replace(settings, batch_size=4)
+    small = dataclasses.replace(settings, batch_size=4, claim_size=4)
     counted = Niceness(second)
     own = HeldWrites(settings.database_url or "", settings.schema, pool_size=4)
     with own, Background() as background:
