@@ -39,7 +39,7 @@ from indexer.exceptions import IndexerError
 from indexer.settings import env_name
 from indexer.store import Store
 
-#: The fill's batches, measured between the first and the last: 2 at the least.
+#: The fill's batches, timed from the end of the first to the end of the last.
 _SPAN = (
     "SELECT count(*) AS batches, sum(row_count) AS rows,"
     " extract(epoch FROM max(at) - min(at)) AS span_s,"

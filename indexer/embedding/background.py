@@ -5,8 +5,9 @@ while the application keeps inserting and searching, often on the cores its Post
 serves from.  That fill is work that may wait; the new rows, the searches and the
 database's own queries may not.  So its model calls run on one thread niced to
 :data:`NICE` (19, the lowest priority Linux has), and the ONNX Runtime session of a model
-opened for it is created on that thread too: ONNX Runtime starts the session's intra-op
-threads when the session is created, and a new thread takes its creator's nice value.
+opened for it is created on that thread too, with half the cores' threads
+(:func:`background_threads`): ONNX Runtime starts the session's intra-op threads when the
+session is created, and a new thread takes its creator's nice value.
 Whatever else wants a core then gets it first, and when nothing does, the fill runs as
 fast as before (niceness only decides who runs when cores are contended).
 
