@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,9 @@ from indexer.worker.outage import ProviderOutage
 from indexer.worker.pace import SLICE_SECONDS, Pace
 
 logger = logging.getLogger(__name__)
+
+#: How often a fill waiting for its write in flight looks for new text.
+SEND_CHECK_SECONDS = 0.005
 
 #: How often a busy daemon reads the registry again (an idle one reads it on each
 #: wake-up): how soon it embeds new text with a model just activated.
@@ -267,10 +270,16 @@ class ModelFill:
             else None
         )
         self._writing: Future[None] | None = None
+        #: A finished claim waiting for the write in flight to end: the loop was given new
+        #: text meanwhile (see :meth:`_send`).
+        self._unsent: _Kept | None = None
 
     def step(self) -> bool:
         """One claim of one model's work (the claim kept last time, if any); False when
         no model this daemon runs has any."""
+        if self._unsent is not None:
+            self._send()
+            return True
         if self._kept is not None:
             return self._resume(self._kept)
         for model in self.models.all:
@@ -292,6 +301,8 @@ class ModelFill:
         active = self.models.active
         if self.models.registered < 2 or active.id is None or self._waiting(active.id):
             return False
+        if self._unsent is not None and not self._send():
+            return False  # new text came first
         kept = self._kept
         if kept is not None and kept.model.id == active.id:  # kept before the switch
             return self._resume(kept)
@@ -301,6 +312,9 @@ class ModelFill:
         """Wait for the write in flight, if any; finish the claim kept back, if any, as
         it stands: write its vectors, give back the rest (on the way out)."""
         self._written()
+        if self._unsent is not None:
+            self._finish(self._unsent)
+            self._unsent = None
         if self._kept is not None:
             self._finish(self._kept)
             self._kept = None
@@ -314,17 +328,35 @@ class ModelFill:
                 self._writer.shutdown(wait=True)
 
     def _write(self, kept: _Kept) -> None:
-        """Write a finished claim: at once, or on the writing thread once the write
-        before it is done (its error, such as the database going away, is raised here,
-        to the loop).  The fill's claims, writes and slices then cost little beside its
-        model calls: the write (the new model's HNSW index grows with each vector) goes on
-        in PostgreSQL while the next claim is embedded, and the loop is free meanwhile to
+        """Write a finished claim: at once, or on the writing thread (:meth:`_send`).
+        The fill's claims, writes and slices then cost little beside its model calls:
+        the write (the new model's HNSW index grows with each vector) goes on in
+        PostgreSQL while the next claim is embedded, and the loop is free meanwhile to
         take new rows."""
         if self._writer is None:
             self._finish(kept)
             return
+        assert self._unsent is None  # every step sends it before it embeds more
+        self._unsent = kept
+        self._send()
+
+    def _send(self) -> bool:
+        """Hand the finished claim to the writing thread once the write in flight is
+        done (its error, such as the database going away, is raised here, to the loop);
+        False when new text came first: the claim waits for the next fill step, and the
+        loop takes the new text rather than wait behind a write (at 100,000 chunks a
+        claim's write took most of a second)."""
+        assert self._writer is not None
+        writing = self._writing
+        while writing is not None and not writing.done():
+            if self.yield_to():
+                return False
+            wait([writing], timeout=SEND_CHECK_SECONDS)
         self._written()
-        self._writing = self._writer.submit(self._finish, kept)
+        kept, self._unsent = self._unsent, None
+        if kept is not None:
+            self._writing = self._writer.submit(self._finish, kept)
+        return True
 
     def _written(self) -> None:
         writing, self._writing = self._writing, None

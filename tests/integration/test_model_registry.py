@@ -639,7 +639,8 @@ def test_a_daemon_embeds_the_next_fill_claim_while_the_last_one_is_written(
     settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
 ) -> None:
     """In a daemon (a background thread), a fill claim's write goes on while the next
-    claim is embedded; every vector is still written once, the model's own."""
+    claim is embedded, and a new row is embedded meanwhile rather than wait behind the
+    write; every vector is still written once, the model's own."""
     store.insert_chunks([f"old note {i} about the sea" for i in range(12)], ["{}"] * 12)
     _worker(settings, store, embedder).run(once=True)
     _add(store, second)
@@ -660,6 +661,10 @@ def test_a_daemon_embeds_the_next_fill_claim_while_the_last_one_is_written(
             # The next claim of 4 is embedded meanwhile (the first claim's 4 and more).
             assert wait_until(lambda: counted.texts >= 8, 30)
             assert _vectors(database) == 0
+            # A new row does not wait behind the fill's write either.
+            (new,) = store.insert_chunks(["a note written during the fill's write"], ["{}"])
+            assert wait_until(lambda: _embedded(database, new), 30)
+            assert _vectors(database) == 0
         finally:
             own.go.set()
             thread.join(60)
@@ -673,7 +678,7 @@ def test_a_daemon_embeds_the_next_fill_claim_while_the_last_one_is_written(
         written = conn.execute(
             "SELECT sum(row_count) FROM events WHERE kind = 'model_batch'"
         ).fetchone()
-    assert len(rows) == 12 and written == (12,)
+    assert len(rows) == 13 and written == (13,)
     assert np.allclose(
         np.array([r[1] for r in rows]), second.embed([r[0] for r in rows]), atol=1e-6
     )
