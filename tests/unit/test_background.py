@@ -3,11 +3,11 @@ thread and the threads it starts only."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
 
-from indexer.embedding import background as background_module
 from indexer.embedding.background import NICE, Background, thread_nice
 
 
@@ -37,7 +37,11 @@ def test_an_error_reaches_the_caller_and_the_thread_goes_on() -> None:
     with Background() as background:
         with pytest.raises(ValueError, match="a bad text"):
             background.call(fail, "a bad text")
-        assert background.call(lambda a, *, b: a + b, 1, b=2) == 3
+
+        def add(a: int, *, b: int) -> int:
+            return a + b
+
+        assert background.call(add, 1, b=2) == 3
 
 
 def test_a_refused_nice_value_leaves_the_work_at_normal_priority(
@@ -46,7 +50,7 @@ def test_a_refused_nice_value_leaves_the_work_at_normal_priority(
     def refuse(which: int, who: int, prio: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(background_module.os, "setpriority", refuse)
+    monkeypatch.setattr(os, "setpriority", refuse)
     mine = thread_nice()
     with Background() as background:
         assert background.call(thread_nice) == mine
