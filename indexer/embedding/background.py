@@ -1,6 +1,6 @@
 """A thread at the lowest CPU priority, for model work that may wait.
 
-A daemon fills a model added beside the active one (:class:`~indexer.worker.models.ModelFill`)
+A daemon fills a model added beside the active one (:class:`~indexer.worker.fill.ModelFill`)
 while the application keeps inserting and searching, often on the cores its PostgreSQL
 serves from.  That fill is work that may wait; the new rows, the searches and the
 database's own queries may not.  So its model calls run on one thread niced to

@@ -40,8 +40,9 @@ from indexer.store import ClaimedRow
 from indexer.worker.claim import BatchResult, Claim, PendingWrite
 from indexer.worker.documents import DocumentWork
 from indexer.worker.embed import embed_groups
+from indexer.worker.fill import ModelFill
 from indexer.worker.lease import LeaseKeeper
-from indexer.worker.models import Loader, ModelFill, ModelSet
+from indexer.worker.models import Loader, ModelSet
 from indexer.worker.outage import Outage, ProviderOutage
 from indexer.worker.prune import Pruner
 from indexer.worker.stores import WorkStore

@@ -2,7 +2,7 @@
 about :data:`SLICE_SECONDS`, from its pace on the slices before.
 
 A fill claim is cut into slices so that new row work never waits for a whole claim
-(:class:`~indexer.worker.models.ModelFill`).  A slice's size is set by time, not by a
+(:class:`~indexer.worker.fill.ModelFill`).  A slice's size is set by time, not by a
 count of texts, because the same count is a few milliseconds for a small model on an
 idle machine and a second for a large one on a loaded machine; a slice measured in time
 bounds the wait the same way on both.  Small slices cost no throughput: the texts of a
