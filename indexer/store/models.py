@@ -22,8 +22,17 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from indexer.exceptions import InvalidInput, ModelNotFound, first_line
+from indexer.store.indexes import IndexWork
 from indexer.store.protocol import Executes
 from indexer.store.queue import ClaimedRow, claimed_rows
+
+#: From how many embedded chunks on a model's HNSW index is built after its fill rather
+#: than at once (migration 0011): below it, the inserts into the graph cost little.
+DEFER_INDEX_AT = 10_000
+#: A model whose fill has queued the chunks up to this many ids short of the last one
+#: counts as filled: under a steady stream of new rows, the fill's bookkeeping always
+#: trails the last id a little, and new rows are queued for every model anyway.
+FILL_SLACK = 1000
 
 
 @dataclass(frozen=True)
@@ -85,15 +94,19 @@ class ModelQueries:
         record: dict[str, Any],
         fingerprint: str,
         halfvec: bool = False,
+        defer_index_at: int = DEFER_INDEX_AT,
     ) -> int:
-        """Register a model (its table and HNSW index are made now); its id.
-        InvalidInput with one line for a name taken or a model already registered."""
+        """Register a model; its id.  Its table is made now, and its HNSW index too
+        unless at least ``defer_index_at`` chunks are embedded: a daemon then builds it
+        once the fill is done (:mod:`indexer.store.indexes`).  InvalidInput with one
+        line for a name taken or a model already registered."""
         params = {
             "name": name,
             "dimension": dimension,
             "record": Jsonb(record),
             "fingerprint": fingerprint,
             "halfvec": halfvec,
+            "defer_index_at": defer_index_at,
         }
         try:
             row = _waiting_for_chunks(self, "add_model", params, f"add model {name}")
@@ -134,6 +147,17 @@ class ModelQueries:
             raise ModelNotFound(first_line(exc)) from exc
         except psycopg.errors.InvalidParameterValue as exc:
             raise InvalidInput(first_line(exc)) from exc
+
+    def models_to_index(self: Executes, slack: int = FILL_SLACK) -> list[IndexWork]:
+        """The models whose HNSW index is due: without a valid one, and active or
+        filled (to within ``slack`` chunk ids of the last chunk); active ones first."""
+        return [IndexWork(**dict(r)) for r in self._execute("models_to_index", {"slack": slack})]
+
+    def index_lock_holder(self: Executes, model_id: int) -> tuple[str, int] | None:
+        """The role and pid of a session of another role than the indexer's owner that
+        holds the model's build lock (None: none does)."""
+        rows = self._execute("index_lock_holder", {"model_id": model_id})
+        return (str(rows[0]["role"]), int(rows[0]["pid"])) if rows else None
 
     def nothing_embedded(self: Executes) -> bool:
         """No chunk has a vector yet."""

@@ -767,7 +767,8 @@ SELECT * FROM indexer_model_status ORDER BY model;
 
 -- add_model --
 SELECT add_model(%(name)s::text, %(dimension)s::integer, %(record)s::jsonb,
-                 %(fingerprint)s::text, %(halfvec)s::boolean, %(lock_wait)s::interval) AS id;
+                 %(fingerprint)s::text, %(halfvec)s::boolean, %(lock_wait)s::interval,
+                 %(defer_index_at)s::bigint) AS id;
 
 -- adopt_model --
 SELECT adopt_model(%(model_id)s::integer, %(name)s::text, %(record)s::jsonb,
@@ -778,6 +779,23 @@ SELECT activate_model(%(name)s::text, %(force)s::boolean) AS missing;
 
 -- drop_model --
 SELECT drop_model(%(name)s::text, %(lock_wait)s::interval);
+
+-- models_to_index --
+-- The models whose HNSW index a daemon should build now (migration 0011), with the
+-- schema pgvector's operator classes live in.
+SELECT t.model_id, t.name, t.halfvec, t.vectors, t.index, t.state,
+       (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'vector') AS vector_schema
+FROM models_to_index(%(slack)s::bigint) AS t;
+
+-- index_lock_holder --
+SELECT a.usename AS role, a.pid
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+  AND l.classid = model_index_lock()::oid AND l.objid = %(model_id)s::integer::oid
+  AND a.usesysid <> (SELECT c.relowner FROM pg_class c WHERE c.oid = 'models'::regclass)
+LIMIT 1;
 
 -- fill_model --
 -- Queue the next range of chunks that a model has not embedded (0: none left).

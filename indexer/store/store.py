@@ -4,7 +4,8 @@ The only module that executes the named queries of ``queries.sql``: the queues, 
 sources and the vector cache are mixins beside it (:mod:`~indexer.store.queue`,
 :mod:`~indexer.store.documents`, :mod:`~indexer.store.sources`,
 :mod:`~indexer.store.cache`) that run theirs through its ``_execute``; the searches,
-which run statements on a connection of their own, are here.  A Store owns a small
+which run statements on a connection of their own, are here, and the build of a
+model's index, which does too, is :mod:`~indexer.store.indexes`.  A Store owns a small
 psycopg_pool pool (:mod:`indexer.db.pool`), so one Store may be shared by threads: the
 worker and its lease keeper, or every /search request of the HTTP API.  While the
 database is away a call raises :class:`DatabaseUnavailable` (after waiting at most
@@ -32,6 +33,7 @@ from indexer.store.cache import CacheQueries
 from indexer.store.console import ConsoleQueries
 from indexer.store.documents import DocumentQueries
 from indexer.store.hits import DocumentHit, SearchHit
+from indexer.store.indexes import IndexBuild, IndexWork
 from indexer.store.listen import Listener
 from indexer.store.models import ModelQueries
 from indexer.store.privileges import DOING, or_member, privilege_error
@@ -88,6 +90,10 @@ class Store(
 
     def close(self) -> None:
         self._pool.close()
+
+    def index_build(self, work: IndexWork) -> IndexBuild:
+        """A build of a model's index, on a connection of its own (see IndexBuild)."""
+        return IndexBuild(self.dsn, self.schema, work)
 
     def listener(self) -> Listener:
         """A listener for this database's wake-ups (a connection of its own)."""

@@ -316,6 +316,15 @@ class FakeStore:
     def fill_model(self, model_id: int, batch: int = 1000) -> int:
         return 0
 
+    def models_to_index(self, slack: int = 1000) -> list[Any]:
+        return []
+
+    def index_build(self, work: Any) -> Any:
+        raise AssertionError("no model is registered in a FakeStore")
+
+    def index_lock_holder(self, model_id: int) -> None:
+        return None
+
     def claim_model_work(self, model_id: int, *args: Any) -> list[ClaimedRow]:
         return []
 

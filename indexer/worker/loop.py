@@ -41,6 +41,7 @@ from indexer.worker.claim import BatchResult, Claim, PendingWrite
 from indexer.worker.documents import DocumentWork
 from indexer.worker.embed import embed_groups
 from indexer.worker.fill import ModelFill
+from indexer.worker.indexes import IndexBuilder
 from indexer.worker.lease import LeaseKeeper
 from indexer.worker.models import Loader, ModelSet
 from indexer.worker.outage import Outage, ProviderOutage
@@ -77,6 +78,7 @@ class Worker:
         self._to_release: list[int] = []
         self._keeper = LeaseKeeper(store, self.worker_id, settings.lease_seconds)
         self.pruner = Pruner(store, settings)
+        self.indexes = IndexBuilder(store)
         #: The vector cache's key for the active model; None when the cache is off.
         self.cache_key = embedder.cache_key if settings.cache else None
         self._outage = Outage(settings.db_down_timeout)
@@ -132,6 +134,7 @@ class Worker:
         self._keeper.start()
         self.documents.start()
         self.pruner.start()
+        self.indexes.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -175,7 +178,7 @@ class Worker:
                 if self.fill.step():
                     return True
                 if once:
-                    return False
+                    return self._finish_once()
                 self._idle()
                 self._follow_active_model(force=True)
                 return True
@@ -196,12 +199,18 @@ class Worker:
         self.process(groups, tokenized, claim_ms, rest)
         return True
 
+    def _finish_once(self) -> bool:
+        """``run --once`` found nothing left to claim: build the model indexes now due
+        (a model it filled can be activated next), and stop."""
+        self.indexes.build_due()
+        return False
+
     def _help_other_models(self, once: bool) -> bool:
         """A daemon that cannot run the active model: the other models' work only."""
         if self.fill.step():
             return True
         if once:
-            return False
+            return self._finish_once()
         self._idle()
         self._follow_active_model(force=True)
         return True
@@ -420,6 +429,7 @@ class Worker:
     def _shutdown(self, started: bool) -> None:
         self._keeper.stop()
         self.pruner.stop()
+        self.indexes.stop()
         try:
             self.fill.close()
             self.documents.stop()

@@ -4,7 +4,8 @@
 :class:`WorkStore` is the whole of it: the row queue's operations, the document
 queue's (:class:`DocumentStore`), and those of the worker's helpers, each declared
 beside the helper that uses it (:class:`~indexer.worker.lease.LeaseStore`,
-:class:`~indexer.worker.prune.PruneStore`, :class:`~indexer.worker.backfill.BackfillStore`).
+:class:`~indexer.worker.prune.PruneStore`, :class:`~indexer.worker.backfill.BackfillStore`,
+:class:`~indexer.worker.indexes.IndexStore`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from indexer.store import ClaimedRow
 from indexer.store.documents import ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import BackfillStore
+from indexer.worker.indexes import IndexStore
 from indexer.worker.lease import LeaseStore
 from indexer.worker.models import ModelStore
 from indexer.worker.prune import PruneStore
@@ -93,7 +95,7 @@ class WorkSignal(Protocol):
     def close(self) -> None: ...
 
 
-class WorkStore(LeaseStore, PruneStore, DocumentStore, ModelStore, Protocol):
+class WorkStore(LeaseStore, PruneStore, DocumentStore, ModelStore, IndexStore, Protocol):
     """What the worker needs of :class:`indexer.store.Store` (a fake in unit tests)."""
 
     def listener(self) -> WorkSignal: ...

@@ -1,6 +1,7 @@
 """A second model filled by real daemons killed at random moments while the application
 writes (migration 0009): every chunk ends up with the new model's vector of its
-current text, once; then the switch and the rollback."""
+current text, once, and the model one valid index built after the fill (migration
+0011); then the switch and the rollback."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def test_sigkill_while_a_second_model_fills_loses_and_mixes_nothing(
                 dimension=tiny.dim,
                 record=tiny.record.as_dict(),
                 fingerprint=tiny.record.fingerprint,
+                defer_index_at=1,  # its index built after the fill, by daemons being killed
             )
             for round_ in range(3):
                 for chunk_id in rng.sample(range(1, len(texts) + 1), 20):
@@ -85,6 +87,25 @@ def test_sigkill_while_a_second_model_fills_loses_and_mixes_nothing(
             assert status["tiny-cls"]["missing"] == 0
             assert status["tiny-cls"]["failed"] == 0
             assert count(conn, "SELECT count(*) FROM events WHERE kind = 'model_batch'") > 0
+
+            # One index, built once the fill was done (a build cut off by a SIGKILL goes
+            # on in its backend, or is replaced by the next daemon's).
+            assert wait_until(
+                lambda: (
+                    count(
+                        conn,
+                        "SELECT count(*) FROM indexer_model_status"
+                        " WHERE model = 'tiny-cls' AND index = 'ready'",
+                    )
+                    == 1
+                ),
+                300,
+                0.2,
+            ), log.read_text()
+            assert (
+                count(conn, "SELECT count(*) FROM pg_indexes WHERE tablename = 'model_2_vectors'")
+                == 2
+            )  # with the key
 
             # The switch, then new text embedded by the new model first, then rollback.
             assert store.activate_model("tiny-cls") == 0
