@@ -337,6 +337,7 @@ def _switch_rows(r: dict[str, Any], results: Results) -> list[Row]:
             "switch",
             f"{r['from_model']} -> {r['to_model']}, {r['rows']:,} chunks",
             f"fill {r['fill_chunks_per_s']:,.1f} chunks/s ({r['fill_s']:.1f} s); "
+            f"index {r.get('index_s', 0):.1f} s after; "
             f"activate_model {r['activate_ms']:.1f} ms ({tries}); "
             f"add_model {r['add_model_ms']:.0f} ms",
         ),

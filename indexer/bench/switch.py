@@ -13,10 +13,11 @@ One run, in one scratch schema:
    for a moment, then timed for a window;
 3. **the switch**: the int8 variant registered beside it (``Store.add_model``, once its
    graph is built, as ``indexer models add`` does); the daemon fills its vectors in the
-   background, newest rows first, while both loops keep running; once
-   ``model_status`` shows none missing, ``activate_model`` (tried again when a probe's
-   row was embedded by fp32 in between and int8 has not caught up with it yet, as anyone
-   switching would); then a window after the switch;
+   background, newest rows first, while both loops keep running, then builds the
+   model's HNSW index (from 10,000 chunks on, it is built after the fill); once
+   ``model_status`` shows none missing and the index ready, ``activate_model`` (tried
+   again when a probe's row was embedded by fp32 in between and int8 has not caught up
+   with it yet, as anyone switching would); then a window after the switch;
 4. **the check**: every answer of the whole run (:func:`~indexer.bench.traffic.check_answers`),
    and both models complete at the end (the previous one is kept current, so switching
    back is instant).
@@ -242,6 +243,12 @@ def _healthy(loops: tuple[QueryLoop, InsertProbe], daemon: _Daemon) -> None:
     daemon.check()
 
 
+def _index(store: Store, name: str) -> str:
+    """The state of ``name``'s HNSW index (ready once built: on 10,000 chunks or more
+    it is built by the daemon after the fill)."""
+    return str(next(r["index"] for r in store.model_status() if r["model"] == name))
+
+
 def _missing(store: Store, name: str) -> tuple[int, int]:
     """Embedded chunks ``name`` lacks a vector for, and those it covers."""
     row = next(r for r in store.model_status() if r["model"] == name)
@@ -282,7 +289,13 @@ def _run(
         _hold(STATUS_POLL_S, loops, daemon)
         missing, covered = _missing(store, target.name)
     fill_s = time.perf_counter() - start
-    say(f"switch: {covered} chunks filled in {fill_s:.1f} s; switching")
+    say(f"switch: {covered} chunks filled in {fill_s:.1f} s; waiting for its index")
+    while _index(store, target.name) != "ready":
+        if time.perf_counter() > deadline:
+            raise IndexerError(f"the index of {target.name} was not built in time")
+        _hold(STATUS_POLL_S, loops, daemon)
+    index_s = time.perf_counter() - start - fill_s
+    say(f"switch: index of {target.name} ready {index_s:.1f} s after the fill; switching")
     while len(queries.timings["fill"]) < MIN_FILL_QUERIES or (
         len(probe.latencies["fill"]) < MIN_FILL_PROBES
     ):
@@ -295,6 +308,7 @@ def _run(
         "fill_s": round(fill_s, 1),
         "fill_chunks": covered,
         "fill_chunks_per_s": round(covered / fill_s, 1),
+        "index_s": round(index_s, 1),
         "activate_ms": round(activate_ms, 1),
         "activate_tries": tries,
     }

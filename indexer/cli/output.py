@@ -110,8 +110,21 @@ def model_line(row: dict[str, Any]) -> str:
         f"{mark} {visible(str(row['model']))}: {row['dimension']} dimensions"
         f"{' (halfvec)' if row['halfvec'] else ''} in {row['stored_in']}; "
         f"{row['covered']}/{row['chunks']} chunks covered, {row['missing']} missing, "
-        f"{row['queued']} queued{pace}{failed}{_provider(row)}"
+        f"{row['queued']} queued{pace}{failed}{_index(row)}{_provider(row)}"
     )
+
+
+#: How ``indexer models list`` says a model's index is not ready (migration 0011).
+_INDEX_STATES = {
+    "building": "HNSW index being built",
+    "broken": "HNSW index to build again (a build was cut off)",
+    "none": "HNSW index not built yet (a daemon builds it once the fill is done)",
+}
+
+
+def _index(row: dict[str, Any]) -> str:
+    state = row.get("index")
+    return f"; {_INDEX_STATES[state]}" if state in _INDEX_STATES else ""
 
 
 def _provider(row: dict[str, Any]) -> str:
