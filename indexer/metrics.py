@@ -136,6 +136,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.model_index_ready = Gauge(
+            "indexer_model_index_ready",
+            "Whether each model's HNSW index is built (0 while a model added to a large "
+            "store waits for its fill, or its index is being built)",
+            ["model"],
+            registry=r,
+        )
         self._covered: set[str] = set()
         self.provider_away = Gauge(
             "indexer_provider_away",
@@ -258,9 +265,11 @@ class Metrics:
             self.model_eta.labels(model=name).set(
                 eta.total_seconds() if eta is not None else math.inf
             )
+            self.model_index_ready.labels(model=name).set(1 if row["index"] == "ready" else 0)
         for gone in self._covered - seen:
             self.model_coverage.remove(gone)
             self.model_eta.remove(gone)
+            self.model_index_ready.remove(gone)
         self._covered = seen
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:

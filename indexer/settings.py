@@ -200,6 +200,16 @@ class Settings:
         default=5000,
         metadata={"help": "rows of a new source queued per back-fill step (one short transaction)"},
     )
+    index_build_memory: str = field(
+        # pgvector builds an HNSW graph in memory up to this, then goes on inserting into
+        # the index on disk, each insert as costly as the fill's would have been.  100,000
+        # vectors of 384 dimensions take about 200 MB.
+        default="1GB",
+        metadata={
+            "help": "PostgreSQL's maintenance_work_mem for building a model's HNSW index "
+            "(used as the graph grows, up to this)"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
     # -- the HTTP API's authentication (repr=False: never in a settings dump) --------
@@ -251,6 +261,11 @@ class Settings:
             raise ConfigurationError(
                 f"{env_name('chunk_max_chars')} must be at least {MIN_CHUNK_CHARS} "
                 f"(characters of a chunk), not {self.chunk_max_chars}"
+            )
+        if not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB|TB)?", self.index_build_memory):
+            raise ConfigurationError(
+                f"{env_name('index_build_memory')} must be an amount of memory as PostgreSQL "
+                f"writes it (64MB, 1GB...), not {self.index_build_memory!r}"
             )
         if self.threads < 0:
             raise ConfigurationError("INDEXER_THREADS must be 0 (auto) or more")

@@ -361,6 +361,16 @@ def _switch_rows(r: dict[str, Any], results: Results) -> list[Row]:
         ),
         (
             "switch",
+            "  the fill | its index build: search p50 / p95, INSERT p50 ms",
+            " | ".join(
+                f"{latency(r['search'][p])}, {r['insert'][p]['p50_ms']:.1f}"
+                if "p50_ms" in r["search"].get(p, {}) and "p50_ms" in r["insert"].get(p, {})
+                else "-"
+                for p in ("filling", "indexing")
+            ),
+        ),
+        (
+            "switch",
             "answers checked: empty / mixed / failed",
             f"{r['answers']:,}: {r['empty']} / {r['mixed']} / {r['failed']}  "
             f"({r['hits_checked']:,} hits' scores; {r['top_hits_agreeing']:,} of "

@@ -290,14 +290,15 @@ def _run(
         missing, covered = _missing(store, target.name)
     fill_s = time.perf_counter() - start
     say(f"switch: {covered} chunks filled in {fill_s:.1f} s; waiting for its index")
+    phases.current = "index"  # reported apart, and with the fill (the targets' phase)
     while _index(store, target.name) != "ready":
         if time.perf_counter() > deadline:
             raise IndexerError(f"the index of {target.name} was not built in time")
         _hold(STATUS_POLL_S, loops, daemon)
     index_s = time.perf_counter() - start - fill_s
     say(f"switch: index of {target.name} ready {index_s:.1f} s after the fill; switching")
-    while len(queries.timings["fill"]) < MIN_FILL_QUERIES or (
-        len(probe.latencies["fill"]) < MIN_FILL_PROBES
+    while len(queries.timings["fill"]) + len(queries.timings["index"]) < MIN_FILL_QUERIES or (
+        len(probe.latencies["fill"]) + len(probe.latencies["index"]) < MIN_FILL_PROBES
     ):
         _hold(0.1, loops, daemon)
     activate_ms, tries = _activate(store, target.name, phases)
@@ -371,7 +372,7 @@ def _ratios(by_phase: dict[str, dict[str, Any]], figures: tuple[str, ...]) -> di
     """Each phase's figure over the baseline's, for the phases that have both."""
     before = by_phase["before"]
     out: dict[str, float] = {}
-    for phase in ("fill", "after"):
+    for phase in ("fill", "after", "filling", "indexing"):
         for figure in figures:
             if figure in by_phase[phase] and before.get(figure):
                 ratio = by_phase[phase][figure] / before[figure]
@@ -380,9 +381,15 @@ def _ratios(by_phase: dict[str, dict[str, Any]], figures: tuple[str, ...]) -> di
 
 
 def _figures(queries: QueryLoop, probe: InsertProbe) -> dict[str, Any]:
-    phases = ("before", "fill", "after")
-    search = {p: _search(queries.timings[p]) for p in phases}
-    insert = {p: _insert(probe.latencies[p]) for p in phases}
+    """Each phase's figures; "fill" is the whole switch before the activation (the fill
+    and the index build after it), "filling" and "indexing" its two parts."""
+    timings = {**queries.timings, "fill": queries.timings["fill"] + queries.timings["index"]}
+    latencies = {**probe.latencies, "fill": probe.latencies["fill"] + probe.latencies["index"]}
+    timings["filling"], timings["indexing"] = queries.timings["fill"], queries.timings["index"]
+    latencies["filling"], latencies["indexing"] = probe.latencies["fill"], probe.latencies["index"]
+    phases = ("before", "fill", "after", "filling", "indexing")
+    search = {p: _search(timings[p]) for p in phases}
+    insert = {p: _insert(latencies[p]) for p in phases}
     return {
         "search": search,
         "search_ratio": _ratios(search, ("p50_ms", "p95_ms")),

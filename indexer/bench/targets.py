@@ -189,8 +189,10 @@ def _switch_answers_note(results: Results) -> str:
     if "answers" not in switch:
         return ""
     return (
-        f"{switch['answers']} answers ({switch['answers_by_phase'].get('fill', 0)} during the "
-        f"fill): {switch['empty']} empty, {switch['mixed']} mixed, {switch['failed']} failed"
+        f"{switch['answers']} answers ("
+        f"{switch['answers_by_phase'].get('fill', 0) + switch['answers_by_phase'].get('index', 0)}"
+        f" during the fill and index build): {switch['empty']} empty, {switch['mixed']} mixed, "
+        f"{switch['failed']} failed"
     )
 
 

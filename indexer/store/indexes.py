@@ -63,9 +63,12 @@ class IndexBuild:
         self._conn: psycopg.Connection[Any] | None = None
         self._cancelled = threading.Event()
 
-    def run(self, on_backend: Callable[[int], bool] | None = None) -> bool:
+    def run(
+        self, on_backend: Callable[[int], bool] | None = None, *, memory: str | None = None
+    ) -> bool:
         """Build the index; False when another session holds the model's build lock or
-        the index is no longer due.  ``on_backend`` is given the building backend's pid
+        the index is no longer due.  ``memory``: the build's ``maintenance_work_mem``
+        (None: the server's).  ``on_backend`` is given the building backend's pid
         first when the server is on this machine (a Unix socket): the daemon lowers its
         CPU priority, True when it did, and the build then runs in that one process.
         Raises QueryCanceled when cancelled, DatabaseUnavailable when the database goes
@@ -73,7 +76,7 @@ class IndexBuild:
         with db.connect(self.dsn, self.schema, autocommit=True) as conn:
             self._conn = conn
             try:
-                return self._build(conn, on_backend)
+                return self._build(conn, on_backend, memory)
             except psycopg.errors.QueryCanceled:
                 raise  # an OperationalError, but no outage
             except db.TRANSIENT_ERRORS as exc:
@@ -85,7 +88,10 @@ class IndexBuild:
                 self._conn = None
 
     def _build(
-        self, conn: psycopg.Connection[Any], on_backend: Callable[[int], bool] | None
+        self,
+        conn: psycopg.Connection[Any],
+        on_backend: Callable[[int], bool] | None,
+        memory: str | None,
     ) -> bool:
         work = self.work
         cursor = conn.cursor(row_factory=tuple_row)
@@ -104,6 +110,8 @@ class IndexBuild:
         if on_backend is not None and local and on_backend(int(row[1])):
             # One process at the priority it was given: no parallel workers beside it.
             conn.execute("SET max_parallel_maintenance_workers = 0")
+        if memory is not None:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
         index = sql.Identifier(self.schema, work.index)
         if row[0] == "broken":
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))

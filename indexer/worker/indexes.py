@@ -49,8 +49,12 @@ class IndexBuilder:
     """Builds due model indexes in a daemon thread (:meth:`start`), or now
     (:meth:`build_due`)."""
 
-    def __init__(self, store: IndexStore, *, every: float = CHECK_SECONDS) -> None:
+    def __init__(
+        self, store: IndexStore, *, memory: str | None = None, every: float = CHECK_SECONDS
+    ) -> None:
         self.store = store
+        #: The builds' maintenance_work_mem (INDEXER_INDEX_BUILD_MEMORY; None: the server's).
+        self.memory = memory
         self.every = every
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -90,7 +94,7 @@ class IndexBuilder:
                 logger.info("model %s: replacing the invalid index a cut-off build left", work.name)
             else:
                 logger.info("model %s: building its HNSW index", work.name)
-            if not build.run(self._lower):
+            if not build.run(self._lower, memory=self.memory):
                 self._held_by_another(work)
                 return 0  # another daemon builds it, or has
         except psycopg.errors.QueryCanceled:

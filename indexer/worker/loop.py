@@ -78,7 +78,7 @@ class Worker:
         self._to_release: list[int] = []
         self._keeper = LeaseKeeper(store, self.worker_id, settings.lease_seconds)
         self.pruner = Pruner(store, settings)
-        self.indexes = IndexBuilder(store)
+        self.indexes = IndexBuilder(store, memory=settings.index_build_memory)
         #: The vector cache's key for the active model; None when the cache is off.
         self.cache_key = embedder.cache_key if settings.cache else None
         self._outage = Outage(settings.db_down_timeout)

@@ -486,7 +486,12 @@ def test_metrics_give_each_models_coverage_and_eta(
         return {
             (name, dict(labels)["model"]): value
             for (name, labels), value in samples(text).items()
-            if name in ("indexer_model_coverage_ratio", "indexer_model_eta_seconds")
+            if name
+            in (
+                "indexer_model_coverage_ratio",
+                "indexer_model_eta_seconds",
+                "indexer_model_index_ready",
+            )
         }
 
     with serve(settings, settings.database_url or "", embedder) as api:
@@ -497,6 +502,8 @@ def test_metrics_give_each_models_coverage_and_eta(
             ("indexer_model_coverage_ratio", "tiny-cls"): pytest.approx(4 / 12),
             # 8 missing at the 4 a minute its background work wrote in the last minute
             ("indexer_model_eta_seconds", "tiny-cls"): pytest.approx(120.0),
+            ("indexer_model_index_ready", embedder.name): 1.0,
+            ("indexer_model_index_ready", "tiny-cls"): 1.0,  # 12 chunks: built with its table
         }
         _worker(settings, store, embedder).run(once=True)  # the rest of the fill
         # Read again once a minute at most: until then, the last read's figures.
