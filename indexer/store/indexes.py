@@ -95,14 +95,23 @@ class IndexBuild:
     ) -> bool:
         work = self.work
         cursor = conn.cursor(row_factory=tuple_row)
+        # Every function named with its schema and every value cast: no function of
+        # another role on the search_path can stand in for one of these.
+        schema = sql.Identifier(self.schema)
         locked = cursor.execute(
-            "SELECT pg_try_advisory_lock(model_index_lock(), %s)", (work.model_id,)
+            sql.SQL(
+                "SELECT pg_catalog.pg_try_advisory_lock({}.model_index_lock(), %s::integer)"
+            ).format(schema),
+            (work.model_id,),
         ).fetchone()
         if not (locked and locked[0]):
             return False  # another daemon builds it
         # Still due once locked (another build may have finished meanwhile).
         row = cursor.execute(
-            "SELECT model_index(%s), pg_backend_pid()", (work.model_id,)
+            sql.SQL("SELECT {}.model_index(%s::integer), pg_catalog.pg_backend_pid()").format(
+                schema
+            ),
+            (work.model_id,),
         ).fetchone()
         if row is None or row[0] not in ("none", "broken"):
             return False
@@ -111,7 +120,9 @@ class IndexBuild:
             # One process at the priority it was given: no parallel workers beside it.
             conn.execute("SET max_parallel_maintenance_workers = 0")
         if memory is not None:
-            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
+            conn.execute(
+                "SELECT pg_catalog.set_config('maintenance_work_mem', %s::text, false)", (memory,)
+            )
         index = sql.Identifier(self.schema, work.index)
         if row[0] == "broken":
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
