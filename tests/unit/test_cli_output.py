@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from indexer.cli import visible
+from indexer.cli.output import model_line
 
 
 @pytest.mark.parametrize(
@@ -36,3 +37,34 @@ def test_what_a_terminal_acts_on_is_escaped(text: str, shown: str) -> None:
 )
 def test_printable_text_is_left_as_it_is(text: str) -> None:
     assert visible(text) == text
+
+
+def _model_row(index: str) -> dict[str, object]:
+    return {
+        "model": "tiny",
+        "active": False,
+        "dimension": 32,
+        "halfvec": False,
+        "stored_in": "model_2_vectors",
+        "covered": 10,
+        "chunks": 10,
+        "missing": 0,
+        "queued": 0,
+        "failed": 0,
+        "index": index,
+    }
+
+
+@pytest.mark.parametrize(
+    ("index", "said"),
+    [
+        ("none", "; HNSW index not built yet (a daemon builds it once the fill is done)"),
+        ("building", "; HNSW index being built"),
+        ("broken", "; HNSW index to build again (a build was cut off)"),
+        ("ready", ""),
+    ],
+)
+def test_models_list_says_when_a_models_index_is_not_ready(index: str, said: str) -> None:
+    assert model_line(_model_row(index)) == (
+        "  tiny: 32 dimensions in model_2_vectors; 10/10 chunks covered, 0 missing, 0 queued" + said
+    )

@@ -20,7 +20,7 @@ def _gauges(metrics: Metrics, name: str) -> dict[str, float]:
 
 
 def _row(
-    model: str, chunks: int, covered: int, eta: datetime.timedelta | None
+    model: str, chunks: int, covered: int, eta: datetime.timedelta | None, index: str = "ready"
 ) -> dict[str, object]:
     return {
         "model": model,
@@ -28,6 +28,7 @@ def _row(
         "covered": covered,
         "missing": chunks - covered,
         "eta": eta,
+        "index": index,
     }
 
 
@@ -36,8 +37,8 @@ def test_coverage_and_eta_of_each_model() -> None:
     metrics.observe_coverage(
         [
             _row("first", 200, 200, datetime.timedelta(0)),
-            _row("second", 200, 50, datetime.timedelta(minutes=2)),
-            _row("stalled", 200, 10, None),  # nothing written in the last minute
+            _row("second", 200, 50, datetime.timedelta(minutes=2), "none"),
+            _row("stalled", 200, 10, None, "building"),  # nothing written in the last minute
             _row("empty", 0, 0, datetime.timedelta(0)),  # no chunk yet: nothing to cover
         ]
     )
@@ -50,6 +51,12 @@ def test_coverage_and_eta_of_each_model() -> None:
     eta = _gauges(metrics, "indexer_model_eta_seconds")
     assert eta["first"] == 0 and eta["second"] == 120 and eta["empty"] == 0
     assert math.isinf(eta["stalled"])
+    assert _gauges(metrics, "indexer_model_index_ready") == {
+        "first": 1.0,
+        "second": 0.0,
+        "stalled": 0.0,
+        "empty": 1.0,
+    }
 
 
 def test_a_dropped_model_loses_its_series() -> None:
@@ -58,3 +65,4 @@ def test_a_dropped_model_loses_its_series() -> None:
     metrics.observe_coverage([_row("first", 10, 10, datetime.timedelta(0))])
     assert set(_gauges(metrics, "indexer_model_coverage_ratio")) == {"first"}
     assert set(_gauges(metrics, "indexer_model_eta_seconds")) == {"first"}
+    assert set(_gauges(metrics, "indexer_model_index_ready")) == {"first"}

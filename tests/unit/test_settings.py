@@ -57,6 +57,8 @@ def test_an_override_wins_over_the_environment_and_none_means_unset() -> None:
         ("INDEXER_THREADS", "-1", "INDEXER_THREADS must be 0 (auto) or more"),
         ("INDEXER_CHUNK_MAX_CHARS", "15", "INDEXER_CHUNK_MAX_CHARS must be at least 16"),
         ("INDEXER_CHUNK_MAX_CHARS", "8k", "INDEXER_CHUNK_MAX_CHARS='8k' is not a number"),
+        ("INDEXER_INDEX_BUILD_MEMORY", "lots", "must be an amount of memory as PostgreSQL"),
+        ("INDEXER_INDEX_BUILD_MEMORY", "1 GB", "(64MB, 1GB...), not '1 GB'"),
     ],
 )
 def test_bad_values_are_one_clear_line(variable: str, value: str, message: str) -> None:
