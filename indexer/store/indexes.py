@@ -72,7 +72,8 @@ class IndexBuild:
         first when the server is on this machine (a Unix socket): the daemon lowers its
         CPU priority, True when it did, and the build then runs in that one process.
         Raises QueryCanceled when cancelled, DatabaseUnavailable when the database goes
-        away, and what PostgreSQL raises for a model dropped meanwhile."""
+        away, DuplicateTable when another relation holds the index's name, and what
+        PostgreSQL raises for a model dropped meanwhile."""
         with db.connect(self.dsn, self.schema, autocommit=True) as conn:
             self._conn = conn
             try:
@@ -128,9 +129,11 @@ class IndexBuild:
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
         self._check_cancelled()
         opclass = "halfvec_cosine_ops" if work.halfvec else "vector_cosine_ops"
+        # No IF NOT EXISTS: a relation of another role holding the index's name (one
+        # that may create in the schema) is DuplicateTable, not a build done.
         conn.execute(
             sql.SQL(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table} "
+                "CREATE INDEX CONCURRENTLY {index} ON {table} "
                 "USING hnsw (embedding {opclass}) {options}"
             ).format(
                 index=sql.Identifier(work.index),

@@ -62,6 +62,7 @@ class IndexBuilder:
         self._thread = threading.Thread(target=self._run, name="index-builder", daemon=True)
         self._refused_nice = False
         self._warned: set[int] = set()
+        self._taken: set[int] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -100,6 +101,9 @@ class IndexBuilder:
         except psycopg.errors.QueryCanceled:
             logger.info("model %s: the build of its index was cancelled", work.name)
             return 0
+        except psycopg.errors.DuplicateTable:
+            self._name_taken(work)
+            return 0
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedObject):
             logger.info("model %s: dropped while its index was being built", work.name)
             return 0
@@ -127,6 +131,20 @@ class IndexBuilder:
                 holder[0],
                 holder[1],
             )
+
+    def _name_taken(self, work: IndexWork) -> None:
+        """Say once that a relation that is not the model's index holds its name (a
+        role that may create in the indexer's schema made it): no build until it is
+        gone."""
+        if work.model_id in self._taken:
+            return
+        self._taken.add(work.model_id)
+        logger.warning(
+            "model %s: its index cannot be built: another relation is named %s (a role "
+            "that may create in the indexer's schema made it: drop it, and revoke CREATE)",
+            work.name,
+            work.index,
+        )
 
     def _lower(self, pid: int) -> bool:
         """Nice the building backend (on this machine only); True when it is."""

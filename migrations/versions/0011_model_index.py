@@ -19,7 +19,9 @@ model_index(model_id)
     indexer's owner holds the model's build lock, ``model_index_lock()``: a daemon
     builds it); ``broken`` (an invalid index
     left by a build that was cut off: the next build drops it and starts again); or
-    ``none`` (not built yet).
+    ``none`` (not built yet).  Only an index of the model's own table counts: a
+    relation of another role named as the index (in a schema others may create in) is
+    none, and the daemon says the name is taken.
 
 activate_model
     Refuses a model whose index is not ready, unless forced, as it refuses a model
@@ -78,9 +80,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         ELSE 'none'
     END
     FROM @s.models m
+    -- The index of the model's table only: another role that may create in the schema
+    -- may give a relation of its own the index's name.
     LEFT JOIN pg_index i
       ON i.indexrelid = to_regclass(format('%s.%I', @schema_ident_literal,
                                            @s.model_index_name(m.id)))
+     AND i.indrelid = to_regclass(@s.model_vectors(m.id))
     WHERE m.id = model_index.model_id
 $$;
 
