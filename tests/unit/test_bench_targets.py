@@ -300,18 +300,33 @@ def switch_results() -> dict[str, Any]:
             "before": search(10.0, 20.0),
             "fill": search(14.0, 28.0),
             "after": search(9.0, 19.0),
+            "filling": search(13.0, 26.0),
+            "indexing": search(16.0, 32.0),
         },
         "search_ratio": {"fill_p50": 1.4, "fill_p95": 1.4, "after_p50": 0.9, "after_p95": 0.95},
-        "insert": {"before": insert(20.0), "fill": insert(36.0), "after": insert(20.0)},
+        "insert": {
+            "before": insert(20.0),
+            "fill": insert(36.0),
+            "after": insert(20.0),
+            "filling": insert(34.0),
+            "indexing": insert(40.0),
+        },
         "insert_ratio": {"fill_p50": 1.8, "after_p50": 1.0},
         "add_model_ms": 30.0,
         "fill_s": 500.0,
         "fill_chunks": 100_050,
         "fill_chunks_per_s": 200.1,
+        "index_s": 60.5,
         "activate_ms": 40.0,
         "activate_tries": 1,
         "answers": 9000,
-        "answers_by_phase": {"warm-up": 30, "before": 300, "fill": 8370, "after": 300},
+        "answers_by_phase": {
+            "warm-up": 30,
+            "before": 300,
+            "fill": 7370,
+            "index": 1000,
+            "after": 300,
+        },
         "empty": 0,
         "mixed": 0,
         "failed": 0,
@@ -660,7 +675,9 @@ def test_the_switch_rows_and_targets() -> None:
     targets = by_name(results)
     answers = targets[SWITCH_ANSWERS]
     assert (answers.value, answers.wanted) == ("0", "<= 0 at 100k rows")
-    assert answers.note == "9000 answers (8370 during the fill): 0 empty, 0 mixed, 0 failed"
+    assert answers.note == (
+        "9000 answers (8370 during the fill and index build): 0 empty, 0 mixed, 0 failed"
+    )
     search = targets[SWITCH_SEARCH]
     assert search.value == "fill p50 1.40x, fill p95 1.40x, after p50 0.90x, after p95 0.95x"
     assert search.note.startswith("before p50 10.0 ms, p95 20.0 ms; fill p50 14.0 ms")
@@ -669,7 +686,11 @@ def test_the_switch_rows_and_targets() -> None:
     )
     rows = {r[1]: r[2] for r in table(results) if r[0] == "switch"}
     assert rows["all-MiniLM-L6-v2 -> all-MiniLM-L6-v2-int8, 100,000 chunks"] == (
-        "fill 200.1 chunks/s (500.0 s); activate_model 40.0 ms (1 try); add_model 30 ms"
+        "fill 200.1 chunks/s (500.0 s); index 60.5 s after; activate_model 40.0 ms (1 try); "
+        "add_model 30 ms"
+    )
+    assert rows["  the fill | its index build: search p50 / p95, INSERT p50 ms"] == (
+        "13.0 / 26.0, 34.0 | 16.0 / 32.0, 40.0"
     )
     assert rows["INSERT -> searchable p50 / p95 ms, before | fill | after"] == (
         "20.0 / 40.0 | 36.0 / 72.0 | 20.0 / 40.0  (p50 x before: fill 1.80, after 1.00)"
