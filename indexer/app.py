@@ -47,8 +47,11 @@ logger = logging.getLogger("indexer")
 EmbedderLoader = Callable[[Settings], TextEmbedder]
 
 #: Connections of the daemon's store: the worker's, its lease keeper's, its pruner's and
-#: its fill's writes'.
+#: a spare.
 DAEMON_CONNECTIONS = 4
+#: Connections of the store of the fill's statements (its backends niced): its claims,
+#: and its writes behind them.
+BACKGROUND_CONNECTIONS = 2
 
 
 class Indexer:
@@ -400,12 +403,21 @@ class Daemon:
                 logger.info(
                     "using database %s (%s), schema %r", redact(dsn), where, settings.schema
                 )
-                # The models filled beside the active one run at the lowest CPU priority.
-                with Background() as background:
+                # The models filled beside the active one run at the lowest CPU priority:
+                # their model calls, and their statements when the server runs here.
+                low = Store(
+                    dsn,
+                    settings.schema,
+                    pool_size=BACKGROUND_CONNECTIONS,
+                    name="background",
+                    check=False,
+                    background=True,
+                )
+                with low, Background() as background:
                     embedders = self._models(store, embedder, background)
                     try:
                         self._check_chunking(store)
-                        self._serve(dsn, store, embedder, embedders)
+                        self._serve(dsn, store, embedder, embedders, low)
                     finally:
                         embedders.close()
 
@@ -443,7 +455,14 @@ class Daemon:
             pass
         return embedders
 
-    def _serve(self, dsn: str, store: Store, embedder: TextEmbedder, embedders: Embedders) -> None:
+    def _serve(
+        self,
+        dsn: str,
+        store: Store,
+        embedder: TextEmbedder,
+        embedders: Embedders,
+        low: Store,
+    ) -> None:
         metrics = Metrics()
         progress = self._progress(store)
         callbacks: list[Callable[[BatchResult], None]] = [metrics.observe_batch]
@@ -461,6 +480,7 @@ class Daemon:
             on_batch=on_batch,
             load_model=embedders.loader,
             background=embedders.background,
+            fill_store=low,
         )
         # On the bar's terminal, log lines print above the bar, which stays one line.
         above = logs.above_progress(progress) if progress is not None else contextlib.nullcontext()

@@ -28,13 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from indexer.embedding.session import default_threads
+from indexer.priority import NICE, lower
 
 __all__ = ["NICE", "Background", "background_threads", "thread_nice"]
 
 logger = logging.getLogger(__name__)
 
-#: The nice value of the background thread (and of the threads it starts).
-NICE = 19
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -65,14 +64,9 @@ class Background:
         )
 
     def _lower(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
-        except (AttributeError, OSError) as exc:
-            logger.warning(
-                "background model work runs at normal CPU priority (nice %d refused: %s)",
-                self._nice,
-                exc,
-            )
+        refused = lower(threading.get_native_id(), self._nice)
+        if refused is not None:
+            logger.warning("background model work runs at normal CPU priority (%s)", refused)
 
     def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``fn(*args, **kwargs)`` on the background thread."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from psycopg.rows import tuple_row
 
 from indexer.db import connect as db
 from indexer.exceptions import DatabaseUnavailable, first_line
+from indexer.priority import lower_backend
 
 #: What a model's index is built with (as add_model builds it at once).
 HNSW_OPTIONS = sql.SQL("WITH (m = 16, ef_construction = 64)")
@@ -62,22 +62,22 @@ class IndexBuild:
         self.work = work
         self._conn: psycopg.Connection[Any] | None = None
         self._cancelled = threading.Event()
+        #: Why the building backend was not niced (None: it was, or was not asked to be).
+        self.refused: str | None = None
 
-    def run(
-        self, on_backend: Callable[[int], bool] | None = None, *, memory: str | None = None
-    ) -> bool:
+    def run(self, *, lower: bool = True, memory: str | None = None) -> bool:
         """Build the index; False when another session holds the model's build lock or
-        the index is no longer due.  ``memory``: the build's ``maintenance_work_mem``
-        (None: the server's).  ``on_backend`` is given the building backend's pid
-        first when the server is on this machine (a Unix socket): the daemon lowers its
-        CPU priority, True when it did, and the build then runs in that one process.
-        Raises QueryCanceled when cancelled, DatabaseUnavailable when the database goes
-        away, DuplicateTable when another relation holds the index's name, and what
-        PostgreSQL raises for a model dropped meanwhile."""
+        the index is no longer due.  ``lower``: nice the building backend when the server
+        runs on this machine (:func:`indexer.priority.lower_backend`: the build then runs
+        in that one process, with no parallel workers; why not, if refused, is
+        :attr:`refused`).  ``memory``: the build's ``maintenance_work_mem`` (None: the
+        server's).  Raises QueryCanceled when cancelled, DatabaseUnavailable when the
+        database goes away, DuplicateTable when another relation holds the index's name,
+        and what PostgreSQL raises for a model dropped meanwhile."""
         with db.connect(self.dsn, self.schema, autocommit=True) as conn:
             self._conn = conn
             try:
-                return self._build(conn, on_backend, memory)
+                return self._build(conn, lower, memory)
             except psycopg.errors.QueryCanceled:
                 raise  # an OperationalError, but no outage
             except db.TRANSIENT_ERRORS as exc:
@@ -88,12 +88,7 @@ class IndexBuild:
             finally:
                 self._conn = None
 
-    def _build(
-        self,
-        conn: psycopg.Connection[Any],
-        on_backend: Callable[[int], bool] | None,
-        memory: str | None,
-    ) -> bool:
+    def _build(self, conn: psycopg.Connection[Any], lower: bool, memory: str | None) -> bool:
         work = self.work
         cursor = conn.cursor(row_factory=tuple_row)
         # Every function named with its schema and every value cast: no function of
@@ -109,17 +104,15 @@ class IndexBuild:
             return False  # another daemon builds it
         # Still due once locked (another build may have finished meanwhile).
         row = cursor.execute(
-            sql.SQL("SELECT {}.model_index(%s::integer), pg_catalog.pg_backend_pid()").format(
-                schema
-            ),
-            (work.model_id,),
+            sql.SQL("SELECT {}.model_index(%s::integer)").format(schema), (work.model_id,)
         ).fetchone()
         if row is None or row[0] not in ("none", "broken"):
             return False
-        local = str(conn.info.host).startswith("/")  # a Unix socket: a server here
-        if on_backend is not None and local and on_backend(int(row[1])):
-            # One process at the priority it was given: no parallel workers beside it.
-            conn.execute("SET max_parallel_maintenance_workers = 0")
+        if lower:
+            self.refused = lower_backend(conn)
+            if self.refused is None:
+                # One process at the lowest priority: no parallel workers beside it.
+                conn.execute("SET max_parallel_maintenance_workers = 0")
         if memory is not None:
             conn.execute(
                 "SELECT pg_catalog.set_config('maintenance_work_mem', %s::text, false)", (memory,)

@@ -15,6 +15,7 @@ database is away a call raises :class:`DatabaseUnavailable` (after waiting at mo
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from indexer.db.migrate import check_schema
 from indexer.db.pool import open_pool
 from indexer.exceptions import InsufficientPrivilege, InvalidInput, SourceError, first_line
 from indexer.limits import CONTENT_CHARS, check_k, check_passages
+from indexer.priority import lower_backend
 from indexer.store.cache import CacheQueries
 from indexer.store.console import ConsoleQueries
 from indexer.store.documents import DocumentQueries
@@ -40,6 +42,8 @@ from indexer.store.privileges import DOING, or_member, privilege_error
 from indexer.store.queries import QUERIES
 from indexer.store.queue import ChunkQueries
 from indexer.store.sources import SourceQueries
+
+logger = logging.getLogger(__name__)
 
 #: hnsw.ef_search of every pooled connection: how many candidates one HNSW scan
 #: keeps, so the most rows it can return.  A search for more rows widens it for
@@ -55,7 +59,9 @@ class Store(
     ``check`` (default on): the first call makes sure pgvector is there and the schema
     is migrated (one clear error otherwise), on a connection of its own, so the reason
     is not lost in the pool's retries.  ``pool_size``: connections used at once;
-    ``name``: the pool's name in psycopg_pool's log lines.
+    ``name``: the pool's name in psycopg_pool's log lines.  ``background``: for work
+    that may wait (a model's fill): each connection's backend is niced to 19 when the
+    server runs on this machine (:mod:`indexer.priority`).
     """
 
     def __init__(
@@ -67,9 +73,12 @@ class Store(
         timeout: float = 5.0,
         check: bool = True,
         name: str = "indexer",
+        background: bool = False,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.background = background
+        self._refused: str | None = None
         self._checked = not check
         self._check_lock = threading.Lock()
         self._pool = open_pool(
@@ -107,6 +116,11 @@ class Store(
 
     def _configure(self, conn: db.Connection, pgvector: tuple[int, ...]) -> None:
         """Session settings of every pooled connection (set once, when it opens)."""
+        if self.background:
+            refused = lower_backend(conn)
+            if refused is not None and self._refused is None:
+                self._refused = refused
+                logger.info("background work's statements run at normal priority (%s)", refused)
         conn.execute(QUERIES["search_width"], {"ef_search": str(EF_SEARCH), "local": False})
         if pgvector >= (0, 8):
             # Keep scanning until k rows pass a metadata filter (0.7 has no such scan).

@@ -19,15 +19,12 @@ next daemon builds it again from the start.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Protocol
 
 import psycopg
 
-from indexer.embedding.background import NICE
 from indexer.exceptions import DatabaseUnavailable, first_line
 from indexer.store.indexes import IndexBuild, IndexWork
 
@@ -95,7 +92,11 @@ class IndexBuilder:
                 logger.info("model %s: replacing the invalid index a cut-off build left", work.name)
             else:
                 logger.info("model %s: building its HNSW index", work.name)
-            if not build.run(self._lower, memory=self.memory):
+            built = build.run(memory=self.memory)
+            if build.refused is not None and not self._refused_nice:
+                self._refused_nice = True
+                logger.info("index builds run at the server's priority (%s)", build.refused)
+            if not built:
                 self._held_by_another(work)
                 return 0  # another daemon builds it, or has
         except psycopg.errors.QueryCanceled:
@@ -146,19 +147,6 @@ class IndexBuilder:
             work.index,
         )
 
-    def _lower(self, pid: int) -> bool:
-        """Nice the building backend (on this machine only); True when it is."""
-        if not _local_backend(pid):
-            return False
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, NICE)
-        except OSError as exc:
-            if not self._refused_nice:
-                self._refused_nice = True
-                logger.info("index builds run at the server's CPU priority (%s)", exc)
-            return False
-        return True
-
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
@@ -169,12 +157,3 @@ class IndexBuilder:
                 logger.error(
                     "index build failed (next try in %g s): %s", self.every, first_line(exc)
                 )
-
-
-def _local_backend(pid: int) -> bool:
-    """Whether ``pid`` is a PostgreSQL backend on this machine: the process exists here
-    and is ``postgres`` (a pid from a server elsewhere may name any process here)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
-    except OSError:
-        return False

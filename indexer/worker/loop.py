@@ -43,7 +43,7 @@ from indexer.worker.embed import embed_groups
 from indexer.worker.fill import ModelFill
 from indexer.worker.indexes import IndexBuilder
 from indexer.worker.lease import LeaseKeeper
-from indexer.worker.models import Loader, ModelSet
+from indexer.worker.models import Loader, ModelSet, ModelStore
 from indexer.worker.outage import Outage, ProviderOutage
 from indexer.worker.prune import Pruner
 from indexer.worker.stores import WorkStore
@@ -62,6 +62,7 @@ class Worker:
         on_batch: Callable[[BatchResult], None] | None = None,
         load_model: Loader | None = None,
         background: Background | None = None,
+        fill_store: ModelStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,9 +96,11 @@ class Worker:
             stop_event=self.stop_event,
             report=self._count_documents,
         )
+        #: The fill's statements run on ``fill_store`` when given (a daemon's: a pool
+        #: whose backends are niced, as the fill's model calls are).
         self.fill = ModelFill(
             settings,
-            store,
+            store if fill_store is None else fill_store,
             self.models,
             self.worker_id,
             cache=settings.cache,

@@ -326,3 +326,13 @@ def test_the_downgrade_builds_every_deferred_index_and_the_upgrade_keeps_them(
     with Store(database, "public") as new:
         assert new.activate_model(embedder.name) == 0
         assert [m["index"] for m in new.model_status()] == ["ready", "ready"]
+
+
+def test_a_background_store_runs_its_statements_in_niced_backends(database: str) -> None:
+    """The daemon's fill claims and writes through such a store: in PostgreSQL too, the
+    work that may wait gives way to searches and new rows."""
+    with Store(database, "public", background=True) as low, Store(database, "public") as normal:
+        for store, nice in ((low, NICE), (normal, 0)):
+            with store._connection("reading the backend's pid") as c:
+                row = c.execute("SELECT pg_backend_pid() AS pid").fetchone()
+            assert row is not None and os.getpriority(os.PRIO_PROCESS, row["pid"]) == nice
