@@ -9,9 +9,10 @@ active); :class:`IndexBuild` builds one:
 - on a connection of its own, in autocommit (``CREATE INDEX CONCURRENTLY`` may not run
   in a transaction, and a build takes minutes: it must not hold a pooled connection);
 - under the model's build lock, a session-level advisory lock: one build at a time per
-  model across every daemon, and a build cut off with its session (a killed backend, a
-  server restart) frees it, while one whose daemon was killed goes on in its backend to
-  the end, holding the lock;
+  model across every daemon.  A build cut off with its session (a killed backend, a
+  server restart) frees it; the backend of a daemon killed during a build may go on to
+  the end (PostgreSQL notices a vanished client when it next writes to it), holding the
+  lock until then;
 - after dropping the invalid index a cut-off build left (``DROP INDEX CONCURRENTLY``);
 - concurrently: searches, the fill's writes and new rows go on meanwhile, and the index
   is used only once it is valid.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,19 +67,26 @@ class IndexBuild:
         #: Why the building backend was not niced (None: it was, or was not asked to be).
         self.refused: str | None = None
 
-    def run(self, *, lower: bool = True, memory: str | None = None) -> bool:
+    def run(
+        self,
+        *,
+        lower: bool = True,
+        memory: str | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> bool:
         """Build the index; False when another session holds the model's build lock or
         the index is no longer due.  ``lower``: nice the building backend when the server
         runs on this machine (:func:`indexer.priority.lower_backend`: the build then runs
         in that one process, with no parallel workers; why not, if refused, is
         :attr:`refused`).  ``memory``: the build's ``maintenance_work_mem`` (None: the
-        server's).  Raises QueryCanceled when cancelled, DatabaseUnavailable when the
-        database goes away, DuplicateTable when another relation holds the index's name,
-        and what PostgreSQL raises for a model dropped meanwhile."""
+        server's).  ``started`` is called once the lock is held and the build due.
+        Raises QueryCanceled when cancelled, DatabaseUnavailable when the database goes
+        away, DuplicateTable when another relation holds the index's name, and what
+        PostgreSQL raises for a model dropped meanwhile."""
         with db.connect(self.dsn, self.schema, autocommit=True) as conn:
             self._conn = conn
             try:
-                return self._build(conn, lower, memory)
+                return self._build(conn, lower, memory, started)
             except psycopg.errors.QueryCanceled:
                 raise  # an OperationalError, but no outage
             except db.TRANSIENT_ERRORS as exc:
@@ -88,7 +97,13 @@ class IndexBuild:
             finally:
                 self._conn = None
 
-    def _build(self, conn: psycopg.Connection[Any], lower: bool, memory: str | None) -> bool:
+    def _build(
+        self,
+        conn: psycopg.Connection[Any],
+        lower: bool,
+        memory: str | None,
+        started: Callable[[], None] | None,
+    ) -> bool:
         work = self.work
         cursor = conn.cursor(row_factory=tuple_row)
         # Every function named with its schema and every value cast: no function of
@@ -108,6 +123,8 @@ class IndexBuild:
         ).fetchone()
         if row is None or row[0] not in ("none", "broken"):
             return False
+        if started is not None:
+            started()
         if lower:
             self.refused = lower_backend(conn)
             if self.refused is None:

@@ -7,9 +7,9 @@ with ``CREATE INDEX CONCURRENTLY``: minutes, during which the worker, searches a
 rows go on.  One build at a time per model across every daemon (an advisory lock), and
 one at a time in each daemon.
 
-When the server runs on this machine (a Unix socket, and the backend is a ``postgres``
-process here), the building backend is niced to 19, like the fill's model calls
-(:mod:`indexer.embedding.background`): searches and new rows take the cores first.
+When the server runs on this machine, the building backend is niced to 19, like the
+fill's model calls and statements (:mod:`indexer.priority`): searches and new rows take
+the cores first.
 
 ``run --once`` builds what is due before it exits, so a script that fills a model with
 ``--once`` can activate it next.  Stopping the daemon cancels a build in progress; the
@@ -87,12 +87,15 @@ class IndexBuilder:
         build = self.store.index_build(work)
         self._build = build
         start = time.perf_counter()
-        try:
+
+        def started() -> None:
             if work.state == "broken":
                 logger.info("model %s: replacing the invalid index a cut-off build left", work.name)
             else:
                 logger.info("model %s: building its HNSW index", work.name)
-            built = build.run(memory=self.memory)
+
+        try:
+            built = build.run(memory=self.memory, started=started)
             if build.refused is not None and not self._refused_nice:
                 self._refused_nice = True
                 logger.info("index builds run at the server's priority (%s)", build.refused)

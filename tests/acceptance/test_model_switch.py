@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psycopg
 
 from indexer.db.connect import Connection
 from indexer.embedding import Embedder
@@ -121,6 +122,67 @@ def test_sigkill_while_a_second_model_fills_loses_and_mixes_nothing(
             assert len(store.search(tiny.embed_queries(["switch"])[0], 5)) == 5
             first = next(m.name for m in store.models() if not m.active)
             assert store.activate_model(first) == 0
+    finally:
+        stop_all(daemons)
+    assert "Traceback" not in log.read_text()
+
+
+def _index_state(conn: Connection) -> str:
+    row = conn.execute("SELECT model_index(2) AS state").fetchone()
+    assert row is not None
+    return str(row["state"])
+
+
+def _indexes(conn: Connection) -> list[tuple[str, bool]]:
+    rows = conn.execute(
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = 'model_2_vectors'::regclass AND NOT i.indisprimary"
+    ).fetchall()
+    return [(r["relname"], r["indisvalid"]) for r in rows]
+
+
+def test_sigkill_during_an_index_build_leaves_one_valid_index(
+    database: str, model_cache: Path, conn: Connection, tmp_path: Path
+) -> None:
+    conn.execute("INSERT INTO chunks (content) SELECT 'note ' || i FROM generate_series(1, 30) i")
+    env = daemon_env(database, model_cache)
+    log = tmp_path / "daemons.log"
+    first = start_daemon(env, log, "--once")
+    assert first.wait(300) == 0, log.read_text()
+    tiny = Embedder(record=describe_folder(TINY), cache_dir=model_cache)
+    with Store(database, "public") as store:
+        store.add_model(
+            "tiny-cls",
+            dimension=tiny.dim,
+            record=tiny.record.as_dict(),
+            fingerprint=tiny.record.fingerprint,
+            defer_index_at=1,
+        )
+    daemons = []
+    try:
+        # A transaction older than the build holds it before its end (CREATE INDEX
+        # CONCURRENTLY waits for it): the daemon is killed in the middle of its build.
+        with psycopg.connect(database) as holder:
+            holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            holder.execute("SELECT 1")
+            daemons.append(start_daemon(env, log))
+            assert wait_until(
+                lambda: _index_state(conn) == "building" and bool(_indexes(conn)), 300, 0.1
+            ), log.read_text()
+            daemons[0].send_signal(signal.SIGKILL)
+            daemons[0].wait(10)
+            # Another daemon leaves the model's index to the build in progress.
+            again = start_daemon(env, log, "--once")
+            assert again.wait(300) == 0, log.read_text()
+            assert _index_state(conn) in ("building", "broken")
+            holder.rollback()
+        # The build's backend finishes it, or, cut off, the next daemon builds it again.
+        daemons.append(start_daemon(env, log))
+        assert wait_until(lambda: _index_state(conn) == "ready", 300, 0.1), log.read_text()
+        assert _indexes(conn) == [("model_2_vectors_embedding_idx", True)]
+        with Store(database, "public") as store:
+            assert store.activate_model("tiny-cls") == 0
+            assert len(store.search(tiny.embed_queries(["note 3"])[0], 5)) == 5
     finally:
         stop_all(daemons)
     assert "Traceback" not in log.read_text()
