@@ -17,9 +17,9 @@ add_model(..., defer_index_at)
 model_index(model_id)
     The state of a model's index: ``ready``; ``building`` (another session of the
     indexer's owner holds the model's build lock, ``model_index_lock()``: a daemon
-    builds it); ``broken`` (an invalid index
-    left by a build that was cut off: the next build drops it and starts again); or
-    ``none`` (not built yet).  Only an index of the model's own table counts: a
+    builds it); ``broken`` (an invalid index left by a build that was cut off: the next
+    build drops it and starts again); or ``none`` (not built yet).  Only an index of
+    the model's own table counts: a
     relation of another role named as the index (in a schema others may create in) is
     none, and the daemon says the name is taken.
 
@@ -123,9 +123,10 @@ BEGIN
             USING ERRCODE = 'unique_violation';
     END IF;
     -- Counted before the table's foreign key locks chunks, and never past the bound.
-    deferred := (SELECT count(*) FROM (SELECT 1 FROM @s.chunks c WHERE c.state = 'embedded'
-                                       LIMIT greatest(defer_index_at, 0)) q)
-                >= defer_index_at;
+    deferred := coalesce((SELECT count(*) FROM (SELECT 1 FROM @s.chunks c
+                                                WHERE c.state = 'embedded'
+                                                LIMIT greatest(defer_index_at, 0)) q)
+                         >= defer_index_at, false);
     INSERT INTO @s.models (name, kind, dimension, halfvec, storage, record, fingerprint)
     VALUES (add_model.name, coalesce(add_model.record ->> 'kind', 'local'),
             add_model.dimension, add_model.halfvec, 'table',
