@@ -18,33 +18,30 @@ from indexer.db import migrate
 from indexer.db.connect import Connection
 from indexer.embedding import Embedder
 from indexer.embedding.background import NICE
-from indexer.embedding.describe import describe_folder
 from indexer.exceptions import DatabaseUnavailable, InvalidInput
-from indexer.registry import Embedders, reconcile
 from indexer.settings import Settings
 from indexer.store import Store
 from indexer.worker import Worker
 from indexer.worker.indexes import IndexBuilder
 
 from ..helpers import wait_until
+from .test_model_registry import _worker, second, store
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "models"
 
 
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    with Store(settings.database_url or "", settings.schema) as s:
-        yield s
+# The fixtures (by name) and helpers of the registry's own tests.
+__all__ = ["second", "store"]
 
 
-@pytest.fixture
-def second(model_cache: Path) -> Embedder:
-    return Embedder(record=describe_folder(FIXTURES / "bert-cls"), cache_dir=model_cache)
-
-
-def _worker(settings: Settings, store: Store, embedder: Embedder) -> Worker:
-    reconcile(store.models(), embedder, store)
-    return Worker(settings, store, embedder, load_model=Embedders(settings, embedder).loader)
+def _embedded_then_added(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, texts: list[str]
+) -> int:
+    """``texts`` embedded by the first model, then tiny-cls added with its index left
+    for after the fill; its id."""
+    store.insert_chunks(texts, ["{}"] * len(texts))
+    _worker(settings, store, embedder).run(once=True)
+    return _add_deferred(store, second)
 
 
 def _add_deferred(store: Store, second: Embedder) -> int:
@@ -128,9 +125,7 @@ def test_a_model_added_to_a_large_corpus_is_indexed_after_its_fill(
     settings: Settings, store: Store, embedder: Embedder, second: Embedder, conn: Connection
 ) -> None:
     texts = [f"note {i} about the {['sea', 'hills', 'town'][i % 3]}" for i in range(40)]
-    store.insert_chunks(texts, ["{}"] * len(texts))
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(settings, store, embedder, second, texts)
     assert _indexes(conn, model_id) == [] and _state(conn, model_id) == "none"
     status = {r["model"]: r for r in store.model_status()}
     assert status["tiny-cls"]["index"] == "none"
@@ -161,9 +156,7 @@ def test_a_model_added_to_a_large_corpus_is_indexed_after_its_fill(
 def test_activation_waits_for_the_index_unless_forced(
     settings: Settings, store: Store, embedder: Embedder, second: Embedder, conn: Connection
 ) -> None:
-    store.insert_chunks(["one", "two", "three"], ["{}"] * 3)
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(settings, store, embedder, second, ["one", "two", "three"])
     # Every vector written, the index not built yet (no daemon has looked).
     _fill_only(_worker(settings, store, embedder))
     assert {r["model"]: r["missing"] for r in store.model_status()}["tiny-cls"] == 0
@@ -200,9 +193,9 @@ def test_one_build_at_a_time_and_a_cut_off_build_is_replaced(
     conn: Connection,
     database: str,
 ) -> None:
-    store.insert_chunks([f"text {i}" for i in range(20)], ["{}"] * 20)
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(
+        settings, store, embedder, second, [f"text {i}" for i in range(20)]
+    )
     _fill_only(_worker(settings, store, embedder))
 
     with _old_snapshot(database):
@@ -238,9 +231,9 @@ def test_drop_model_and_a_stopping_daemon_cancel_a_build(
     conn: Connection,
     database: str,
 ) -> None:
-    store.insert_chunks([f"text {i}" for i in range(20)], ["{}"] * 20)
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(
+        settings, store, embedder, second, [f"text {i}" for i in range(20)]
+    )
     with _old_snapshot(database):
         builder = IndexBuilder(store)
         thread, errors = _in_thread(builder.build_due)
@@ -267,9 +260,7 @@ def test_the_build_runs_at_the_lowest_cpu_priority(
     conn: Connection,
     database: str,
 ) -> None:
-    store.insert_chunks(["one"], ["{}"])
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(settings, store, embedder, second, ["one"])
     store.activate_model("tiny-cls", force=True)
     with _old_snapshot(database):
         thread, errors = _in_thread(IndexBuilder(store).build_due)
@@ -287,9 +278,7 @@ def test_the_build_runs_at_the_lowest_cpu_priority(
 def test_a_daemon_builds_a_due_index_while_it_runs(
     settings: Settings, store: Store, embedder: Embedder, second: Embedder, conn: Connection
 ) -> None:
-    store.insert_chunks(["one", "two"], ["{}"] * 2)
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(settings, store, embedder, second, ["one", "two"])
     worker = _worker(settings, store, embedder)
     worker.indexes.every = 0.05
     runner = threading.Thread(target=worker.run, daemon=True)
@@ -310,9 +299,7 @@ def test_the_downgrade_builds_every_deferred_index_and_the_upgrade_keeps_them(
     conn: Connection,
     database: str,
 ) -> None:
-    store.insert_chunks(["one", "two"], ["{}"] * 2)
-    _worker(settings, store, embedder).run(once=True)
-    model_id = _add_deferred(store, second)
+    model_id = _embedded_then_added(settings, store, embedder, second, ["one", "two"])
     _fill_only(_worker(settings, store, embedder))
     assert _indexes(conn, model_id) == []
     store.close()
