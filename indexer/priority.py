@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.rows import tuple_row
+if TYPE_CHECKING:  # the model's side imports this module, and never the database's
+    import psycopg
 
 #: The nice value of the work that may wait.
 NICE = 19
@@ -42,6 +42,8 @@ def lower_backend(conn: psycopg.Connection[Any]) -> str | None:
     """Nice the PostgreSQL backend of ``conn`` when the server runs on this machine (a
     Unix socket, and the backend is a ``postgres`` process here: a pid of a server
     elsewhere may name any process here); None when done, else why not."""
+    from psycopg.rows import tuple_row
+
     if not str(conn.info.host).startswith("/"):
         return "the server is not on this machine"
     with conn.cursor(row_factory=tuple_row) as cursor:
