@@ -68,8 +68,7 @@ POLL_INTERVAL_S = 3600
 #: Seconds of traffic before the baseline is timed: buffer cache, prepared statements,
 #: the daemon's and the query embedder's first model calls.
 WARMUP_S = 2.0
-#: Seconds between two reads of indexer_model_status (an exact count, one pass over
-#: chunks per model) while the fill runs.
+#: Seconds between two reads of the new model's state while the fill runs.
 STATUS_POLL_S = 1.0
 #: The fill phase holds at least this many queries and probes before the switch: a tiny
 #: run's fill can be over sooner.
@@ -243,10 +242,39 @@ def _healthy(loops: tuple[QueryLoop, InsertProbe], daemon: _Daemon) -> None:
     daemon.check()
 
 
-def _index(store: Store, name: str) -> str:
-    """The state of ``name``'s HNSW index (ready once built: on 10,000 chunks or more
-    it is built by the daemon after the fill)."""
-    return str(next(r["index"] for r in store.model_status() if r["model"] == name))
+def _await_switchable(
+    store: Store,
+    name: str,
+    deadline: float,
+    phases: Phases,
+    loops: tuple[QueryLoop, InsertProbe],
+    daemon: _Daemon,
+) -> tuple[float, int]:
+    """Wait until ``name`` covers every chunk and its index is ready; when its fill ended
+    (perf_counter) and the chunks it covers.
+
+    Polled cheaply: the index's state (``model_index``), and the exact count of missing
+    chunks (a pass over ``chunks`` per model, hundreds of milliseconds of PostgreSQL's
+    time at 100,000 chunks, which a poll every second would add to the searches' load)
+    only once the index is ready.  On 10,000 chunks or more the index is built after the
+    fill, once the daemon finds it filled: its build starting marks the fill's end, and
+    the phase turns to "index".  Below, the index is there from the start, and the exact
+    count is polled."""
+    fill_end: float | None = None
+    while True:
+        state = store.model_index_state(name)
+        now = time.perf_counter()
+        if state in ("building", "broken") and fill_end is None:
+            fill_end = now
+            phases.current = "index"  # reported apart, and with the fill (the targets')
+            say(f"switch: {name} filled; its index is being built")
+        if state == "ready":
+            missing, covered = _missing(store, name)
+            if not missing:
+                return (now if fill_end is None else fill_end), covered
+        if now > deadline:
+            raise IndexerError(f"{name} was not filled and indexed in time (index: {state})")
+        _hold(STATUS_POLL_S, loops, daemon)
 
 
 def _missing(store: Store, name: str) -> tuple[int, int]:
@@ -282,21 +310,13 @@ def _run(
     add_ms = (time.perf_counter() - start) * 1000
     say(f"switch: {target.name} registered; the daemon fills it")
     deadline = start + max(600.0, ctx.plan.switch_rows / 10)
-    missing, covered = _missing(store, target.name)
-    while missing:
-        if time.perf_counter() > deadline:
-            raise IndexerError(f"the fill of {target.name} timed out, {missing} chunks missing")
-        _hold(STATUS_POLL_S, loops, daemon)
-        missing, covered = _missing(store, target.name)
-    fill_s = time.perf_counter() - start
-    say(f"switch: {covered} chunks filled in {fill_s:.1f} s; waiting for its index")
-    phases.current = "index"  # reported apart, and with the fill (the targets' phase)
-    while _index(store, target.name) != "ready":
-        if time.perf_counter() > deadline:
-            raise IndexerError(f"the index of {target.name} was not built in time")
-        _hold(STATUS_POLL_S, loops, daemon)
-    index_s = time.perf_counter() - start - fill_s
-    say(f"switch: index of {target.name} ready {index_s:.1f} s after the fill; switching")
+    fill_end, covered = _await_switchable(store, target.name, deadline, phases, loops, daemon)
+    fill_s = fill_end - start
+    index_s = time.perf_counter() - fill_end
+    say(
+        f"switch: {covered} chunks filled in {fill_s:.1f} s, its index ready {index_s:.1f} s "
+        "after; switching"
+    )
     while len(queries.timings["fill"]) + len(queries.timings["index"]) < MIN_FILL_QUERIES or (
         len(probe.latencies["fill"]) + len(probe.latencies["index"]) < MIN_FILL_PROBES
     ):

@@ -153,6 +153,12 @@ class ModelQueries:
         filled (to within ``slack`` chunk ids of the last chunk); active ones first."""
         return [IndexWork(**dict(r)) for r in self._execute("models_to_index", {"slack": slack})]
 
+    def model_index_state(self: Executes, name: str) -> str | None:
+        """The state of a model's HNSW index: ready, building, broken or none (None: no
+        such model).  Cheap at any size."""
+        rows = self._execute("model_index_state", {"name": name})
+        return str(rows[0]["state"]) if rows else None
+
     def index_lock_holder(self: Executes, model_id: int) -> tuple[str, int] | None:
         """The role and pid of a session of another role than the indexer's owner that
         holds the model's build lock (None: none does)."""

@@ -788,6 +788,9 @@ SELECT t.model_id, t.name, t.halfvec, t.vectors, t.index, t.state,
         WHERE e.extname = 'vector') AS vector_schema
 FROM models_to_index(%(slack)s::bigint) AS t;
 
+-- model_index_state --
+SELECT model_index(m.id) AS state FROM models m WHERE m.name = %(name)s;
+
 -- index_lock_holder --
 SELECT a.usename AS role, a.pid
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid

@@ -128,7 +128,8 @@ def test_a_model_added_to_a_large_corpus_is_indexed_after_its_fill(
     model_id = _embedded_then_added(settings, store, embedder, second, texts)
     assert _indexes(conn, model_id) == [] and _state(conn, model_id) == "none"
     status = {r["model"]: r for r in store.model_status()}
-    assert status["tiny-cls"]["index"] == "none"
+    assert status["tiny-cls"]["index"] == store.model_index_state("tiny-cls") == "none"
+    assert store.model_index_state("no such model") is None
     # Not due while the fill has the earlier chunks still to queue or embed.
     assert store.models_to_index(slack=0) == []
     store.fill_model(model_id, batch=10)
@@ -138,6 +139,7 @@ def test_a_model_added_to_a_large_corpus_is_indexed_after_its_fill(
     _worker(settings, store, embedder).run(once=True)
     assert _indexes(conn, model_id) == [(f"model_{model_id}_vectors_embedding_idx", True)]
     assert _state(conn, model_id) == "ready" and store.models_to_index(slack=0) == []
+    assert store.model_index_state("tiny-cls") == "ready"
     assert store.activate_model("tiny-cls") == 0
     # The search plan uses the index built after the fill.
     query = second.embed_queries(["the sea"])[0]
