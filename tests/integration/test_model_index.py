@@ -25,7 +25,7 @@ from indexer.worker import Worker
 from indexer.worker.indexes import IndexBuilder
 
 from ..helpers import wait_until
-from .test_model_registry import _worker, second, store
+from .test_model_registry import _add, _worker, second, store
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "models"
 
@@ -46,13 +46,7 @@ def _embedded_then_added(
 
 def _add_deferred(store: Store, second: Embedder) -> int:
     """tiny-cls, its index left for after the fill (as on a corpus of 10,000 chunks)."""
-    return store.add_model(
-        "tiny-cls",
-        dimension=second.dim,
-        record=second.record.as_dict(),
-        fingerprint=second.record.fingerprint,
-        defer_index_at=1,
-    )
+    return _add(store, second, defer_index_at=1)
 
 
 def _state(conn: Connection, model_id: int) -> str:
@@ -177,12 +171,7 @@ def test_an_index_is_built_at_once_below_the_threshold(
     store: Store, second: Embedder, conn: Connection
 ) -> None:
     store.insert_chunks(["one"], ["{}"])
-    model_id = store.add_model(
-        "tiny-cls",
-        dimension=second.dim,
-        record=second.record.as_dict(),
-        fingerprint=second.record.fingerprint,
-    )
+    model_id = _add(store, second)
     assert _indexes(conn, model_id) == [(f"model_{model_id}_vectors_embedding_idx", True)]
     assert store.activate_model("tiny-cls", force=True) == 0  # no vector: forced
 

@@ -31,7 +31,7 @@ from indexer.exceptions import InvalidInput, ModelChanged
 from indexer.registry import Embedders, reconcile
 from indexer.settings import Settings
 from indexer.store import Store
-from indexer.store.models import RegisteredModel
+from indexer.store.models import DEFER_INDEX_AT, RegisteredModel
 from indexer.worker import Worker
 
 from ..helpers import wait_until
@@ -61,12 +61,13 @@ def _status(store: Store) -> dict[str, dict[str, object]]:
     return {str(r["model"]): r for r in store.model_status()}
 
 
-def _add(store: Store, second: Embedder) -> int:
+def _add(store: Store, second: Embedder, *, defer_index_at: int = DEFER_INDEX_AT) -> int:
     return store.add_model(
         "tiny-cls",
         dimension=second.dim,
         record=second.record.as_dict(),
         fingerprint=second.record.fingerprint,
+        defer_index_at=defer_index_at,
     )
 
 
