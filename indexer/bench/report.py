@@ -192,7 +192,12 @@ def _halfvec_rows(r: dict[str, Any], results: Results) -> list[Row]:
         ),
         (
             "halfvec",
-            f"  HNSW index (m {r['index']['m']}, ef_construction {r['index']['ef_construction']})",
+            "  HNSW index ("
+            + "; ".join(
+                f"{t} m {o['m']}, ef_construction {o['ef_construction']}"
+                for t, o in r["index"].items()
+            )
+            + ")",
             f"{_gb(v['hnsw_bytes'])} vs {_gb(h['hnsw_bytes'])} ({x['hnsw_index']:.1%})",
         ),
         (

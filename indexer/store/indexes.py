@@ -37,9 +37,6 @@ from indexer.db import connect as db
 from indexer.exceptions import DatabaseUnavailable, first_line
 from indexer.priority import lower_backend
 
-#: What a model's index is built with (as add_model builds it at once).
-HNSW_OPTIONS = sql.SQL("WITH (m = 16, ef_construction = 64)")
-
 
 @dataclass(frozen=True)
 class IndexWork:
@@ -139,17 +136,26 @@ class IndexBuild:
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
         self._check_cancelled()
         opclass = "halfvec_cosine_ops" if work.halfvec else "vector_cosine_ops"
+        # The options add_model builds an index with at once (migration 0012).
+        options = cursor.execute(
+            sql.SQL("SELECT m, ef_construction FROM {}.model_index_options(%s::boolean)").format(
+                schema
+            ),
+            (work.halfvec,),
+        ).fetchone()
+        assert options is not None
         # No IF NOT EXISTS: a relation of another role holding the index's name (one
         # that may create in the schema) is DuplicateTable, not a build done.
         conn.execute(
             sql.SQL(
                 "CREATE INDEX CONCURRENTLY {index} ON {table} "
-                "USING hnsw (embedding {opclass}) {options}"
+                "USING hnsw (embedding {opclass}) WITH (m = {m}, ef_construction = {ef})"
             ).format(
                 index=sql.Identifier(work.index),
                 table=sql.Identifier(self.schema, work.vectors),
                 opclass=sql.Identifier(work.vector_schema, opclass),
-                options=HNSW_OPTIONS,
+                m=sql.Literal(int(options[0])),
+                ef=sql.Literal(int(options[1])),
             )
         )
         return True

@@ -26,7 +26,10 @@ def test_halfvec_row_on_a_small_table(database: str, embedder: Embedder) -> None
         admin.close()
 
     assert (r["rows"], r["dim"], r["queries"], r["k"], r["ef_search"]) == (ROWS, 384, 200, 10, 100)
-    assert r["index"] == {"type": "hnsw", "m": 16, "ef_construction": 64}
+    assert r["index"] == {
+        "vector": {"type": "hnsw", "m": 16, "ef_construction": 64},
+        "halfvec": {"type": "hnsw", "m": 13, "ef_construction": 100},
+    }
     assert r["base_texts"] == base_count(ROWS) == 200
     assert set(r["types"]) == set(TYPES) == {"vector", "halfvec"}
     for name, figures in r["types"].items():

@@ -87,7 +87,10 @@ def halfvec_results() -> dict[str, Any]:
         "runs": 3,
         "k": 10,
         "ef_search": 100,
-        "index": {"type": "hnsw", "m": 16, "ef_construction": 64},
+        "index": {
+            "vector": {"type": "hnsw", "m": 16, "ef_construction": 64},
+            "halfvec": {"type": "hnsw", "m": 13, "ef_construction": 100},
+        },
         "maintenance_work_mem": "3GB",
         "max_parallel_maintenance_workers": 1,
         "types": {
@@ -584,7 +587,8 @@ def test_the_halfvec_row_and_target() -> None:
     assert rows["vector(384) vs halfvec(384), 1,000,000 rows: table"] == (
         "1.61 GB vs 0.81 GB (50.0%)"
     )
-    assert rows["  HNSW index (m 16, ef_construction 64)"] == "2.00 GB vs 1.00 GB (50.0%)"
+    index = "  HNSW index (vector m 16, ef_construction 64; halfvec m 13, ef_construction 100)"
+    assert rows[index] == "2.00 GB vs 1.00 GB (50.0%)"
     assert rows["  HNSW build (maintenance_work_mem 3GB, max_parallel_maintenance_workers 1)"] == (
         "600.0 s vs 500.0 s (0.83x; median of 3, order swapped each round; workers launched 1 / 1)"
     )
