@@ -16,6 +16,7 @@ import pytest
 from indexer.chunking import chunk_text
 from indexer.db.connect import Connection, connect
 from indexer.embedding import Embedder
+from indexer.exceptions import DatabaseUnavailable
 from indexer.limits import CHUNK_MAX_CHARS
 from indexer.settings import Settings
 from indexer.store import Store
@@ -471,3 +472,83 @@ def test_a_locked_source_table_holds_up_only_its_own_documents(
         " JOIN sources s ON s.id = d.source_id WHERE s.name = 'public.notes'"
     ).fetchall()
     assert waiting == [{"state": "pending", "attempts": 0, "last_error": None, "later": True}] * 2
+
+
+def _small_documents(conn: Connection, count: int) -> list[int]:
+    """``count`` documents of a few chunks each (so that batches of 4 finish some)."""
+    return [add_document(conn, document(range(5 * n, 5 * n + 4))) for n in range(count)]
+
+
+def _check_indexed(
+    conn: Connection, settings: Settings, embedder: Embedder, keys: list[int]
+) -> None:
+    texts = {int(r["id"]): r["content"] for r in conn.execute("SELECT id, content FROM documents")}
+    for key in keys:
+        assert doc_row(conn, key)["state"] == "indexed"
+        chunks = chunks_of(conn, key)
+        assert [c["content"] for c in chunks] == expected_chunks(settings, embedder, texts[key])
+        want = embedder.embed([c["content"] for c in chunks])
+        for c, vector in zip(chunks, want, strict=True):
+            assert float(np.dot(c["embedding"].to_numpy(), vector)) > 0.99999
+
+
+def test_documents_are_written_while_the_next_batch_is_embedded(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    """The first write does not end before the model's next call has begun: were the
+    writes not behind the model, the worker would wait for a write that waits for it."""
+    keys = _small_documents(conn, 6)
+    write_began = threading.Event()
+    model_called_again = threading.Event()
+    threads: list[str] = []
+
+    class Gate(CountingEmbedder):
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            if write_began.is_set():
+                model_called_again.set()
+            return super().embed(texts)
+
+    class GatedStore(Store):
+        def replace_documents(self, *args: Any, **kwargs: Any) -> tuple[list[int], list[int], int]:
+            threads.append(threading.current_thread().name)
+            if not write_began.is_set():
+                write_began.set()
+                assert model_called_again.wait(60), "the write held up the model"
+            return super().replace_documents(*args, **kwargs)
+
+    assert settings.database_url is not None
+    small = dataclasses.replace(settings, batch_size=4, document_claim_size=6)
+    with GatedStore(settings.database_url, settings.schema) as store:
+        Worker(small, store, Gate(embedder)).run(once=True)
+    assert model_called_again.is_set() and len(threads) > 1
+    assert all(t.startswith("indexer-document-write") for t in threads)
+    _check_indexed(conn, settings, embedder, keys)
+
+
+def test_a_write_cut_off_behind_the_model_loses_no_document(
+    settings: Settings, embedder: Embedder, conn: Connection
+) -> None:
+    """The database goes away during the first write (a test hook raises as the store
+    does): the error reaches the loop, which waits out the outage; the write's
+    documents go back to the queue and are indexed again, each once, exactly."""
+    keys = _small_documents(conn, 6)
+    calls: list[int] = []
+
+    class CutOnce(Store):
+        def replace_documents(self, *args: Any, **kwargs: Any) -> tuple[list[int], list[int], int]:
+            calls.append(len(args[2]))
+            if len(calls) == 1:
+                raise DatabaseUnavailable("connection lost (injected by the test)")
+            return super().replace_documents(*args, **kwargs)
+
+    assert settings.database_url is not None
+    small = dataclasses.replace(settings, batch_size=4, document_claim_size=6)
+    with CutOnce(settings.database_url, settings.schema) as store:
+        Worker(small, store, embedder).run(once=True)
+    assert len(calls) > 1
+    _check_indexed(conn, settings, embedder, keys)
+    row = conn.execute(
+        "SELECT count(*) AS n, count(DISTINCT (source_id, doc_key, position)) AS distinct_n"
+        " FROM chunks WHERE document_id IS NOT NULL"
+    ).fetchone()
+    assert row is not None and row["n"] == row["distinct_n"]
