@@ -46,10 +46,10 @@ logger = logging.getLogger("indexer")
 
 EmbedderLoader = Callable[[Settings], TextEmbedder]
 
-#: Connections of the daemon's store, shared by the worker, the write of documents it
-#: runs behind the model, its two lease keepers (rows, documents), its pruner and its
-#: index builder's checks: short statements, so one may wait a moment for another.
-DAEMON_CONNECTIONS = 5
+#: Connections of the daemon's store, shared by the worker, its two lease keepers (rows,
+#: documents), its pruner and its index builder's checks: short statements, so one may
+#: wait a moment for another.
+DAEMON_CONNECTIONS = 4
 #: Connections of the store of the fill's statements (its backends niced): its claims,
 #: and its writes behind them.
 BACKGROUND_CONNECTIONS = 2

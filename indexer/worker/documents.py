@@ -18,33 +18,22 @@ Between model batches the leases are renewed and documents no longer held (edite
 again, deleted, or taken over) are dropped, so a document edited mid-embedding stops
 costing model time at once; on a stop request the vectors already computed go to the
 cache and the documents go back to the queue.
-
-Documents are written behind the model: the statement that replaces the finished
-documents' chunk sets runs on a thread of its own while the next batch is embedded (at
-most one in flight), so PostgreSQL's work on it (new rows, their HNSW entries, the
-commit) overlaps the model's instead of following it.  Its documents stay held, their
-leases renewed, until it has committed; its error (the database going away) is raised
-to the loop at the next write, step or stop, and its documents then go back to the
-queue as any unwritten ones do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
 import numpy as np
 
 from indexer.embedding.remote import ProviderError, RemoteEmbedder
-from indexer.exceptions import DatabaseUnavailable, EmbeddingError, SourceBusy, SourceError
+from indexer.exceptions import EmbeddingError, SourceBusy, SourceError
 from indexer.settings import Settings
 from indexer.store.documents import ChunkWrite, ClaimedDocument, DocumentWrite, SourceText
 from indexer.worker.backfill import Backfill
@@ -74,22 +63,6 @@ class _DocumentLeases:
         return self.store.extend_document_lease(worker_id, ids, lease_seconds)
 
 
-@dataclass(frozen=True)
-class _Writing:
-    """A write of finished documents in flight on the writing thread, and what its
-    report needs once it has committed."""
-
-    future: Future[tuple[list[int], list[int], int]]
-    batch_id: uuid.UUID
-    writes: list[DocumentWrite]
-    tokens: int
-    embed_ms: float
-
-    @property
-    def ids(self) -> set[int]:
-        return {w.document.id for w in self.writes}
-
-
 class DocumentWork:
     """Back-fills sources and indexes documents for one :class:`~indexer.worker.Worker`."""
 
@@ -117,9 +90,6 @@ class DocumentWork:
         self.held: list[int] = []
         self.backfill = Backfill(store, settings.backfill_batch)
         self.documents_written = 0
-        #: The thread documents are written on (made with the first write, ended by stop).
-        self._writer: ThreadPoolExecutor | None = None
-        self._writing: _Writing | None = None
 
     def use(self, model: LoadedModel) -> None:
         """Index documents with ``model`` from the next round on (the active model)."""
@@ -132,46 +102,31 @@ class DocumentWork:
         self.keeper.start()
 
     def stop(self) -> None:
-        """Wait for the write in flight, stop the lease keeper and give back what is
-        held (the worker's shutdown)."""
-        try:
-            self._written()
-        finally:
-            self.keeper.stop()
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
-            if self.held:
-                held, self.held = self.held, []
-                self.store.release_documents(self.worker_id, held)
+        """Stop the lease keeper and give back what is held (the worker's shutdown)."""
+        self.keeper.stop()
+        if self.held:
+            self.store.release_documents(self.worker_id, self.held)
+            self.held = []
 
     def drop(self) -> None:
-        """The database went away: stop renewing leases; release once it is back.  The
-        write in flight is waited for: committed, its documents are done; cut off, they
-        stay held, and go back with the others."""
+        """The database went away: stop renewing leases; release once it is back."""
         self.keeper.drop()
-        with contextlib.suppress(DatabaseUnavailable):  # the outage being handled
-            self._written()
 
     def step(self) -> bool:
         """Apply the sources' changes, back-fill one key range of each source that needs
         it, then claim and index documents; False when there was nothing to do."""
         self.keeper.check()
-        writing = self._writing.ids if self._writing is not None else set()
-        left = [i for i in self.held if i not in writing]
-        if left:  # a round cut short: its documents go back
-            self.store.release_documents(self.worker_id, left)
-            self.held = [i for i in self.held if i in writing]
+        if self.held:
+            self.store.release_documents(self.worker_id, self.held)
+            self.held = []
         applied = self.store.apply_source_changes()
         queued = self.backfill.step()
         start = time.perf_counter()
         s = self.settings
         docs = self.store.claim_documents(self.worker_id, s.document_claim_size, s.lease_seconds)
         if not docs:
-            # Nothing more to overlap the write in flight with: its figures are due.
-            self._written()
             return queued > 0 or applied > 0
-        self.held = [*self.held, *(d.id for d in docs)]
+        self.held = [d.id for d in docs]
         self.keeper.hold(self.held)
         try:
             self._index(docs, (time.perf_counter() - start) * 1000)
@@ -341,14 +296,7 @@ class DocumentWork:
                 )
             writes.append(DocumentWrite(p.document, p.metadata, chunks, p.truncated))
         batch_id = uuid.uuid4()
-        detail = self._provider(run, writes)
-        done = {p.document.id for p in ready}
-        run.planned = [p for p in run.planned if p.document.id not in done]
-        self._written()  # at most one write in flight: the one before this one ends first
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="indexer-document-write")
-        future = self._writer.submit(
-            self.store.replace_documents,
+        written, chunk_ids, reused = self.store.replace_documents(
             self.worker_id,
             batch_id,
             writes,
@@ -360,25 +308,16 @@ class DocumentWork:
             model_id=self.model.id,
             in_column=self.model.in_column,
             max_chars=self.settings.max_chars,
-            detail=detail,
+            detail=self._provider(run, writes),
         )
-        self._writing = _Writing(future, batch_id, writes, run.tokens, run.embed_ms)
+        done = {p.document.id for p in ready}
+        run.planned = [p for p in run.planned if p.document.id not in done]
+        self.held = [i for i in self.held if i not in done]
+        stale = len(ready) - len(written)
+        self._report(batch_id, writes, written, chunk_ids, reused, run, stale)
         run.claim_ms = run.embed_ms = 0.0
         run.tokens = 0
         run.usage = None
-
-    def _written(self) -> None:
-        """Wait for the write in flight, if any: once committed, its documents are no
-        longer held and its batch is reported; its error is raised here (its documents
-        then stay held, and go back to the queue)."""
-        writing, self._writing = self._writing, None
-        if writing is None:
-            return
-        written, chunk_ids, reused = writing.future.result()
-        done = writing.ids
-        self.held = [i for i in self.held if i not in done]
-        stale = len(writing.writes) - len(written)
-        self._report(writing, written, chunk_ids, reused, stale)
 
     def _provider(self, run: Round, writes: Sequence[DocumentWrite]) -> dict[str, Any]:
         """A remote model's usage since the last write, for the batch's event, with each
@@ -418,13 +357,14 @@ class DocumentWork:
 
     def _report(
         self,
-        writing: _Writing,
+        batch_id: uuid.UUID,
+        writes: list[DocumentWrite],
         written: list[int],
         chunk_ids: list[int],
         reused: int,
+        run: Round,
         stale: int,
     ) -> None:
-        batch_id, writes = writing.batch_id, writing.writes
         self.documents_written += len(written)
         logger.info(
             "batch %s: %d documents indexed (%d chunks, %d reused), %d stale, %d tokens, "
@@ -434,16 +374,16 @@ class DocumentWork:
             len(chunk_ids),
             reused,
             stale,
-            writing.tokens,
-            writing.embed_ms,
+            run.tokens,
+            run.embed_ms,
             extra={
                 "batch_id": str(batch_id),
                 "documents": len(written),
                 "rows": len(chunk_ids),
                 "reused": reused,
                 "stale": stale,
-                "tokens": writing.tokens,
-                "embed_ms": round(writing.embed_ms, 1),
+                "tokens": run.tokens,
+                "embed_ms": round(run.embed_ms, 1),
             },
         )
         self.report(
@@ -452,8 +392,8 @@ class DocumentWork:
                 claimed=sum(len(w.chunks) for w in writes),
                 written=chunk_ids,
                 failed=[],
-                tokens=writing.tokens,
-                embed_ms=writing.embed_ms,
+                tokens=run.tokens,
+                embed_ms=run.embed_ms,
                 stale=stale,
                 reused=reused,
             )

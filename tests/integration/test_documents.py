@@ -492,45 +492,13 @@ def _check_indexed(
             assert float(np.dot(c["embedding"].to_numpy(), vector)) > 0.99999
 
 
-def test_documents_are_written_while_the_next_batch_is_embedded(
+def test_a_write_cut_off_loses_no_document(
     settings: Settings, embedder: Embedder, conn: Connection
 ) -> None:
-    """The first write does not end before the model's next call has begun: were the
-    writes not behind the model, the worker would wait for a write that waits for it."""
-    keys = _small_documents(conn, 6)
-    write_began = threading.Event()
-    model_called_again = threading.Event()
-    threads: list[str] = []
-
-    class Gate(CountingEmbedder):
-        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-            if write_began.is_set():
-                model_called_again.set()
-            return super().embed(texts)
-
-    class GatedStore(Store):
-        def replace_documents(self, *args: Any, **kwargs: Any) -> tuple[list[int], list[int], int]:
-            threads.append(threading.current_thread().name)
-            if not write_began.is_set():
-                write_began.set()
-                assert model_called_again.wait(60), "the write held up the model"
-            return super().replace_documents(*args, **kwargs)
-
-    assert settings.database_url is not None
-    small = dataclasses.replace(settings, batch_size=4, document_claim_size=6)
-    with GatedStore(settings.database_url, settings.schema) as store:
-        Worker(small, store, Gate(embedder)).run(once=True)
-    assert model_called_again.is_set() and len(threads) > 1
-    assert all(t.startswith("indexer-document-write") for t in threads)
-    _check_indexed(conn, settings, embedder, keys)
-
-
-def test_a_write_cut_off_behind_the_model_loses_no_document(
-    settings: Settings, embedder: Embedder, conn: Connection
-) -> None:
-    """The database goes away during the first write (a test hook raises as the store
-    does): the error reaches the loop, which waits out the outage; the write's
-    documents go back to the queue and are indexed again, each once, exactly."""
+    """The database goes away during the first write of documents (a store whose write
+    raises as the store does when its connection is cut): the loop waits out the
+    outage; the write's documents go back to the queue and are indexed again, each once,
+    exactly."""
     keys = _small_documents(conn, 6)
     calls: list[int] = []
 
