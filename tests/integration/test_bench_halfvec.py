@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import psycopg
 
-from indexer.bench.halfvec import TYPES, base_count, measure
+from indexer.bench.halfvec import QUERIES, TYPES, base_count, measure
 from indexer.bench.scratch import connect_admin
 from indexer.embedding import Embedder
 
@@ -25,7 +25,7 @@ def test_halfvec_row_on_a_small_table(database: str, embedder: Embedder) -> None
     finally:
         admin.close()
 
-    assert (r["rows"], r["dim"], r["queries"], r["k"], r["ef_search"]) == (ROWS, 384, 200, 10, 100)
+    assert (r["rows"], r["dim"], r["queries"], r["k"], r["ef_search"]) == (ROWS, 384, QUERIES, 10, 100)
     assert r["index"] == {
         "vector": {"type": "hnsw", "m": 16, "ef_construction": 64},
         "halfvec": {"type": "hnsw", "m": 13, "ef_construction": 100},
