@@ -25,7 +25,13 @@ def test_halfvec_row_on_a_small_table(database: str, embedder: Embedder) -> None
     finally:
         admin.close()
 
-    assert (r["rows"], r["dim"], r["queries"], r["k"], r["ef_search"]) == (ROWS, 384, QUERIES, 10, 100)
+    assert (r["rows"], r["dim"], r["queries"], r["k"], r["ef_search"]) == (
+        ROWS,
+        384,
+        QUERIES,
+        10,
+        100,
+    )
     assert r["index"] == {
         "vector": {"type": "hnsw", "m": 16, "ef_construction": 64},
         "halfvec": {"type": "hnsw", "m": 13, "ef_construction": 100},
