@@ -137,8 +137,11 @@ class ModelFill:
         active = self.models.active
         if self.models.registered < 2 or active.id is None or self._waiting(active.id):
             return False
-        if self._unsent is not None and not self._send():
-            return False  # new text came first
+        # Never waits here for a write in flight: the notice of new text that made the
+        # last fill step stop was consumed then, so a wait now would not see it, and the
+        # loop would take that text only once the write is done.
+        if self._unsent is not None and not self._send(wait_for_write=False):
+            return False  # the loop's rows and documents first; the next fill step sends
         kept = self._kept
         if kept is not None and kept.model.id == active.id:  # kept before the switch
             return self._resume(kept)
@@ -176,16 +179,17 @@ class ModelFill:
         self._unsent = kept
         self._send()
 
-    def _send(self) -> bool:
+    def _send(self, *, wait_for_write: bool = True) -> bool:
         """Hand the finished claim to the writing thread once the write in flight is
         done (its error, such as the database going away, is raised here, to the loop);
         False when new text came first: the claim waits for the next fill step, and the
         loop takes the new text rather than wait behind a write (at 100,000 chunks a
-        claim's write took most of a second)."""
+        claim's write took most of a second).  Without ``wait_for_write``, False at once
+        while a write is in flight."""
         assert self._writer is not None
         writing = self._writing
         while writing is not None and not writing.done():
-            if self.yield_to():
+            if not wait_for_write or self.yield_to():
                 return False
             wait([writing], timeout=SEND_CHECK_SECONDS)
         self._written()

@@ -690,3 +690,43 @@ def test_a_daemon_embeds_the_next_fill_claim_while_the_last_one_is_written(
     assert np.allclose(
         np.array([r[1] for r in rows]), second.embed([r[0] for r in rows]), atol=1e-6
     )
+
+
+def test_after_the_fill_yields_to_new_text_the_loop_takes_it_before_the_write_ends(
+    settings: Settings, store: Store, embedder: Embedder, second: Embedder, database: str
+) -> None:
+    """A fill claim finished while the last one's write is in flight, and the fill gave
+    way to new text rather than wait (its ``yield_to`` said so, consuming the notice).
+    The loop's next step asks the active model's own work first: that must not wait for
+    the write either, or the new text would wait behind it with no notice left to end
+    the wait (a daemon once did, for as long as the write took)."""
+    store.insert_chunks([f"old note {i} about the hills" for i in range(3)], ["{}"] * 3)
+    _worker(settings, store, embedder).run(once=True)
+    _add(store, second)
+    one = dataclasses.replace(settings, batch_size=1, claim_size=1)
+    own = HeldWrites(settings.database_url or "", settings.schema, pool_size=4)
+    with own, Background() as background:
+        load = Embedders(one, embedder).loader
+        worker = Worker(one, own, embedder, load_model=load, background=background)
+        fill = worker.fill
+        try:
+            worker.models.refresh(force=True)
+            assert fill.step()  # the model's work queued
+            assert fill.step()  # the first claim, its write held
+            assert own.held.wait(30)
+            fill.yield_to = lambda: True  # new text notified: the fill gives way
+            assert fill.step()  # the second claim, embedded and waiting to be sent
+            fill.yield_to = lambda: False  # the notice was consumed
+            done = threading.Event()
+
+            def active_step() -> None:
+                fill.active_step()
+                done.set()
+
+            threading.Thread(target=active_step, daemon=True).start()
+            assert done.wait(30), "the active model's step waited for the fill's write"
+        finally:
+            own.go.set()
+            fill.close()
+            worker.listener.close()
+    assert _vectors(database) == 2  # both claims written, once
