@@ -19,10 +19,9 @@ from indexer.settings import Settings
 from indexer.store import Store
 from indexer.worker.indexes import IndexBuilder
 
+from .test_halfvec_index import HALFVEC, VECTOR, _add, _options
 from .test_privileges import as_role, role
 
-HALFVEC = ["m=13", "ef_construction=100"]
-VECTOR = ["m=16", "ef_construction=64"]
 OPTIONS = "model_index_options(boolean)"
 ADD_MODEL = "add_model(text, integer, jsonb, text, boolean, interval, bigint)"
 
@@ -39,27 +38,6 @@ def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     return row[0] if isinstance(row, tuple) else next(iter(row.values()))
 
 
-def _add(store: Store, name: str, *, halfvec: bool, deferred: bool) -> int:
-    return store.add_model(
-        name,
-        dimension=3,
-        record={},
-        fingerprint="fp-" + name,
-        halfvec=halfvec,
-        defer_index_at=0 if deferred else 1_000_000,
-    )
-
-
-def _options(conn: Connection, schema: str, model_id: int) -> list[str] | None:
-    """The reloptions of the model's valid HNSW index; None when it has none."""
-    row = conn.execute(
-        "SELECT c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE i.indrelid = to_regclass(%s) AND NOT i.indisprimary AND i.indisvalid",
-        (f"{schema}.model_{model_id}_vectors",),
-    ).fetchone()
-    return None if row is None else list(row["reloptions"])
-
-
 def _add_all_and_build(store: Store, conn: Connection, schema: str) -> None:
     """A model of each type indexed at once and one of each by a daemon: every index
     with its type's options."""
@@ -67,8 +45,8 @@ def _add_all_and_build(store: Store, conn: Connection, schema: str) -> None:
     later = {h: _add(store, f"later-{h}", halfvec=h, deferred=True) for h in (True, False)}
     assert IndexBuilder(store).build_due() == 2
     for models in (now, later):
-        assert _options(conn, schema, models[True]) == HALFVEC
-        assert _options(conn, schema, models[False]) == VECTOR
+        assert _options(conn, models[True], schema) == HALFVEC
+        assert _options(conn, models[False], schema) == VECTOR
 
 
 def _plant(attacker: psycopg.Connection[Any], schema: str, signature: str) -> None:
@@ -200,7 +178,7 @@ def test_overloads_planted_in_the_indexers_schema_never_run(
                 with pytest.raises(psycopg.errors.AmbiguousFunction):
                     IndexBuilder(fresh).build_due()
             assert _one(conn, tables) == before
-            assert _options(conn, "public", deferred) is None
+            assert _options(conn, deferred) is None
             assert attacker.execute("SELECT * FROM public.hits").fetchall() == []
             # The traps work: called by the attacker, an overload runs.
             attacker.execute("SELECT public.model_index_options(true::public.flag)")
@@ -209,7 +187,7 @@ def test_overloads_planted_in_the_indexers_schema_never_run(
             ]
             attacker.execute("DROP FUNCTION public.model_index_options(boolean, integer)")
     assert IndexBuilder(store).build_due() == 1
-    assert _options(conn, "public", deferred) == HALFVEC
+    assert _options(conn, deferred) == HALFVEC
 
 
 def test_a_function_of_its_name_in_public_never_runs_for_an_indexer_in_its_own_schema(
@@ -283,7 +261,7 @@ def test_the_name_freed_by_a_downgrade_is_not_taken_over_by_the_upgrade(
             )
             with Store(database, "public", check=False) as old:
                 model_id = _add(old, "old", halfvec=True, deferred=False)
-            assert _options(conn, "public", model_id) == VECTOR
+            assert _options(conn, model_id) == VECTOR
             assert attacker.execute("SELECT * FROM public.hits").fetchall() == []
             attacker.execute("DROP FUNCTION public.model_index_options(boolean)")
     migrate.upgrade(database, "public")
@@ -294,4 +272,4 @@ def test_the_name_freed_by_a_downgrade_is_not_taken_over_by_the_upgrade(
         (OPTIONS,),
     )
     with Store(database, "public") as new:
-        assert _options(conn, "public", _add(new, "new", halfvec=True, deferred=False)) == HALFVEC
+        assert _options(conn, _add(new, "new", halfvec=True, deferred=False)) == HALFVEC

@@ -39,12 +39,12 @@ def _add(store: Store, name: str, *, halfvec: bool, deferred: bool) -> int:
     )
 
 
-def _options(conn: Connection, model_id: int) -> list[str] | None:
-    """The reloptions of the model's HNSW index; None when it has none."""
+def _options(conn: Connection, model_id: int, schema: str = "public") -> list[str] | None:
+    """The reloptions of the model's valid HNSW index; None when it has none."""
     row = conn.execute(
         "SELECT c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
         " WHERE i.indrelid = to_regclass(%s) AND NOT i.indisprimary AND i.indisvalid",
-        (f"model_{model_id}_vectors",),
+        (f"{schema}.model_{model_id}_vectors",),
     ).fetchone()
     return None if row is None else list(row["reloptions"])
 
